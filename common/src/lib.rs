@@ -1,0 +1,176 @@
+//! The ABI shared by the xdpgate XDP program (`xdp-prog`) and its control plane
+//! (`userspace`).
+//!
+//! Every map name, key, value and counter index lives here so the two sides cannot
+//! drift. All types are `#[repr(C)]` or `#[repr(u32)]` with explicit padding, so their
+//! layout is the same in the BPF object and on the host.
+#![no_std]
+#![deny(missing_docs)]
+
+/// Names of the maps in the XDP object, as the loader finds them and as they are
+/// pinned under the daemon's bpffs directory.
+pub mod maps {
+    /// `HashMap<u32 ifindex, IfaceConfig>`: the interfaces xdpgate is attached to.
+    pub const IFACES: &str = "XG_IFACES";
+    /// `PerCpuArray<Counter>`: packets and bytes per interface slot, family and action,
+    /// indexed by [`stats_index`](crate::stats_index).
+    pub const STATS: &str = "XG_STATS";
+}
+
+/// Name of the XDP program function in the object (also its kernel program name,
+/// which `xdpgate status` uses to recognise its own attachments).
+pub const PROGRAM_NAME: &str = "xdpgate";
+
+/// Maximum number of interfaces one daemon attaches to. Slot 0 is reserved for
+/// packets seen on an interface the daemon did not register (another loader
+/// attached the same program), so usable slots are `1..MAX_IFACES`.
+pub const MAX_IFACES: u32 = 256;
+
+/// Slot that counts packets from interfaces missing from [`maps::IFACES`].
+pub const UNKNOWN_IFACE_SLOT: u32 = 0;
+
+/// Address family of a packet, as the datapath classifies it for counting.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// EtherType 0x0800 with a complete IPv4 header (version 4, IHL >= 5).
+    Ipv4 = 0,
+    /// EtherType 0x86DD with a complete IPv6 fixed header (version 6).
+    Ipv6 = 1,
+    /// Everything else: ARP, LLDP, other EtherTypes, and IP frames too short or
+    /// inconsistent to parse.
+    Other = 2,
+}
+
+impl Family {
+    /// Number of families (length of the family dimension of the stats array).
+    pub const COUNT: u32 = 3;
+    /// All families in index order.
+    pub const ALL: [Family; 3] = [Family::Ipv4, Family::Ipv6, Family::Other];
+
+    /// Lower-case name used in CLI output and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+            Family::Other => "other",
+        }
+    }
+}
+
+/// The verdict the XDP program returned; values equal the kernel's `XDP_*` codes.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// `XDP_ABORTED`: program error; the packet is dropped and traced.
+    Aborted = 0,
+    /// `XDP_DROP`.
+    Drop = 1,
+    /// `XDP_PASS`: handed to the kernel stack.
+    Pass = 2,
+    /// `XDP_TX`: bounced out of the receiving interface.
+    Tx = 3,
+    /// `XDP_REDIRECT`: forwarded to another interface, CPU or socket.
+    Redirect = 4,
+}
+
+impl Action {
+    /// Number of actions (length of the action dimension of the stats array).
+    pub const COUNT: u32 = 5;
+    /// All actions in index order.
+    pub const ALL: [Action; 5] = [
+        Action::Aborted,
+        Action::Drop,
+        Action::Pass,
+        Action::Tx,
+        Action::Redirect,
+    ];
+
+    /// Lower-case name used in CLI output and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Aborted => "aborted",
+            Action::Drop => "drop",
+            Action::Pass => "pass",
+            Action::Tx => "tx",
+            Action::Redirect => "redirect",
+        }
+    }
+}
+
+/// Number of entries in [`maps::STATS`].
+pub const STATS_ENTRIES: u32 = MAX_IFACES * Family::COUNT * Action::COUNT;
+
+/// Index into [`maps::STATS`] of the counter for `slot`, `family` and `action`.
+///
+/// `slot` must be below [`MAX_IFACES`]; the datapath guarantees that by masking.
+#[inline(always)]
+pub const fn stats_index(slot: u32, family: Family, action: Action) -> u32 {
+    (slot * Family::COUNT + family as u32) * Action::COUNT + action as u32
+}
+
+/// Value of [`maps::STATS`]: one CPU's packet and byte counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted, from the start of the Ethernet header to the end of the frame.
+    pub bytes: u64,
+}
+
+/// Value of [`maps::IFACES`]: per-interface datapath configuration, keyed by ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceConfig {
+    /// Counter slot of this interface, `1..MAX_IFACES`.
+    pub slot: u32,
+    /// Reserved for per-interface flags; zero.
+    pub flags: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both are repr(C), contain only integers and have no padding.
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::IfaceConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn stats_indices_are_dense_and_unique() {
+        let mut seen = std::vec![false; STATS_ENTRIES as usize];
+        for slot in 0..MAX_IFACES {
+            for f in Family::ALL {
+                for a in Action::ALL {
+                    let i = stats_index(slot, f, a) as usize;
+                    assert!(!seen[i], "index {i} used twice");
+                    seen[i] = true;
+                }
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn enum_values_match_kernel_and_order() {
+        // XDP_ABORTED..XDP_REDIRECT from include/uapi/linux/bpf.h.
+        assert_eq!(Action::Aborted as u32, 0);
+        assert_eq!(Action::Drop as u32, 1);
+        assert_eq!(Action::Pass as u32, 2);
+        assert_eq!(Action::Tx as u32, 3);
+        assert_eq!(Action::Redirect as u32, 4);
+        for (i, a) in Action::ALL.iter().enumerate() {
+            assert_eq!(*a as usize, i);
+        }
+        for (i, f) in Family::ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i);
+        }
+        assert_eq!(core::mem::size_of::<Counter>(), 16);
+        assert_eq!(core::mem::size_of::<IfaceConfig>(), 8);
+    }
+}
