@@ -1,0 +1,345 @@
+//! Loading the XDP program, registering interfaces in its maps, attaching it in
+//! an explicit mode, pinning its maps, and tearing everything down again.
+use std::{collections::HashSet, io, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapError},
+    programs::{ProgramError, Xdp, XdpMode as AyaMode, xdp::XdpLinkId},
+};
+use thiserror::Error;
+use xdpgate_common::{IfaceConfig, MAX_IFACES, PROGRAM_NAME, maps};
+
+use crate::{
+    netlink::{self, XdpMode},
+    paths::Paths,
+    sys::{self, SysError},
+};
+
+/// The XDP object built by `build.rs` from the `xdp-prog` crate.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpgate-xdp"));
+
+/// Errors of loading and attaching the datapath.
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    /// An OS-level precondition failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// The object could not be loaded (map creation, relocation, ...).
+    #[error("cannot load the XDP object: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// The verifier or the kernel refused the program; the message carries the verifier log.
+    #[error("the kernel refused the XDP program: {0}")]
+    Verify(#[source] ProgramError),
+    /// The object lacks something the control plane expects (ABI drift).
+    #[error("the XDP object has no {0}: common/ and xdp-prog/ disagree")]
+    Missing(String),
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// The failure.
+        #[source]
+        source: MapError,
+    },
+    /// Pinning a map failed.
+    #[error("cannot pin map {map} at {path}: {source}")]
+    Pin {
+        /// The map's name.
+        map: &'static str,
+        /// The pin path.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: aya::pin::PinError,
+    },
+    /// Attaching in the requested mode failed. xdpgate never falls back silently.
+    #[error("cannot attach XDP to {iface} in {mode} mode: {reason}\n{hint}",
+        mode = .mode.name(), hint = mode_hint(*.mode))]
+    Attach {
+        /// The interface.
+        iface: String,
+        /// The requested mode.
+        mode: XdpMode,
+        /// Why the kernel refused.
+        reason: String,
+    },
+    /// Too many interfaces.
+    #[error("at most {max} interfaces are supported, {0} were given", max = MAX_IFACES - 1)]
+    TooManyInterfaces(usize),
+    /// The same interface was given twice.
+    #[error("interface {0:?} is named more than once")]
+    DuplicateInterface(String),
+    /// Filesystem failure on the pin directory.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn mode_hint(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Native => {
+            "xdpgate does not fall back to another mode. The driver may lack native XDP: \
+             --mode skb (generic XDP, works on any interface, slower) or --mode hw (NICs with XDP offload)"
+        }
+        XdpMode::Skb => {
+            "xdpgate does not fall back to another mode. Try --mode native (driver XDP) \
+             or --mode hw (NICs with XDP offload)"
+        }
+        XdpMode::Hw => {
+            "xdpgate does not fall back to another mode. hw needs a NIC with XDP offload; \
+             use --mode native (driver XDP, the default) or --mode skb (generic XDP, any interface)"
+        }
+    }
+}
+
+fn aya_mode(mode: XdpMode) -> AyaMode {
+    match mode {
+        XdpMode::Native => AyaMode::Driver,
+        XdpMode::Skb => AyaMode::Skb,
+        XdpMode::Hw => AyaMode::Hardware,
+    }
+}
+
+/// One interface the datapath is attached to.
+#[derive(Debug)]
+pub struct Attached {
+    /// Interface name.
+    pub iface: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Mode the kernel reports for the attachment.
+    pub mode: XdpMode,
+    /// Kernel program id.
+    pub prog_id: u32,
+    link: XdpLinkId,
+}
+
+/// The loaded and attached datapath. Dropping it detaches every interface and
+/// removes the pinned maps; [`Datapath::shutdown`] does the same and reports errors.
+#[derive(Debug)]
+pub struct Datapath {
+    ebpf: Ebpf,
+    paths: Paths,
+    attached: Vec<Attached>,
+    pinned: Vec<PathBuf>,
+}
+
+impl Datapath {
+    /// Loads the program, registers `ifaces` in its interface map, pins its maps
+    /// under `paths.bpffs_dir` and attaches it to every interface in `mode`.
+    /// On any error everything done so far is undone.
+    pub fn start(paths: &Paths, ifaces: &[String], mode: XdpMode) -> Result<Self, DatapathError> {
+        if ifaces.len() >= MAX_IFACES as usize {
+            return Err(DatapathError::TooManyInterfaces(ifaces.len()));
+        }
+        let mut seen = HashSet::new();
+        let mut resolved = Vec::with_capacity(ifaces.len());
+        for name in ifaces {
+            if !seen.insert(name.as_str()) {
+                return Err(DatapathError::DuplicateInterface(name.clone()));
+            }
+            resolved.push((name.clone(), sys::ifindex(name)?));
+        }
+
+        let ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(DatapathError::Load)?;
+        let mut dp = Datapath {
+            ebpf,
+            paths: paths.clone(),
+            attached: Vec::new(),
+            pinned: Vec::new(),
+        };
+        dp.register(&resolved)?;
+        dp.pin_maps()?;
+        let prog = dp.program()?;
+        prog.load().map_err(DatapathError::Verify)?;
+        for (name, ifindex) in resolved {
+            dp.attach(&name, ifindex, mode)?;
+        }
+        Ok(dp)
+    }
+
+    /// The interfaces attached, in the order given.
+    pub fn attached(&self) -> &[Attached] {
+        &self.attached
+    }
+
+    fn program(&mut self) -> Result<&mut Xdp, DatapathError> {
+        let prog = self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| DatapathError::Missing(format!("program {PROGRAM_NAME}")))?;
+        prog.try_into()
+            .map_err(|_| DatapathError::Missing(format!("XDP program {PROGRAM_NAME}")))
+    }
+
+    fn register(&mut self, ifaces: &[(String, u32)]) -> Result<(), DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::IFACES)
+            .ok_or_else(|| DatapathError::Missing(format!("map {}", maps::IFACES)))?;
+        let mut map: HashMap<_, u32, IfaceConfig> =
+            HashMap::try_from(map).map_err(|source| DatapathError::Map {
+                map: maps::IFACES,
+                source,
+            })?;
+        for (i, (_, ifindex)) in ifaces.iter().enumerate() {
+            let cfg = IfaceConfig {
+                slot: i as u32 + 1,
+                flags: 0,
+            };
+            map.insert(ifindex, cfg, 0)
+                .map_err(|source| DatapathError::Map {
+                    map: maps::IFACES,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn pin_maps(&mut self) -> Result<(), DatapathError> {
+        let dir = &self.paths.bpffs_dir;
+        // The caller holds the daemon lock, so anything pinned here is stale.
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|source| DatapathError::Io {
+                what: "cannot remove stale pins in",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        std::fs::create_dir_all(dir).map_err(|source| DatapathError::Io {
+            what: "cannot create",
+            path: dir.clone(),
+            source,
+        })?;
+        for name in [maps::IFACES, maps::STATS] {
+            let map = self
+                .ebpf
+                .map(name)
+                .ok_or_else(|| DatapathError::Missing(format!("map {name}")))?;
+            let path = self.paths.map_pin(name);
+            map.pin(&path).map_err(|source| DatapathError::Pin {
+                map: name,
+                path: path.clone(),
+                source,
+            })?;
+            self.pinned.push(path);
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self, iface: &str, ifindex: u32, mode: XdpMode) -> Result<(), DatapathError> {
+        let link = self
+            .program()?
+            .attach_to_if_index(ifindex, aya_mode(mode))
+            .map_err(|e| DatapathError::Attach {
+                iface: iface.to_owned(),
+                mode,
+                reason: attach_reason(&e),
+            })?;
+        // Ask the kernel what it actually attached, rather than trusting the request.
+        let got = netlink::links()
+            .ok()
+            .and_then(|links| links.into_iter().find(|l| l.ifindex == ifindex))
+            .and_then(|l| l.xdp.into_iter().find(|a| a.mode == mode));
+        let prog_id = match got {
+            Some(a) => a.prog_id,
+            None => {
+                let _ = self.program()?.detach(link);
+                return Err(DatapathError::Attach {
+                    iface: iface.to_owned(),
+                    mode,
+                    reason: "the kernel does not report the program in that mode after attaching"
+                        .into(),
+                });
+            }
+        };
+        self.attached.push(Attached {
+            iface: iface.to_owned(),
+            ifindex,
+            mode,
+            prog_id,
+            link,
+        });
+        Ok(())
+    }
+
+    /// Detaches every interface and removes the pinned maps.
+    pub fn shutdown(mut self) -> Result<(), DatapathError> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<(), DatapathError> {
+        let mut first_err = None;
+        let attached = std::mem::take(&mut self.attached);
+        for a in attached {
+            match self.program() {
+                Ok(prog) => {
+                    if let Err(e) = prog.detach(a.link) {
+                        log::warn!("detaching from {}: {e}", a.iface);
+                        first_err.get_or_insert(DatapathError::Attach {
+                            iface: a.iface,
+                            mode: a.mode,
+                            reason: format!("detach failed: {e}"),
+                        });
+                    }
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        for path in self.pinned.drain(..) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                log::warn!("removing pin {}: {e}", path.display());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.paths.bpffs_dir);
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            log::warn!("teardown: {e}");
+        }
+    }
+}
+
+/// The most useful sentence out of an attach error: the OS error and, for the
+/// common cases, what it means.
+fn attach_reason(e: &ProgramError) -> String {
+    let mut msg = e.to_string();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut errno = None;
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            errno = io.raw_os_error();
+        }
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    let meaning = match errno {
+        Some(libc::EBUSY) | Some(libc::EEXIST) => {
+            Some("another XDP program is already attached (see `xdpgate status`)")
+        }
+        Some(libc::EOPNOTSUPP) => Some("the driver does not support this mode"),
+        Some(libc::EINVAL) => Some("the interface does not support this mode"),
+        _ => None,
+    };
+    match meaning {
+        Some(m) => format!("{m} ({msg})"),
+        None => msg,
+    }
+}

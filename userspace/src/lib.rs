@@ -1,0 +1,11 @@
+//! xdpgate's control plane as a library: loading and attaching the XDP program,
+//! reading its counters, and querying the kernel's XDP attachments.
+//!
+//! The `xdpgate` binary (src/main.rs) is a thin CLI over these modules.
+#![deny(missing_docs)]
+
+pub mod datapath;
+pub mod netlink;
+pub mod paths;
+pub mod stats;
+pub mod sys;

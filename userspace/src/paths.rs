@@ -1,0 +1,35 @@
+//! Where a daemon keeps its state: pinned maps under bpffs and a lock file under
+//! the run directory. Both are configurable so that several daemons (for example
+//! one per test namespace) never share maps.
+use std::path::{Path, PathBuf};
+
+/// Default directory for pinned maps.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/xdpgate";
+/// Default runtime directory (lock file, later the control socket).
+pub const DEFAULT_RUN_DIR: &str = "/run/xdpgate";
+
+/// The filesystem locations of one daemon instance.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// Directory under bpffs holding the pinned maps.
+    pub bpffs_dir: PathBuf,
+    /// Runtime directory holding the lock file.
+    pub run_dir: PathBuf,
+}
+
+impl Paths {
+    /// Path at which map `name` is pinned.
+    pub fn map_pin(&self, name: &str) -> PathBuf {
+        self.bpffs_dir.join(name)
+    }
+
+    /// The daemon's lock file; holds the daemon's pid while it runs.
+    pub fn lock_file(&self) -> PathBuf {
+        self.run_dir.join("xdpgate.lock")
+    }
+
+    /// The bpffs mount point that `bpffs_dir` must live under.
+    pub fn bpffs_mount(&self) -> &Path {
+        Path::new("/sys/fs/bpf")
+    }
+}

@@ -1,0 +1,166 @@
+//! Reading the datapath's per-CPU counters from the daemon's pinned maps.
+use std::path::PathBuf;
+
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use serde::Serialize;
+use thiserror::Error;
+use xdpgate_common::{
+    Action, Counter, Family, IfaceConfig, MAX_IFACES, UNKNOWN_IFACE_SLOT, maps, stats_index,
+};
+
+use crate::{paths::Paths, sys};
+
+/// Errors of reading the counters.
+#[derive(Debug, Error)]
+pub enum StatsError {
+    /// No daemon state is pinned.
+    #[error(
+        "no running xdpgate daemon: nothing pinned at {0} (start one with `xdpgate run --iface IF`)"
+    )]
+    NotRunning(PathBuf),
+    /// A pinned map could not be opened or read.
+    #[error("map {map}: {source}")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// The failure.
+        #[source]
+        source: MapError,
+    },
+}
+
+/// One counter row: packets and bytes of one interface, family and action,
+/// summed over all CPUs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Row {
+    /// Interface name (`ifindex N` if it no longer exists, `unregistered` for slot 0).
+    pub interface: String,
+    /// Interface index (0 for unregistered interfaces).
+    pub ifindex: u32,
+    /// `ipv4`, `ipv6` or `other`.
+    pub family: &'static str,
+    /// `pass`, `drop`, `tx`, `redirect` or `aborted`.
+    pub action: &'static str,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes, Ethernet header included.
+    pub bytes: u64,
+}
+
+fn open(paths: &Paths, name: &'static str) -> Result<MapData, StatsError> {
+    let path = paths.map_pin(name);
+    if !path.exists() {
+        return Err(StatsError::NotRunning(paths.bpffs_dir.clone()));
+    }
+    MapData::from_pin(&path).map_err(|source| StatsError::Map { map: name, source })
+}
+
+/// Reads every counter of every registered interface (and of slot 0, the
+/// unregistered-interface slot, when it is non-zero), ordered by slot, family,
+/// action. Rows are present at zero.
+pub fn read(paths: &Paths) -> Result<Vec<Row>, StatsError> {
+    let err = |map| move |source| StatsError::Map { map, source };
+    let ifaces: HashMap<_, u32, IfaceConfig> =
+        HashMap::try_from(Map::HashMap(open(paths, maps::IFACES)?)).map_err(err(maps::IFACES))?;
+    let stats: PerCpuArray<_, Counter> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(paths, maps::STATS)?))
+            .map_err(err(maps::STATS))?;
+
+    let mut slots: Vec<(u32, u32)> = Vec::new(); // (slot, ifindex)
+    for item in ifaces.iter() {
+        let (ifindex, cfg) = item.map_err(err(maps::IFACES))?;
+        if cfg.slot != UNKNOWN_IFACE_SLOT && cfg.slot < MAX_IFACES {
+            slots.push((cfg.slot, ifindex));
+        }
+    }
+    slots.sort_unstable();
+    slots.insert(0, (UNKNOWN_IFACE_SLOT, 0));
+
+    let mut rows = Vec::new();
+    for (slot, ifindex) in slots {
+        let mut slot_rows = Vec::new();
+        for family in Family::ALL {
+            for action in Action::ALL {
+                let values = stats
+                    .get(&stats_index(slot, family, action), 0)
+                    .map_err(err(maps::STATS))?;
+                let (packets, bytes) = values
+                    .iter()
+                    .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+                slot_rows.push(Row {
+                    interface: if slot == UNKNOWN_IFACE_SLOT {
+                        "unregistered".to_owned()
+                    } else {
+                        sys::ifname(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"))
+                    },
+                    ifindex,
+                    family: family.name(),
+                    action: action.name(),
+                    packets,
+                    bytes,
+                });
+            }
+        }
+        if slot != UNKNOWN_IFACE_SLOT || slot_rows.iter().any(|r| r.packets != 0) {
+            rows.extend(slot_rows);
+        }
+    }
+    Ok(rows)
+}
+
+/// Renders rows as an aligned text table. Rows whose action never happened are
+/// left out unless the action is `pass` or `drop`, to keep the table short.
+pub fn render_table(rows: &[Row]) -> String {
+    let shown: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.packets != 0 || r.action == "pass" || r.action == "drop")
+        .collect();
+    let width = shown
+        .iter()
+        .map(|r| r.interface.len())
+        .max()
+        .unwrap_or(0)
+        .max("INTERFACE".len());
+    let mut out = format!(
+        "{:<width$}  {:<6}  {:<8}  {:>14}  {:>16}\n",
+        "INTERFACE", "FAMILY", "ACTION", "PACKETS", "BYTES"
+    );
+    for r in shown {
+        out.push_str(&format!(
+            "{:<width$}  {:<6}  {:<8}  {:>14}  {:>16}\n",
+            r.interface, r.family, r.action, r.packets, r.bytes
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(action: &'static str, packets: u64) -> Row {
+        Row {
+            interface: "veth-long-name".into(),
+            ifindex: 7,
+            family: "ipv6",
+            action,
+            packets,
+            bytes: packets * 100,
+        }
+    }
+
+    #[test]
+    fn table_keeps_pass_drop_and_nonzero_rows() {
+        let t = render_table(&[
+            row("pass", 0),
+            row("drop", 0),
+            row("tx", 0),
+            row("redirect", 3),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[0].starts_with("INTERFACE "));
+        assert!(lines[3].contains("redirect") && lines[3].ends_with("300"));
+        assert!(!t.contains(" tx "));
+    }
+}
