@@ -1,0 +1,6 @@
+//! Test support for xdpgate's end-to-end tests.
+//!
+//! [`lab`] builds throw-away network namespaces joined by veth pairs; [`xdpgate`]
+//! runs the `xdpgate` binary inside them.
+pub mod lab;
+pub mod xdpgate;

@@ -1,0 +1,231 @@
+//! Running the `xdpgate` binary inside a lab namespace.
+//!
+//! Every [`Daemon`] gets its own bpffs and run directories, so daemons of
+//! different tests (or a real daemon on the host) never share maps or locks.
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::lab::Netns;
+
+/// Path of the `xdpgate` binary under test: `$XDPGATE_BIN` (set by `cargo xtask
+/// test`), else `target/debug/xdpgate` of this workspace.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("XDPGATE_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_absolute() && p.is_file(),
+            "XDPGATE_BIN={} must be the absolute path of the xdpgate binary",
+            p.display()
+        );
+        return p;
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xdpgate");
+    assert!(
+        p.is_file(),
+        "{} does not exist: build it with `cargo build -p xdpgate` (`cargo xtask test` does) \
+         or set XDPGATE_BIN",
+        p.display()
+    );
+    p
+}
+
+/// Per-daemon state directories.
+#[derive(Clone, Debug)]
+pub struct StateDirs {
+    /// `--bpffs-dir`.
+    pub bpffs: PathBuf,
+    /// `--run-dir`.
+    pub run: PathBuf,
+}
+
+impl StateDirs {
+    /// Fresh, unique directories (not created yet: the daemon creates them).
+    pub fn unique(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let id = format!("xdpgate-{tag}-{}-{n}", std::process::id());
+        StateDirs {
+            bpffs: PathBuf::from("/sys/fs/bpf").join(&id),
+            run: PathBuf::from("/run").join(&id),
+        }
+    }
+
+    /// An `xdpgate` command in `ns` using these directories.
+    pub fn command(&self, ns: &Netns) -> Command {
+        let mut cmd = ns.command(binary());
+        cmd.env("XDPGATE_BPFFS_DIR", &self.bpffs)
+            .env("XDPGATE_RUN_DIR", &self.run)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `xdpgate ARGS` in `ns` to completion (bounded by `timeout`).
+    pub fn run(&self, ns: &Netns, args: &[&str], timeout: Duration) -> Output {
+        let mut child = self
+            .command(ns)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn xdpgate");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                return child.wait_with_output().expect("collect output");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("collect output");
+                panic!(
+                    "xdpgate {args:?} did not finish within {timeout:?}; stderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for StateDirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.run);
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+    }
+}
+
+/// A running `xdpgate run` daemon. Killed on drop if still running.
+pub struct Daemon {
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    /// The daemon's state directories.
+    pub dirs: StateDirs,
+}
+
+impl Daemon {
+    /// Starts `xdpgate run --iface ... --mode MODE` in `ns` and waits (at most
+    /// 30 s) until it logs that it is ready. Returns the daemon's stderr as the
+    /// error if it exits first.
+    pub fn start(ns: &Netns, ifaces: &[&str], mode: &str) -> Result<Daemon, String> {
+        let dirs = StateDirs::unique("t");
+        let mut cmd = dirs.command(ns);
+        cmd.arg("run").args(["--mode", mode]);
+        for i in ifaces {
+            cmd.args(["--iface", i]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn xdpgate: {e}"))?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[xdpgate] {line}");
+                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut daemon = Daemon {
+            child: Some(child),
+            log,
+            dirs,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if daemon.log().contains("xdpgate ready") {
+                return Ok(daemon);
+            }
+            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100)); // let the reader drain
+                return Err(format!("xdpgate exited with {status}: {}", daemon.log()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("xdpgate not ready within 30 s: {}", daemon.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `xdpgate stats --output json` in `ns`, parsed.
+    pub fn stats(&self, ns: &Netns) -> Vec<serde_json::Value> {
+        let out = self
+            .dirs
+            .run(ns, &["stats", "--output", "json"], Duration::from_secs(10));
+        assert!(
+            out.status.success(),
+            "xdpgate stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("stats JSON")
+    }
+
+    /// Sends `signal` and waits (at most 10 s) for the daemon to exit.
+    pub fn stop_with(mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("xdpgate did not exit within 10 s of signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sums `packets` and `bytes` of the stats rows matching `interface`, `family`
+/// and `action` (`None` matches any).
+pub fn sum(
+    rows: &[serde_json::Value],
+    interface: &str,
+    family: Option<&str>,
+    action: Option<&str>,
+) -> (u64, u64) {
+    rows.iter()
+        .filter(|r| r["interface"] == interface)
+        .filter(|r| family.is_none_or(|f| r["family"] == f))
+        .filter(|r| action.is_none_or(|a| r["action"] == a))
+        .fold((0, 0), |(p, b), r| {
+            (
+                p + r["packets"].as_u64().unwrap(),
+                b + r["bytes"].as_u64().unwrap(),
+            )
+        })
+}
