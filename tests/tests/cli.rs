@@ -1,0 +1,167 @@
+//! The CLI's failure modes: clear messages, non-zero exits, nothing left behind.
+use std::{os::unix::process::CommandExt as _, process::Stdio, time::Duration};
+
+use serde_json::Value;
+use xdpgate_tests::{
+    lab::{Lab, Netns, serial},
+    xdpgate::{Daemon, StateDirs},
+};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn xdp_on(ns: &Netns, ifname: &str) -> bool {
+    let out = ns
+        .exec("ip", &["-d", "-j", "link", "show", "dev", ifname])
+        .expect("ip link");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    !v[0]["xdp"].is_null()
+}
+
+#[test]
+fn unknown_interface_is_a_clear_error() {
+    let _g = serial();
+    let ns = Netns::new("cli").unwrap();
+    let dirs = StateDirs::unique("cli");
+    let out = dirs.run(
+        &ns,
+        &["run", "--iface", "doesnotexist"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"doesnotexist\" does not exist in this network namespace"),
+        "{err}"
+    );
+    assert!(!dirs.bpffs.exists(), "nothing may be pinned on failure");
+}
+
+#[test]
+fn hw_mode_on_veth_fails_and_names_the_other_modes() {
+    let _g = serial();
+    let lab = Lab::new("hw", 30).unwrap();
+    let dirs = StateDirs::unique("hw");
+    let iface = lab.a_end.ifname.as_str();
+    let out = dirs.run(
+        &lab.a,
+        &["run", "--iface", iface, "--mode", "hw"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("cannot attach XDP to {iface} in hw mode")),
+        "{err}"
+    );
+    assert!(
+        err.contains("--mode native") && err.contains("--mode skb"),
+        "{err}"
+    );
+    assert!(err.contains("does not fall back"), "{err}");
+    assert!(!xdp_on(&lab.a, iface), "failed attach left a program");
+    assert!(!dirs.bpffs.exists(), "failed attach left pinned maps");
+}
+
+#[test]
+fn failure_on_second_interface_undoes_the_first() {
+    let _g = serial();
+    let lab = Lab::new("undo", 31).unwrap();
+    let dirs = StateDirs::unique("undo");
+    let iface = lab.a_end.ifname.as_str();
+    let out = dirs.run(
+        &lab.a,
+        &["run", "--iface", iface, "--iface", "lo", "--mode", "native"],
+        Duration::from_secs(20),
+    );
+    // lo has no native XDP: the whole start fails and veth is detached again.
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot attach XDP to lo in native mode"));
+    assert!(!xdp_on(&lab.a, iface), "first interface left attached");
+    assert!(!dirs.bpffs.exists());
+}
+
+#[test]
+fn without_root_says_so() {
+    let _g = serial();
+    let ns = Netns::new("noroot").unwrap();
+    let dirs = StateDirs::unique("noroot");
+    for args in [&["run", "--iface", "lo"][..], &["stats"][..]] {
+        let mut cmd = dirs.command(&ns);
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        // SAFETY: setgid/setuid between fork and exec; async-signal-safe calls only.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("needs root"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let _g = serial();
+    let ns = Netns::new("usage").unwrap();
+    let dirs = StateDirs::unique("usage");
+    for args in [
+        &["run"][..],
+        &["run", "--iface", "lo", "--mode", "turbo"][..],
+        &["frobnicate"][..],
+    ] {
+        let out = dirs.run(&ns, args, Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+    }
+    let out = dirs.run(&ns, &["--help"], Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn second_daemon_on_same_state_is_refused() {
+    let _g = serial();
+    let lab = Lab::new("lock", 32).unwrap();
+    let iface = lab.a_end.ifname.as_str();
+    let daemon = Daemon::start(&lab.a, &[iface], "skb").unwrap();
+    let out = daemon.dirs.run(
+        &lab.a,
+        &["run", "--iface", iface, "--mode", "skb"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "another xdpgate daemon (pid {}) already runs",
+            daemon.pid()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    // The first daemon is unaffected.
+    assert!(xdp_on(&lab.a, iface));
+    assert!(daemon.stop_with(libc::SIGTERM).success());
+}
+
+#[test]
+fn stats_and_status_without_daemon() {
+    let _g = serial();
+    let ns = Netns::new("nodaemon").unwrap();
+    let dirs = StateDirs::unique("nodaemon");
+    let out = dirs.run(&ns, &["stats"], Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no running xdpgate daemon"),
+        "{}",
+        stderr(&out)
+    );
+    let out = dirs.run(&ns, &["status"], Duration::from_secs(10));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("daemon: not running"), "{text}");
+    assert!(text.contains("no interface in this network namespace has an XDP program"));
+}
