@@ -1,0 +1,157 @@
+//! `cargo xtask`: the project's build, test and demo entry points.
+//!
+//! Every command first runs [`bootstrap::run`], which installs whatever the build
+//! and the tests need on a fresh machine, idempotently, saying what it does.
+mod bootstrap;
+mod demo;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "xdpgate build, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install prerequisites: nightly rust-src, bpf-linker for the nightly's LLVM,
+    /// bpffs, and the Debian packages the tests use.
+    Bootstrap,
+    /// Bootstrap and build the xdpgate binary (and its embedded XDP program).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Bootstrap, check formatting and lints, build, and run every test
+    /// (unit tests and the network-namespace end-to-end tests).
+    Test,
+    /// Build and run xdpgate. Without --iface: create a two-namespace dual-stack
+    /// lab, attach xdpgate in it, drive traffic of both families and print live
+    /// stats. With --iface: attach to those interfaces and print live stats.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+        /// Real interface(s) to attach to instead of the lab.
+        #[arg(long = "iface", value_name = "IF")]
+        ifaces: Vec<String>,
+        /// XDP mode: native, skb or hw.
+        #[arg(long, default_value = "native")]
+        mode: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Bootstrap => {
+            bootstrap::run(&root)?;
+        }
+        Task::Build { release } => {
+            let env = bootstrap::run(&root)?;
+            build(&root, &env, release)?;
+        }
+        Task::Test => {
+            let env = bootstrap::run(&root)?;
+            test(&root, &env)?;
+        }
+        Task::Demo {
+            duration,
+            ifaces,
+            mode,
+        } => {
+            let env = bootstrap::run(&root)?;
+            let bin = build(&root, &env, false)?;
+            demo::run(&bin, duration, &ifaces, &mode)?;
+        }
+    }
+    Ok(())
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Runs `cmd` with the bootstrap environment, echoing it; fails on non-zero exit.
+fn cargo(root: &Path, env: &bootstrap::Env, args: &[&str]) -> anyhow::Result<()> {
+    // `cargo +nightly` needs the rustup proxy, not the cargo binary running us.
+    let program = if args.first().is_some_and(|a| a.starts_with('+')) {
+        "cargo".into()
+    } else {
+        std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+    };
+    let mut cmd = Command::new(program);
+    cmd.current_dir(root).args(args).env("PATH", &env.path);
+    say(&format!("cargo {}", args.join(" ")));
+    let status = cmd.status().context("running cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build(root: &Path, env: &bootstrap::Env, release: bool) -> anyhow::Result<PathBuf> {
+    let mut args = vec!["build", "--package", "xdpgate"];
+    if release {
+        args.push("--release");
+    }
+    cargo(root, env, &args)?;
+    Ok(root
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("xdpgate"))
+}
+
+fn test(root: &Path, env: &bootstrap::Env) -> anyhow::Result<()> {
+    cargo(root, env, &["fmt", "--all", "--", "--check"])?;
+    // Host crates (the workspace's default members; the eBPF crate cannot build
+    // for the host), then the eBPF crate for its own target with nightly.
+    cargo(
+        root,
+        env,
+        &["clippy", "--all-targets", "--", "-D", "warnings"],
+    )?;
+    cargo(
+        root,
+        env,
+        &[
+            "+nightly",
+            "clippy",
+            "--package",
+            "xdp-prog",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    let bin = build(root, env, false)?;
+    // SAFETY: single-threaded at this point; the tests read XDPGATE_BIN.
+    unsafe { std::env::set_var("XDPGATE_BIN", &bin) };
+    cargo(root, env, &["test", "--no-fail-fast"])?;
+    say("all tests passed");
+    Ok(())
+}
+
+/// Prints a progress line.
+pub fn say(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
