@@ -229,3 +229,12 @@ pub fn sum(
             )
         })
 }
+
+/// Whether `ifname` in `ns` has any XDP program attached (per `ip -d -j link`).
+pub fn xdp_on(ns: &Netns, ifname: &str) -> bool {
+    let out = ns
+        .exec("ip", &["-d", "-j", "link", "show", "dev", ifname])
+        .expect("ip link");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j JSON");
+    !v[0]["xdp"].is_null()
+}

@@ -1,22 +1,13 @@
 //! The CLI's failure modes: clear messages, non-zero exits, nothing left behind.
 use std::{os::unix::process::CommandExt as _, process::Stdio, time::Duration};
 
-use serde_json::Value;
 use xdpgate_tests::{
     lab::{Lab, Netns, serial},
-    xdpgate::{Daemon, StateDirs},
+    xdpgate::{Daemon, StateDirs, xdp_on},
 };
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn xdp_on(ns: &Netns, ifname: &str) -> bool {
-    let out = ns
-        .exec("ip", &["-d", "-j", "link", "show", "dev", ifname])
-        .expect("ip link");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    !v[0]["xdp"].is_null()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::{
 use serde_json::Value;
 use xdpgate_tests::{
     lab::{Lab, Netns, serial},
-    xdpgate::{Daemon, sum},
+    xdpgate::{Daemon, sum, xdp_on},
 };
 
 /// Packets and bytes the peer's veth end transmitted (`ip -s -j link`).
@@ -46,14 +46,6 @@ fn out_requests(ns: &Netns) -> (u64, u64) {
             .unwrap();
         (v4, v6)
     })
-}
-
-fn xdp_on(ns: &Netns, ifname: &str) -> bool {
-    let out = ns
-        .exec("ip", &["-d", "-j", "link", "show", "dev", ifname])
-        .expect("ip link");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    !v[0]["xdp"].is_null()
 }
 
 /// One TCP echo and one UDP echo between b (client) and a (server) on `addr`.
