@@ -140,7 +140,7 @@ fn bpf_linker(root: &Path) -> anyhow::Result<PathBuf> {
         ));
     } else {
         say(&format!(
-            "bpf-linker {BPF_LINKER_VERSION}: building against {} (LLVM {major}) into {}; takes about a minute",
+            "bpf-linker {BPF_LINKER_VERSION}: building against {} (LLVM {major}) into {}; takes one to two minutes",
             libllvm.display(),
             dir.display()
         ));
