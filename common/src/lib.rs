@@ -15,6 +15,9 @@ pub mod maps {
     /// `PerCpuArray<Counter>`: packets and bytes per interface slot, family and action,
     /// indexed by [`stats_index`](crate::stats_index).
     pub const STATS: &str = "XG_STATS";
+    /// `PerCpuArray<Counter>`: dropped packets and bytes per interface slot and
+    /// [`DropReason`](crate::DropReason), indexed by [`reason_index`](crate::reason_index).
+    pub const REASONS: &str = "XG_REASONS";
 }
 
 /// Name of the XDP program function in the object (also its kernel program name,
@@ -29,16 +32,17 @@ pub const MAX_IFACES: u32 = 256;
 /// Slot that counts packets from interfaces missing from [`maps::IFACES`].
 pub const UNKNOWN_IFACE_SLOT: u32 = 0;
 
-/// Address family of a packet, as the datapath classifies it for counting.
+/// Address family of a packet, as the datapath classifies it for counting: by
+/// the EtherType after any VLAN tags, whether or not the IP header is intact.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
-    /// EtherType 0x0800 with a complete IPv4 header (version 4, IHL >= 5).
+    /// EtherType 0x0800.
     Ipv4 = 0,
-    /// EtherType 0x86DD with a complete IPv6 fixed header (version 6).
+    /// EtherType 0x86DD.
     Ipv6 = 1,
-    /// Everything else: ARP, LLDP, other EtherTypes, and IP frames too short or
-    /// inconsistent to parse.
+    /// Everything else (ARP, LLDP, other EtherTypes) and frames too short to
+    /// carry an EtherType.
     Other = 2,
 }
 
@@ -98,6 +102,90 @@ impl Action {
     }
 }
 
+/// Why the datapath dropped (or, with [`IFACE_PASS_MALFORMED`], would have dropped)
+/// a packet. A bounded set: every value has a counter per interface.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Frame shorter than an Ethernet header.
+    TruncatedEthernet = 0,
+    /// A VLAN tag (802.1Q or 802.1ad) cut short.
+    TruncatedVlan = 1,
+    /// More than two VLAN tags.
+    VlanTooDeep = 2,
+    /// IPv4 header shorter than 20 bytes, or its options cut short.
+    TruncatedIpv4 = 3,
+    /// IPv4 version field not 4, or IHL below 5.
+    BadIpv4Header = 4,
+    /// IPv4 total length smaller than the header or larger than the frame.
+    BadIpv4Length = 5,
+    /// IPv6 header shorter than 40 bytes.
+    TruncatedIpv6 = 6,
+    /// IPv6 version field not 6, or payload length beyond the frame.
+    BadIpv6Header = 7,
+    /// An IPv6 extension header cut short.
+    TruncatedIpv6Ext = 8,
+    /// More IPv6 extension headers than the datapath walks
+    /// ([`MAX_IPV6_EXT_HEADERS`]).
+    Ipv6ExtTooDeep = 9,
+    /// The L4 header (TCP 20, UDP 8, SCTP 12, ICMP/ICMPv6 4 bytes) is cut short in
+    /// an unfragmented packet or a first fragment.
+    TruncatedL4 = 10,
+}
+
+impl DropReason {
+    /// Number of reasons.
+    pub const COUNT: u32 = 11;
+    /// All reasons in index order.
+    pub const ALL: [DropReason; 11] = [
+        DropReason::TruncatedEthernet,
+        DropReason::TruncatedVlan,
+        DropReason::VlanTooDeep,
+        DropReason::TruncatedIpv4,
+        DropReason::BadIpv4Header,
+        DropReason::BadIpv4Length,
+        DropReason::TruncatedIpv6,
+        DropReason::BadIpv6Header,
+        DropReason::TruncatedIpv6Ext,
+        DropReason::Ipv6ExtTooDeep,
+        DropReason::TruncatedL4,
+    ];
+
+    /// Snake-case name used in CLI output and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::TruncatedEthernet => "truncated_ethernet",
+            DropReason::TruncatedVlan => "truncated_vlan",
+            DropReason::VlanTooDeep => "vlan_too_deep",
+            DropReason::TruncatedIpv4 => "truncated_ipv4",
+            DropReason::BadIpv4Header => "bad_ipv4_header",
+            DropReason::BadIpv4Length => "bad_ipv4_length",
+            DropReason::TruncatedIpv6 => "truncated_ipv6",
+            DropReason::BadIpv6Header => "bad_ipv6_header",
+            DropReason::TruncatedIpv6Ext => "truncated_ipv6_ext",
+            DropReason::Ipv6ExtTooDeep => "ipv6_ext_too_deep",
+            DropReason::TruncatedL4 => "truncated_l4",
+        }
+    }
+}
+
+/// Most IPv6 extension headers the parser walks before giving up with
+/// [`DropReason::Ipv6ExtTooDeep`].
+pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
+
+/// [`IfaceConfig::flags`] bit: pass malformed packets instead of dropping them
+/// (they are still counted under their [`DropReason`]).
+pub const IFACE_PASS_MALFORMED: u32 = 1 << 0;
+
+/// Number of entries in [`maps::REASONS`].
+pub const REASON_ENTRIES: u32 = MAX_IFACES * DropReason::COUNT;
+
+/// Index into [`maps::REASONS`] of the counter for `slot` and `reason`.
+#[inline(always)]
+pub const fn reason_index(slot: u32, reason: DropReason) -> u32 {
+    slot * DropReason::COUNT + reason as u32
+}
+
 /// Number of entries in [`maps::STATS`].
 pub const STATS_ENTRIES: u32 = MAX_IFACES * Family::COUNT * Action::COUNT;
 
@@ -125,7 +213,7 @@ pub struct Counter {
 pub struct IfaceConfig {
     /// Counter slot of this interface, `1..MAX_IFACES`.
     pub slot: u32,
-    /// Reserved for per-interface flags; zero.
+    /// `IFACE_*` flag bits.
     pub flags: u32,
 }
 
@@ -170,6 +258,11 @@ mod tests {
         for (i, f) in Family::ALL.iter().enumerate() {
             assert_eq!(*f as usize, i);
         }
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert_eq!(reason_index(1, *r), DropReason::COUNT + i as u32);
+        }
+        assert_eq!(DropReason::ALL.len() as u32, DropReason::COUNT);
         assert_eq!(core::mem::size_of::<Counter>(), 16);
         assert_eq!(core::mem::size_of::<IfaceConfig>(), 8);
     }

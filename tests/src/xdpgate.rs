@@ -168,8 +168,14 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
-    /// `xdpgate stats --output json` in `ns`, parsed.
+    /// The `counters` rows of `xdpgate stats --output json` in `ns`.
     pub fn stats(&self, ns: &Netns) -> Vec<serde_json::Value> {
+        let report = self.report(ns);
+        report["counters"].as_array().expect("counters").clone()
+    }
+
+    /// `xdpgate stats --output json` in `ns`, parsed.
+    pub fn report(&self, ns: &Netns) -> serde_json::Value {
         let out = self
             .dirs
             .run(ns, &["stats", "--output", "json"], Duration::from_secs(10));

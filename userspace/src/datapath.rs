@@ -8,7 +8,7 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode as AyaMode, xdp::XdpLinkId},
 };
 use thiserror::Error;
-use xdpgate_common::{IfaceConfig, MAX_IFACES, PROGRAM_NAME, maps};
+use xdpgate_common::{IFACE_PASS_MALFORMED, IfaceConfig, MAX_IFACES, PROGRAM_NAME, maps};
 
 use crate::{
     netlink::{self, XdpMode},
@@ -31,6 +31,9 @@ pub enum DatapathError {
     /// The verifier or the kernel refused the program; the message carries the verifier log.
     #[error("the kernel refused the XDP program: {0}")]
     Verify(#[source] ProgramError),
+    /// `BPF_PROG_TEST_RUN` failed.
+    #[error("test run failed: {0}")]
+    TestRun(#[source] ProgramError),
     /// The object lacks something the control plane expects (ABI drift).
     #[error("the XDP object has no {0}: common/ and xdp-prog/ disagree")]
     Missing(String),
@@ -123,21 +126,47 @@ pub struct Attached {
     link: XdpLinkId,
 }
 
-/// The loaded and attached datapath. Dropping it detaches every interface and
-/// removes the pinned maps; [`Datapath::shutdown`] does the same and reports errors.
+/// The loaded (and, once started, attached) datapath. Dropping it detaches every
+/// interface and removes the pinned maps; [`Datapath::shutdown`] does the same
+/// and reports errors.
 #[derive(Debug)]
 pub struct Datapath {
     ebpf: Ebpf,
-    paths: Paths,
+    paths: Option<Paths>,
     attached: Vec<Attached>,
     pinned: Vec<PathBuf>,
+}
+
+/// How the datapath treats malformed packets on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    /// Drop them (the default); they are counted under their drop reason.
+    Drop,
+    /// Pass them to the stack; they are still counted under their drop reason.
+    Pass,
+}
+
+/// The result of one `BPF_PROG_TEST_RUN` of the program on a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRunOutcome {
+    /// The XDP verdict (`XDP_*` value).
+    pub action: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    /// Kernel-measured average run time per repetition.
+    pub duration: std::time::Duration,
 }
 
 impl Datapath {
     /// Loads the program, registers `ifaces` in its interface map, pins its maps
     /// under `paths.bpffs_dir` and attaches it to every interface in `mode`.
     /// On any error everything done so far is undone.
-    pub fn start(paths: &Paths, ifaces: &[String], mode: XdpMode) -> Result<Self, DatapathError> {
+    pub fn start(
+        paths: &Paths,
+        ifaces: &[String],
+        mode: XdpMode,
+        malformed: Malformed,
+    ) -> Result<Self, DatapathError> {
         if ifaces.len() >= MAX_IFACES as usize {
             return Err(DatapathError::TooManyInterfaces(ifaces.len()));
         }
@@ -147,31 +176,43 @@ impl Datapath {
             if !seen.insert(name.as_str()) {
                 return Err(DatapathError::DuplicateInterface(name.clone()));
             }
-            resolved.push((name.clone(), sys::ifindex(name)?));
+            resolved.push(sys::ifindex(name)?);
         }
+        let mut dp = Self::load()?;
+        for (i, ifindex) in resolved.iter().enumerate() {
+            dp.register(*ifindex, i as u32 + 1, malformed)?;
+        }
+        dp.pin(paths)?;
+        for (name, ifindex) in ifaces.iter().zip(resolved) {
+            dp.attach(name, ifindex, mode)?;
+        }
+        Ok(dp)
+    }
 
+    /// Loads the object and has the kernel verify the program, without
+    /// registering, pinning or attaching anything.
+    pub fn load() -> Result<Self, DatapathError> {
         let ebpf = EbpfLoader::new()
             .load(OBJECT)
             .map_err(DatapathError::Load)?;
         let mut dp = Datapath {
             ebpf,
-            paths: paths.clone(),
+            paths: None,
             attached: Vec::new(),
             pinned: Vec::new(),
         };
-        dp.register(&resolved)?;
-        dp.pin_maps()?;
-        let prog = dp.program()?;
-        prog.load().map_err(DatapathError::Verify)?;
-        for (name, ifindex) in resolved {
-            dp.attach(&name, ifindex, mode)?;
-        }
+        dp.program()?.load().map_err(DatapathError::Verify)?;
         Ok(dp)
     }
 
     /// The interfaces attached, in the order given.
     pub fn attached(&self) -> &[Attached] {
         &self.attached
+    }
+
+    /// A map of the loaded object by name (see `xdpgate_common::maps`).
+    pub fn map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.ebpf.map(name)
     }
 
     fn program(&mut self) -> Result<&mut Xdp, DatapathError> {
@@ -183,7 +224,17 @@ impl Datapath {
             .map_err(|_| DatapathError::Missing(format!("XDP program {PROGRAM_NAME}")))
     }
 
-    fn register(&mut self, ifaces: &[(String, u32)]) -> Result<(), DatapathError> {
+    /// Registers interface `ifindex` under counter `slot` (1..MAX_IFACES) with
+    /// its malformed-packet policy.
+    pub fn register(
+        &mut self,
+        ifindex: u32,
+        slot: u32,
+        malformed: Malformed,
+    ) -> Result<(), DatapathError> {
+        if slot == 0 || slot >= MAX_IFACES {
+            return Err(DatapathError::TooManyInterfaces(slot as usize));
+        }
         let map = self
             .ebpf
             .map_mut(maps::IFACES)
@@ -193,23 +244,44 @@ impl Datapath {
                 map: maps::IFACES,
                 source,
             })?;
-        for (i, (_, ifindex)) in ifaces.iter().enumerate() {
-            let cfg = IfaceConfig {
-                slot: i as u32 + 1,
-                flags: 0,
-            };
-            map.insert(ifindex, cfg, 0)
-                .map_err(|source| DatapathError::Map {
-                    map: maps::IFACES,
-                    source,
-                })?;
-        }
-        Ok(())
+        let flags = match malformed {
+            Malformed::Drop => 0,
+            Malformed::Pass => IFACE_PASS_MALFORMED,
+        };
+        map.insert(ifindex, IfaceConfig { slot, flags }, 0)
+            .map_err(|source| DatapathError::Map {
+                map: maps::IFACES,
+                source,
+            })
     }
 
-    fn pin_maps(&mut self) -> Result<(), DatapathError> {
-        let dir = &self.paths.bpffs_dir;
-        // The caller holds the daemon lock, so anything pinned here is stale.
+    /// Runs the program once per repetition on `frame` with `BPF_PROG_TEST_RUN`
+    /// (the kernel's test-run path: no interface, counters and maps are live).
+    /// The ingress interface the program sees is the loopback device of the
+    /// calling thread's network namespace.
+    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRunOutcome, DatapathError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat.max(1);
+        let result = self
+            .program()?
+            .test_run(opts)
+            .map_err(DatapathError::TestRun)?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: result.return_value,
+            frame: out,
+            duration: result.duration,
+        })
+    }
+
+    /// Pins the maps under `paths.bpffs_dir`, replacing stale pins (the caller
+    /// holds the daemon lock, so anything pinned there is stale).
+    pub fn pin(&mut self, paths: &Paths) -> Result<(), DatapathError> {
+        let dir = &paths.bpffs_dir;
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|source| DatapathError::Io {
                 what: "cannot remove stale pins in",
@@ -222,12 +294,13 @@ impl Datapath {
             path: dir.clone(),
             source,
         })?;
-        for name in [maps::IFACES, maps::STATS] {
+        self.paths = Some(paths.clone());
+        for name in [maps::IFACES, maps::STATS, maps::REASONS] {
             let map = self
                 .ebpf
                 .map(name)
                 .ok_or_else(|| DatapathError::Missing(format!("map {name}")))?;
-            let path = self.paths.map_pin(name);
+            let path = paths.map_pin(name);
             map.pin(&path).map_err(|source| DatapathError::Pin {
                 map: name,
                 path: path.clone(),
@@ -238,7 +311,14 @@ impl Datapath {
         Ok(())
     }
 
-    fn attach(&mut self, iface: &str, ifindex: u32, mode: XdpMode) -> Result<(), DatapathError> {
+    /// Attaches the program to `iface` in `mode` and checks with the kernel that
+    /// it is attached in that mode.
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        mode: XdpMode,
+    ) -> Result<(), DatapathError> {
         let link = self
             .program()?
             .attach_to_if_index(ifindex, aya_mode(mode))
@@ -304,7 +384,9 @@ impl Datapath {
                 log::warn!("removing pin {}: {e}", path.display());
             }
         }
-        let _ = std::fs::remove_dir(&self.paths.bpffs_dir);
+        if let Some(paths) = self.paths.take() {
+            let _ = std::fs::remove_dir(&paths.bpffs_dir);
+        }
         first_err.map_or(Ok(()), Err)
     }
 }

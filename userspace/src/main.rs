@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use xdpgate::{
-    datapath::Datapath,
+    datapath::{Datapath, Malformed},
     netlink::{self, XdpMode},
     paths::{DEFAULT_BPFFS_DIR, DEFAULT_RUN_DIR, Paths},
     stats,
@@ -42,6 +42,10 @@ enum Command {
         /// XDP attach mode. There is no fallback: if the mode cannot attach, xdpgate fails.
         #[arg(long, value_enum, default_value_t = Mode::Native)]
         mode: Mode,
+        /// What to do with malformed packets (truncated or inconsistent headers).
+        /// Either way they are counted per drop reason.
+        #[arg(long, value_enum, default_value_t = MalformedPolicy::Drop)]
+        malformed: MalformedPolicy,
     },
     /// Show which interfaces carry xdpgate or another XDP program, in which mode, with which program id.
     Status {
@@ -78,6 +82,24 @@ impl From<Mode> for XdpMode {
     }
 }
 
+/// `--malformed`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum MalformedPolicy {
+    /// Drop them.
+    Drop,
+    /// Pass them to the kernel stack.
+    Pass,
+}
+
+impl From<MalformedPolicy> for Malformed {
+    fn from(m: MalformedPolicy) -> Self {
+        match m {
+            MalformedPolicy::Drop => Malformed::Drop,
+            MalformedPolicy::Pass => Malformed::Pass,
+        }
+    }
+}
+
 /// `--output`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Output {
@@ -107,7 +129,11 @@ fn main() -> ExitCode {
         run_dir: cli.run_dir,
     };
     let result = match cli.command {
-        Command::Run { ifaces, mode } => run(&paths, &ifaces, mode.into()),
+        Command::Run {
+            ifaces,
+            mode,
+            malformed,
+        } => run(&paths, &ifaces, mode.into(), malformed.into()),
         Command::Status { output } => status(&paths, output),
         Command::Stats { output } => show_stats(&paths, output),
     };
@@ -120,7 +146,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(paths: &Paths, ifaces: &[String], mode: XdpMode) -> anyhow::Result<()> {
+fn run(
+    paths: &Paths,
+    ifaces: &[String],
+    mode: XdpMode,
+    malformed: Malformed,
+) -> anyhow::Result<()> {
     sys::require_root("xdpgate run")?;
     sys::require_bpffs(paths.bpffs_mount())?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -133,7 +164,7 @@ fn run(paths: &Paths, ifaces: &[String], mode: XdpMode) -> anyhow::Result<()> {
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let _lock = DaemonLock::acquire(&paths.run_dir, &paths.lock_file())?;
-        let datapath = Datapath::start(paths, ifaces, mode)?;
+        let datapath = Datapath::start(paths, ifaces, mode, malformed)?;
         for a in datapath.attached() {
             log::info!(
                 "attached to {} (ifindex {}) in {} mode, program id {}",
@@ -263,7 +294,7 @@ fn show_stats(paths: &Paths, output: Output) -> anyhow::Result<()> {
     let rows = stats::read(paths)?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Text => print!("{}", stats::render_table(&rows)),
+        Output::Text => print!("{}", stats::render(&rows)),
     }
     Ok(())
 }

@@ -5,7 +5,8 @@ use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use serde::Serialize;
 use thiserror::Error;
 use xdpgate_common::{
-    Action, Counter, Family, IfaceConfig, MAX_IFACES, UNKNOWN_IFACE_SLOT, maps, stats_index,
+    Action, Counter, DropReason, Family, IfaceConfig, MAX_IFACES, UNKNOWN_IFACE_SLOT, maps,
+    reason_index, stats_index,
 };
 
 use crate::{paths::Paths, sys};
@@ -47,6 +48,31 @@ pub struct Row {
     pub bytes: u64,
 }
 
+/// Drop-reason counter of one interface, summed over all CPUs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReasonRow {
+    /// Interface name, as in [`Row`].
+    pub interface: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Reason name (`xdpgate_common::DropReason::name`).
+    pub reason: &'static str,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Everything `xdpgate stats` reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Packets and bytes per interface, family and action.
+    pub counters: Vec<Row>,
+    /// Malformed packets per interface and reason (dropped, unless the interface
+    /// passes malformed packets).
+    pub malformed: Vec<ReasonRow>,
+}
+
 fn open(paths: &Paths, name: &'static str) -> Result<MapData, StatsError> {
     let path = paths.map_pin(name);
     if !path.exists() {
@@ -55,16 +81,24 @@ fn open(paths: &Paths, name: &'static str) -> Result<MapData, StatsError> {
     MapData::from_pin(&path).map_err(|source| StatsError::Map { map: name, source })
 }
 
+/// Reads the counters from the maps a daemon pinned under `paths.bpffs_dir`.
+pub fn read(paths: &Paths) -> Result<Report, StatsError> {
+    let ifaces = Map::HashMap(open(paths, maps::IFACES)?);
+    let stats = Map::PerCpuArray(open(paths, maps::STATS)?);
+    let reasons = Map::PerCpuArray(open(paths, maps::REASONS)?);
+    collect(&ifaces, &stats, &reasons)
+}
+
 /// Reads every counter of every registered interface (and of slot 0, the
 /// unregistered-interface slot, when it is non-zero), ordered by slot, family,
 /// action. Rows are present at zero.
-pub fn read(paths: &Paths) -> Result<Vec<Row>, StatsError> {
+pub fn collect(ifaces: &Map, stats: &Map, reasons: &Map) -> Result<Report, StatsError> {
     let err = |map| move |source| StatsError::Map { map, source };
     let ifaces: HashMap<_, u32, IfaceConfig> =
-        HashMap::try_from(Map::HashMap(open(paths, maps::IFACES)?)).map_err(err(maps::IFACES))?;
-    let stats: PerCpuArray<_, Counter> =
-        PerCpuArray::try_from(Map::PerCpuArray(open(paths, maps::STATS)?))
-            .map_err(err(maps::STATS))?;
+        HashMap::try_from(ifaces).map_err(err(maps::IFACES))?;
+    let stats: PerCpuArray<_, Counter> = PerCpuArray::try_from(stats).map_err(err(maps::STATS))?;
+    let reasons: PerCpuArray<_, Counter> =
+        PerCpuArray::try_from(reasons).map_err(err(maps::REASONS))?;
 
     let mut slots: Vec<(u32, u32)> = Vec::new(); // (slot, ifindex)
     for item in ifaces.iter() {
@@ -76,23 +110,26 @@ pub fn read(paths: &Paths) -> Result<Vec<Row>, StatsError> {
     slots.sort_unstable();
     slots.insert(0, (UNKNOWN_IFACE_SLOT, 0));
 
-    let mut rows = Vec::new();
+    let sum = |map: &PerCpuArray<_, Counter>, index: u32, name| {
+        map.get(&index, 0).map_err(err(name)).map(|values| {
+            values
+                .iter()
+                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
+        })
+    };
+    let mut report = Report::default();
     for (slot, ifindex) in slots {
-        let mut slot_rows = Vec::new();
+        let interface = if slot == UNKNOWN_IFACE_SLOT {
+            "unregistered".to_owned()
+        } else {
+            sys::ifname(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"))
+        };
+        let mut rows = Vec::new();
         for family in Family::ALL {
             for action in Action::ALL {
-                let values = stats
-                    .get(&stats_index(slot, family, action), 0)
-                    .map_err(err(maps::STATS))?;
-                let (packets, bytes) = values
-                    .iter()
-                    .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
-                slot_rows.push(Row {
-                    interface: if slot == UNKNOWN_IFACE_SLOT {
-                        "unregistered".to_owned()
-                    } else {
-                        sys::ifname(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"))
-                    },
+                let (packets, bytes) = sum(&stats, stats_index(slot, family, action), maps::STATS)?;
+                rows.push(Row {
+                    interface: interface.clone(),
                     ifindex,
                     family: family.name(),
                     action: action.name(),
@@ -101,11 +138,40 @@ pub fn read(paths: &Paths) -> Result<Vec<Row>, StatsError> {
                 });
             }
         }
-        if slot != UNKNOWN_IFACE_SLOT || slot_rows.iter().any(|r| r.packets != 0) {
-            rows.extend(slot_rows);
+        let mut reason_rows = Vec::new();
+        for reason in DropReason::ALL {
+            let (packets, bytes) = sum(&reasons, reason_index(slot, reason), maps::REASONS)?;
+            reason_rows.push(ReasonRow {
+                interface: interface.clone(),
+                ifindex,
+                reason: reason.name(),
+                packets,
+                bytes,
+            });
+        }
+        if slot != UNKNOWN_IFACE_SLOT || rows.iter().any(|r| r.packets != 0) {
+            report.counters.extend(rows);
+            report.malformed.extend(reason_rows);
         }
     }
-    Ok(rows)
+    Ok(report)
+}
+
+/// Renders a report as text: the counter table, then the non-zero malformed
+/// counters.
+pub fn render(report: &Report) -> String {
+    let mut out = render_table(&report.counters);
+    let bad: Vec<&ReasonRow> = report.malformed.iter().filter(|r| r.packets != 0).collect();
+    if !bad.is_empty() {
+        out.push_str("\nMALFORMED\n");
+        for r in bad {
+            out.push_str(&format!(
+                "{}  {:<20}  {:>14}  {:>16}\n",
+                r.interface, r.reason, r.packets, r.bytes
+            ));
+        }
+    }
+    out
 }
 
 /// Renders rows as an aligned text table. Rows whose action never happened are

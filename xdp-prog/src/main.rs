@@ -9,17 +9,29 @@ mod maps;
 mod parse;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use xdpgate_common::Action;
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use xdpgate_common::{Action, IFACE_PASS_MALFORMED};
 
-/// Entry point: classify the frame's family, count it, pass it.
+/// Entry point: parse, count, decide.
 #[xdp]
 pub fn xdpgate(ctx: XdpContext) -> u32 {
+    let iface = stats::iface(&ctx);
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
     let mut cursor = parse::Cursor::new(&ctx);
-    let family = parse::family(&mut cursor);
-    let action = Action::Pass;
-    stats::count(&ctx, family, action);
-    xdp_action::XDP_PASS
+    let (family, action) = match parse::parse(&mut cursor) {
+        Ok(packet) => (packet.family, Action::Pass),
+        Err(bad) => {
+            stats::count_reason(iface.slot, bad.reason, bytes);
+            let action = if iface.flags & IFACE_PASS_MALFORMED != 0 {
+                Action::Pass
+            } else {
+                Action::Drop
+            };
+            (bad.family, action)
+        }
+    };
+    stats::count(iface.slot, family, action, bytes);
+    action as u32
 }
 
 #[cfg(not(test))]

@@ -1,69 +1,186 @@
 //! Packet parsing: the only module that touches raw packet pointers.
 //!
 //! [`Cursor`] walks the frame front to back; every read goes through
-//! [`Cursor::take`], which proves to the verifier that the whole header lies
-//! before `data_end` before handing out a pointer to it.
+//! [`Cursor::take`] or [`Cursor::skip`], which prove to the verifier that the
+//! bytes lie before `data_end` before handing out a pointer to them.
+//!
+//! [`parse`] turns a frame into a [`Packet`]: VLAN/QinQ tags, IPv4 with options
+//! and fragments, IPv6 with its extension-header chain and fragments, and the L4
+//! fields rules match on (ports, ICMP type and code). Malformed frames come back
+//! as [`Malformed`] with a [`DropReason`].
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use xdpgate_common::Family;
+use xdpgate_common::{DropReason, Family, MAX_IPV6_EXT_HEADERS};
 
-/// EtherType of IPv4, in network byte order as read from the wire.
-const ETH_P_IP: u16 = 0x0800u16.to_be();
-/// EtherType of IPv6, in network byte order as read from the wire.
-const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
+/// EtherTypes and IP protocol numbers, in the byte order they are read in.
+mod wire {
+    pub const ETH_P_IP: u16 = 0x0800u16.to_be();
+    pub const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
+    pub const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+    pub const ETH_P_8021AD: u16 = 0x88A8u16.to_be();
+    pub const IPPROTO_HOPOPTS: u8 = 0;
+    pub const IPPROTO_ICMP: u8 = 1;
+    pub const IPPROTO_TCP: u8 = 6;
+    pub const IPPROTO_UDP: u8 = 17;
+    pub const IPPROTO_ROUTING: u8 = 43;
+    pub const IPPROTO_FRAGMENT: u8 = 44;
+    pub const IPPROTO_AH: u8 = 51;
+    pub const IPPROTO_ICMPV6: u8 = 58;
+    pub const IPPROTO_DSTOPTS: u8 = 60;
+    pub const IPPROTO_SCTP: u8 = 132;
+}
+use wire::*;
 
 /// Ethernet II header.
 #[repr(C)]
-pub struct EthHdr {
-    /// Destination MAC.
-    pub dst: [u8; 6],
-    /// Source MAC.
-    pub src: [u8; 6],
-    /// EtherType, big-endian.
-    pub ether_type: u16,
+struct EthHdr {
+    _dst: [u8; 6],
+    _src: [u8; 6],
+    ether_type: u16,
+}
+
+/// The 4 bytes of an 802.1Q/802.1ad tag after the TPID.
+#[repr(C)]
+struct VlanHdr {
+    _tci: u16,
+    ether_type: u16,
 }
 
 /// IPv4 header without options.
 #[repr(C)]
-pub struct Ipv4Hdr {
-    /// Version (high nibble) and IHL in 32-bit words (low nibble).
-    pub version_ihl: u8,
-    /// DSCP and ECN.
-    pub tos: u8,
-    /// Total length, big-endian.
-    pub tot_len: u16,
-    /// Identification, big-endian.
-    pub id: u16,
-    /// Flags and fragment offset, big-endian.
-    pub frag_off: u16,
-    /// Time to live.
-    pub ttl: u8,
-    /// Protocol of the next header.
-    pub protocol: u8,
-    /// Header checksum.
-    pub check: u16,
-    /// Source address, big-endian.
-    pub src: [u8; 4],
-    /// Destination address, big-endian.
-    pub dst: [u8; 4],
+struct Ipv4Hdr {
+    version_ihl: u8,
+    _tos: u8,
+    tot_len: u16,
+    _id: u16,
+    frag_off: u16,
+    _ttl: u8,
+    protocol: u8,
+    _check: u16,
+    src: u32,
+    dst: u32,
 }
 
 /// IPv6 fixed header.
 #[repr(C)]
-pub struct Ipv6Hdr {
-    /// Version (4 bits), traffic class (8), flow label (20), big-endian.
-    pub vtc_flow: u32,
-    /// Payload length, big-endian.
-    pub payload_len: u16,
-    /// Next header.
-    pub next_hdr: u8,
-    /// Hop limit.
-    pub hop_limit: u8,
-    /// Source address.
-    pub src: [u8; 16],
-    /// Destination address.
-    pub dst: [u8; 16],
+struct Ipv6Hdr {
+    version_tc: u8,
+    _tc_flow: [u8; 3],
+    payload_len: u16,
+    next_hdr: u8,
+    _hop_limit: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+}
+
+/// The first two bytes every IPv6 extension header shares.
+#[repr(C)]
+struct ExtHdr {
+    next_hdr: u8,
+    len: u8,
+}
+
+/// IPv6 fragment header.
+#[repr(C)]
+struct FragHdr {
+    next_hdr: u8,
+    _reserved: u8,
+    frag_off: u16,
+    _id: u32,
+}
+
+/// The first bytes of TCP, UDP and SCTP headers: the ports.
+#[repr(C)]
+struct Ports {
+    sport: u16,
+    dport: u16,
+}
+
+/// The first bytes of ICMP and ICMPv6 headers.
+#[repr(C)]
+struct IcmpHdr {
+    type_: u8,
+    code: u8,
+    _check: u16,
+}
+
+/// Fragment position of a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not a fragment.
+    None,
+    /// First fragment (offset 0, more fragments follow): carries the L4 header.
+    First,
+    /// Any later fragment: carries no L4 header.
+    Later,
+}
+
+/// Which L4 fields of a [`Packet`] are valid.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    /// None (non-first fragment, or a protocol without ports or ICMP fields).
+    None,
+    /// `sport` and `dport` (TCP, UDP, SCTP).
+    Ports,
+    /// `icmp_type` and `icmp_code` (ICMP for IPv4, ICMPv6 for IPv6).
+    Icmp,
+}
+
+/// What the classifier needs to know about a frame.
+pub struct Packet {
+    /// Family by EtherType.
+    pub family: Family,
+    /// Source address, big-endian; IPv4 in word 0, rest zero.
+    pub src: [u32; 4],
+    /// Destination address, like `src`.
+    pub dst: [u32; 4],
+    /// L4 protocol: IPv4 protocol, or the IPv6 next header after the extension
+    /// chain (for a later fragment: the fragment header's next header).
+    pub proto: u8,
+    /// Fragment position.
+    pub frag: Frag,
+    /// Which L4 fields are valid.
+    pub l4: L4,
+    /// Source port, host byte order.
+    pub sport: u16,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// ICMP or ICMPv6 type.
+    pub icmp_type: u8,
+    /// ICMP or ICMPv6 code.
+    pub icmp_code: u8,
+}
+
+impl Packet {
+    #[inline(always)]
+    fn new(family: Family) -> Self {
+        Packet {
+            family,
+            src: [0; 4],
+            dst: [0; 4],
+            proto: 0,
+            frag: Frag::None,
+            l4: L4::None,
+            sport: 0,
+            dport: 0,
+            icmp_type: 0,
+            icmp_code: 0,
+        }
+    }
+}
+
+/// A malformed frame: its family (by EtherType) and what is wrong with it.
+pub struct Malformed {
+    /// Family by EtherType (`Other` if the frame ends before one).
+    pub family: Family,
+    /// The reason it is dropped.
+    pub reason: DropReason,
+}
+
+#[inline(always)]
+fn bad(family: Family, reason: DropReason) -> Malformed {
+    Malformed { family, reason }
 }
 
 /// A bounds-checked read position in the frame.
@@ -85,7 +202,7 @@ impl Cursor {
     /// Returns a pointer to a `T` at the cursor and advances past it, or `None`
     /// if the frame ends before the whole `T`.
     #[inline(always)]
-    pub fn take<T>(&mut self) -> Option<*const T> {
+    fn take<T>(&mut self) -> Option<*const T> {
         let start = self.pos;
         if start + size_of::<T>() > self.end {
             return None;
@@ -93,36 +210,216 @@ impl Cursor {
         self.pos = start + size_of::<T>();
         Some(start as *const T)
     }
+
+    /// Advances `len` bytes, or returns `None` if the frame ends first. `len`
+    /// must be bounded by the caller (the verifier needs a maximum).
+    #[inline(always)]
+    fn skip(&mut self, len: usize) -> Option<()> {
+        if self.pos + len > self.end {
+            return None;
+        }
+        self.pos += len;
+        Some(())
+    }
+
+    /// Bytes from the cursor to the end of the frame.
+    #[inline(always)]
+    fn remaining(&self) -> usize {
+        self.end - self.pos
+    }
 }
 
-/// Parses the Ethernet header and the IP header that follows it, and returns the
-/// packet's family. A frame whose IP header is truncated or has the wrong version
-/// (or an IPv4 IHL below 5) counts as [`Family::Other`].
+/// Parses a frame.
 #[inline(always)]
-pub fn family(cursor: &mut Cursor) -> Family {
-    let Some(eth) = cursor.take::<EthHdr>() else {
-        return Family::Other;
-    };
+pub fn parse(c: &mut Cursor) -> Result<Packet, Malformed> {
+    let eth = c
+        .take::<EthHdr>()
+        .ok_or(bad(Family::Other, DropReason::TruncatedEthernet))?;
     // SAFETY: `take` checked that the header lies inside the frame.
-    let ether_type = unsafe { (*eth).ether_type };
-    if ether_type == ETH_P_IP {
-        let Some(ip) = cursor.take::<Ipv4Hdr>() else {
-            return Family::Other;
-        };
-        // SAFETY: as above.
-        let version_ihl = unsafe { (*ip).version_ihl };
-        if version_ihl >> 4 == 4 && version_ihl & 0x0f >= 5 {
-            return Family::Ipv4;
+    let mut ether_type = unsafe { (*eth).ether_type };
+    for _ in 0..2 {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
         }
+        let tag = c
+            .take::<VlanHdr>()
+            .ok_or(bad(Family::Other, DropReason::TruncatedVlan))?;
+        // SAFETY: as above.
+        ether_type = unsafe { (*tag).ether_type };
+    }
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        return Err(bad(Family::Other, DropReason::VlanTooDeep));
+    }
+    if ether_type == ETH_P_IP {
+        ipv4(c)
     } else if ether_type == ETH_P_IPV6 {
-        let Some(ip) = cursor.take::<Ipv6Hdr>() else {
-            return Family::Other;
-        };
-        // SAFETY: as above. The first byte holds the version in its high nibble.
-        let first = unsafe { *(ip as *const u8) };
-        if first >> 4 == 6 {
-            return Family::Ipv6;
+        ipv6(c)
+    } else {
+        Ok(Packet::new(Family::Other))
+    }
+}
+
+#[inline(always)]
+fn ipv4(c: &mut Cursor) -> Result<Packet, Malformed> {
+    const F: Family = Family::Ipv4;
+    let on_wire = c.remaining();
+    let ip = c
+        .take::<Ipv4Hdr>()
+        .ok_or(bad(F, DropReason::TruncatedIpv4))?;
+    // SAFETY: `take` checked the 20-byte header.
+    let (version_ihl, tot_len, frag_off, proto, src, dst) = unsafe {
+        (
+            (*ip).version_ihl,
+            u16::from_be((*ip).tot_len) as usize,
+            u16::from_be((*ip).frag_off),
+            (*ip).protocol,
+            (*ip).src,
+            (*ip).dst,
+        )
+    };
+    let ihl = (version_ihl & 0x0f) as usize;
+    if version_ihl >> 4 != 4 || ihl < 5 {
+        return Err(bad(F, DropReason::BadIpv4Header));
+    }
+    c.skip((ihl - 5) * 4)
+        .ok_or(bad(F, DropReason::TruncatedIpv4))?;
+    if tot_len < ihl * 4 || tot_len > on_wire {
+        return Err(bad(F, DropReason::BadIpv4Length));
+    }
+    let mut p = Packet::new(F);
+    p.src[0] = src;
+    p.dst[0] = dst;
+    p.proto = proto;
+    let offset = frag_off & 0x1fff;
+    let more = frag_off & 0x2000 != 0;
+    p.frag = if offset != 0 {
+        Frag::Later
+    } else if more {
+        Frag::First
+    } else {
+        Frag::None
+    };
+    if p.frag != Frag::Later {
+        l4(c, &mut p, IPPROTO_ICMP)?;
+    }
+    Ok(p)
+}
+
+#[inline(always)]
+fn ipv6(c: &mut Cursor) -> Result<Packet, Malformed> {
+    const F: Family = Family::Ipv6;
+    let ip = c
+        .take::<Ipv6Hdr>()
+        .ok_or(bad(F, DropReason::TruncatedIpv6))?;
+    // SAFETY: `take` checked the 40-byte header.
+    let (version, payload_len, mut next, src, dst) = unsafe {
+        (
+            (*ip).version_tc >> 4,
+            u16::from_be((*ip).payload_len) as usize,
+            (*ip).next_hdr,
+            (*ip).src,
+            (*ip).dst,
+        )
+    };
+    if version != 6 || payload_len > c.remaining() {
+        return Err(bad(F, DropReason::BadIpv6Header));
+    }
+    let mut p = Packet::new(F);
+    p.src = src;
+    p.dst = dst;
+    let mut done = false;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                let h = c
+                    .take::<ExtHdr>()
+                    .ok_or(bad(F, DropReason::TruncatedIpv6Ext))?;
+                // SAFETY: `take` checked the two bytes.
+                let (n, len) = unsafe { ((*h).next_hdr, (*h).len as usize) };
+                // Length in 8-byte units not counting the first 8 (AH: 4-byte
+                // units not counting the first 8); the 2 bytes read are included.
+                let total = if next == IPPROTO_AH {
+                    (len + 2) * 4
+                } else {
+                    (len + 1) * 8
+                };
+                c.skip(total - size_of::<ExtHdr>())
+                    .ok_or(bad(F, DropReason::TruncatedIpv6Ext))?;
+                next = n;
+            }
+            IPPROTO_FRAGMENT => {
+                let h = c
+                    .take::<FragHdr>()
+                    .ok_or(bad(F, DropReason::TruncatedIpv6Ext))?;
+                // SAFETY: `take` checked the 8-byte header.
+                let (n, off) = unsafe { ((*h).next_hdr, u16::from_be((*h).frag_off)) };
+                next = n;
+                if off >> 3 != 0 {
+                    p.frag = Frag::Later;
+                    p.proto = next;
+                    return Ok(p);
+                }
+                if off & 1 != 0 {
+                    p.frag = Frag::First;
+                }
+            }
+            _ => {
+                done = true;
+                break;
+            }
         }
     }
-    Family::Other
+    if !done {
+        // The loop ran out: the next header is either an upper-layer protocol
+        // (fine) or yet another extension header (too deep).
+        if matches!(
+            next,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+        ) {
+            return Err(bad(F, DropReason::Ipv6ExtTooDeep));
+        }
+    }
+    p.proto = next;
+    l4(c, &mut p, IPPROTO_ICMPV6)?;
+    Ok(p)
+}
+
+/// Reads the L4 fields of an unfragmented packet or a first fragment.
+/// `icmp` is the ICMP protocol number of the packet's family.
+#[inline(always)]
+fn l4(c: &mut Cursor, p: &mut Packet, icmp: u8) -> Result<(), Malformed> {
+    let need = match p.proto {
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP => 8,
+        IPPROTO_SCTP => 12,
+        n if n == icmp => size_of::<IcmpHdr>(),
+        _ => return Ok(()),
+    };
+    // A first fragment too short for the whole L4 header is the classic
+    // tiny-fragment evasion (RFC 1858): treat it as malformed.
+    if c.remaining() < need {
+        return Err(bad(p.family, DropReason::TruncatedL4));
+    }
+    if p.proto == icmp {
+        let h = c
+            .take::<IcmpHdr>()
+            .ok_or(bad(p.family, DropReason::TruncatedL4))?;
+        // SAFETY: `take` checked the 4 bytes.
+        unsafe {
+            p.icmp_type = (*h).type_;
+            p.icmp_code = (*h).code;
+        }
+        p.l4 = L4::Icmp;
+    } else {
+        let h = c
+            .take::<Ports>()
+            .ok_or(bad(p.family, DropReason::TruncatedL4))?;
+        // SAFETY: `take` checked the 4 bytes.
+        unsafe {
+            p.sport = u16::from_be((*h).sport);
+            p.dport = u16::from_be((*h).dport);
+        }
+        p.l4 = L4::Ports;
+    }
+    Ok(())
 }

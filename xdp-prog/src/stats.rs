@@ -1,29 +1,54 @@
 //! Per-CPU packet and byte counters.
 use aya_ebpf::programs::XdpContext;
-use xdpgate_common::{Action, Family, MAX_IFACES, UNKNOWN_IFACE_SLOT, stats_index};
+use xdpgate_common::{
+    Action, DropReason, Family, IfaceConfig, MAX_IFACES, UNKNOWN_IFACE_SLOT, reason_index,
+    stats_index,
+};
 
-use crate::maps::{IFACES, STATS};
+use crate::maps::{IFACES, REASONS, STATS};
 
-/// Adds the frame to the counters of its interface, family and action.
+/// The configuration of the receiving interface; unregistered interfaces get
+/// slot 0 and default flags.
 #[inline(always)]
-pub fn count(ctx: &XdpContext, family: Family, action: Action) {
+pub fn iface(ctx: &XdpContext) -> IfaceConfig {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the map value is plain data and only read here.
-    let slot = match unsafe { IFACES.get(ifindex) } {
-        Some(cfg) => cfg.slot,
-        None => UNKNOWN_IFACE_SLOT,
+    let cfg = match unsafe { IFACES.get(ifindex) } {
+        Some(cfg) => *cfg,
+        None => IfaceConfig {
+            slot: UNKNOWN_IFACE_SLOT,
+            flags: 0,
+        },
     };
-    let slot = if slot < MAX_IFACES {
-        slot
+    if cfg.slot < MAX_IFACES {
+        cfg
     } else {
-        UNKNOWN_IFACE_SLOT
-    };
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    if let Some(counter) = STATS.get_ptr_mut(stats_index(slot, family, action)) {
+        IfaceConfig {
+            slot: UNKNOWN_IFACE_SLOT,
+            flags: cfg.flags,
+        }
+    }
+}
+
+#[inline(always)]
+fn add(map: &aya_ebpf::maps::PerCpuArray<xdpgate_common::Counter>, index: u32, bytes: u64) {
+    if let Some(counter) = map.get_ptr_mut(index) {
         // SAFETY: per-CPU value, so no other CPU writes it concurrently.
         unsafe {
             (*counter).packets += 1;
             (*counter).bytes += bytes;
         }
     }
+}
+
+/// Adds a frame of `bytes` to the counters of its interface slot, family and action.
+#[inline(always)]
+pub fn count(slot: u32, family: Family, action: Action, bytes: u64) {
+    add(&STATS, stats_index(slot, family, action), bytes);
+}
+
+/// Adds a frame of `bytes` to the drop-reason counters of its interface slot.
+#[inline(always)]
+pub fn count_reason(slot: u32, reason: DropReason, bytes: u64) {
+    add(&REASONS, reason_index(slot, reason), bytes);
 }
