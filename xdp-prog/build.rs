@@ -3,6 +3,11 @@
 use std::{env, path::PathBuf};
 
 fn main() {
+    // The host build of this crate (its empty library, a build-dependency of
+    // userspace) links nothing with bpf-linker.
+    if env::var("CARGO_CFG_TARGET_ARCH").as_deref() != Ok("bpf") {
+        return;
+    }
     let Some(path) = env::var_os("PATH") else {
         return;
     };

@@ -7,6 +7,8 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod acl;
+
 /// Names of the maps in the XDP object, as the loader finds them and as they are
 /// pinned under the daemon's bpffs directory.
 pub mod maps {
@@ -222,6 +224,13 @@ mod pod {
     // SAFETY: both are repr(C), contain only integers and have no padding.
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::IfaceConfig {}
+    // SAFETY: repr(C), integers and integer arrays only, sizes multiples of their alignment.
+    unsafe impl aya::Pod for super::acl::Bitmap {}
+    unsafe impl aya::Pod for super::acl::V6Bucket {}
+    unsafe impl aya::Pod for super::acl::V6LenSet {}
+    unsafe impl aya::Pod for super::acl::V6Key {}
+    unsafe impl aya::Pod for super::acl::V6Entry {}
+    unsafe impl aya::Pod for super::acl::RuleInfo {}
 }
 
 #[cfg(test)]

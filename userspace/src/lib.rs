@@ -4,6 +4,7 @@
 //! The `xdpgate` binary (src/main.rs) is a thin CLI over these modules.
 #![deny(missing_docs)]
 
+pub mod acl;
 pub mod datapath;
 pub mod netlink;
 pub mod paths;

@@ -1,0 +1,131 @@
+//! ABI of the ACL tables: classes, rule bitmaps and address tables. See
+//! `docs/design/acl.md` for how they fit together.
+
+use crate::MAX_IFACES;
+
+/// Most rules in one generation.
+pub const MAX_RULES: u32 = 8192;
+/// Bits of a rule bitmap: the rules in evaluation order, then one virtual
+/// "default policy" rule per interface slot.
+pub const RULE_BITS: u32 = MAX_RULES + MAX_IFACES;
+/// 64-bit words of a rule bitmap.
+pub const BITMAP_WORDS: usize = (RULE_BITS as usize).div_ceil(64);
+/// 64-bit words of a bitmap's summary (bit `w` set when word `w` is non-zero).
+pub const SUMMARY_WORDS: usize = BITMAP_WORDS.div_ceil(64);
+
+/// Bit of the virtual default-policy rule of interface `slot`, given `rules`
+/// real rules.
+pub const fn default_rule_bit(rules: u32, slot: u32) -> u32 {
+    rules + slot
+}
+
+/// A set of rules (by evaluation index) that accept one class of one dimension.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bitmap {
+    /// Bit `w` set when `words[w]` is non-zero.
+    pub summary: [u64; SUMMARY_WORDS],
+    /// Bit `i` set when rule `i` accepts the class.
+    pub words: [u64; BITMAP_WORDS],
+}
+
+impl Bitmap {
+    /// The empty bitmap.
+    pub const EMPTY: Bitmap = Bitmap {
+        summary: [0; SUMMARY_WORDS],
+        words: [0; BITMAP_WORDS],
+    };
+}
+
+/// Port-like dimensions are looked up in arrays of `GROUPS x 65536` classes.
+pub mod group {
+    /// TCP ports.
+    pub const TCP: u32 = 0;
+    /// UDP ports.
+    pub const UDP: u32 = 1;
+    /// SCTP ports.
+    pub const SCTP: u32 = 2;
+    /// ICMP (IPv4): key `type << 8 | code` (destination dimension only).
+    pub const ICMP4: u32 = 3;
+    /// ICMPv6: key `type << 8 | code` (destination dimension only).
+    pub const ICMP6: u32 = 4;
+    /// Groups of the source-port dimension.
+    pub const SPORT_GROUPS: u32 = 3;
+    /// Groups of the destination-port/ICMP dimension.
+    pub const DPORT_GROUPS: u32 = 5;
+}
+
+/// Port class of packets without L4 fields (other protocols, later fragments).
+pub const NO_L4_CLASS: u16 = 0;
+/// Address class of IPv4 addresses no rule condition covers.
+pub const V4_NONE_CLASS: u16 = 0;
+/// Address class of IPv6 addresses no rule condition covers.
+pub const V6_NONE_CLASS: u16 = 1;
+
+/// Most classes of a port dimension.
+pub const MAX_PORT_CLASSES: u32 = 4096;
+/// Most address classes (both families together).
+pub const MAX_ADDR_CLASSES: u32 = 8192;
+
+/// IPv4 DIR-24-8 entry flag: the low bits index a 256-entry block in the TBL8
+/// array instead of being a class.
+pub const V4_EXT: u32 = 1 << 31;
+/// Entries of the IPv4 first-level table (indexed by the top 24 bits).
+pub const V4_TBL24_ENTRIES: u32 = 1 << 24;
+
+/// Entry of the IPv6 top-16 table: the class of addresses in this /16 that no
+/// longer prefix covers, and the set of longer prefix lengths to search.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Bucket {
+    /// Class when the search finds nothing.
+    pub class: u16,
+    /// Index into the length-set array; 0 means no longer prefixes.
+    pub lenset: u16,
+}
+
+/// Most distinct prefix lengths in one IPv6 /16 bucket (17..=128).
+pub const V6_MAX_LENS: usize = 112;
+
+/// A sorted list of prefix lengths searched by binary search.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V6LenSet {
+    /// Number of lengths used.
+    pub n: u32,
+    /// Lengths in increasing order; `lens[..n]` are valid.
+    pub lens: [u8; V6_MAX_LENS],
+}
+
+/// Key of the IPv6 prefix hash: a length and the address masked to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct V6Key {
+    /// Prefix length (17..=128).
+    pub len: u32,
+    /// Address masked to `len` bits, big-endian words.
+    pub addr: [u32; 4],
+}
+
+/// Value of the IPv6 prefix hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V6Entry {
+    /// The class of a real prefix; ignored for markers.
+    pub class: u16,
+    /// 1 for a marker (search longer), 0 for a real prefix.
+    pub marker: u16,
+}
+
+/// What the datapath needs per rule index: its verdict and counter slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleInfo {
+    /// Counter slot in `XG_RULE_STATS`.
+    pub counter: u32,
+    /// `crate::Action` value (`Pass` or `Drop`).
+    pub action: u32,
+}
+
+/// Counter slots: one per real rule, then one per interface for its default policy.
+pub const RULE_COUNTERS: u32 = MAX_RULES + MAX_IFACES;
