@@ -3,4 +3,5 @@
 //! [`lab`] builds throw-away network namespaces joined by veth pairs; [`xdpgate`]
 //! runs the `xdpgate` binary inside them.
 pub mod lab;
+pub mod packet;
 pub mod xdpgate;
