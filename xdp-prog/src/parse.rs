@@ -184,9 +184,14 @@ fn bad(family: Family, reason: DropReason) -> Malformed {
 }
 
 /// A bounds-checked read position in the frame.
+///
+/// Two bounds: `end` is the frame's `data_end`, the bound the verifier knows;
+/// `limit` is where the IP packet ends according to its own length field (once
+/// known), so Ethernet padding after the packet is never read as headers.
 pub struct Cursor {
     pos: usize,
     end: usize,
+    limit: usize,
 }
 
 impl Cursor {
@@ -196,6 +201,7 @@ impl Cursor {
         Cursor {
             pos: ctx.data(),
             end: ctx.data_end(),
+            limit: ctx.data_end(),
         }
     }
 
@@ -204,7 +210,7 @@ impl Cursor {
     #[inline(always)]
     fn take<T>(&mut self) -> Option<*const T> {
         let start = self.pos;
-        if start + size_of::<T>() > self.end {
+        if start + size_of::<T>() > self.end || start + size_of::<T>() > self.limit {
             return None;
         }
         self.pos = start + size_of::<T>();
@@ -215,17 +221,31 @@ impl Cursor {
     /// must be bounded by the caller (the verifier needs a maximum).
     #[inline(always)]
     fn skip(&mut self, len: usize) -> Option<()> {
-        if self.pos + len > self.end {
+        if self.pos + len > self.end || self.pos + len > self.limit {
             return None;
         }
         self.pos += len;
         Some(())
     }
 
-    /// Bytes from the cursor to the end of the frame.
+    /// Bytes from the cursor to the end of the IP packet (or of the frame,
+    /// before the packet's length is known).
     #[inline(always)]
     fn remaining(&self) -> usize {
-        self.end - self.pos
+        self.limit - self.pos
+    }
+
+    /// Ends the readable region `len` bytes after `from` (a position this cursor
+    /// passed). The caller has checked that this lies within the frame.
+    #[inline(always)]
+    fn limit_to(&mut self, from: usize, len: usize) {
+        self.limit = from + len;
+    }
+
+    /// The current position, for [`Cursor::limit_to`].
+    #[inline(always)]
+    fn position(&self) -> usize {
+        self.pos
     }
 }
 
@@ -263,6 +283,7 @@ pub fn parse(c: &mut Cursor) -> Result<Packet, Malformed> {
 fn ipv4(c: &mut Cursor) -> Result<Packet, Malformed> {
     const F: Family = Family::Ipv4;
     let on_wire = c.remaining();
+    let ip_start = c.position();
     let ip = c
         .take::<Ipv4Hdr>()
         .ok_or(bad(F, DropReason::TruncatedIpv4))?;
@@ -286,6 +307,8 @@ fn ipv4(c: &mut Cursor) -> Result<Packet, Malformed> {
     if tot_len < ihl * 4 || tot_len > on_wire {
         return Err(bad(F, DropReason::BadIpv4Length));
     }
+    // Whatever follows the packet in the frame (Ethernet padding) is not L4.
+    c.limit_to(ip_start, tot_len);
     let mut p = Packet::new(F);
     p.src[0] = src;
     p.dst[0] = dst;
@@ -324,6 +347,8 @@ fn ipv6(c: &mut Cursor) -> Result<Packet, Malformed> {
     if version != 6 || payload_len > c.remaining() {
         return Err(bad(F, DropReason::BadIpv6Header));
     }
+    // Whatever follows the packet in the frame (Ethernet padding) is not a header.
+    c.limit_to(c.position(), payload_len);
     let mut p = Packet::new(F);
     p.src = src;
     p.dst = dst;
