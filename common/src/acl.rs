@@ -69,9 +69,42 @@ pub const MAX_ADDR_CLASSES: u32 = 8192;
 
 /// IPv4 DIR-24-8 entry flag: the low bits index a 256-entry block in the TBL8
 /// array instead of being a class.
-pub const V4_EXT: u32 = 1 << 31;
+pub const V4_EXT: u16 = 1 << 15;
 /// Entries of the IPv4 first-level table (indexed by the top 24 bits).
 pub const V4_TBL24_ENTRIES: u32 = 1 << 24;
+/// 256-entry second-level blocks of the IPv4 table.
+pub const V4_TBL8_BLOCKS: u32 = 16384;
+
+/// The kernel rounds array elements up to 8 bytes, so tables of `u16` classes
+/// are stored four to an element.
+pub type Quad = [u16; 4];
+/// Array elements of the IPv4 first-level table.
+pub const V4_TBL24_QUADS: u32 = V4_TBL24_ENTRIES / 4;
+/// Array elements of the source-port class table.
+pub const SPORT_QUADS: u32 = group::SPORT_GROUPS * 65536 / 4;
+/// Array elements of the destination-port/ICMP class table.
+pub const DPORT_QUADS: u32 = group::DPORT_GROUPS * 65536 / 4;
+/// One second-level IPv4 block: the classes of the 256 addresses of a /24.
+pub type V4Block = [u16; 256];
+
+/// Distinct IPv6 length sets (index 0 is the empty set).
+pub const V6_LENSETS: u32 = 4096;
+/// IPv6 prefixes longer than /16 plus binary-search markers.
+pub const V6_PREFIX_ENTRIES: u32 = 2 << 20;
+
+/// Which generation of the ACL tables is live, and its rule count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AclConfig {
+    /// 0 or 1: the live generation.
+    pub generation: u32,
+    /// Real rules in each generation (rule bitmaps' bits at and above this
+    /// index are the per-interface default rules).
+    pub rules: [u32; 2],
+    /// Non-zero once a generation has been written; before that every IP packet
+    /// passes without classification.
+    pub enabled: u32,
+}
 
 /// Entry of the IPv6 top-16 table: the class of addresses in this /16 that no
 /// longer prefix covers, and the set of longer prefix lengths to search.

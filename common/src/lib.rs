@@ -17,6 +17,30 @@ pub mod maps {
     /// `PerCpuArray<Counter>`: packets and bytes per interface slot, family and action,
     /// indexed by [`stats_index`](crate::stats_index).
     pub const STATS: &str = "XG_STATS";
+    /// `Array<AclConfig>` (one entry): the live ACL generation.
+    pub const ACL_CONFIG: &str = "XG_ACL_CONFIG";
+    /// `PerCpuArray<Counter>`: packets and bytes per rule counter slot.
+    pub const RULE_STATS: &str = "XG_RULE_STATS";
+    /// Names of one generation's tables, generation 0 then 1. Each is the
+    /// base name below with suffix `_0` or `_1`.
+    pub const GEN_TABLES: [&str; 13] = [
+        "XG_BM_IFACE",
+        "XG_BM_PROTO",
+        "XG_BM_SPORT",
+        "XG_BM_DPORT",
+        "XG_BM_SRC",
+        "XG_BM_DST",
+        "XG_SPORT_CLASS",
+        "XG_DPORT_CLASS",
+        "XG_V4_TBL24",
+        "XG_V4_TBL8",
+        "XG_V6_BUCKETS",
+        "XG_V6_LENSETS",
+        "XG_V6_PREFIXES",
+    ];
+    /// `Array<RuleInfo>` per generation (suffix `_0`/`_1`): verdict and counter
+    /// slot per rule index.
+    pub const RULE_INFO: &str = "XG_RULE_INFO";
     /// `PerCpuArray<Counter>`: dropped packets and bytes per interface slot and
     /// [`DropReason`](crate::DropReason), indexed by [`reason_index`](crate::reason_index).
     pub const REASONS: &str = "XG_REASONS";
@@ -231,6 +255,7 @@ mod pod {
     unsafe impl aya::Pod for super::acl::V6Key {}
     unsafe impl aya::Pod for super::acl::V6Entry {}
     unsafe impl aya::Pod for super::acl::RuleInfo {}
+    unsafe impl aya::Pod for super::acl::AclConfig {}
 }
 
 #[cfg(test)]

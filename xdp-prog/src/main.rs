@@ -5,21 +5,41 @@
 #![no_std]
 #![no_main]
 
+mod acl;
 mod maps;
 mod parse;
 mod stats;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use xdpgate_common::{Action, IFACE_PASS_MALFORMED};
+use xdpgate_common::{Action, Family, IFACE_PASS_MALFORMED};
 
-/// Entry point: parse, count, decide.
+/// Entry point: parse, classify, count, decide.
 #[xdp]
 pub fn xdpgate(ctx: XdpContext) -> u32 {
     let iface = stats::iface(&ctx);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let mut cursor = parse::Cursor::new(&ctx);
     let (family, action) = match parse::parse(&mut cursor) {
-        Ok(packet) => (packet.family, Action::Pass),
+        Ok(packet) => {
+            // Non-IP frames are not subject to rules.
+            let decided = if packet.family == Family::Other {
+                None
+            } else {
+                acl::classify(&packet, iface.slot)
+            };
+            let action = match decided {
+                Some(rule) => {
+                    stats::count_rule(rule.counter, bytes);
+                    if rule.action == Action::Drop as u32 {
+                        Action::Drop
+                    } else {
+                        Action::Pass
+                    }
+                }
+                None => Action::Pass,
+            };
+            (packet.family, action)
+        }
         Err(bad) => {
             stats::count_reason(iface.slot, bad.reason, bytes);
             let action = if iface.flags & IFACE_PASS_MALFORMED != 0 {

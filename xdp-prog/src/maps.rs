@@ -1,10 +1,27 @@
 //! Every map of the XDP program, each with its purpose. Names come from
 //! `xdpgate_common::maps`; the control plane finds and pins them by those names.
+//!
+//! The ACL tables exist twice, generation 0 and 1 (suffix `_0`/`_1`); the
+//! [`Generation`] trait gives the classifier one generation's maps as direct
+//! references, so each generation gets its own copy of the code and the
+//! verifier can inline every array lookup.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
-use xdpgate_common::{Counter, IfaceConfig, MAX_IFACES, REASON_ENTRIES, STATS_ENTRIES};
+use xdpgate_common::{
+    Counter, IfaceConfig, MAX_IFACES, REASON_ENTRIES, STATS_ENTRIES,
+    acl::{
+        AclConfig, Bitmap, DPORT_QUADS, MAX_ADDR_CLASSES, MAX_PORT_CLASSES, Quad, RULE_BITS,
+        RULE_COUNTERS, RuleInfo, SPORT_QUADS, V4_TBL8_BLOCKS, V4_TBL24_QUADS, V4Block, V6_LENSETS,
+        V6_PREFIX_ENTRIES, V6Bucket, V6Entry, V6Key, V6LenSet,
+    },
+};
+
+/// `BPF_F_MMAPABLE`: the control plane writes these arrays through mmap.
+const MMAP: u32 = 1 << 10;
+/// `BPF_F_NO_PREALLOC`: hash entries are allocated as they are inserted.
+const NO_PREALLOC: u32 = 1 << 0;
 
 /// Interfaces the daemon attached to, by ifindex: counter slot and flags.
 #[map(name = "XG_IFACES")]
@@ -17,3 +34,287 @@ pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENT
 /// Per-CPU counters of malformed packets by interface slot and drop reason.
 #[map(name = "XG_REASONS")]
 pub static REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_ENTRIES, 0);
+
+/// The live ACL generation.
+#[map(name = "XG_ACL_CONFIG")]
+pub static ACL_CONFIG: Array<AclConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU packet and byte counters per rule counter slot (shared by both
+/// generations, so counters survive generation switches).
+#[map(name = "XG_RULE_STATS")]
+pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_COUNTERS, 0);
+
+/// Per-CPU scratch slot through which the classifier's input passes (see
+/// `acl::classify`).
+#[map(name = "XG_SCRATCH")]
+pub static SCRATCH: PerCpuArray<crate::acl::Fields> = PerCpuArray::with_max_entries(1, 0);
+
+/// One generation of the ACL tables.
+pub trait Generation {
+    /// Rule bitmap per interface slot.
+    fn bm_iface() -> &'static Array<Bitmap>;
+    /// Rule bitmap per IP protocol.
+    fn bm_proto() -> &'static Array<Bitmap>;
+    /// Rule bitmap per source-port class.
+    fn bm_sport() -> &'static Array<Bitmap>;
+    /// Rule bitmap per destination-port/ICMP class.
+    fn bm_dport() -> &'static Array<Bitmap>;
+    /// Rule bitmap per address class, source side.
+    fn bm_src() -> &'static Array<Bitmap>;
+    /// Rule bitmap per address class, destination side.
+    fn bm_dst() -> &'static Array<Bitmap>;
+    /// Source-port class per (group, port), four per element.
+    fn sport_class() -> &'static Array<Quad>;
+    /// Destination-port/ICMP class per (group, key), four per element.
+    fn dport_class() -> &'static Array<Quad>;
+    /// IPv4 first level (top 24 bits): class or V4_EXT|block, four per element.
+    fn v4_tbl24() -> &'static Array<Quad>;
+    /// IPv4 second level: 256 classes per block.
+    fn v4_tbl8() -> &'static Array<V4Block>;
+    /// IPv6 top-16 buckets.
+    fn v6_buckets() -> &'static Array<V6Bucket>;
+    /// IPv6 prefix-length sets.
+    fn v6_lensets() -> &'static Array<V6LenSet>;
+    /// IPv6 prefixes longer than /16 and binary-search markers.
+    fn v6_prefixes() -> &'static HashMap<V6Key, V6Entry>;
+    /// Verdict and counter slot per rule index.
+    fn rule_info() -> &'static Array<RuleInfo>;
+}
+
+/// Generation 0.
+pub struct Gen0;
+
+/// Generation 0: rule bitmap per interface slot.
+#[map(name = "XG_BM_IFACE_0")]
+static XG_BM_IFACE_0: Array<Bitmap> = Array::with_max_entries(MAX_IFACES, MMAP);
+
+/// Generation 0: rule bitmap per IP protocol.
+#[map(name = "XG_BM_PROTO_0")]
+static XG_BM_PROTO_0: Array<Bitmap> = Array::with_max_entries(256, MMAP);
+
+/// Generation 0: rule bitmap per source-port class.
+#[map(name = "XG_BM_SPORT_0")]
+static XG_BM_SPORT_0: Array<Bitmap> = Array::with_max_entries(MAX_PORT_CLASSES, MMAP);
+
+/// Generation 0: rule bitmap per destination-port/ICMP class.
+#[map(name = "XG_BM_DPORT_0")]
+static XG_BM_DPORT_0: Array<Bitmap> = Array::with_max_entries(MAX_PORT_CLASSES, MMAP);
+
+/// Generation 0: rule bitmap per address class, source side.
+#[map(name = "XG_BM_SRC_0")]
+static XG_BM_SRC_0: Array<Bitmap> = Array::with_max_entries(MAX_ADDR_CLASSES, MMAP);
+
+/// Generation 0: rule bitmap per address class, destination side.
+#[map(name = "XG_BM_DST_0")]
+static XG_BM_DST_0: Array<Bitmap> = Array::with_max_entries(MAX_ADDR_CLASSES, MMAP);
+
+/// Generation 0: source-port class per (group, port), four per element.
+#[map(name = "XG_SPORT_CLASS_0")]
+static XG_SPORT_CLASS_0: Array<Quad> = Array::with_max_entries(SPORT_QUADS, MMAP);
+
+/// Generation 0: destination-port/ICMP class per (group, key), four per element.
+#[map(name = "XG_DPORT_CLASS_0")]
+static XG_DPORT_CLASS_0: Array<Quad> = Array::with_max_entries(DPORT_QUADS, MMAP);
+
+/// Generation 0: IPv4 first level (top 24 bits): class or V4_EXT|block, four per element.
+#[map(name = "XG_V4_TBL24_0")]
+static XG_V4_TBL24_0: Array<Quad> = Array::with_max_entries(V4_TBL24_QUADS, MMAP);
+
+/// Generation 0: IPv4 second level: 256 classes per block.
+#[map(name = "XG_V4_TBL8_0")]
+static XG_V4_TBL8_0: Array<V4Block> = Array::with_max_entries(V4_TBL8_BLOCKS, MMAP);
+
+/// Generation 0: IPv6 top-16 buckets.
+#[map(name = "XG_V6_BUCKETS_0")]
+static XG_V6_BUCKETS_0: Array<V6Bucket> = Array::with_max_entries(65536, MMAP);
+
+/// Generation 0: IPv6 prefix-length sets.
+#[map(name = "XG_V6_LENSETS_0")]
+static XG_V6_LENSETS_0: Array<V6LenSet> = Array::with_max_entries(V6_LENSETS, MMAP);
+
+/// Generation 0: IPv6 prefixes longer than /16 and binary-search markers.
+#[map(name = "XG_V6_PREFIXES_0")]
+static XG_V6_PREFIXES_0: HashMap<V6Key, V6Entry> =
+    HashMap::with_max_entries(V6_PREFIX_ENTRIES, NO_PREALLOC);
+
+/// Generation 0: verdict and counter slot per rule index.
+#[map(name = "XG_RULE_INFO_0")]
+static XG_RULE_INFO_0: Array<RuleInfo> = Array::with_max_entries(RULE_BITS, MMAP);
+
+impl Generation for Gen0 {
+    #[inline(always)]
+    fn bm_iface() -> &'static Array<Bitmap> {
+        &XG_BM_IFACE_0
+    }
+    #[inline(always)]
+    fn bm_proto() -> &'static Array<Bitmap> {
+        &XG_BM_PROTO_0
+    }
+    #[inline(always)]
+    fn bm_sport() -> &'static Array<Bitmap> {
+        &XG_BM_SPORT_0
+    }
+    #[inline(always)]
+    fn bm_dport() -> &'static Array<Bitmap> {
+        &XG_BM_DPORT_0
+    }
+    #[inline(always)]
+    fn bm_src() -> &'static Array<Bitmap> {
+        &XG_BM_SRC_0
+    }
+    #[inline(always)]
+    fn bm_dst() -> &'static Array<Bitmap> {
+        &XG_BM_DST_0
+    }
+    #[inline(always)]
+    fn sport_class() -> &'static Array<Quad> {
+        &XG_SPORT_CLASS_0
+    }
+    #[inline(always)]
+    fn dport_class() -> &'static Array<Quad> {
+        &XG_DPORT_CLASS_0
+    }
+    #[inline(always)]
+    fn v4_tbl24() -> &'static Array<Quad> {
+        &XG_V4_TBL24_0
+    }
+    #[inline(always)]
+    fn v4_tbl8() -> &'static Array<V4Block> {
+        &XG_V4_TBL8_0
+    }
+    #[inline(always)]
+    fn v6_buckets() -> &'static Array<V6Bucket> {
+        &XG_V6_BUCKETS_0
+    }
+    #[inline(always)]
+    fn v6_lensets() -> &'static Array<V6LenSet> {
+        &XG_V6_LENSETS_0
+    }
+    #[inline(always)]
+    fn v6_prefixes() -> &'static HashMap<V6Key, V6Entry> {
+        &XG_V6_PREFIXES_0
+    }
+    #[inline(always)]
+    fn rule_info() -> &'static Array<RuleInfo> {
+        &XG_RULE_INFO_0
+    }
+}
+
+/// Generation 1.
+pub struct Gen1;
+
+/// Generation 1: rule bitmap per interface slot.
+#[map(name = "XG_BM_IFACE_1")]
+static XG_BM_IFACE_1: Array<Bitmap> = Array::with_max_entries(MAX_IFACES, MMAP);
+
+/// Generation 1: rule bitmap per IP protocol.
+#[map(name = "XG_BM_PROTO_1")]
+static XG_BM_PROTO_1: Array<Bitmap> = Array::with_max_entries(256, MMAP);
+
+/// Generation 1: rule bitmap per source-port class.
+#[map(name = "XG_BM_SPORT_1")]
+static XG_BM_SPORT_1: Array<Bitmap> = Array::with_max_entries(MAX_PORT_CLASSES, MMAP);
+
+/// Generation 1: rule bitmap per destination-port/ICMP class.
+#[map(name = "XG_BM_DPORT_1")]
+static XG_BM_DPORT_1: Array<Bitmap> = Array::with_max_entries(MAX_PORT_CLASSES, MMAP);
+
+/// Generation 1: rule bitmap per address class, source side.
+#[map(name = "XG_BM_SRC_1")]
+static XG_BM_SRC_1: Array<Bitmap> = Array::with_max_entries(MAX_ADDR_CLASSES, MMAP);
+
+/// Generation 1: rule bitmap per address class, destination side.
+#[map(name = "XG_BM_DST_1")]
+static XG_BM_DST_1: Array<Bitmap> = Array::with_max_entries(MAX_ADDR_CLASSES, MMAP);
+
+/// Generation 1: source-port class per (group, port), four per element.
+#[map(name = "XG_SPORT_CLASS_1")]
+static XG_SPORT_CLASS_1: Array<Quad> = Array::with_max_entries(SPORT_QUADS, MMAP);
+
+/// Generation 1: destination-port/ICMP class per (group, key), four per element.
+#[map(name = "XG_DPORT_CLASS_1")]
+static XG_DPORT_CLASS_1: Array<Quad> = Array::with_max_entries(DPORT_QUADS, MMAP);
+
+/// Generation 1: IPv4 first level (top 24 bits): class or V4_EXT|block, four per element.
+#[map(name = "XG_V4_TBL24_1")]
+static XG_V4_TBL24_1: Array<Quad> = Array::with_max_entries(V4_TBL24_QUADS, MMAP);
+
+/// Generation 1: IPv4 second level: 256 classes per block.
+#[map(name = "XG_V4_TBL8_1")]
+static XG_V4_TBL8_1: Array<V4Block> = Array::with_max_entries(V4_TBL8_BLOCKS, MMAP);
+
+/// Generation 1: IPv6 top-16 buckets.
+#[map(name = "XG_V6_BUCKETS_1")]
+static XG_V6_BUCKETS_1: Array<V6Bucket> = Array::with_max_entries(65536, MMAP);
+
+/// Generation 1: IPv6 prefix-length sets.
+#[map(name = "XG_V6_LENSETS_1")]
+static XG_V6_LENSETS_1: Array<V6LenSet> = Array::with_max_entries(V6_LENSETS, MMAP);
+
+/// Generation 1: IPv6 prefixes longer than /16 and binary-search markers.
+#[map(name = "XG_V6_PREFIXES_1")]
+static XG_V6_PREFIXES_1: HashMap<V6Key, V6Entry> =
+    HashMap::with_max_entries(V6_PREFIX_ENTRIES, NO_PREALLOC);
+
+/// Generation 1: verdict and counter slot per rule index.
+#[map(name = "XG_RULE_INFO_1")]
+static XG_RULE_INFO_1: Array<RuleInfo> = Array::with_max_entries(RULE_BITS, MMAP);
+
+impl Generation for Gen1 {
+    #[inline(always)]
+    fn bm_iface() -> &'static Array<Bitmap> {
+        &XG_BM_IFACE_1
+    }
+    #[inline(always)]
+    fn bm_proto() -> &'static Array<Bitmap> {
+        &XG_BM_PROTO_1
+    }
+    #[inline(always)]
+    fn bm_sport() -> &'static Array<Bitmap> {
+        &XG_BM_SPORT_1
+    }
+    #[inline(always)]
+    fn bm_dport() -> &'static Array<Bitmap> {
+        &XG_BM_DPORT_1
+    }
+    #[inline(always)]
+    fn bm_src() -> &'static Array<Bitmap> {
+        &XG_BM_SRC_1
+    }
+    #[inline(always)]
+    fn bm_dst() -> &'static Array<Bitmap> {
+        &XG_BM_DST_1
+    }
+    #[inline(always)]
+    fn sport_class() -> &'static Array<Quad> {
+        &XG_SPORT_CLASS_1
+    }
+    #[inline(always)]
+    fn dport_class() -> &'static Array<Quad> {
+        &XG_DPORT_CLASS_1
+    }
+    #[inline(always)]
+    fn v4_tbl24() -> &'static Array<Quad> {
+        &XG_V4_TBL24_1
+    }
+    #[inline(always)]
+    fn v4_tbl8() -> &'static Array<V4Block> {
+        &XG_V4_TBL8_1
+    }
+    #[inline(always)]
+    fn v6_buckets() -> &'static Array<V6Bucket> {
+        &XG_V6_BUCKETS_1
+    }
+    #[inline(always)]
+    fn v6_lensets() -> &'static Array<V6LenSet> {
+        &XG_V6_LENSETS_1
+    }
+    #[inline(always)]
+    fn v6_prefixes() -> &'static HashMap<V6Key, V6Entry> {
+        &XG_V6_PREFIXES_1
+    }
+    #[inline(always)]
+    fn rule_info() -> &'static Array<RuleInfo> {
+        &XG_RULE_INFO_1
+    }
+}

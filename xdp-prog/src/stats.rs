@@ -5,7 +5,7 @@ use xdpgate_common::{
     stats_index,
 };
 
-use crate::maps::{IFACES, REASONS, STATS};
+use crate::maps::{IFACES, REASONS, RULE_STATS, STATS};
 
 /// The configuration of the receiving interface; unregistered interfaces get
 /// slot 0 and default flags.
@@ -51,4 +51,10 @@ pub fn count(slot: u32, family: Family, action: Action, bytes: u64) {
 #[inline(always)]
 pub fn count_reason(slot: u32, reason: DropReason, bytes: u64) {
     add(&REASONS, reason_index(slot, reason), bytes);
+}
+
+/// Adds a frame of `bytes` to the counters of rule counter slot `counter`.
+#[inline(always)]
+pub fn count_rule(counter: u32, bytes: u64) {
+    add(&RULE_STATS, counter, bytes);
 }

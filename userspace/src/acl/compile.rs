@@ -13,8 +13,8 @@ use xdpgate_common::{
     MAX_IFACES,
     acl::{
         BITMAP_WORDS, Bitmap, MAX_ADDR_CLASSES, MAX_PORT_CLASSES, NO_L4_CLASS, SUMMARY_WORDS,
-        V4_EXT, V4_NONE_CLASS, V4_TBL24_ENTRIES, V6_MAX_LENS, V6_NONE_CLASS, V6Bucket, V6Entry,
-        V6Key, V6LenSet, group,
+        V4_EXT, V4_NONE_CLASS, V4_TBL8_BLOCKS, V4_TBL24_ENTRIES, V6_LENSETS, V6_MAX_LENS,
+        V6_NONE_CLASS, V6_PREFIX_ENTRIES, V6Bucket, V6Entry, V6Key, V6LenSet, group,
     },
 };
 
@@ -49,7 +49,7 @@ pub struct Image {
     /// Bitmap per address class, for the destination address.
     pub dst_bm: Vec<Bitmap>,
     /// IPv4 first level: entry per top 24 bits (class, or `V4_EXT | block`).
-    pub v4_tbl24: Vec<u32>,
+    pub v4_tbl24: Vec<u16>,
     /// IPv4 second level: 256 classes per block.
     pub v4_tbl8: Vec<u16>,
     /// IPv6 top-16 buckets.
@@ -306,6 +306,31 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
     let (src_bm, dst_bm) = address_bitmaps(&rules, &conds, &class_sets, n);
     let (v4_tbl24, v4_tbl8) = build_v4(&v4);
     let (v6_buckets, v6_lensets, v6_prefixes) = build_v6(&v6);
+    let caps = [
+        (
+            "IPv4 second-level blocks (/24s holding longer prefixes)",
+            v4_tbl8.len() / 256,
+            V4_TBL8_BLOCKS as usize,
+        ),
+        (
+            "IPv6 prefix-length sets",
+            v6_lensets.len(),
+            V6_LENSETS as usize,
+        ),
+        (
+            "IPv6 prefixes longer than /16 and search markers",
+            v6_prefixes.len(),
+            V6_PREFIX_ENTRIES as usize,
+        ),
+    ];
+    for (what, have, max) in caps {
+        if have > max {
+            errs.push(AclError::Capacity { what, have, max });
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
 
     Ok(Image {
         rule_ids: rules.iter().map(|r| r.id).collect(),
@@ -481,8 +506,8 @@ fn address_bitmaps(
     (build(|r| &r.src), build(|r| &r.dst))
 }
 
-fn build_v4(intervals: &[(u32, u32, u16)]) -> (Vec<u32>, Vec<u16>) {
-    let mut tbl24 = vec![V4_NONE_CLASS as u32; V4_TBL24_ENTRIES as usize];
+fn build_v4(intervals: &[(u32, u32, u16)]) -> (Vec<u16>, Vec<u16>) {
+    let mut tbl24 = vec![V4_NONE_CLASS; V4_TBL24_ENTRIES as usize];
     let mut tbl8: Vec<u16> = Vec::new();
     for &(a, b, class) in intervals {
         let (first, last) = (a >> 8, b >> 8);
@@ -490,7 +515,7 @@ fn build_v4(intervals: &[(u32, u32, u16)]) -> (Vec<u32>, Vec<u16>) {
             let lo = blk << 8;
             let hi = lo | 0xff;
             if a <= lo && hi <= b {
-                tbl24[blk as usize] = class as u32;
+                tbl24[blk as usize] = class;
                 continue;
             }
             let e = tbl24[blk as usize];
@@ -498,8 +523,8 @@ fn build_v4(intervals: &[(u32, u32, u16)]) -> (Vec<u32>, Vec<u16>) {
                 (e & !V4_EXT) as usize
             } else {
                 let idx = tbl8.len() / 256;
-                tbl8.extend(std::iter::repeat_n(e as u16, 256));
-                tbl24[blk as usize] = V4_EXT | idx as u32;
+                tbl8.extend(std::iter::repeat_n(e, 256));
+                tbl24[blk as usize] = V4_EXT | idx as u16;
                 idx
             };
             for x in a.max(lo)..=b.min(hi) {
@@ -649,7 +674,7 @@ impl Image {
                 if e & V4_EXT != 0 {
                     self.v4_tbl8[((e & !V4_EXT) as usize) * 256 + (a & 0xff) as usize]
                 } else {
-                    e as u16
+                    e
                 }
             }
             IpAddr::V6(a) => {

@@ -1,0 +1,217 @@
+//! ACL classification: field lookups to classes, then the first rule set in
+//! the AND of the six class bitmaps (see `docs/design/acl.md`, part 2).
+use xdpgate_common::{
+    Family,
+    acl::{
+        BITMAP_WORDS, Bitmap, NO_L4_CLASS, Quad, RuleInfo, SUMMARY_WORDS, V4_EXT, V6_MAX_LENS,
+        V6Key, group,
+    },
+};
+
+use aya_ebpf::maps::Array;
+
+use crate::{
+    maps::{ACL_CONFIG, Gen0, Gen1, Generation, SCRATCH},
+    parse::{Frag, L4, Packet},
+};
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// What classification needs from a packet, flattened to plain integers.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Fields {
+    src: [u32; 4],
+    dst: [u32; 4],
+    /// 1 for IPv4, 0 for IPv6.
+    v4: u32,
+    proto: u32,
+    /// Index into the source-port class table, or `NONE`.
+    sport: u32,
+    /// Index into the destination-port/ICMP class table, or `NONE`.
+    dport: u32,
+}
+
+/// `Fields::sport`/`dport` of a packet without that L4 field.
+const NONE: u32 = u32::MAX;
+
+impl Fields {
+    #[inline(always)]
+    fn of(p: &Packet) -> Self {
+        let v4 = p.family == Family::Ipv4;
+        let (sport, dport) = if p.frag == Frag::Later {
+            (NONE, NONE)
+        } else {
+            match p.l4 {
+                L4::None => (NONE, NONE),
+                L4::Ports => {
+                    let g = match p.proto {
+                        IPPROTO_TCP => group::TCP,
+                        IPPROTO_UDP => group::UDP,
+                        _ => group::SCTP,
+                    };
+                    (g * 65536 + p.sport as u32, g * 65536 + p.dport as u32)
+                }
+                L4::Icmp => {
+                    let g = if v4 { group::ICMP4 } else { group::ICMP6 };
+                    (
+                        NONE,
+                        g * 65536 + ((p.icmp_type as u32) << 8 | p.icmp_code as u32),
+                    )
+                }
+            }
+        };
+        Fields {
+            src: p.src,
+            dst: p.dst,
+            v4: v4 as u32,
+            proto: p.proto as u32,
+            sport,
+            dport,
+        }
+    }
+}
+
+/// The rule (or interface default rule) that decides `p` on interface `slot`.
+/// `None` when the ACL has no generation yet, or when no rule accepts the
+/// packet (neighbour discovery that no rule names): the caller passes it.
+#[inline(always)]
+pub fn classify(p: &Packet, slot: u32) -> Option<RuleInfo> {
+    let cfg = ACL_CONFIG.get(0)?;
+    if cfg.enabled == 0 {
+        return None;
+    }
+    let generation = cfg.generation;
+    // Launder the fields through per-CPU memory: every parser path then reaches
+    // the classifier with the same (unknown) register state, so the verifier
+    // checks the classifier once instead of once per parser path.
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch slot, written and read back by this packet only.
+    let f = unsafe {
+        scratch.write_volatile(Fields::of(p));
+        scratch.read_volatile()
+    };
+    if generation == 0 {
+        resolve::<Gen0>(&f, slot)
+    } else {
+        resolve::<Gen1>(&f, slot)
+    }
+}
+
+#[inline(always)]
+fn resolve<G: Generation>(f: &Fields, slot: u32) -> Option<RuleInfo> {
+    let src = addr_class::<G>(f.v4 != 0, &f.src)?;
+    let dst = addr_class::<G>(f.v4 != 0, &f.dst)?;
+    let sk = port_class(G::sport_class(), f.sport)?;
+    let dk = port_class(G::dport_class(), f.dport)?;
+    let b: [&Bitmap; 6] = [
+        G::bm_iface().get(slot)?,
+        G::bm_proto().get(f.proto)?,
+        G::bm_src().get(src as u32)?,
+        G::bm_dst().get(dst as u32)?,
+        G::bm_sport().get(sk as u32)?,
+        G::bm_dport().get(dk as u32)?,
+    ];
+    for s in 0..SUMMARY_WORDS {
+        let mut m = b[0].summary[s]
+            & b[1].summary[s]
+            & b[2].summary[s]
+            & b[3].summary[s]
+            & b[4].summary[s]
+            & b[5].summary[s];
+        for _ in 0..64 {
+            if m == 0 {
+                break;
+            }
+            let w = opaque(s * 64 + m.trailing_zeros() as usize);
+            m &= m - 1;
+            if w >= BITMAP_WORDS {
+                break;
+            }
+            let word = b[0].words[w]
+                & b[1].words[w]
+                & b[2].words[w]
+                & b[3].words[w]
+                & b[4].words[w]
+                & b[5].words[w];
+            if word != 0 {
+                let index = (w * 64) as u32 + word.trailing_zeros();
+                return G::rule_info().get(index).copied();
+            }
+        }
+    }
+    None
+}
+
+/// The class at `index` of a class table (four classes per element).
+#[inline(always)]
+fn port_class(table: &Array<Quad>, index: u32) -> Option<u16> {
+    if index == NONE {
+        return Some(NO_L4_CLASS);
+    }
+    Some(table.get(index >> 2)?[(index & 3) as usize])
+}
+
+/// Hides a value's range from LLVM. LLVM knows `trailing_zeros() < 64` and
+/// would drop the bounds check that follows, but the verifier sees a byte from
+/// a lookup table (LLVM's cttz lowering) and needs the check.
+#[inline(always)]
+fn opaque(x: usize) -> usize {
+    // SAFETY: reads a local through a valid pointer.
+    unsafe { core::ptr::read_volatile(&x) }
+}
+
+/// The address class of an IPv4 or IPv6 address (big-endian words).
+#[inline(always)]
+fn addr_class<G: Generation>(v4: bool, addr: &[u32; 4]) -> Option<u16> {
+    if v4 {
+        let a = u32::from_be(addr[0]);
+        let top = a >> 8;
+        let e = G::v4_tbl24().get(top >> 2)?[(top & 3) as usize];
+        if e & V4_EXT == 0 {
+            return Some(e);
+        }
+        let block = G::v4_tbl8().get((e & !V4_EXT) as u32)?;
+        return Some(block[(a & 0xff) as usize]);
+    }
+    let bucket = G::v6_buckets().get(u32::from_be(addr[0]) >> 16)?;
+    if bucket.lenset == 0 {
+        return Some(bucket.class);
+    }
+    let set = G::v6_lensets().get(bucket.lenset as u32)?;
+    let (mut lo, mut hi) = (0i32, set.n as i32 - 1);
+    // Binary search over at most V6_MAX_LENS lengths: at most 7 probes.
+    for _ in 0..7 {
+        if lo > hi {
+            break;
+        }
+        let mid = (lo + hi) / 2;
+        if mid < 0 || mid as usize >= V6_MAX_LENS {
+            break;
+        }
+        let len = set.lens[mid as usize] as i32;
+        let mut key = V6Key {
+            len: len as u32,
+            addr: [0; 4],
+        };
+        for (i, (out, word)) in key.addr.iter_mut().zip(addr).enumerate() {
+            let bits = len - 32 * i as i32;
+            let mask = if bits <= 0 {
+                0
+            } else if bits >= 32 {
+                u32::MAX
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            *out = (u32::from_be(*word) & mask).to_be();
+        }
+        // SAFETY: plain-data value, read only.
+        match unsafe { G::v6_prefixes().get(key) } {
+            Some(e) if e.marker == 0 => return Some(e.class),
+            Some(_) => lo = mid + 1,
+            None => hi = mid - 1,
+        }
+    }
+    Some(bucket.class)
+}
