@@ -4,7 +4,7 @@
 use crate::MAX_IFACES;
 
 /// Most rules in one generation.
-pub const MAX_RULES: u32 = 8192;
+pub const MAX_RULES: u32 = 12288;
 /// Bits of a rule bitmap: the rules in evaluation order, then one virtual
 /// "default policy" rule per interface slot.
 pub const RULE_BITS: u32 = MAX_RULES + MAX_IFACES;

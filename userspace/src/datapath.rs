@@ -2,18 +2,30 @@
 //! an explicit mode, pinning its maps, and tearing everything down again.
 use std::{collections::HashSet, io, path::PathBuf};
 
+use std::os::fd::AsFd as _;
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapError},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, Xdp, XdpMode as AyaMode, xdp::XdpLinkId},
 };
 use thiserror::Error;
+use xdpgate_common::{
+    Action, Counter,
+    acl::{
+        AclConfig, DPORT_QUADS, MAX_ADDR_CLASSES, MAX_PORT_CLASSES, MAX_RULES, Quad, RULE_BITS,
+        RuleInfo, SPORT_QUADS, V4_TBL8_BLOCKS, V4_TBL24_QUADS, V4Block, V6_LENSETS, V6Entry, V6Key,
+    },
+    maps::GEN_TABLES,
+};
 use xdpgate_common::{IFACE_PASS_MALFORMED, IfaceConfig, MAX_IFACES, PROGRAM_NAME, maps};
 
 use crate::{
+    acl::{Verdict, compile::Image},
     netlink::{self, XdpMode},
     paths::Paths,
     sys::{self, SysError},
+    tables::{self, RcuBarrier},
 };
 
 /// The XDP object built by `build.rs` from the `xdp-prog` crate.
@@ -135,6 +147,9 @@ pub struct Datapath {
     paths: Option<Paths>,
     attached: Vec<Attached>,
     pinned: Vec<PathBuf>,
+    barrier: RcuBarrier,
+    /// Keys currently in each generation's IPv6 prefix hash.
+    v6_keys: [HashSet<V6Key>; 2],
 }
 
 /// How the datapath treats malformed packets on an interface.
@@ -195,11 +210,18 @@ impl Datapath {
         let ebpf = EbpfLoader::new()
             .load(OBJECT)
             .map_err(DatapathError::Load)?;
+        let barrier = RcuBarrier::new().map_err(|source| DatapathError::Io {
+            what: "cannot create the RCU barrier maps",
+            path: PathBuf::new(),
+            source,
+        })?;
         let mut dp = Datapath {
             ebpf,
             paths: None,
             attached: Vec::new(),
             pinned: Vec::new(),
+            barrier,
+            v6_keys: [HashSet::new(), HashSet::new()],
         };
         dp.program()?.load().map_err(DatapathError::Verify)?;
         Ok(dp)
@@ -295,7 +317,7 @@ impl Datapath {
             source,
         })?;
         self.paths = Some(paths.clone());
-        for name in [maps::IFACES, maps::STATS, maps::REASONS] {
+        for name in [maps::IFACES, maps::STATS, maps::REASONS, maps::RULE_STATS] {
             let map = self
                 .ebpf
                 .map(name)
@@ -352,6 +374,199 @@ impl Datapath {
             link,
         });
         Ok(())
+    }
+
+    fn map_data(&self, name: &str) -> Result<&MapData, DatapathError> {
+        match self.ebpf.map(name) {
+            Some(Map::Array(d) | Map::PerCpuArray(d) | Map::HashMap(d)) => Ok(d),
+            _ => Err(DatapathError::Missing(format!("map {name}"))),
+        }
+    }
+
+    fn write<T: Copy>(
+        &self,
+        base: &'static str,
+        generation: usize,
+        entries: u32,
+        values: &[T],
+    ) -> Result<(), DatapathError> {
+        let name = format!("{base}_{generation}");
+        let fd = self.map_data(&name)?.fd().as_fd();
+        tables::write_array(fd, entries, values).map_err(|source| DatapathError::Io {
+            what: "cannot write table",
+            path: PathBuf::from(name),
+            source,
+        })
+    }
+
+    /// The live ACL configuration (generation, rule counts).
+    pub fn acl_config(&self) -> Result<AclConfig, DatapathError> {
+        let map: Array<_, AclConfig> = Array::try_from(
+            self.ebpf
+                .map(maps::ACL_CONFIG)
+                .ok_or_else(|| DatapathError::Missing(maps::ACL_CONFIG.into()))?,
+        )
+        .map_err(|source| DatapathError::Map {
+            map: maps::ACL_CONFIG,
+            source,
+        })?;
+        map.get(&0, 0).map_err(|source| DatapathError::Map {
+            map: maps::ACL_CONFIG,
+            source,
+        })
+    }
+
+    /// Installs `image` as the new ACL generation: writes every table of the
+    /// idle generation, zeroes the counters in `fresh_counters`, switches the
+    /// live generation with one map update, and waits until no packet can still
+    /// be using the old one. `counters[i]` is the counter slot of rule `i`.
+    /// On error the live generation is unchanged.
+    pub fn apply_acl(
+        &mut self,
+        image: &Image,
+        counters: &[u32],
+        fresh_counters: &[u32],
+    ) -> Result<(), DatapathError> {
+        let cfg = self.acl_config()?;
+        let target = if cfg.enabled == 0 {
+            0
+        } else {
+            1 - cfg.generation as usize
+        };
+        let t = target;
+        self.write(GEN_TABLES[0], t, MAX_IFACES, &image.iface_bm)?;
+        self.write(GEN_TABLES[1], t, 256, &image.proto_bm)?;
+        self.write(GEN_TABLES[2], t, MAX_PORT_CLASSES, &image.sport_bm)?;
+        self.write(GEN_TABLES[3], t, MAX_PORT_CLASSES, &image.dport_bm)?;
+        self.write(GEN_TABLES[4], t, MAX_ADDR_CLASSES, &image.src_bm)?;
+        self.write(GEN_TABLES[5], t, MAX_ADDR_CLASSES, &image.dst_bm)?;
+        self.write(GEN_TABLES[6], t, SPORT_QUADS, quads(&image.sport_class))?;
+        self.write(GEN_TABLES[7], t, DPORT_QUADS, quads(&image.dport_class))?;
+        self.write(GEN_TABLES[8], t, V4_TBL24_QUADS, quads(&image.v4_tbl24))?;
+        let blocks: &[V4Block] = blocks(&image.v4_tbl8);
+        self.write(GEN_TABLES[9], t, V4_TBL8_BLOCKS, blocks)?;
+        self.write(GEN_TABLES[10], t, 65536, &image.v6_buckets)?;
+        self.write(GEN_TABLES[11], t, V6_LENSETS, &image.v6_lensets)?;
+        self.write_v6_prefixes(t, image)?;
+
+        let n = image.rule_ids.len();
+        let mut info = Vec::with_capacity(n + MAX_IFACES as usize);
+        for (i, v) in image.rule_verdicts.iter().enumerate() {
+            info.push(RuleInfo {
+                counter: counters[i],
+                action: action_of(*v),
+            });
+        }
+        for (slot, v) in image.default_verdicts.iter().enumerate() {
+            info.push(RuleInfo {
+                counter: MAX_RULES + slot as u32,
+                action: action_of(*v),
+            });
+        }
+        self.write(maps::RULE_INFO, t, RULE_BITS, &info)?;
+        self.zero_rule_counters(fresh_counters)?;
+
+        // The switch: one map update, seen atomically by the next packet.
+        let mut next = cfg;
+        next.generation = t as u32;
+        next.rules[t] = n as u32;
+        next.enabled = 1;
+        let mut map: Array<_, AclConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::ACL_CONFIG)
+                .ok_or_else(|| DatapathError::Missing(maps::ACL_CONFIG.into()))?,
+        )
+        .map_err(|source| DatapathError::Map {
+            map: maps::ACL_CONFIG,
+            source,
+        })?;
+        map.set(0, next, 0).map_err(|source| DatapathError::Map {
+            map: maps::ACL_CONFIG,
+            source,
+        })?;
+        // Packets that read the old generation before the switch finish before
+        // this returns; only then may the next change overwrite it.
+        self.barrier.wait().map_err(|source| DatapathError::Io {
+            what: "RCU barrier failed",
+            path: PathBuf::new(),
+            source,
+        })
+    }
+
+    fn write_v6_prefixes(&mut self, t: usize, image: &Image) -> Result<(), DatapathError> {
+        let name = format!("{}_{t}", GEN_TABLES[12]);
+        let err = |source| DatapathError::Map {
+            map: GEN_TABLES[12],
+            source,
+        };
+        let map = self
+            .ebpf
+            .map_mut(&name)
+            .ok_or_else(|| DatapathError::Missing(name.clone()))?;
+        let mut map: HashMap<_, V6Key, V6Entry> = HashMap::try_from(map).map_err(err)?;
+        let stale: Vec<V6Key> = self.v6_keys[t]
+            .iter()
+            .filter(|k| !image.v6_prefixes.contains_key(k))
+            .copied()
+            .collect();
+        for k in &stale {
+            map.remove(k).map_err(err)?;
+            self.v6_keys[t].remove(k);
+        }
+        for (k, v) in &image.v6_prefixes {
+            map.insert(k, v, 0).map_err(err)?;
+            self.v6_keys[t].insert(*k);
+        }
+        Ok(())
+    }
+
+    fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), DatapathError> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let err = |source| DatapathError::Map {
+            map: maps::RULE_STATS,
+            source,
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| DatapathError::Io {
+            what,
+            path: PathBuf::new(),
+            source,
+        })?;
+        let map = self
+            .ebpf
+            .map_mut(maps::RULE_STATS)
+            .ok_or_else(|| DatapathError::Missing(maps::RULE_STATS.into()))?;
+        let mut map: PerCpuArray<_, Counter> = PerCpuArray::try_from(map).map_err(err)?;
+        for slot in slots {
+            let zeros =
+                PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|source| {
+                    DatapathError::Io {
+                        what: "per-CPU values",
+                        path: PathBuf::new(),
+                        source,
+                    }
+                })?;
+            map.set(*slot, zeros, 0).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Packets and bytes of rule counter `slot`, summed over CPUs.
+    pub fn rule_counter(&self, slot: u32) -> Result<(u64, u64), DatapathError> {
+        let err = |source| DatapathError::Map {
+            map: maps::RULE_STATS,
+            source,
+        };
+        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(
+            self.ebpf
+                .map(maps::RULE_STATS)
+                .ok_or_else(|| DatapathError::Missing(maps::RULE_STATS.into()))?,
+        )
+        .map_err(err)?;
+        let v = map.get(&slot, 0).map_err(err)?;
+        Ok(v.iter()
+            .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes)))
     }
 
     /// Detaches every interface and removes the pinned maps.
@@ -424,4 +639,25 @@ fn attach_reason(e: &ProgramError) -> String {
         Some(m) => format!("{m} ({msg})"),
         None => msg,
     }
+}
+
+fn action_of(v: Verdict) -> u32 {
+    match v {
+        Verdict::Allow => Action::Pass as u32,
+        Verdict::Deny => Action::Drop as u32,
+    }
+}
+
+/// Views a table of `u16` classes as the four-per-element layout of the maps.
+fn quads(v: &[u16]) -> &[Quad] {
+    assert_eq!(v.len() % 4, 0);
+    // SAFETY: [u16; 4] has the alignment of u16 and no padding.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 4) }
+}
+
+/// Views the IPv4 second level as 256-class blocks.
+fn blocks(v: &[u16]) -> &[V4Block] {
+    assert_eq!(v.len() % 256, 0);
+    // SAFETY: [u16; 256] has the alignment of u16 and no padding.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 256) }
 }

@@ -5,8 +5,10 @@
 #![deny(missing_docs)]
 
 pub mod acl;
+pub mod control;
 pub mod datapath;
 pub mod netlink;
 pub mod paths;
 pub mod stats;
 pub mod sys;
+pub mod tables;

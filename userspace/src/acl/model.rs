@@ -13,7 +13,7 @@ use thiserror::Error;
 /// Capacity limits of one generation; exceeding one rejects the change.
 pub mod limits {
     /// Rules.
-    pub const MAX_RULES: usize = 16_384;
+    pub const MAX_RULES: usize = 12_288;
     /// Prefixes per family over all sets and rules (before leaf pushing).
     pub const MAX_PREFIXES_PER_FAMILY: usize = 1 << 20;
     /// Prefix sets.
