@@ -58,6 +58,11 @@ impl StateDirs {
         }
     }
 
+    /// Whether the daemon's control socket exists (the daemon is ready).
+    pub fn socket_exists(&self) -> bool {
+        self.run.join("xdpgate.sock").exists()
+    }
+
     /// An `xdpgate` command in `ns` using these directories.
     pub fn command(&self, ns: &Netns) -> Command {
         let mut cmd = ns.command(binary());

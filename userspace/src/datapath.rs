@@ -574,6 +574,12 @@ impl Datapath {
         self.teardown()
     }
 
+    /// Like [`Datapath::shutdown`], in place (the value stays loaded but
+    /// detached; dropping it later does nothing more).
+    pub fn detach_all(&mut self) -> Result<(), DatapathError> {
+        self.teardown()
+    }
+
     fn teardown(&mut self) -> Result<(), DatapathError> {
         let mut first_err = None;
         let attached = std::mem::take(&mut self.attached);

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod acl;
+pub mod api;
 pub mod control;
 pub mod datapath;
 pub mod netlink;

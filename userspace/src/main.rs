@@ -3,9 +3,14 @@ use std::{collections::HashMap, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::{Arc, Mutex};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
 use xdpgate::{
+    acl::{AclState, Change, Rule, RuleFile, Verdict, model::proto},
+    api::{self, Request, Shared},
+    control::AclController,
     datapath::{Datapath, Malformed},
     netlink::{self, XdpMode},
     paths::{DEFAULT_BPFFS_DIR, DEFAULT_RUN_DIR, Paths},
@@ -16,6 +21,8 @@ use xdpgate_common::PROGRAM_NAME;
 
 /// Exit code for usage and configuration errors (sysexits.h EX_USAGE).
 const EXIT_USAGE: u8 = 64;
+/// How long shutdown waits for tasks before detaching anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// xdpgate: an XDP packet gate for dual-stack servers.
 #[derive(Debug, Parser)]
@@ -46,6 +53,27 @@ enum Command {
         /// Either way they are counted per drop reason.
         #[arg(long, value_enum, default_value_t = MalformedPolicy::Drop)]
         malformed: MalformedPolicy,
+        /// Rule file (TOML: sets, rules, policies) to install at start.
+        #[arg(long, value_name = "RULES.toml")]
+        acl_file: Option<PathBuf>,
+    },
+    /// Rules: add, delete, list (with counters), replace from a file.
+    Acl {
+        #[command(subcommand)]
+        cmd: AclCmd,
+    },
+    /// Prefix sets: add and delete prefixes, list sets.
+    Set {
+        #[command(subcommand)]
+        cmd: SetCmd,
+    },
+    /// Set an interface's default policy (what happens when no rule matches).
+    Policy {
+        /// Interface.
+        iface: String,
+        /// allow or deny.
+        #[arg(value_enum)]
+        verdict: VerdictArg,
     },
     /// Show which interfaces carry xdpgate or another XDP program, in which mode, with which program id.
     Status {
@@ -59,6 +87,115 @@ enum Command {
         #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AclCmd {
+    /// Add a rule.
+    Add(RuleArgs),
+    /// Delete rules by id.
+    Del {
+        /// Rule ids.
+        #[arg(required = true)]
+        ids: Vec<u32>,
+    },
+    /// List rules in evaluation order with their counters.
+    List {
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Replace every set, rule and policy with the contents of a TOML file.
+    Replace {
+        /// The rule file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+/// The fields of one rule (see README, "ACL").
+#[derive(Debug, clap::Args)]
+struct RuleArgs {
+    /// Unique id.
+    #[arg(long)]
+    id: u32,
+    /// Lower is evaluated first; ties by id.
+    #[arg(long)]
+    priority: u32,
+    /// Source prefix or @set.
+    #[arg(long)]
+    src: Option<String>,
+    /// Destination prefix or @set.
+    #[arg(long)]
+    dst: Option<String>,
+    /// Protocol: tcp, udp, sctp, icmp, icmpv6 or a number.
+    #[arg(long)]
+    proto: Option<String>,
+    /// Source port or range A-B.
+    #[arg(long)]
+    sport: Option<String>,
+    /// Destination port or range A-B.
+    #[arg(long)]
+    dport: Option<String>,
+    /// ICMP or ICMPv6 type.
+    #[arg(long)]
+    icmp_type: Option<u8>,
+    /// ICMP or ICMPv6 code.
+    #[arg(long)]
+    icmp_code: Option<u8>,
+    /// Ingress interface.
+    #[arg(long)]
+    iface: Option<String>,
+    /// allow or deny.
+    #[arg(long, value_enum)]
+    action: VerdictArg,
+}
+
+#[derive(Debug, Subcommand)]
+enum SetCmd {
+    /// Add prefixes to a set (created if needed).
+    Add {
+        /// Set name.
+        name: String,
+        /// Prefixes of either family.
+        prefixes: Vec<String>,
+        /// Also read prefixes from a file, one per line (# comments allowed).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Delete prefixes from a set, or the whole set when none are given.
+    Del {
+        /// Set name.
+        name: String,
+        /// Prefixes to remove.
+        prefixes: Vec<String>,
+    },
+    /// List sets, or the prefixes of one set.
+    List {
+        /// One set.
+        name: Option<String>,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+/// allow or deny.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum VerdictArg {
+    /// Pass.
+    Allow,
+    /// Drop.
+    Deny,
+}
+
+impl From<VerdictArg> for Verdict {
+    fn from(v: VerdictArg) -> Self {
+        match v {
+            VerdictArg::Allow => Verdict::Allow,
+            VerdictArg::Deny => Verdict::Deny,
+        }
+    }
 }
 
 /// `--mode`.
@@ -133,7 +270,23 @@ fn main() -> ExitCode {
             ifaces,
             mode,
             malformed,
-        } => run(&paths, &ifaces, mode.into(), malformed.into()),
+            acl_file,
+        } => run(
+            &paths,
+            &ifaces,
+            mode.into(),
+            malformed.into(),
+            acl_file.as_deref(),
+        ),
+        Command::Acl { cmd } => acl_cmd(&paths, cmd),
+        Command::Set { cmd } => set_cmd(&paths, cmd),
+        Command::Policy { iface, verdict } => apply(
+            &paths,
+            Change::Policy {
+                iface,
+                verdict: verdict.into(),
+            },
+        ),
         Command::Status { output } => status(&paths, output),
         Command::Stats { output } => show_stats(&paths, output),
     };
@@ -151,6 +304,7 @@ fn run(
     ifaces: &[String],
     mode: XdpMode,
     malformed: Malformed,
+    acl_file: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     sys::require_root("xdpgate run")?;
     sys::require_bpffs(paths.bpffs_mount())?;
@@ -163,8 +317,27 @@ fn run(
         // after the program is attached still detaches it cleanly.
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let initial = match acl_file {
+            Some(f) => read_rule_file(f)?,
+            None => AclState::default(),
+        };
         let _lock = DaemonLock::acquire(&paths.run_dir, &paths.lock_file())?;
-        let datapath = Datapath::start(paths, ifaces, mode, malformed)?;
+        let mut datapath = Datapath::start(paths, ifaces, mode, malformed)?;
+        let slots = ifaces
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), i as u32 + 1))
+            .collect();
+        let mut ctl = AclController::new(slots);
+        let applied = ctl
+            .install(&mut datapath, initial)
+            .context("installing the initial rule set")?;
+        log::info!(
+            "ACL installed: {} rules, {} prefixes",
+            applied.rules,
+            applied.prefixes
+        );
+        let listener = api::bind(&paths.socket())?;
         for a in datapath.attached() {
             log::info!(
                 "attached to {} (ifindex {}) in {} mode, program id {}",
@@ -182,6 +355,8 @@ fn run(
 
         let root = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let shared = Arc::new(Mutex::new(Shared { dp: datapath, ctl }));
+        tracker.spawn(api::serve(listener, shared.clone(), root.child_token()));
         let token = root.clone();
         tracker.spawn(async move {
             let name = tokio::select! {
@@ -194,10 +369,16 @@ fn run(
         });
         tracker.close();
         root.cancelled().await;
-        tracker.wait().await;
-
-        let n = datapath.attached().len();
-        datapath.shutdown().context("detaching")?;
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            log::warn!("tasks still running after {SHUTDOWN_GRACE:?}; detaching anyway");
+        }
+        let _ = std::fs::remove_file(paths.socket());
+        let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let n = shared.dp.attached().len();
+        shared.dp.detach_all().context("detaching")?;
         log::info!("detached from {n} interface(s), maps unpinned");
         Ok(())
     })
@@ -297,4 +478,186 @@ fn show_stats(paths: &Paths, output: Output) -> anyhow::Result<()> {
         Output::Text => print!("{}", stats::render(&rows)),
     }
     Ok(())
+}
+
+fn read_rule_file(path: &std::path::Path) -> anyhow::Result<AclState> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read rule file {}", path.display()))?;
+    let file: RuleFile =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    AclState::from_file(&file).map_err(|errs| {
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })
+}
+
+/// Sends a request; fails with the daemon's errors listed.
+fn call(paths: &Paths, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let resp = api::call(&paths.socket(), req)?;
+    if !resp.ok {
+        anyhow::bail!("{}", resp.errors.join("\n  "));
+    }
+    Ok(resp.result.unwrap_or_default())
+}
+
+fn apply(paths: &Paths, change: Change) -> anyhow::Result<()> {
+    let r = call(paths, &Request::Apply { change })?;
+    println!(
+        "applied: {} rules, {} prefixes installed (compile {}, install {})",
+        r["rules"],
+        r["prefixes"],
+        fmt_duration(&r["compile"]),
+        fmt_duration(&r["install"])
+    );
+    Ok(())
+}
+
+fn fmt_duration(v: &serde_json::Value) -> String {
+    let secs = v["secs"].as_f64().unwrap_or(0.0) + v["nanos"].as_f64().unwrap_or(0.0) / 1e9;
+    format!("{:.1} ms", secs * 1e3)
+}
+
+fn rule_of(a: RuleArgs) -> anyhow::Result<Rule> {
+    fn parse<T: std::str::FromStr<Err = xdpgate::acl::AclError>>(
+        s: Option<String>,
+    ) -> anyhow::Result<Option<T>> {
+        s.map(|s| {
+            s.parse()
+                .map_err(|e: xdpgate::acl::AclError| anyhow::anyhow!(e))
+        })
+        .transpose()
+    }
+    Ok(Rule {
+        id: a.id,
+        priority: a.priority,
+        src: parse(a.src)?,
+        dst: parse(a.dst)?,
+        proto: a
+            .proto
+            .map(|p| proto::parse(&p))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!(e))?,
+        sport: parse(a.sport)?,
+        dport: parse(a.dport)?,
+        icmp_type: a.icmp_type,
+        icmp_code: a.icmp_code,
+        iface: a.iface,
+        action: a.action.into(),
+    })
+}
+
+fn acl_cmd(paths: &Paths, cmd: AclCmd) -> anyhow::Result<()> {
+    match cmd {
+        AclCmd::Add(args) => apply(
+            paths,
+            Change::RuleAdd {
+                rules: vec![rule_of(args)?],
+            },
+        ),
+        AclCmd::Del { ids } => apply(paths, Change::RuleDel { ids }),
+        AclCmd::Replace { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let file: RuleFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+            apply(paths, Change::Replace { file })
+        }
+        AclCmd::List { output } => {
+            let r = call(paths, &Request::AclList)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            println!(
+                "{:>10}  {:<6}  {:>14}  {:>16}  MATCH",
+                "ID", "ACTION", "PACKETS", "BYTES"
+            );
+            for row in r["rules"].as_array().into_iter().flatten() {
+                let mut fields = row.clone();
+                if let Some(o) = fields.as_object_mut() {
+                    o.remove("packets");
+                    o.remove("bytes");
+                }
+                let rule: Rule = serde_json::from_value(fields)?;
+                println!(
+                    "{:>10}  {:<6}  {:>14}  {:>16}  {}",
+                    rule.id,
+                    rule.action.to_string(),
+                    row["packets"],
+                    row["bytes"],
+                    api::describe(&rule)
+                );
+            }
+            for d in r["defaults"].as_array().into_iter().flatten() {
+                println!(
+                    "{:>10}  {:<6}  {:>14}  {:>16}  default policy of {}",
+                    "-",
+                    d["policy"].as_str().unwrap_or("?"),
+                    d["packets"],
+                    d["bytes"],
+                    d["iface"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn set_cmd(paths: &Paths, cmd: SetCmd) -> anyhow::Result<()> {
+    match cmd {
+        SetCmd::Add {
+            name,
+            mut prefixes,
+            file,
+        } => {
+            if let Some(f) = file {
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("cannot read {}", f.display()))?;
+                let before = prefixes.len();
+                prefixes.extend(
+                    text.lines()
+                        .map(|l| l.split('#').next().unwrap_or("").trim())
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned),
+                );
+                eprintln!(
+                    "read {} prefixes from {}; sending to the daemon",
+                    prefixes.len() - before,
+                    f.display()
+                );
+            }
+            if prefixes.is_empty() {
+                anyhow::bail!("no prefixes given");
+            }
+            apply(paths, Change::SetAdd { name, prefixes })
+        }
+        SetCmd::Del { name, prefixes } => apply(paths, Change::SetDel { name, prefixes }),
+        SetCmd::List { name, output } => {
+            let r = call(paths, &Request::SetList { name: name.clone() })?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if name.is_some() {
+                for p in r["prefixes"].as_array().into_iter().flatten() {
+                    println!("{}", p.as_str().unwrap_or(""));
+                }
+            } else {
+                println!("{:<24}  {:>9}  {:>9}  USED BY", "SET", "IPV4", "IPV6");
+                for s in r["sets"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24}  {:>9}  {:>9}  {}",
+                        s["name"].as_str().unwrap_or(""),
+                        s["ipv4"],
+                        s["ipv6"],
+                        s["used_by"]
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
 }

@@ -28,6 +28,11 @@ impl Paths {
         self.run_dir.join("xdpgate.lock")
     }
 
+    /// The control API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join("xdpgate.sock")
+    }
+
     /// The bpffs mount point that `bpffs_dir` must live under.
     pub fn bpffs_mount(&self) -> &Path {
         Path::new("/sys/fs/bpf")

@@ -576,7 +576,15 @@ impl AclState {
             Change::SetDel { name, prefixes } => match next.sets.get_mut(name) {
                 None => errs.push(AclError::NoSuchSet(name.clone())),
                 Some(_) if prefixes.is_empty() => {
-                    next.sets.remove(name);
+                    let rules = self.set_users(name);
+                    if rules.is_empty() {
+                        next.sets.remove(name);
+                    } else {
+                        errs.push(AclError::SetInUse {
+                            set: name.clone(),
+                            rules,
+                        });
+                    }
                 }
                 Some(set) => {
                     for p in prefixes {
