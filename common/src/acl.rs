@@ -67,30 +67,39 @@ pub const MAX_PORT_CLASSES: u32 = 4096;
 /// Most address classes (both families together).
 pub const MAX_ADDR_CLASSES: u32 = 8192;
 
-/// IPv4 DIR-24-8 entry flag: the low bits index a 256-entry block in the TBL8
-/// array instead of being a class.
-pub const V4_EXT: u16 = 1 << 15;
+/// IPv4 first-level entry flag: the /24 holds longer prefixes. The entry's low
+/// 16 bits are then the class of addresses no longer prefix covers, and bits
+/// 16..28 the length set to search (see [`v4_entry`]).
+pub const V4_EXT: u32 = 1 << 31;
 /// Entries of the IPv4 first-level table (indexed by the top 24 bits).
 pub const V4_TBL24_ENTRIES: u32 = 1 << 24;
-/// 256-entry second-level blocks of the IPv4 table.
-pub const V4_TBL8_BLOCKS: u32 = 16384;
+
+/// An IPv4 first-level entry for a /24 with longer prefixes.
+pub const fn v4_entry(class: u16, lenset: u16) -> u32 {
+    V4_EXT | (lenset as u32) << 16 | class as u32
+}
+
+/// IPv4 keys in the shared prefix hash carry their length plus this offset, so
+/// they never collide with IPv6 keys of the same length.
+pub const V4_KEY_LEN_OFFSET: u32 = 128;
 
 /// The kernel rounds array elements up to 8 bytes, so tables of `u16` classes
 /// are stored four to an element.
 pub type Quad = [u16; 4];
+/// The IPv4 first-level table stores two `u32` entries per array element.
+pub type Pair = [u32; 2];
 /// Array elements of the IPv4 first-level table.
-pub const V4_TBL24_QUADS: u32 = V4_TBL24_ENTRIES / 4;
+pub const V4_TBL24_PAIRS: u32 = V4_TBL24_ENTRIES / 2;
 /// Array elements of the source-port class table.
 pub const SPORT_QUADS: u32 = group::SPORT_GROUPS * 65536 / 4;
 /// Array elements of the destination-port/ICMP class table.
 pub const DPORT_QUADS: u32 = group::DPORT_GROUPS * 65536 / 4;
-/// One second-level IPv4 block: the classes of the 256 addresses of a /24.
-pub type V4Block = [u16; 256];
-
-/// Distinct IPv6 length sets (index 0 is the empty set).
-pub const V6_LENSETS: u32 = 4096;
-/// IPv6 prefixes longer than /16 plus binary-search markers.
-pub const V6_PREFIX_ENTRIES: u32 = 2 << 20;
+/// Distinct length sets of both families (index 0 is the empty set; at most
+/// 4096 so an id fits the 12 bits of an IPv4 entry).
+pub const LENSETS: u32 = 4096;
+/// Entries of the shared prefix hash: IPv4 prefixes longer than /24, IPv6
+/// prefixes longer than /16, and binary-search markers of both.
+pub const PREFIX_ENTRIES: u32 = 4 << 20;
 
 /// Which generation of the ACL tables is live, and its rule count.
 #[repr(C)]
@@ -117,33 +126,33 @@ pub struct V6Bucket {
     pub lenset: u16,
 }
 
-/// Most distinct prefix lengths in one IPv6 /16 bucket (17..=128).
-pub const V6_MAX_LENS: usize = 112;
+/// Most distinct prefix lengths in one bucket (IPv6 /16: 17..=128; IPv4 /24: 25..=32).
+pub const MAX_LENS: usize = 112;
 
 /// A sorted list of prefix lengths searched by binary search.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct V6LenSet {
+pub struct LenSet {
     /// Number of lengths used.
     pub n: u32,
     /// Lengths in increasing order; `lens[..n]` are valid.
-    pub lens: [u8; V6_MAX_LENS],
+    pub lens: [u8; MAX_LENS],
 }
 
-/// Key of the IPv6 prefix hash: a length and the address masked to it.
+/// Key of the prefix hash: a length and the address masked to it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct V6Key {
-    /// Prefix length (17..=128).
+pub struct PrefixKey {
+    /// Prefix length: 17..=128 for IPv6; 25..=32 plus [`V4_KEY_LEN_OFFSET`] for IPv4.
     pub len: u32,
-    /// Address masked to `len` bits, big-endian words.
+    /// Address masked to the length, big-endian words (IPv4 in word 0).
     pub addr: [u32; 4],
 }
 
-/// Value of the IPv6 prefix hash.
+/// Value of the prefix hash.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct V6Entry {
+pub struct PrefixEntry {
     /// The class of a real prefix; ignored for markers.
     pub class: u16,
     /// 1 for a marker (search longer), 0 for a real prefix.

@@ -23,7 +23,7 @@ pub mod maps {
     pub const RULE_STATS: &str = "XG_RULE_STATS";
     /// Names of one generation's tables, generation 0 then 1. Each is the
     /// base name below with suffix `_0` or `_1`.
-    pub const GEN_TABLES: [&str; 13] = [
+    pub const GEN_TABLES: [&str; 12] = [
         "XG_BM_IFACE",
         "XG_BM_PROTO",
         "XG_BM_SPORT",
@@ -33,10 +33,9 @@ pub mod maps {
         "XG_SPORT_CLASS",
         "XG_DPORT_CLASS",
         "XG_V4_TBL24",
-        "XG_V4_TBL8",
         "XG_V6_BUCKETS",
-        "XG_V6_LENSETS",
-        "XG_V6_PREFIXES",
+        "XG_LENSETS",
+        "XG_PREFIXES",
     ];
     /// `Array<RuleInfo>` per generation (suffix `_0`/`_1`): verdict and counter
     /// slot per rule index.
@@ -251,9 +250,9 @@ mod pod {
     // SAFETY: repr(C), integers and integer arrays only, sizes multiples of their alignment.
     unsafe impl aya::Pod for super::acl::Bitmap {}
     unsafe impl aya::Pod for super::acl::V6Bucket {}
-    unsafe impl aya::Pod for super::acl::V6LenSet {}
-    unsafe impl aya::Pod for super::acl::V6Key {}
-    unsafe impl aya::Pod for super::acl::V6Entry {}
+    unsafe impl aya::Pod for super::acl::LenSet {}
+    unsafe impl aya::Pod for super::acl::PrefixKey {}
+    unsafe impl aya::Pod for super::acl::PrefixEntry {}
     unsafe impl aya::Pod for super::acl::RuleInfo {}
     unsafe impl aya::Pod for super::acl::AclConfig {}
 }

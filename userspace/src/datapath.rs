@@ -13,8 +13,8 @@ use thiserror::Error;
 use xdpgate_common::{
     Action, Counter,
     acl::{
-        AclConfig, DPORT_QUADS, MAX_ADDR_CLASSES, MAX_PORT_CLASSES, MAX_RULES, Quad, RULE_BITS,
-        RuleInfo, SPORT_QUADS, V4_TBL8_BLOCKS, V4_TBL24_QUADS, V4Block, V6_LENSETS, V6Entry, V6Key,
+        AclConfig, DPORT_QUADS, LENSETS, MAX_ADDR_CLASSES, MAX_PORT_CLASSES, MAX_RULES, Pair,
+        PrefixEntry, PrefixKey, Quad, RULE_BITS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS,
     },
     maps::GEN_TABLES,
 };
@@ -148,8 +148,8 @@ pub struct Datapath {
     attached: Vec<Attached>,
     pinned: Vec<PathBuf>,
     barrier: RcuBarrier,
-    /// Keys currently in each generation's IPv6 prefix hash.
-    v6_keys: [HashSet<V6Key>; 2],
+    /// What each generation's prefix hash holds.
+    prefixes: [std::collections::HashMap<PrefixKey, PrefixEntry>; 2],
 }
 
 /// How the datapath treats malformed packets on an interface.
@@ -221,7 +221,7 @@ impl Datapath {
             attached: Vec::new(),
             pinned: Vec::new(),
             barrier,
-            v6_keys: [HashSet::new(), HashSet::new()],
+            prefixes: Default::default(),
         };
         dp.program()?.load().map_err(DatapathError::Verify)?;
         Ok(dp)
@@ -442,12 +442,10 @@ impl Datapath {
         self.write(GEN_TABLES[5], t, MAX_ADDR_CLASSES, &image.dst_bm)?;
         self.write(GEN_TABLES[6], t, SPORT_QUADS, quads(&image.sport_class))?;
         self.write(GEN_TABLES[7], t, DPORT_QUADS, quads(&image.dport_class))?;
-        self.write(GEN_TABLES[8], t, V4_TBL24_QUADS, quads(&image.v4_tbl24))?;
-        let blocks: &[V4Block] = blocks(&image.v4_tbl8);
-        self.write(GEN_TABLES[9], t, V4_TBL8_BLOCKS, blocks)?;
-        self.write(GEN_TABLES[10], t, 65536, &image.v6_buckets)?;
-        self.write(GEN_TABLES[11], t, V6_LENSETS, &image.v6_lensets)?;
-        self.write_v6_prefixes(t, image)?;
+        self.write(GEN_TABLES[8], t, V4_TBL24_PAIRS, pairs(&image.v4_tbl24))?;
+        self.write(GEN_TABLES[9], t, 65536, &image.v6_buckets)?;
+        self.write(GEN_TABLES[10], t, LENSETS, &image.lensets)?;
+        self.write_prefixes(t, image)?;
 
         let n = image.rule_ids.len();
         let mut info = Vec::with_capacity(n + MAX_IFACES as usize);
@@ -493,30 +491,62 @@ impl Datapath {
         })
     }
 
-    fn write_v6_prefixes(&mut self, t: usize, image: &Image) -> Result<(), DatapathError> {
-        let name = format!("{}_{t}", GEN_TABLES[12]);
+    /// Brings generation `t`'s prefix hash to the image's contents, touching
+    /// only entries that differ from what that generation holds, in batches.
+    fn write_prefixes(&mut self, t: usize, image: &Image) -> Result<(), DatapathError> {
+        let name = format!("{}_{t}", GEN_TABLES[11]);
+        let fd = self.map_data(&name)?.fd().as_fd();
+        let io = |source| DatapathError::Io {
+            what: "cannot update prefix hash",
+            path: PathBuf::from(GEN_TABLES[11]),
+            source,
+        };
+        let held = &self.prefixes[t];
+        let stale: Vec<PrefixKey> = held
+            .keys()
+            .filter(|k| !image.prefixes.contains_key(k))
+            .copied()
+            .collect();
+        let (keys, values): (Vec<PrefixKey>, Vec<PrefixEntry>) = image
+            .prefixes
+            .iter()
+            .filter(|(k, v)| held.get(k) != Some(v))
+            .map(|(k, v)| (*k, *v))
+            .unzip();
+        let written = tables::delete_batch(fd, &stale)
+            .and_then(|()| tables::update_batch(fd, &keys, &values));
+        if let Err(e) = written {
+            // The map is now partly updated: learn what it really holds, so the
+            // next write diffs against the truth, and report the failure.
+            self.reload_prefixes(t)?;
+            return Err(io(e));
+        }
+        let held = &mut self.prefixes[t];
+        for k in &stale {
+            held.remove(k);
+        }
+        held.extend(keys.into_iter().zip(values));
+        Ok(())
+    }
+
+    /// Re-reads generation `t`'s prefix hash from the kernel.
+    fn reload_prefixes(&mut self, t: usize) -> Result<(), DatapathError> {
+        let name = format!("{}_{t}", GEN_TABLES[11]);
         let err = |source| DatapathError::Map {
-            map: GEN_TABLES[12],
+            map: GEN_TABLES[11],
             source,
         };
         let map = self
             .ebpf
-            .map_mut(&name)
+            .map(&name)
             .ok_or_else(|| DatapathError::Missing(name.clone()))?;
-        let mut map: HashMap<_, V6Key, V6Entry> = HashMap::try_from(map).map_err(err)?;
-        let stale: Vec<V6Key> = self.v6_keys[t]
-            .iter()
-            .filter(|k| !image.v6_prefixes.contains_key(k))
-            .copied()
-            .collect();
-        for k in &stale {
-            map.remove(k).map_err(err)?;
-            self.v6_keys[t].remove(k);
+        let map: HashMap<_, PrefixKey, PrefixEntry> = HashMap::try_from(map).map_err(err)?;
+        let mut held = std::collections::HashMap::new();
+        for item in map.iter() {
+            let (k, v) = item.map_err(err)?;
+            held.insert(k, v);
         }
-        for (k, v) in &image.v6_prefixes {
-            map.insert(k, v, 0).map_err(err)?;
-            self.v6_keys[t].insert(*k);
-        }
+        self.prefixes[t] = held;
         Ok(())
     }
 
@@ -661,9 +691,9 @@ fn quads(v: &[u16]) -> &[Quad] {
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 4) }
 }
 
-/// Views the IPv4 second level as 256-class blocks.
-fn blocks(v: &[u16]) -> &[V4Block] {
-    assert_eq!(v.len() % 256, 0);
-    // SAFETY: [u16; 256] has the alignment of u16 and no padding.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 256) }
+/// Views the IPv4 first level as the two-per-element layout of its map.
+fn pairs(v: &[u32]) -> &[Pair] {
+    assert_eq!(v.len() % 2, 0);
+    // SAFETY: [u32; 2] has the alignment of u32 and no padding.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 2) }
 }

@@ -84,6 +84,75 @@ impl RcuBarrier {
     }
 }
 
+/// `BPF_MAP_UPDATE_BATCH`.
+const BPF_MAP_UPDATE_BATCH: u32 = 26;
+/// `BPF_MAP_DELETE_BATCH`.
+const BPF_MAP_DELETE_BATCH: u32 = 27;
+/// Entries per batch syscall.
+const BATCH: usize = 65536;
+
+/// Inserts or replaces `keys[i] -> values[i]` in the hash map `fd`, many per
+/// syscall (`BPF_MAP_UPDATE_BATCH`, Linux 5.6+).
+pub fn update_batch<K: Copy, V: Copy>(
+    fd: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len());
+    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
+        batch(
+            BPF_MAP_UPDATE_BATCH,
+            fd,
+            k.as_ptr().cast(),
+            v.as_ptr().cast(),
+            k.len(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Deletes `keys` from the hash map `fd`, many per syscall
+/// (`BPF_MAP_DELETE_BATCH`). Every key must be present.
+pub fn delete_batch<K: Copy>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+    for k in keys.chunks(BATCH) {
+        batch(
+            BPF_MAP_DELETE_BATCH,
+            fd,
+            k.as_ptr().cast(),
+            std::ptr::null(),
+            k.len(),
+        )?;
+    }
+    Ok(())
+}
+
+fn batch(
+    cmd: u32,
+    fd: BorrowedFd<'_>,
+    keys: *const u8,
+    values: *const u8,
+    count: usize,
+) -> io::Result<()> {
+    // struct bpf_attr.batch: in_batch, out_batch, keys, values, count, map_fd,
+    // elem_flags, flags.
+    let mut attr = [0u8; 128];
+    put_u64(&mut attr, 16, keys as u64);
+    put_u64(&mut attr, 24, values as u64);
+    put_u32(&mut attr, 32, count as u32);
+    put_u32(&mut attr, 36, fd.as_raw_fd() as u32);
+    let result = sys_bpf(cmd, &mut attr);
+    // On return `count` holds how many elements were processed.
+    let done = u32::from_ne_bytes(attr[32..36].try_into().unwrap()) as usize;
+    result
+        .map_err(|e| io::Error::new(e.kind(), format!("{e} after {done} of {count} elements")))?;
+    if done != count {
+        return Err(io::Error::other(format!(
+            "batch stopped after {done} of {count} elements"
+        )));
+    }
+    Ok(())
+}
+
 /// Bytes the kernel uses per element of an array map with values of `size`.
 pub const fn elem_size(size: usize) -> usize {
     size.div_ceil(8) * 8

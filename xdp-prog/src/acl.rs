@@ -3,8 +3,8 @@
 use xdpgate_common::{
     Family,
     acl::{
-        BITMAP_WORDS, Bitmap, NO_L4_CLASS, Quad, RuleInfo, SUMMARY_WORDS, V4_EXT, V6_MAX_LENS,
-        V6Key, group,
+        BITMAP_WORDS, Bitmap, MAX_LENS, NO_L4_CLASS, PrefixKey, Quad, RuleInfo, SUMMARY_WORDS,
+        V4_EXT, V4_KEY_LEN_OFFSET, group,
     },
 };
 
@@ -168,31 +168,40 @@ fn addr_class<G: Generation>(v4: bool, addr: &[u32; 4]) -> Option<u16> {
     if v4 {
         let a = u32::from_be(addr[0]);
         let top = a >> 8;
-        let e = G::v4_tbl24().get(top >> 2)?[(top & 3) as usize];
+        let e = G::v4_tbl24().get(top >> 1)?[(top & 1) as usize];
         if e & V4_EXT == 0 {
-            return Some(e);
+            return Some(e as u16);
         }
-        let block = G::v4_tbl8().get((e & !V4_EXT) as u32)?;
-        return Some(block[(a & 0xff) as usize]);
+        // Only word 0 of an IPv4 key is used; the search masks the rest to 0.
+        let words = [addr[0], 0, 0, 0];
+        return search::<G>(e as u16, (e >> 16) & 0xfff, &words, V4_KEY_LEN_OFFSET);
     }
     let bucket = G::v6_buckets().get(u32::from_be(addr[0]) >> 16)?;
     if bucket.lenset == 0 {
         return Some(bucket.class);
     }
-    let set = G::v6_lensets().get(bucket.lenset as u32)?;
+    search::<G>(bucket.class, bucket.lenset as u32, addr, 0)
+}
+
+/// Binary search over the lengths of `lenset` in the prefix hash: a real prefix
+/// ends it, a marker sends it longer, a miss shorter; `class` if nothing is
+/// found. Keys carry the length plus `len_offset` (IPv4 keys are offset).
+#[inline(always)]
+fn search<G: Generation>(class: u16, lenset: u32, addr: &[u32; 4], len_offset: u32) -> Option<u16> {
+    let set = G::lensets().get(lenset)?;
     let (mut lo, mut hi) = (0i32, set.n as i32 - 1);
-    // Binary search over at most V6_MAX_LENS lengths: at most 7 probes.
+    // Binary search over at most MAX_LENS lengths: at most 7 probes.
     for _ in 0..7 {
         if lo > hi {
             break;
         }
         let mid = (lo + hi) / 2;
-        if mid < 0 || mid as usize >= V6_MAX_LENS {
+        if mid < 0 || mid as usize >= MAX_LENS {
             break;
         }
         let len = set.lens[mid as usize] as i32;
-        let mut key = V6Key {
-            len: len as u32,
+        let mut key = PrefixKey {
+            len: len as u32 + len_offset,
             addr: [0; 4],
         };
         for (i, (out, word)) in key.addr.iter_mut().zip(addr).enumerate() {
@@ -207,11 +216,11 @@ fn addr_class<G: Generation>(v4: bool, addr: &[u32; 4]) -> Option<u16> {
             *out = (u32::from_be(*word) & mask).to_be();
         }
         // SAFETY: plain-data value, read only.
-        match unsafe { G::v6_prefixes().get(key) } {
+        match unsafe { G::prefixes().get(key) } {
             Some(e) if e.marker == 0 => return Some(e.class),
             Some(_) => lo = mid + 1,
             None => hi = mid - 1,
         }
     }
-    Some(bucket.class)
+    Some(class)
 }

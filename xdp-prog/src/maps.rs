@@ -12,9 +12,9 @@ use aya_ebpf::{
 use xdpgate_common::{
     Counter, IfaceConfig, MAX_IFACES, REASON_ENTRIES, STATS_ENTRIES,
     acl::{
-        AclConfig, Bitmap, DPORT_QUADS, MAX_ADDR_CLASSES, MAX_PORT_CLASSES, Quad, RULE_BITS,
-        RULE_COUNTERS, RuleInfo, SPORT_QUADS, V4_TBL8_BLOCKS, V4_TBL24_QUADS, V4Block, V6_LENSETS,
-        V6_PREFIX_ENTRIES, V6Bucket, V6Entry, V6Key, V6LenSet,
+        AclConfig, Bitmap, DPORT_QUADS, LENSETS, LenSet, MAX_ADDR_CLASSES, MAX_PORT_CLASSES,
+        PREFIX_ENTRIES, Pair, PrefixEntry, PrefixKey, Quad, RULE_BITS, RULE_COUNTERS, RuleInfo,
+        SPORT_QUADS, V4_TBL24_PAIRS, V6Bucket,
     },
 };
 
@@ -67,16 +67,14 @@ pub trait Generation {
     fn sport_class() -> &'static Array<Quad>;
     /// Destination-port/ICMP class per (group, key), four per element.
     fn dport_class() -> &'static Array<Quad>;
-    /// IPv4 first level (top 24 bits): class or V4_EXT|block, four per element.
-    fn v4_tbl24() -> &'static Array<Quad>;
-    /// IPv4 second level: 256 classes per block.
-    fn v4_tbl8() -> &'static Array<V4Block>;
+    /// IPv4 first level (top 24 bits): class or v4_entry, two per element.
+    fn v4_tbl24() -> &'static Array<Pair>;
     /// IPv6 top-16 buckets.
     fn v6_buckets() -> &'static Array<V6Bucket>;
-    /// IPv6 prefix-length sets.
-    fn v6_lensets() -> &'static Array<V6LenSet>;
-    /// IPv6 prefixes longer than /16 and binary-search markers.
-    fn v6_prefixes() -> &'static HashMap<V6Key, V6Entry>;
+    /// Prefix-length sets of both families.
+    fn lensets() -> &'static Array<LenSet>;
+    /// Long prefixes (IPv4 > /24, IPv6 > /16) and binary-search markers.
+    fn prefixes() -> &'static HashMap<PrefixKey, PrefixEntry>;
     /// Verdict and counter slot per rule index.
     fn rule_info() -> &'static Array<RuleInfo>;
 }
@@ -116,26 +114,22 @@ static XG_SPORT_CLASS_0: Array<Quad> = Array::with_max_entries(SPORT_QUADS, MMAP
 #[map(name = "XG_DPORT_CLASS_0")]
 static XG_DPORT_CLASS_0: Array<Quad> = Array::with_max_entries(DPORT_QUADS, MMAP);
 
-/// Generation 0: IPv4 first level (top 24 bits): class or V4_EXT|block, four per element.
+/// Generation 0: IPv4 first level (top 24 bits): class or v4_entry, two per element.
 #[map(name = "XG_V4_TBL24_0")]
-static XG_V4_TBL24_0: Array<Quad> = Array::with_max_entries(V4_TBL24_QUADS, MMAP);
-
-/// Generation 0: IPv4 second level: 256 classes per block.
-#[map(name = "XG_V4_TBL8_0")]
-static XG_V4_TBL8_0: Array<V4Block> = Array::with_max_entries(V4_TBL8_BLOCKS, MMAP);
+static XG_V4_TBL24_0: Array<Pair> = Array::with_max_entries(V4_TBL24_PAIRS, MMAP);
 
 /// Generation 0: IPv6 top-16 buckets.
 #[map(name = "XG_V6_BUCKETS_0")]
 static XG_V6_BUCKETS_0: Array<V6Bucket> = Array::with_max_entries(65536, MMAP);
 
-/// Generation 0: IPv6 prefix-length sets.
-#[map(name = "XG_V6_LENSETS_0")]
-static XG_V6_LENSETS_0: Array<V6LenSet> = Array::with_max_entries(V6_LENSETS, MMAP);
+/// Generation 0: prefix-length sets of both families.
+#[map(name = "XG_LENSETS_0")]
+static XG_LENSETS_0: Array<LenSet> = Array::with_max_entries(LENSETS, MMAP);
 
-/// Generation 0: IPv6 prefixes longer than /16 and binary-search markers.
-#[map(name = "XG_V6_PREFIXES_0")]
-static XG_V6_PREFIXES_0: HashMap<V6Key, V6Entry> =
-    HashMap::with_max_entries(V6_PREFIX_ENTRIES, NO_PREALLOC);
+/// Generation 0: long prefixes (IPv4 > /24, IPv6 > /16) and binary-search markers.
+#[map(name = "XG_PREFIXES_0")]
+static XG_PREFIXES_0: HashMap<PrefixKey, PrefixEntry> =
+    HashMap::with_max_entries(PREFIX_ENTRIES, NO_PREALLOC);
 
 /// Generation 0: verdict and counter slot per rule index.
 #[map(name = "XG_RULE_INFO_0")]
@@ -175,24 +169,20 @@ impl Generation for Gen0 {
         &XG_DPORT_CLASS_0
     }
     #[inline(always)]
-    fn v4_tbl24() -> &'static Array<Quad> {
+    fn v4_tbl24() -> &'static Array<Pair> {
         &XG_V4_TBL24_0
-    }
-    #[inline(always)]
-    fn v4_tbl8() -> &'static Array<V4Block> {
-        &XG_V4_TBL8_0
     }
     #[inline(always)]
     fn v6_buckets() -> &'static Array<V6Bucket> {
         &XG_V6_BUCKETS_0
     }
     #[inline(always)]
-    fn v6_lensets() -> &'static Array<V6LenSet> {
-        &XG_V6_LENSETS_0
+    fn lensets() -> &'static Array<LenSet> {
+        &XG_LENSETS_0
     }
     #[inline(always)]
-    fn v6_prefixes() -> &'static HashMap<V6Key, V6Entry> {
-        &XG_V6_PREFIXES_0
+    fn prefixes() -> &'static HashMap<PrefixKey, PrefixEntry> {
+        &XG_PREFIXES_0
     }
     #[inline(always)]
     fn rule_info() -> &'static Array<RuleInfo> {
@@ -235,26 +225,22 @@ static XG_SPORT_CLASS_1: Array<Quad> = Array::with_max_entries(SPORT_QUADS, MMAP
 #[map(name = "XG_DPORT_CLASS_1")]
 static XG_DPORT_CLASS_1: Array<Quad> = Array::with_max_entries(DPORT_QUADS, MMAP);
 
-/// Generation 1: IPv4 first level (top 24 bits): class or V4_EXT|block, four per element.
+/// Generation 1: IPv4 first level (top 24 bits): class or v4_entry, two per element.
 #[map(name = "XG_V4_TBL24_1")]
-static XG_V4_TBL24_1: Array<Quad> = Array::with_max_entries(V4_TBL24_QUADS, MMAP);
-
-/// Generation 1: IPv4 second level: 256 classes per block.
-#[map(name = "XG_V4_TBL8_1")]
-static XG_V4_TBL8_1: Array<V4Block> = Array::with_max_entries(V4_TBL8_BLOCKS, MMAP);
+static XG_V4_TBL24_1: Array<Pair> = Array::with_max_entries(V4_TBL24_PAIRS, MMAP);
 
 /// Generation 1: IPv6 top-16 buckets.
 #[map(name = "XG_V6_BUCKETS_1")]
 static XG_V6_BUCKETS_1: Array<V6Bucket> = Array::with_max_entries(65536, MMAP);
 
-/// Generation 1: IPv6 prefix-length sets.
-#[map(name = "XG_V6_LENSETS_1")]
-static XG_V6_LENSETS_1: Array<V6LenSet> = Array::with_max_entries(V6_LENSETS, MMAP);
+/// Generation 1: prefix-length sets of both families.
+#[map(name = "XG_LENSETS_1")]
+static XG_LENSETS_1: Array<LenSet> = Array::with_max_entries(LENSETS, MMAP);
 
-/// Generation 1: IPv6 prefixes longer than /16 and binary-search markers.
-#[map(name = "XG_V6_PREFIXES_1")]
-static XG_V6_PREFIXES_1: HashMap<V6Key, V6Entry> =
-    HashMap::with_max_entries(V6_PREFIX_ENTRIES, NO_PREALLOC);
+/// Generation 1: long prefixes (IPv4 > /24, IPv6 > /16) and binary-search markers.
+#[map(name = "XG_PREFIXES_1")]
+static XG_PREFIXES_1: HashMap<PrefixKey, PrefixEntry> =
+    HashMap::with_max_entries(PREFIX_ENTRIES, NO_PREALLOC);
 
 /// Generation 1: verdict and counter slot per rule index.
 #[map(name = "XG_RULE_INFO_1")]
@@ -294,24 +280,20 @@ impl Generation for Gen1 {
         &XG_DPORT_CLASS_1
     }
     #[inline(always)]
-    fn v4_tbl24() -> &'static Array<Quad> {
+    fn v4_tbl24() -> &'static Array<Pair> {
         &XG_V4_TBL24_1
-    }
-    #[inline(always)]
-    fn v4_tbl8() -> &'static Array<V4Block> {
-        &XG_V4_TBL8_1
     }
     #[inline(always)]
     fn v6_buckets() -> &'static Array<V6Bucket> {
         &XG_V6_BUCKETS_1
     }
     #[inline(always)]
-    fn v6_lensets() -> &'static Array<V6LenSet> {
-        &XG_V6_LENSETS_1
+    fn lensets() -> &'static Array<LenSet> {
+        &XG_LENSETS_1
     }
     #[inline(always)]
-    fn v6_prefixes() -> &'static HashMap<V6Key, V6Entry> {
-        &XG_V6_PREFIXES_1
+    fn prefixes() -> &'static HashMap<PrefixKey, PrefixEntry> {
+        &XG_PREFIXES_1
     }
     #[inline(always)]
     fn rule_info() -> &'static Array<RuleInfo> {

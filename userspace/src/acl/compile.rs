@@ -12,9 +12,10 @@ use ipnetwork::IpNetwork;
 use xdpgate_common::{
     MAX_IFACES,
     acl::{
-        BITMAP_WORDS, Bitmap, MAX_ADDR_CLASSES, MAX_PORT_CLASSES, NO_L4_CLASS, SUMMARY_WORDS,
-        V4_EXT, V4_NONE_CLASS, V4_TBL8_BLOCKS, V4_TBL24_ENTRIES, V6_LENSETS, V6_MAX_LENS,
-        V6_NONE_CLASS, V6_PREFIX_ENTRIES, V6Bucket, V6Entry, V6Key, V6LenSet, group,
+        BITMAP_WORDS, Bitmap, LENSETS, LenSet, MAX_ADDR_CLASSES, MAX_LENS, MAX_PORT_CLASSES,
+        NO_L4_CLASS, PREFIX_ENTRIES, PrefixEntry, PrefixKey, SUMMARY_WORDS, V4_EXT,
+        V4_KEY_LEN_OFFSET, V4_NONE_CLASS, V4_TBL24_ENTRIES, V6_NONE_CLASS, V6Bucket, group,
+        v4_entry,
     },
 };
 
@@ -48,16 +49,15 @@ pub struct Image {
     pub src_bm: Vec<Bitmap>,
     /// Bitmap per address class, for the destination address.
     pub dst_bm: Vec<Bitmap>,
-    /// IPv4 first level: entry per top 24 bits (class, or `V4_EXT | block`).
-    pub v4_tbl24: Vec<u16>,
-    /// IPv4 second level: 256 classes per block.
-    pub v4_tbl8: Vec<u16>,
+    /// IPv4 first level: entry per top 24 bits (a class, or `v4_entry`).
+    pub v4_tbl24: Vec<u32>,
     /// IPv6 top-16 buckets.
     pub v6_buckets: Vec<V6Bucket>,
-    /// IPv6 length sets; index 0 is the empty set.
-    pub v6_lensets: Vec<V6LenSet>,
-    /// IPv6 prefixes longer than /16 and search markers.
-    pub v6_prefixes: HashMap<V6Key, V6Entry>,
+    /// Length sets of both families; index 0 is the empty set.
+    pub lensets: Vec<LenSet>,
+    /// IPv4 prefixes longer than /24, IPv6 prefixes longer than /16, and the
+    /// binary-search markers of both.
+    pub prefixes: HashMap<PrefixKey, PrefixEntry>,
 }
 
 /// Compile statistics, for logs and progress.
@@ -67,10 +67,8 @@ pub struct CompileStats {
     pub addr_classes: usize,
     /// Source and destination port classes.
     pub port_classes: (usize, usize),
-    /// IPv4 second-level blocks.
-    pub v4_blocks: usize,
-    /// IPv6 hash entries (prefixes and markers).
-    pub v6_entries: usize,
+    /// Prefix hash entries (long prefixes and markers).
+    pub hash_entries: usize,
 }
 
 impl Image {
@@ -79,8 +77,7 @@ impl Image {
         CompileStats {
             addr_classes: self.src_bm.len(),
             port_classes: (self.sport_bm.len(), self.dport_bm.len()),
-            v4_blocks: self.v4_tbl8.len() / 256,
-            v6_entries: self.v6_prefixes.len(),
+            hash_entries: self.prefixes.len(),
         }
     }
 }
@@ -287,10 +284,7 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
         class_of.insert((fam, set.clone()), c);
         c
     };
-    let v4: Vec<(u32, u32, u16)> = v4
-        .iter()
-        .map(|(a, b, s)| (*a as u32, *b as u32, intern(4, s)))
-        .collect();
+    let v4: Vec<(u128, u128, u16)> = v4.iter().map(|(a, b, s)| (*a, *b, intern(4, s))).collect();
     let v6: Vec<(u128, u128, u16)> = v6.iter().map(|(a, b, s)| (*a, *b, intern(6, s))).collect();
     if class_sets.len() > MAX_ADDR_CLASSES as usize {
         errs.push(AclError::Capacity {
@@ -304,23 +298,15 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
     }
 
     let (src_bm, dst_bm) = address_bitmaps(&rules, &conds, &class_sets, n);
-    let (v4_tbl24, v4_tbl8) = build_v4(&v4);
-    let (v6_buckets, v6_lensets, v6_prefixes) = build_v6(&v6);
+    let mut long = Long::default();
+    let v4_tbl24 = build_v4(&v4, &mut long);
+    let v6_buckets = build_v6(&v6, &mut long);
     let caps = [
+        ("prefix-length sets", long.lensets.len(), LENSETS as usize),
         (
-            "IPv4 second-level blocks (/24s holding longer prefixes)",
-            v4_tbl8.len() / 256,
-            V4_TBL8_BLOCKS as usize,
-        ),
-        (
-            "IPv6 prefix-length sets",
-            v6_lensets.len(),
-            V6_LENSETS as usize,
-        ),
-        (
-            "IPv6 prefixes longer than /16 and search markers",
-            v6_prefixes.len(),
-            V6_PREFIX_ENTRIES as usize,
+            "long prefixes (IPv4 > /24, IPv6 > /16) and search markers",
+            long.table.len(),
+            PREFIX_ENTRIES as usize,
         ),
     ];
     for (what, have, max) in caps {
@@ -345,10 +331,9 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
         src_bm,
         dst_bm,
         v4_tbl24,
-        v4_tbl8,
         v6_buckets,
-        v6_lensets,
-        v6_prefixes,
+        lensets: long.lensets,
+        prefixes: long.table,
     })
 }
 
@@ -506,66 +491,137 @@ fn address_bitmaps(
     (build(|r| &r.src), build(|r| &r.dst))
 }
 
-fn build_v4(intervals: &[(u32, u32, u16)]) -> (Vec<u16>, Vec<u16>) {
-    let mut tbl24 = vec![V4_NONE_CLASS; V4_TBL24_ENTRIES as usize];
-    let mut tbl8: Vec<u16> = Vec::new();
-    for &(a, b, class) in intervals {
-        let (first, last) = (a >> 8, b >> 8);
-        for blk in first..=last {
-            let lo = blk << 8;
-            let hi = lo | 0xff;
-            if a <= lo && hi <= b {
-                tbl24[blk as usize] = class;
-                continue;
-            }
-            let e = tbl24[blk as usize];
-            let block = if e & V4_EXT != 0 {
-                (e & !V4_EXT) as usize
-            } else {
-                let idx = tbl8.len() / 256;
-                tbl8.extend(std::iter::repeat_n(e, 256));
-                tbl24[blk as usize] = V4_EXT | idx as u16;
-                idx
+/// The long-prefix part of the address tables, shared by both families:
+/// length sets and the hash of prefixes and markers.
+struct Long {
+    lensets: Vec<LenSet>,
+    ids: HashMap<Vec<u8>, u16>,
+    table: HashMap<PrefixKey, PrefixEntry>,
+}
+
+impl Default for Long {
+    fn default() -> Self {
+        Long {
+            lensets: vec![LenSet {
+                n: 0,
+                lens: [0; MAX_LENS],
+            }],
+            ids: HashMap::new(),
+            table: HashMap::new(),
+        }
+    }
+}
+
+impl Long {
+    /// Adds one bucket's prefixes `(start, len, class)` (all longer than the
+    /// bucket, disjoint); returns the bucket's length-set id. `key` builds a
+    /// hash key from an address and a length.
+    fn bucket(&mut self, list: &[(u128, u8, u16)], key: impl Fn(u128, u8) -> PrefixKey) -> u16 {
+        let mut lens: Vec<u8> = list.iter().map(|p| p.1).collect();
+        lens.sort_unstable();
+        lens.dedup();
+        let next = self.lensets.len() as u16;
+        let id = *self.ids.entry(lens.clone()).or_insert_with(|| {
+            let mut s = LenSet {
+                n: lens.len() as u32,
+                lens: [0; MAX_LENS],
             };
-            for x in a.max(lo)..=b.min(hi) {
-                tbl8[block * 256 + (x & 0xff) as usize] = class;
+            s.lens[..lens.len()].copy_from_slice(&lens);
+            self.lensets.push(s);
+            next
+        });
+        for &(start, len, class) in list {
+            self.table
+                .insert(key(start, len), PrefixEntry { class, marker: 0 });
+            // Markers along the binary-search path toward `len`: at every length
+            // the search passes on its way up, say "longer".
+            let (mut lo, mut hi) = (0i32, lens.len() as i32 - 1);
+            while lo <= hi {
+                let mid = (lo + hi) / 2;
+                let l = lens[mid as usize];
+                if l == len {
+                    break;
+                }
+                if l < len {
+                    self.table.entry(key(start, l)).or_insert(PrefixEntry {
+                        class: 0,
+                        marker: 1,
+                    });
+                    lo = mid + 1;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+        }
+        id
+    }
+}
+
+/// IPv4: a class per /24, or for /24s holding longer prefixes the class of the
+/// rest of the /24 plus the length set to search in the shared hash.
+fn build_v4(intervals: &[(u128, u128, u16)], long: &mut Long) -> Vec<u32> {
+    let mut tbl24 = vec![V4_NONE_CLASS as u32; V4_TBL24_ENTRIES as usize];
+    let mut longer: BTreeMap<u32, Vec<(u128, u8, u16)>> = BTreeMap::new();
+    let mut prefixes = Vec::new();
+    for &(a, b, class) in intervals {
+        prefixes.clear();
+        // Work in the 128-bit space with the IPv4 address in the low 32 bits.
+        cidrs(a << 96, (b << 96) | ((1u128 << 96) - 1), &mut prefixes);
+        for &(start, len) in &prefixes {
+            let start = (start >> 96) as u32;
+            if len <= 24 {
+                let first = (start >> 8) as usize;
+                let count = 1usize << (24 - len);
+                for e in &mut tbl24[first..first + count] {
+                    *e = class as u32;
+                }
+            } else {
+                longer
+                    .entry(start >> 8)
+                    .or_default()
+                    .push((start as u128, len, class));
             }
         }
     }
-    (tbl24, tbl8)
+    for (blk, list) in longer {
+        let id = long.bucket(&list, |a, l| v4_key(a as u32, l));
+        tbl24[blk as usize] = v4_entry(tbl24[blk as usize] as u16, id);
+    }
+    tbl24
+}
+
+fn v4_key(addr: u32, len: u8) -> PrefixKey {
+    let m = if len == 0 {
+        0
+    } else {
+        addr & (u32::MAX << (32 - len as u32))
+    };
+    PrefixKey {
+        len: V4_KEY_LEN_OFFSET + len as u32,
+        addr: [m.to_be(), 0, 0, 0],
+    }
 }
 
 /// Splits `[a, b]` into the fewest aligned prefixes: (start, length).
 fn cidrs(mut a: u128, b: u128, out: &mut Vec<(u128, u8)>) {
     loop {
-        let size_bits = if a == 0 {
-            128
-        } else {
-            a.trailing_zeros().min(128)
-        };
-        let mut bits = size_bits;
-        // Shrink until the block fits in [a, b].
-        while bits > 0 {
-            let last = if bits == 128 {
+        let mut bits = if a == 0 { 128 } else { a.trailing_zeros() };
+        let last = |bits: u32| {
+            if bits == 128 {
                 u128::MAX
             } else {
                 a | ((1u128 << bits) - 1)
-            };
-            if last <= b {
-                break;
             }
+        };
+        while bits > 0 && last(bits) > b {
             bits -= 1;
         }
         out.push((a, (128 - bits) as u8));
-        let last = if bits == 128 {
-            u128::MAX
-        } else {
-            a | ((1u128 << bits) - 1)
-        };
-        if last >= b {
+        let end = last(bits);
+        if end >= b {
             return;
         }
-        a = last + 1;
+        a = end + 1;
     }
 }
 
@@ -577,9 +633,9 @@ fn mask128(addr: u128, len: u8) -> u128 {
     }
 }
 
-fn key(addr: u128, len: u8) -> V6Key {
+fn key(addr: u128, len: u8) -> PrefixKey {
     let m = mask128(addr, len);
-    V6Key {
+    PrefixKey {
         len: len as u32,
         addr: [
             ((m >> 96) as u32).to_be(),
@@ -590,10 +646,9 @@ fn key(addr: u128, len: u8) -> V6Key {
     }
 }
 
-#[allow(clippy::type_complexity)]
-fn build_v6(
-    intervals: &[(u128, u128, u16)],
-) -> (Vec<V6Bucket>, Vec<V6LenSet>, HashMap<V6Key, V6Entry>) {
+/// IPv6: a class per /16, or the class of the rest of the /16 plus the length
+/// set to search in the shared hash.
+fn build_v6(intervals: &[(u128, u128, u16)], long: &mut Long) -> Vec<V6Bucket> {
     let mut buckets = vec![
         V6Bucket {
             class: V6_NONE_CLASS,
@@ -601,7 +656,7 @@ fn build_v6(
         };
         65536
     ];
-    let mut long: BTreeMap<u16, Vec<(u128, u8, u16)>> = BTreeMap::new();
+    let mut longer: BTreeMap<u16, Vec<(u128, u8, u16)>> = BTreeMap::new();
     let mut prefixes = Vec::new();
     for &(a, b, class) in intervals {
         prefixes.clear();
@@ -614,54 +669,17 @@ fn build_v6(
                     bk.class = class;
                 }
             } else {
-                long.entry((start >> 112) as u16)
+                longer
+                    .entry((start >> 112) as u16)
                     .or_default()
                     .push((start, len, class));
             }
         }
     }
-    let empty = V6LenSet {
-        n: 0,
-        lens: [0; V6_MAX_LENS],
-    };
-    let mut lensets = vec![empty];
-    let mut lenset_ids: HashMap<Vec<u8>, u16> = HashMap::new();
-    let mut table = HashMap::new();
-    for (bucket, list) in long {
-        let mut lens: Vec<u8> = list.iter().map(|p| p.1).collect();
-        lens.sort_unstable();
-        lens.dedup();
-        let id = *lenset_ids.entry(lens.clone()).or_insert_with(|| {
-            let mut s = empty;
-            s.n = lens.len() as u32;
-            s.lens[..lens.len()].copy_from_slice(&lens);
-            lensets.push(s);
-            (lensets.len() - 1) as u16
-        });
-        buckets[bucket as usize].lenset = id;
-        for &(start, len, class) in &list {
-            table.insert(key(start, len), V6Entry { class, marker: 0 });
-            // Markers along the binary-search path toward `len`.
-            let (mut lo, mut hi) = (0i32, lens.len() as i32 - 1);
-            while lo <= hi {
-                let mid = (lo + hi) / 2;
-                let l = lens[mid as usize];
-                if l == len {
-                    break;
-                }
-                if l < len {
-                    table.entry(key(start, l)).or_insert(V6Entry {
-                        class: 0,
-                        marker: 1,
-                    });
-                    lo = mid + 1;
-                } else {
-                    hi = mid - 1;
-                }
-            }
-        }
+    for (bucket, list) in longer {
+        buckets[bucket as usize].lenset = long.bucket(&list, key);
     }
-    (buckets, lensets, table)
+    buckets
 }
 
 impl Image {
@@ -671,11 +689,10 @@ impl Image {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
                 let e = self.v4_tbl24[(a >> 8) as usize];
-                if e & V4_EXT != 0 {
-                    self.v4_tbl8[((e & !V4_EXT) as usize) * 256 + (a & 0xff) as usize]
-                } else {
-                    e
+                if e & V4_EXT == 0 {
+                    return e as u16;
                 }
+                self.search(e as u16, (e >> 16 & 0xfff) as u16, |l| v4_key(a, l))
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
@@ -683,24 +700,29 @@ impl Image {
                 if b.lenset == 0 {
                     return b.class;
                 }
-                let set = &self.v6_lensets[b.lenset as usize];
-                let (mut lo, mut hi) = (0i32, set.n as i32 - 1);
-                // At most ceil(log2(V6_MAX_LENS + 1)) = 7 probes.
-                for _ in 0..7 {
-                    if lo > hi {
-                        break;
-                    }
-                    let mid = (lo + hi) / 2;
-                    let l = set.lens[mid as usize];
-                    match self.v6_prefixes.get(&key(a, l)) {
-                        Some(e) if e.marker == 0 => return e.class,
-                        Some(_) => lo = mid + 1,
-                        None => hi = mid - 1,
-                    }
-                }
-                b.class
+                self.search(b.class, b.lenset, |l| key(a, l))
             }
         }
+    }
+
+    /// Binary search over the lengths of `lenset`: a real prefix ends it, a
+    /// marker sends it longer, a miss shorter; `class` if nothing is found.
+    fn search(&self, class: u16, lenset: u16, key: impl Fn(u8) -> PrefixKey) -> u16 {
+        let set = &self.lensets[lenset as usize];
+        let (mut lo, mut hi) = (0i32, set.n as i32 - 1);
+        // At most ceil(log2(MAX_LENS + 1)) = 7 probes.
+        for _ in 0..7 {
+            if lo > hi {
+                break;
+            }
+            let mid = (lo + hi) / 2;
+            match self.prefixes.get(&key(set.lens[mid as usize])) {
+                Some(e) if e.marker == 0 => return e.class,
+                Some(_) => lo = mid + 1,
+                None => hi = mid - 1,
+            }
+        }
+        class
     }
 
     /// The index of the first rule (real, or virtual default) that accepts the
@@ -774,7 +796,7 @@ impl Image {
     }
 }
 
-/// Converts an address to the big-endian words the datapath and `V6Key` use.
+/// Converts an address to the big-endian words the datapath and `PrefixKey` use.
 pub fn v6_words(a: Ipv6Addr) -> [u32; 4] {
     key(u128::from(a), 128).addr
 }
