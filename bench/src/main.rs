@@ -1,0 +1,110 @@
+//! xdpgate's benchmark harness (`cargo xtask bench [--quick] [--out PATH]`).
+//!
+//! 1. ns/packet with `BPF_PROG_TEST_RUN` per packet class, prefix count and rule
+//!    count, beside an empty XDP program measured in the same run;
+//! 2. Debian's xdp-filter on the same frames, timed the same way;
+//! 3. live frames on a veth pair: Mpps dropped by xdpgate, xdp-filter and
+//!    nftables (netdev ingress) on one core.
+//!
+//! Everything runs inside network namespaces created here, which are removed
+//! on exit (also on failure). See docs/bench.md.
+mod bpf;
+mod live;
+mod report;
+mod testrun;
+mod workload;
+mod xdpfilter;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use xdpgate_tests::lab::{self, Lab, Netns};
+
+#[derive(Parser)]
+#[command(name = "xdpgate-bench", about = "xdpgate benchmarks (run as root)")]
+struct Cli {
+    /// Smaller run: 100,000 repetitions, 1k/100k prefixes, 10/1k rules, 2 s live runs.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "target/bench/latest.json")]
+    out: PathBuf,
+    /// Skip the live-frames drop-rate comparison.
+    #[arg(long)]
+    no_live: bool,
+    /// Skip xdp-filter (test runs and live frames).
+    #[arg(long)]
+    no_xdp_filter: bool,
+}
+
+/// Lab subnet of the benchmark's veth pair (10.200.X.0/24); the tests and the
+/// demo use small numbers.
+const LAB_SUBNET: u8 = 231;
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads XDP programs and creates network namespaces: run it as root");
+    }
+    let (repeat, prefixes, rules, live_secs): (u32, &[usize], &[usize], f64) = if cli.quick {
+        (100_000, &[1_000, 100_000], &[10, 1_000], 2.0)
+    } else {
+        (
+            1_000_000,
+            &[1_000, 100_000, 1_000_000],
+            &[10, 1_000, 10_000],
+            4.0,
+        )
+    };
+    // Kernel-touching tests and this benchmark must not overlap: they would
+    // disturb each other's timings and namespaces.
+    let _serial = lab::serial();
+    let started = std::time::Instant::now();
+
+    let ns = Netns::new("bench").context("creating the benchmark namespace")?;
+    let part1 = testrun::run(&ns, repeat, prefixes, rules)?;
+    drop(ns);
+
+    let lab = if !cli.no_live || !cli.no_xdp_filter {
+        Some(Lab::new("bench", LAB_SUBNET).context("creating the veth lab")?)
+    } else {
+        None
+    };
+    let filter = if cli.no_xdp_filter {
+        None
+    } else {
+        let lab = lab.as_ref().expect("lab exists");
+        let sizes: &[usize] = if cli.quick {
+            &[1_000]
+        } else {
+            &[1_000, 10_000]
+        };
+        Some(xdpfilter::run(
+            lab,
+            repeat,
+            &part1.classes,
+            &part1.empty,
+            sizes,
+        ))
+    };
+    let live = if cli.no_live {
+        None
+    } else {
+        let lab = lab.as_ref().expect("lab exists");
+        Some(live::run(lab, live_secs, !cli.no_xdp_filter))
+    };
+    drop(lab);
+
+    let report = report::Report::new(cli.quick, part1, filter, live, started.elapsed());
+    report.print();
+    if let Some(dir) = cli.out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&cli.out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", cli.out.display()))?;
+    eprintln!("bench: wrote {}", cli.out.display());
+    Ok(())
+}

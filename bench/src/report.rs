@@ -1,0 +1,342 @@
+//! The report: JSON (everything measured) and the printed tables, with the
+//! issue's targets evaluated from the numbers of this run.
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::{live::LiveReport, testrun::TestRunReport, xdpfilter::FilterReport};
+
+/// A part that may have failed or been skipped.
+#[derive(Clone, Debug, Serialize)]
+pub struct Section<T> {
+    /// The results, when the part ran.
+    pub result: Option<T>,
+    /// Why it did not run, or failed.
+    pub error: Option<String>,
+}
+
+impl<T> Section<T> {
+    /// A section from a part's outcome (`None`: skipped on request).
+    pub fn from(r: Option<anyhow::Result<T>>) -> Self {
+        match r {
+            Some(Ok(v)) => Section {
+                result: Some(v),
+                error: None,
+            },
+            Some(Err(e)) => Section {
+                result: None,
+                error: Some(format!("{e:#}")),
+            },
+            None => Section {
+                result: None,
+                error: Some("skipped on request".into()),
+            },
+        }
+    }
+}
+
+/// One of the issue's targets.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    /// The target as stated.
+    pub goal: String,
+    /// What was measured.
+    pub measured: String,
+    /// Whether it was met (`None`: could not be evaluated in this run).
+    pub met: Option<bool>,
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// `--quick` run (not the target configuration).
+    pub quick: bool,
+    /// `uname -r`.
+    pub kernel: String,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// Unix time the run finished.
+    pub finished_unix: u64,
+    /// Wall time of the whole run, seconds.
+    pub elapsed_s: f64,
+    /// Part 1.
+    pub test_run: TestRunReport,
+    /// Part 2.
+    pub xdp_filter: Section<FilterReport>,
+    /// Part 3.
+    pub live: Section<LiveReport>,
+    /// The issue's targets.
+    pub targets: Vec<Target>,
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+impl Report {
+    /// Assembles the report and evaluates the targets.
+    pub fn new(
+        quick: bool,
+        test_run: TestRunReport,
+        xdp_filter: Option<anyhow::Result<FilterReport>>,
+        live: Option<anyhow::Result<LiveReport>>,
+        elapsed: Duration,
+    ) -> Self {
+        let mut r = Report {
+            quick,
+            kernel: kernel(),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            finished_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            elapsed_s: elapsed.as_secs_f64(),
+            test_run,
+            xdp_filter: Section::from(xdp_filter),
+            live: Section::from(live),
+            targets: Vec::new(),
+        };
+        r.targets = r.evaluate();
+        r
+    }
+
+    fn evaluate(&self) -> Vec<Target> {
+        let mut t = Vec::new();
+        let tr = &self.test_run;
+        let max_p = tr.configs.iter().map(|c| c.prefixes).max().unwrap_or(0);
+        let min_p = tr.configs.iter().map(|c| c.prefixes).min().unwrap_or(0);
+        let max_r = tr.configs.iter().map(|c| c.rules).max().unwrap_or(0);
+        let note = if max_p == 1_000_000 && max_r == 10_000 {
+            String::new()
+        } else {
+            format!(
+                " (this run's largest: {max_p} prefixes, {max_r} rules; the target is for 1M and 10k)"
+            )
+        };
+        // 1. Ratio to the empty program.
+        if let Some(c) = tr
+            .configs
+            .iter()
+            .find(|c| c.prefixes == max_p && c.rules == max_r)
+        {
+            let (worst, ratio) = c
+                .classes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.ratio))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap_or_default();
+            t.push(Target {
+                goal: "ns/packet <= 2.0 x the empty XDP program for every class at 1M prefixes + 10k rules"
+                    .into(),
+                measured: format!("worst class {worst}: {ratio:.2}x{note}"),
+                met: note.is_empty().then_some(ratio <= 2.0),
+            });
+        }
+        // 2. Growth with the number of prefixes, per rule count.
+        let mut worst = (String::new(), 0.0f64);
+        for small in tr.configs.iter().filter(|c| c.prefixes == min_p) {
+            if let Some(big) = tr
+                .configs
+                .iter()
+                .find(|c| c.prefixes == max_p && c.rules == small.rules)
+            {
+                for (k, v) in &small.classes {
+                    let g = big.classes[k].ns / v.ns;
+                    if g > worst.1 {
+                        worst = (format!("{k} at {} rules", small.rules), g);
+                    }
+                }
+            }
+        }
+        if max_p > min_p {
+            let note = if max_p == 1_000_000 && min_p == 1_000 {
+                String::new()
+            } else {
+                format!(" (this run: {min_p} -> {max_p} prefixes)")
+            };
+            t.push(Target {
+                goal: "ns/packet grows <= 1.3x from 1k to 1M prefixes".into(),
+                measured: format!("worst: {} {:.2}x{note}", worst.0, worst.1),
+                met: note.is_empty().then_some(worst.1 <= 1.3),
+            });
+        }
+        // 3. Drop rates.
+        let live = self.live.result.as_ref();
+        let rate = |target: &str, family: &str, entries: usize| {
+            live.and_then(|l| {
+                l.runs
+                    .iter()
+                    .find(|r| r.target == target && r.family == family && r.entries == entries)
+                    .map(|r| r.mpps)
+            })
+        };
+        for (other, entries_gate, entries_other, factor) in [
+            ("xdp-filter", 1, 1, 1.5),
+            ("nftables", 100_000, 100_000, 6.0),
+            ("nftables", 1, 1, 6.0),
+        ] {
+            let mut measured = Vec::new();
+            let mut met = Some(true);
+            for family in ["ipv4", "ipv6"] {
+                match (
+                    rate("xdpgate", family, entries_gate),
+                    rate(other, family, entries_other),
+                ) {
+                    (Some(a), Some(b)) => {
+                        measured.push(format!("{family}: {a:.2} / {b:.2} Mpps = {:.2}x", a / b));
+                        met = met.map(|m| m && a / b >= factor);
+                    }
+                    _ => {
+                        measured.push(format!("{family}: not measured"));
+                        met = None;
+                    }
+                }
+            }
+            t.push(Target {
+                goal: format!(
+                    "live drop rate >= {factor}x {other} (xdpgate with {entries_gate}+{entries_gate} prefixes, {other} with {entries_other}{})",
+                    if other == "nftables" {
+                        format!("+{entries_other} set entries")
+                    } else {
+                        " source address per family".into()
+                    }
+                ),
+                measured: measured.join("; "),
+                met,
+            });
+        }
+        t
+    }
+
+    /// Prints the tables.
+    pub fn print(&self) {
+        let tr = &self.test_run;
+        println!();
+        println!(
+            "xdpgate benchmark{} -- kernel {}, {} CPUs, {:.0} s",
+            if self.quick { " (--quick)" } else { "" },
+            self.kernel,
+            self.cpus,
+            self.elapsed_s
+        );
+        println!();
+        println!(
+            "1. BPF_PROG_TEST_RUN, ns/packet (median of 3 rounds of {} repetitions) and ratio to the empty XDP program",
+            tr.repeat
+        );
+        let names: Vec<&str> = tr.classes.iter().map(|c| c.name).collect();
+        let mut head = format!(
+            "{:>9} {:>6} {:>9} {:>9}",
+            "prefixes", "rules", "compile", "install"
+        );
+        for n in &names {
+            head.push_str(&format!(" {n:>13}"));
+        }
+        println!("{head}");
+        let mut row = format!("{:>9} {:>6} {:>9} {:>9}", "empty", "prog", "", "");
+        for n in &names {
+            row.push_str(&format!(" {:>13}", format!("{:.1}", tr.empty[*n].ns)));
+        }
+        println!("{row}");
+        for c in &tr.configs {
+            let mut row = format!(
+                "{:>9} {:>6} {:>7.0}ms {:>7.0}ms",
+                c.prefixes, c.rules, c.compile_ms, c.install_ms
+            );
+            for n in &names {
+                let r = &c.classes[*n];
+                row.push_str(&format!(" {:>13}", format!("{:.1} {:.2}x", r.ns, r.ratio)));
+            }
+            println!("{row}");
+        }
+        println!("   bitmap words visited per packet (of 64 rules each):");
+        for (rules, m) in &tr.words_visited {
+            let mut row = format!("{:>9} {:>6} {:>9} {:>9}", "", rules, "", "");
+            for n in &names {
+                row.push_str(&format!(" {:>13}", m.get(*n).copied().unwrap_or(0)));
+            }
+            println!("{row}");
+        }
+
+        println!();
+        println!("2. xdp-filter (xdp-tools), same frames, same repeat count");
+        match (&self.xdp_filter.result, &self.xdp_filter.error) {
+            (Some(f), _) => {
+                println!(
+                    "{head}",
+                    head = {
+                        let mut h = format!("{:>9} {:>6} {:>9} {:>9}", "entries", "", "add", "");
+                        for n in &names {
+                            h.push_str(&format!(" {n:>13}"));
+                        }
+                        h
+                    }
+                );
+                for c in &f.configs {
+                    let mut row = format!("{:>9} {:>6} {:>8.1}s {:>9}", c.entries, "", c.add_s, "");
+                    for n in &names {
+                        let r = &c.classes[*n];
+                        let act = match r.action {
+                            1 => "",
+                            2 => "P",
+                            _ => "?",
+                        };
+                        row.push_str(&format!(
+                            " {:>13}",
+                            format!("{:.1} {:.2}x{act}", r.ns, r.ratio)
+                        ));
+                    }
+                    println!("{row}");
+                }
+                println!(
+                    "   (P: xdp-filter passed the frame; xdpgate drops every class but the misses)"
+                );
+            }
+            (None, Some(e)) => println!("   not measured: {e}"),
+            _ => {}
+        }
+
+        println!();
+        println!("3. Live frames on a veth pair, one core: Mpps dropped");
+        match (&self.live.result, &self.live.error) {
+            (Some(l), _) => {
+                println!(
+                    "   {:<12} {:>8} {:>6} {:>9} {:>9} {:>9}",
+                    "target", "entries", "family", "dropped", "offered", "received"
+                );
+                for r in &l.runs {
+                    println!(
+                        "   {:<12} {:>8} {:>6} {:>9.2} {:>9.2} {:>9.2}",
+                        r.target,
+                        r.entries,
+                        r.family,
+                        r.mpps,
+                        r.offered_mpps,
+                        r.received as f64 / r.secs / 1e6
+                    );
+                }
+                println!(
+                    "   (Mpps; dropped: the filter's own counter; offered: frames the generator injected; \
+                     received: a's veth receive count. xdp-drop is the empty XDP_DROP program, the rig's ceiling)"
+                );
+                for f in &l.failed {
+                    println!("   FAILED: {f}");
+                }
+            }
+            (None, Some(e)) => println!("   not measured: {e}"),
+            _ => {}
+        }
+
+        println!();
+        println!("Targets:");
+        for t in &self.targets {
+            let verdict = match t.met {
+                Some(true) => "MET",
+                Some(false) => "NOT MET",
+                None => "not evaluated",
+            };
+            println!("  [{verdict}] {}: {}", t.goal, t.measured);
+        }
+    }
+}
