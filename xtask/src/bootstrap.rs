@@ -228,7 +228,14 @@ fn bpffs() -> anyhow::Result<()> {
 }
 
 fn apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES, "Debian packages")
+}
+
+/// Installs the Debian `packages` that are not installed yet (apt-get,
+/// non-interactive, `--no-install-recommends`), saying what it does; `what`
+/// names them in the messages. Idempotent: nothing runs when all are present.
+pub fn apt_install(packages: &[&str], what: &str) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -240,10 +247,7 @@ fn apt_packages() -> anyhow::Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        say(&format!(
-            "Debian packages: present ({})",
-            APT_PACKAGES.join(", ")
-        ));
+        say(&format!("{what}: present ({})", packages.join(", ")));
         return Ok(());
     }
     if !is_root() {
@@ -254,7 +258,7 @@ fn apt_packages() -> anyhow::Result<()> {
         );
     }
     say(&format!(
-        "Debian packages: installing {}",
+        "{what}: installing {} (apt-get install --no-install-recommends)",
         missing.join(", ")
     ));
     let apt = |args: &[&str]| {

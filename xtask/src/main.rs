@@ -2,6 +2,7 @@
 //!
 //! Every command first runs [`bootstrap::run`], which installs whatever the build
 //! and the tests need on a fresh machine, idempotently, saying what it does.
+mod bench;
 mod bootstrap;
 mod demo;
 
@@ -48,6 +49,18 @@ enum Task {
         #[arg(long, default_value = "native")]
         mode: String,
     },
+    /// Bootstrap, install xdp-tools and nftables, and run the benchmarks
+    /// (BPF_PROG_TEST_RUN per packet class against an empty program, xdp-filter
+    /// side by side, live-frame drop rates against xdp-filter and nftables).
+    /// Prints a table and writes JSON. Needs root; takes minutes.
+    Bench {
+        /// Fewer repetitions and smaller rule sets (1k/100k prefixes, 10/1k rules).
+        #[arg(long)]
+        quick: bool,
+        /// JSON report path (default target/bench/latest.json).
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +86,10 @@ fn main() -> anyhow::Result<()> {
             let env = bootstrap::run(&root)?;
             let bin = build(&root, &env, false)?;
             demo::run(&bin, duration, &ifaces, &mode)?;
+        }
+        Task::Bench { quick, out } => {
+            let env = bootstrap::run(&root)?;
+            bench::run(&root, &env, quick, out.as_deref())?;
         }
     }
     Ok(())

@@ -1,0 +1,41 @@
+//! `cargo xtask bench`: bootstrap, install the extra Debian packages the
+//! benchmark compares against (xdp-tools for xdp-filter, nftables), then run
+//! the `xdpgate-bench` crate in release mode with the bootstrap PATH.
+//!
+//! xtask cannot depend on the benchmark crate (it needs bpf-linker, which
+//! bootstrap builds), so the benchmark runs as its own cargo invocation.
+//! Never part of `cargo xtask test`.
+use std::path::Path;
+
+use crate::{bootstrap, cargo};
+
+/// Debian packages only the benchmark needs: `xdp-filter` (xdp-tools) and
+/// `nft` (nftables).
+const BENCH_PACKAGES: &[&str] = &["xdp-tools", "nftables"];
+
+/// Runs the benchmark; `args` go to the benchmark binary.
+pub fn run(
+    root: &Path,
+    env: &bootstrap::Env,
+    quick: bool,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    bootstrap::apt_install(BENCH_PACKAGES, "benchmark packages")?;
+    let mut args: Vec<String> = ["run", "--release", "--package", "xdpgate-bench", "--"]
+        .map(String::from)
+        .to_vec();
+    if quick {
+        args.push("--quick".into());
+    }
+    if let Some(out) = out {
+        let out = if out.is_absolute() {
+            out.to_path_buf()
+        } else {
+            std::env::current_dir()?.join(out)
+        };
+        args.push("--out".into());
+        args.push(out.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cargo(root, env, &args)
+}
