@@ -227,6 +227,16 @@ impl Datapath {
         Ok(dp)
     }
 
+    /// Instructions the verifier processed to accept the program (its limit is
+    /// 1,000,000), when the kernel reports it.
+    pub fn verified_instructions(&mut self) -> Option<u32> {
+        self.program()
+            .ok()?
+            .info()
+            .ok()?
+            .verified_instruction_count()
+    }
+
     /// The interfaces attached, in the order given.
     pub fn attached(&self) -> &[Attached] {
         &self.attached

@@ -323,6 +323,9 @@ fn run(
         };
         let _lock = DaemonLock::acquire(&paths.run_dir, &paths.lock_file())?;
         let mut datapath = Datapath::start(paths, ifaces, mode, malformed)?;
+        if let Some(n) = datapath.verified_instructions() {
+            log::info!("program verified: {n} instructions processed (kernel limit 1000000)");
+        }
         let slots = ifaces
             .iter()
             .enumerate()
