@@ -82,13 +82,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             &[1_000, 10_000]
         };
-        Some(xdpfilter::run(
-            lab,
-            repeat,
-            &part1.classes,
-            &part1.empty,
-            sizes,
-        ))
+        Some(xdpfilter::run(lab, repeat, &part1.classes, sizes))
     };
     let live = if cli.no_live {
         None

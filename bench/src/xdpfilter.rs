@@ -16,8 +16,7 @@ use xdpgate::acl::random::Rng;
 use xdpgate_tests::lab::{Lab, Netns};
 
 use crate::{
-    bpf,
-    testrun::{self, Sample},
+    bpf, testrun,
     workload::{self, Class},
 };
 
@@ -152,9 +151,10 @@ pub fn run(
     lab: &Lab,
     repeat: u32,
     classes: &[Class],
-    empty: &BTreeMap<String, Sample>,
     sizes: &[usize],
 ) -> anyhow::Result<FilterReport> {
+    let empty_fd = bpf::load_constant_xdp(bpf::XDP_PASS, "bench_empty")
+        .context("loading the empty XDP program")?;
     let mut xf = XdpFilter::load(&lab.a, &lab.a_end.ifname)?;
     for a in [
         workload::HIT_V4.into(),
@@ -194,21 +194,11 @@ pub fn run(
         let results = lab.a.run(|| -> anyhow::Result<_> {
             let mut results = BTreeMap::new();
             for c in classes {
-                let mut action = 0;
-                let s = testrun::sample(|| {
+                let res = testrun::side_by_side(&empty_fd, &c.frame, repeat, || {
                     let r = bpf::test_run(&fd, &c.frame, repeat)?;
-                    action = r.retval;
-                    Ok(r.duration)
+                    Ok((r.duration, r.retval))
                 })?;
-                results.insert(
-                    c.name.to_string(),
-                    testrun::ClassResult {
-                        ns: s.ns,
-                        ratio: s.ns / empty[c.name].ns,
-                        rounds: s.rounds,
-                        action,
-                    },
-                );
+                results.insert(c.name.to_string(), res);
             }
             Ok(results)
         })?;
