@@ -36,14 +36,15 @@ pub fn run(bin: &Path, duration: Option<u64>, ifaces: &[String], mode: &str) -> 
     install_signal_handlers();
     let deadline = duration.map(|d| Instant::now() + Duration::from_secs(d));
     let done = || STOP.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d);
+    let half = Duration::from_secs(duration.map_or(5, |d| d / 2));
     if ifaces.is_empty() {
-        lab_demo(mode, &done)
+        lab_demo(mode, half, &done)
     } else {
         nic_demo(bin, ifaces, mode, &done)
     }
 }
 
-fn lab_demo(mode: &str, done: &dyn Fn() -> bool) -> anyhow::Result<()> {
+fn lab_demo(mode: &str, half: Duration, done: &dyn Fn() -> bool) -> anyhow::Result<()> {
     say("creating a two-namespace dual-stack lab (10.200.1.0/24, fd00:200:1::/64)");
     let lab = Lab::new("demo", 1).context("creating the lab")?;
     say(&format!(
@@ -69,7 +70,40 @@ fn lab_demo(mode: &str, done: &dyn Fn() -> bool) -> anyhow::Result<()> {
     let targets = [IpAddr::V4(lab.a_end.ipv4), IpAddr::V6(lab.a_end.ipv6)];
     let mut last_print = Instant::now() - Duration::from_secs(10);
     let mut first: Option<Vec<serde_json::Value>> = None;
+    let started = Instant::now();
+    let mut rule_installed = false;
     while !done() {
+        // Halfway through (or after 5 s without --duration): show the ACL at
+        // work by denying IPv4 ICMP from the peer at runtime.
+        if !rule_installed && started.elapsed() >= half {
+            rule_installed = true;
+            let peer = format!("{}/32", lab.b_end.ipv4);
+            say(&format!(
+                "installing a rule at runtime: xdpgate acl add --id 1 --priority 1 --src {peer} --proto icmp --action deny"
+            ));
+            let out = daemon.dirs.run(
+                &lab.a,
+                &[
+                    "acl",
+                    "add",
+                    "--id",
+                    "1",
+                    "--priority",
+                    "1",
+                    "--src",
+                    &peer,
+                    "--proto",
+                    "icmp",
+                    "--action",
+                    "deny",
+                ],
+                Duration::from_secs(30),
+            );
+            if !out.status.success() {
+                bail!("acl add failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            say("ping to the IPv4 address is now dropped by the gate (watch ipv4 drop)");
+        }
         for t in targets {
             let ping = lab
                 .b
@@ -120,6 +154,7 @@ fn lab_demo(mode: &str, done: &dyn Fn() -> bool) -> anyhow::Result<()> {
         let (p1, b1) = sum(&end, iface, Some(family), None);
         report.push((family, p1.saturating_sub(p0), p1, b1));
     }
+    let (dropped, _) = sum(&end, iface, Some("ipv4"), Some("drop"));
     say("stopping xdpgate (SIGTERM)");
     let status = daemon.stop_with(libc::SIGTERM);
     let names = (lab.a.name().to_owned(), lab.b.name().to_owned());
@@ -133,8 +168,14 @@ fn lab_demo(mode: &str, done: &dyn Fn() -> bool) -> anyhow::Result<()> {
     if !status.success() {
         bail!("xdpgate exited with {status}");
     }
+    say(&format!(
+        "ipv4 packets dropped by the runtime rule: {dropped}"
+    ));
     if report.iter().any(|(_, _, packets, _)| *packets == 0) {
         bail!("a family saw no packets: the demo traffic did not cross the gate");
+    }
+    if rule_installed && dropped == 0 {
+        bail!("the runtime deny rule dropped nothing");
     }
     Ok(())
 }
