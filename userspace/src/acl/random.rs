@@ -419,3 +419,61 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod capacity {
+    use super::*;
+    use crate::acl::{AclError, Change, compile::compile, model::limits::MAX_RULES};
+
+    fn deny_src(id: u32, src: IpNetwork) -> Rule {
+        Rule {
+            id,
+            priority: id,
+            src: Some(AddrMatch::Prefix(src)),
+            dst: None,
+            proto: None,
+            sport: None,
+            dport: None,
+            icmp_type: None,
+            icmp_code: None,
+            iface: None,
+            action: Verdict::Deny,
+        }
+    }
+
+    #[test]
+    fn too_many_rules_is_rejected_whole() {
+        let rules: Vec<Rule> = (0..=MAX_RULES as u32)
+            .map(|i| deny_src(i, "192.0.2.0/24".parse().unwrap()))
+            .collect();
+        let errs = AclState::default()
+            .apply(&Change::RuleAdd { rules })
+            .unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| matches!(e, AclError::Capacity { what: "rules", .. })),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn too_many_address_classes_is_rejected_by_the_compiler() {
+        // Every rule names its own /32: one address class per rule, plus the
+        // two "no condition" classes.
+        let mut state = AclState::default();
+        for i in 0..8200u32 {
+            let a = Ipv4Addr::from(0x0ac8_0000 | i); // 10.200.0.0/16
+            state.rules.insert(
+                i,
+                deny_src(i, IpNetwork::V4(Ipv4Network::new(a, 32).unwrap())),
+            );
+        }
+        assert!(state.validate().is_empty());
+        let errs = compile(&state, &slots()).err().expect("must not compile");
+        assert!(
+            errs.iter()
+                .any(|e| matches!(e, AclError::Capacity { what, .. } if what.starts_with("address classes"))),
+            "{errs:?}"
+        );
+    }
+}
