@@ -151,17 +151,7 @@ pub fn prefix_set(n: usize, seed: u64) -> PrefixSet {
 
 fn rule(id: u32, priority: u32, action: Verdict) -> Rule {
     Rule {
-        id,
-        priority,
-        src: None,
-        dst: None,
-        proto: None,
-        sport: None,
-        dport: None,
-        icmp_type: None,
-        icmp_code: None,
-        iface: None,
-        action,
+        ..Rule::new(id, priority, action)
     }
 }
 

@@ -168,17 +168,8 @@ fn unchanged_rules_keep_their_counters_across_swaps() {
         // Add a rule in front (changes every rule's index) and change rule 2.
         let change = xdpgate::acl::Change::RuleAdd {
             rules: vec![xdpgate::acl::Rule {
-                id: 0,
-                priority: 1,
                 src: Some("198.51.100.0/24".parse().unwrap()),
-                dst: None,
-                proto: None,
-                sport: None,
-                dport: None,
-                icmp_type: None,
-                icmp_code: None,
-                iface: None,
-                action: Verdict::Deny,
+                ..xdpgate::acl::Rule::new(0, 1, Verdict::Deny)
             }],
         };
         ctl.apply(&mut dp, &change).unwrap();

@@ -350,6 +350,24 @@ pub enum RuleFamily {
 }
 
 impl Rule {
+    /// A rule that matches every packet (no field named), to be narrowed with
+    /// struct update syntax: `Rule { proto: Some(6), ..Rule::new(1, 10, Verdict::Deny) }`.
+    pub fn new(id: u32, priority: u32, action: Verdict) -> Self {
+        Rule {
+            id,
+            priority,
+            src: None,
+            dst: None,
+            proto: None,
+            sport: None,
+            dport: None,
+            icmp_type: None,
+            icmp_code: None,
+            iface: None,
+            action,
+        }
+    }
+
     /// Whether the rule names ports or ICMP fields (so never matches a later fragment).
     pub fn names_l4(&self) -> bool {
         self.sport.is_some()
@@ -736,17 +754,7 @@ mod tests {
 
     fn rule(id: u32) -> Rule {
         Rule {
-            id,
-            priority: 10,
-            src: None,
-            dst: None,
-            proto: None,
-            sport: None,
-            dport: None,
-            icmp_type: None,
-            icmp_code: None,
-            iface: None,
-            action: Verdict::Deny,
+            ..Rule::new(id, 10, Verdict::Deny)
         }
     }
 

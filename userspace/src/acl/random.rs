@@ -382,17 +382,8 @@ mod tests {
         state.rules.insert(
             1,
             Rule {
-                id: 1,
-                priority: 0,
                 src: Some(AddrMatch::Set("edges".into())),
-                dst: None,
-                proto: None,
-                sport: None,
-                dport: None,
-                icmp_type: None,
-                icmp_code: None,
-                iface: None,
-                action: Verdict::Deny,
+                ..Rule::new(1, 0, Verdict::Deny)
             },
         );
         let image = compile(&state, &slots()).unwrap();
@@ -427,17 +418,8 @@ mod capacity {
 
     fn deny_src(id: u32, src: IpNetwork) -> Rule {
         Rule {
-            id,
-            priority: id,
             src: Some(AddrMatch::Prefix(src)),
-            dst: None,
-            proto: None,
-            sport: None,
-            dport: None,
-            icmp_type: None,
-            icmp_code: None,
-            iface: None,
-            action: Verdict::Deny,
+            ..Rule::new(id, id, Verdict::Deny)
         }
     }
 

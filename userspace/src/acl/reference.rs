@@ -230,17 +230,9 @@ mod tests {
         let s = s
             .apply(&Change::RuleAdd {
                 rules: vec![Rule {
-                    id: 99,
-                    priority: 1,
-                    src: None,
-                    dst: None,
                     proto: Some(proto::ICMPV6),
-                    sport: None,
-                    dport: None,
                     icmp_type: Some(135),
-                    icmp_code: None,
-                    iface: None,
-                    action: Verdict::Deny,
+                    ..Rule::new(99, 1, Verdict::Deny)
                 }],
             })
             .unwrap();
