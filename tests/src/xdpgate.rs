@@ -58,11 +58,6 @@ impl StateDirs {
         }
     }
 
-    /// Whether the daemon's control socket exists (the daemon is ready).
-    pub fn socket_exists(&self) -> bool {
-        self.run.join("xdpgate.sock").exists()
-    }
-
     /// An `xdpgate` command in `ns` using these directories.
     pub fn command(&self, ns: &Netns) -> Command {
         let mut cmd = ns.command(binary());
@@ -120,9 +115,19 @@ impl Daemon {
     /// 30 s) until it logs that it is ready. Returns the daemon's stderr as the
     /// error if it exits first.
     pub fn start(ns: &Netns, ifaces: &[&str], mode: &str) -> Result<Daemon, String> {
+        Self::start_with(ns, ifaces, mode, &[])
+    }
+
+    /// Like [`Daemon::start`], with more arguments for `xdpgate run`.
+    pub fn start_with(
+        ns: &Netns,
+        ifaces: &[&str],
+        mode: &str,
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<Daemon, String> {
         let dirs = StateDirs::unique("t");
         let mut cmd = dirs.command(ns);
-        cmd.arg("run").args(["--mode", mode]);
+        cmd.arg("run").args(["--mode", mode]).args(extra);
         for i in ifaces {
             cmd.args(["--iface", i]);
         }

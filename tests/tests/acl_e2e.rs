@@ -358,23 +358,14 @@ fn rule_file_at_start_and_replace() {
         ),
     )
     .unwrap();
-    let d = {
-        // Daemon::start takes no extra flags: start it with the file through
-        // the environment-free CLI instead.
-        let dirs = xdpgate_tests::xdpgate::StateDirs::unique("aclfile");
-        let mut cmd = dirs.command(&lab.a);
-        cmd.args(["run", "--iface", &iface, "--acl-file"])
-            .arg(&deny_icmp);
-        (dirs, cmd)
-    };
-    let (dirs, mut cmd) = d;
-    let mut child = cmd.stderr(std::process::Stdio::null()).spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !dirs.socket_exists() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not start");
-        assert!(child.try_wait().unwrap().is_none(), "daemon exited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let d = Daemon::start_with(
+        &lab.a,
+        &[&iface],
+        "native",
+        &["--acl-file".as_ref(), deny_icmp.as_os_str()],
+    )
+    .expect("xdpgate run --acl-file");
+    let dirs = &d.dirs;
     assert!(
         !ping_ok(&lab, v4) && !ping_ok(&lab, v6),
         "file rules active at start"
@@ -410,8 +401,6 @@ fn rule_file_at_start_and_replace() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("rule id 1 is used more than once"));
     assert!(ping_ok(&lab, v4), "nothing changed");
 
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    assert!(d.stop_with(libc::SIGTERM).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
