@@ -8,7 +8,8 @@
 //!
 //! Everything runs inside network namespaces created here, which are removed
 //! on exit (also on failure). See docs/bench.md.
-mod bpf;
+// Raw bpf(2) helpers live in the test library, shared with the tests.
+use xdpgate_tests::bpf;
 mod live;
 mod report;
 mod testrun;

@@ -15,7 +15,7 @@ use xdpgate::acl::{
 };
 use xdpgate_tests::packet::{Ethernet, Ext, Ipv4, Ipv6, Transport, ethertype, pad};
 
-use crate::bpf::{XDP_DROP, XDP_PASS};
+use xdpgate_tests::bpf::{XDP_DROP, XDP_PASS};
 
 /// Source of the IPv4 "hit" packets (192.0.2.0/24 is in the deny set).
 pub const HIT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);

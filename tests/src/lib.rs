@@ -2,6 +2,7 @@
 //!
 //! [`lab`] builds throw-away network namespaces joined by veth pairs; [`xdpgate`]
 //! runs the `xdpgate` binary inside them.
+pub mod bpf;
 pub mod lab;
 pub mod packet;
 pub mod xdpgate;

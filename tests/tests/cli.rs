@@ -156,3 +156,61 @@ fn stats_and_status_without_daemon() {
     assert!(text.contains("daemon: not running"), "{text}");
     assert!(text.contains("no interface in this network namespace has an XDP program"));
 }
+
+#[test]
+fn status_names_foreign_programs_and_run_refuses_their_interface() {
+    use xdpgate_tests::bpf;
+    let _g = serial();
+    let lab = Lab::new("foreign", 33).unwrap();
+    let iface = lab.a_end.ifname.clone();
+    let ifindex = lab.a_end.ifindex;
+    let (prog, link) = lab.a.run(|| {
+        let prog = bpf::load_constant_xdp(bpf::XDP_PASS, "foreign").expect("load");
+        let link = bpf::attach(&prog, ifindex, bpf::XDP_FLAGS_SKB_MODE).expect("attach");
+        (prog, link)
+    });
+    let dirs = StateDirs::unique("foreign");
+
+    let out = dirs.run(&lab.a, &["status", "-o", "json"], Duration::from_secs(10));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<&serde_json::Value> = status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["interface"] == iface.as_str())
+        .collect();
+    assert_eq!(ours.len(), 1, "{status}");
+    assert_eq!(ours[0]["mode"], "skb");
+    assert_eq!(ours[0]["program"], "foreign");
+    assert_eq!(ours[0]["xdpgate"], false);
+    let text = dirs.run(&lab.a, &["status"], Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&iface) && l.contains("skb") && l.trim_end().ends_with("other")),
+        "{text}"
+    );
+
+    // xdpgate will not take over the interface, and says why.
+    let out = dirs.run(
+        &lab.a,
+        &["run", "--iface", &iface, "--mode", "skb"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another XDP program is already attached"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        xdp_on(&lab.a, &iface),
+        "the foreign program must stay attached"
+    );
+    assert!(!dirs.bpffs.exists());
+
+    drop(link);
+    drop(prog);
+    assert!(!xdp_on(&lab.a, &iface));
+}

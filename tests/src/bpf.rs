@@ -1,6 +1,7 @@
-//! Raw `bpf(2)` calls the benchmark needs beside the `xdpgate` library: a
-//! two-instruction XDP program (the empty baseline and the live-frames
-//! generator), `BPF_PROG_TEST_RUN` on any program fd (with the live-frames
+//! Raw `bpf(2)` calls that tests and the benchmark need beside the `xdpgate`
+//! library: a two-instruction XDP program (a foreign program for tests, the
+//! empty baseline and the live-frames generator of the benchmark), attaching it
+//! with a bpf_link, `BPF_PROG_TEST_RUN` on any program fd (with the live-frames
 //! flag and an `xdp_md` context), and `BPF_PROG_GET_FD_BY_ID` for programs
 //! loaded by other tools (xdp-filter).
 use std::{
@@ -14,7 +15,10 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_XDP: u32 = 37;
-const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+/// `XDP_FLAGS_SKB_MODE`: generic XDP.
+pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+/// `XDP_FLAGS_DRV_MODE`: native XDP.
+pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `BPF_F_TEST_XDP_LIVE_FRAMES`: frames are injected into the stack and the
 /// program's `XDP_TX`/`XDP_REDIRECT` really transmit.
@@ -183,11 +187,18 @@ struct LinkCreateAttr {
 /// Attaches `prog` to `ifindex` (of the calling thread's namespace) in native
 /// (driver) mode with a bpf_link; closing the returned fd detaches it.
 pub fn attach_native(prog: &impl AsRawFd, ifindex: u32) -> io::Result<OwnedFd> {
+    attach(prog, ifindex, XDP_FLAGS_DRV_MODE)
+}
+
+/// Attaches `prog` to `ifindex` (of the calling thread's namespace) with a
+/// bpf_link in the mode `flags` (`XDP_FLAGS_*`); closing the returned fd
+/// detaches it.
+pub fn attach(prog: &impl AsRawFd, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
         target_ifindex: ifindex,
         attach_type: BPF_XDP,
-        flags: XDP_FLAGS_DRV_MODE,
+        flags,
     };
     let fd = sys_bpf(BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: as above.
