@@ -60,8 +60,9 @@ fn v6_overlaps(a: u128, len: u32, b: u128, blen: u32) -> bool {
     a & m == b & m
 }
 
-/// Most random IPv4 prefixes longer than /24 (each can take one of the
-/// 16,384 second-level blocks of the DIR-24-8 table).
+/// Most random IPv4 prefixes longer than /24, to keep the mix like a routing
+/// table's. (It was first a capacity limit of a DIR-24-8 second level; longer
+/// prefixes now live in the length-search hash, which holds millions.)
 const MAX_LONG_V4: usize = 4000;
 
 /// A random IPv4 prefix in 1.0.0.0-223.255.255.255, with a length mix like a
