@@ -58,6 +58,26 @@ impl StateDirs {
         }
     }
 
+    /// `xdpgate status --output json` in `ns`: the whole document, and the
+    /// attachments listed for `iface`.
+    pub fn status(&self, ns: &Netns, iface: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
+        let out = self.run(ns, &["status", "--output", "json"], Duration::from_secs(10));
+        assert!(
+            out.status.success(),
+            "xdpgate status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        let rows = doc["interfaces"]
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .filter(|i| i["interface"] == iface)
+            .cloned()
+            .collect();
+        (doc, rows)
+    }
+
     /// An `xdpgate` command in `ns` using these directories.
     pub fn command(&self, ns: &Netns) -> Command {
         let mut cmd = ns.command(binary());

@@ -171,15 +171,7 @@ fn status_names_foreign_programs_and_run_refuses_their_interface() {
     });
     let dirs = StateDirs::unique("foreign");
 
-    let out = dirs.run(&lab.a, &["status", "-o", "json"], Duration::from_secs(10));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ours: Vec<&serde_json::Value> = status["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["interface"] == iface.as_str())
-        .collect();
+    let (status, ours) = dirs.status(&lab.a, &iface);
     assert_eq!(ours.len(), 1, "{status}");
     assert_eq!(ours[0]["mode"], "skb");
     assert_eq!(ours[0]["program"], "foreign");

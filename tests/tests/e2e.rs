@@ -130,19 +130,7 @@ fn attach_count_detach(mode: &str, subnet: u8) {
     );
 
     // status names our interface, the mode and the program.
-    let out = daemon.dirs.run(
-        &lab.a,
-        &["status", "--output", "json"],
-        Duration::from_secs(10),
-    );
-    assert!(out.status.success());
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ours: Vec<&Value> = status["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["interface"] == iface.as_str())
-        .collect();
+    let (status, ours) = daemon.dirs.status(&lab.a, &iface);
     assert_eq!(ours.len(), 1, "{status}");
     assert_eq!(ours[0]["mode"], mode);
     assert_eq!(ours[0]["xdpgate"], true);
