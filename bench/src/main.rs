@@ -37,6 +37,16 @@ struct Cli {
     /// Skip xdp-filter (test runs and live frames).
     #[arg(long)]
     no_xdp_filter: bool,
+    /// Prefix counts per family for part 1 (comma-separated; overrides the
+    /// default list, for focused runs).
+    #[arg(long, value_delimiter = ',')]
+    prefixes: Vec<usize>,
+    /// Rule counts for part 1 (comma-separated; overrides the default list).
+    #[arg(long, value_delimiter = ',')]
+    rules: Vec<usize>,
+    /// Repetitions per test run (overrides the default).
+    #[arg(long)]
+    repeat: Option<u32>,
 }
 
 /// Lab subnet of the benchmark's veth pair (10.200.X.0/24); the tests and the
@@ -60,6 +70,20 @@ fn main() -> anyhow::Result<()> {
             4.0,
         )
     };
+    let repeat = cli.repeat.unwrap_or(repeat);
+    let prefixes = if cli.prefixes.is_empty() {
+        prefixes
+    } else {
+        &cli.prefixes[..]
+    };
+    let rules = if cli.rules.is_empty() {
+        rules
+    } else {
+        &cli.rules[..]
+    };
+    if repeat == 0 || prefixes.contains(&0) || rules.contains(&0) {
+        bail!("--repeat, --prefixes and --rules take positive numbers");
+    }
     // Kernel-touching tests and this benchmark must not overlap: they would
     // disturb each other's timings and namespaces.
     let _serial = lab::serial();

@@ -102,17 +102,85 @@ pub const LENSETS: u32 = 4096;
 pub const PREFIX_ENTRIES: u32 = 4 << 20;
 
 /// Which generation of the ACL tables is live, and its rule count.
+///
+/// The datapath reads `epoch` once per packet and derives everything from that
+/// one aligned word: whether the ACL is enabled, which generation to use, and
+/// which decision-cache entries are valid. A packet can therefore never pair one
+/// generation's tables with another's cached decisions.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AclConfig {
-    /// 0 or 1: the live generation.
-    pub generation: u32,
+    /// Number of generations installed so far (wrapping, never 0 again once
+    /// non-zero); 0 means none yet, and every IP packet passes without
+    /// classification. Its low bit is the live generation.
+    pub epoch: u32,
     /// Real rules in each generation (rule bitmaps' bits at and above this
     /// index are the per-interface default rules).
     pub rules: [u32; 2],
-    /// Non-zero once a generation has been written; before that every IP packet
-    /// passes without classification.
-    pub enabled: u32,
+    /// [`ACL_NO_CACHE`] and future flags.
+    pub flags: u32,
+}
+
+/// [`AclConfig::flags`]: bypass the decision cache (every packet walks the
+/// rule bitmaps; for measurements and diagnosis).
+pub const ACL_NO_CACHE: u32 = 1;
+
+impl AclConfig {
+    /// Whether a generation has been installed.
+    pub const fn enabled(&self) -> bool {
+        self.epoch != 0
+    }
+
+    /// The live generation (0 or 1), meaningful when [`enabled`](Self::enabled).
+    pub const fn generation(&self) -> usize {
+        (self.epoch & 1) as usize
+    }
+
+    /// The epoch the next install switches to: the other generation, skipping 0.
+    pub const fn next_epoch(&self) -> u32 {
+        match self.epoch.wrapping_add(1) {
+            0 => 2,
+            e => e,
+        }
+    }
+}
+
+/// Entries of the per-CPU decision cache (direct-mapped, a power of two).
+pub const CACHE_ENTRIES: u32 = 1 << CACHE_BITS;
+/// Index bits of the decision cache.
+pub const CACHE_BITS: u32 = 15;
+/// [`CacheEntry::rule`] of a cached "no rule accepts" decision.
+pub const CACHE_NO_RULE: u32 = u32::MAX;
+/// Bit of [`CacheEntry::k1`] set in every written entry (a zeroed entry never
+/// matches).
+pub const CACHE_VALID: u64 = 1 << 31;
+
+/// One entry of the decision cache: the rule that decided a combination of
+/// classes under one epoch. The first match over the rule bitmaps is a pure
+/// function of (interface slot, protocol, the four class ids) within one
+/// generation, so the entry is exact, not a heuristic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// Source class, destination class, source-port class, destination-port
+    /// class, 16 bits each from the low end.
+    pub k0: u64,
+    /// Protocol (bits 0-7), interface slot (8-23), [`CACHE_VALID`], epoch (32-63).
+    pub k1: u64,
+    /// Deciding rule index (bit of the rule bitmaps), or [`CACHE_NO_RULE`].
+    pub rule: u32,
+    /// Padding.
+    pub pad: u32,
+}
+
+/// Counter indices of `XG_CACHE_STATS`.
+pub mod cache_stat {
+    /// Packets decided from the cache.
+    pub const HIT: u32 = 0;
+    /// Packets that walked the rule bitmaps (cache miss or cache bypassed).
+    pub const MISS: u32 = 1;
+    /// Entries of the counter array.
+    pub const ENTRIES: u32 = 2;
 }
 
 /// Entry of the IPv6 top-16 table: the class of addresses in this /16 that no

@@ -43,6 +43,11 @@ pub mod maps {
     /// `PerCpuArray<Counter>`: dropped packets and bytes per interface slot and
     /// [`DropReason`](crate::DropReason), indexed by [`reason_index`](crate::reason_index).
     pub const REASONS: &str = "XG_REASONS";
+    /// `PerCpuArray<CacheEntry>`: the ACL decision cache (datapath only).
+    pub const DECISIONS: &str = "XG_DECISIONS";
+    /// `PerCpuArray<u64>`: decision-cache hits and misses, indexed by
+    /// [`acl::cache_stat`](crate::acl::cache_stat).
+    pub const CACHE_STATS: &str = "XG_CACHE_STATS";
 }
 
 /// Name of the XDP program function in the object (also its kernel program name,

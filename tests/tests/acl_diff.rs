@@ -78,6 +78,7 @@ fn datapath_agrees_with_reference_classifier() {
         let mut ctl = AclController::new(slots);
         let mut checked = 0usize;
         let mut seed = 0u64;
+        let cache_before = dp.cache_stats().unwrap();
         while checked < total {
             seed += 1;
             let mut rng = Rng::new(seed);
@@ -90,24 +91,30 @@ fn datapath_agrees_with_reference_classifier() {
                 let pkt = rand_packet(&mut rng, &state);
                 let frame = frame_of(&pkt);
                 let want = classify(&state, "eth0", &pkt);
-                let got = dp.test_run(&frame, 1).expect("test run");
                 let want_action = match want.verdict {
                     Verdict::Allow => XDP_PASS,
                     Verdict::Deny => XDP_DROP,
                 };
-                assert_eq!(
-                    got.action,
-                    want_action,
-                    "seed {seed}: packet {pkt:?}\nframe {}\nreference {want:?}\nrules {:#?}\nsets {:?}\npolicies {:?}",
-                    hex(&frame),
-                    state.ordered_rules(),
-                    state.sets,
-                    state.policies
-                );
+                // Twice: the first run decides through the cache or the rule
+                // walk, the second from the cache; both are checked. (Two runs,
+                // not one run with repeat 2: a repeated XDP test run swaps the
+                // XDP dispatcher, which waits for an RCU grace period.)
+                for pass in 0..2 {
+                    let got = dp.test_run(&frame, 1).expect("test run");
+                    assert_eq!(
+                        got.action,
+                        want_action,
+                        "seed {seed}, run {pass}: packet {pkt:?}\nframe {}\nreference {want:?}\nrules {:#?}\nsets {:?}\npolicies {:?}",
+                        hex(&frame),
+                        state.ordered_rules(),
+                        state.sets,
+                        state.policies
+                    );
+                }
                 if let Some(id) = want.rule {
                     let e = expected_hits.entry(id).or_default();
-                    e.0 += 1;
-                    e.1 += frame.len() as u64;
+                    e.0 += 2;
+                    e.1 += 2 * frame.len() as u64;
                 }
                 checked += 1;
             }
@@ -125,9 +132,81 @@ fn datapath_agrees_with_reference_classifier() {
                 );
             }
         }
+        // Every repetition was decided once, and every second one from the cache.
+        let cache = dp.cache_stats().unwrap();
+        let (hits, misses) = (
+            cache.hits - cache_before.hits,
+            cache.misses - cache_before.misses,
+        );
+        assert_eq!(hits + misses, 2 * checked as u64, "{cache:?}");
+        assert!(hits >= checked as u64 && misses > 0, "{cache:?}");
         checked
     });
     assert!(checked >= total);
+}
+
+#[test]
+fn decision_cache_is_exact_and_invalidated_by_every_switch() {
+    let _g = serial();
+    let ns = Netns::new("aclcache").unwrap();
+    ns.run(|| {
+        let mut dp = Datapath::load().expect("load");
+        dp.register(1, 1, Malformed::Drop).expect("register lo");
+        let mut ctl = AclController::new(xdpgate::acl::random::slots());
+        let rules = |action: &str| -> AclState {
+            let file: xdpgate::acl::RuleFile = toml::from_str(&format!(
+                r#"
+                [[rule]]
+                id = 1
+                priority = 10
+                proto = "udp"
+                dport = "53"
+                action = "{action}"
+                "#
+            ))
+            .unwrap();
+            AclState::from_file(&file).unwrap()
+        };
+        let dns = Ethernet::new(ethertype::IPV6).build(
+            &Ipv6::new(
+                "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+                "2001:db8::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+                17,
+            )
+            .build(&Transport::udp(5000, 53).bytes()),
+        );
+        let delta = |dp: &Datapath, before: xdpgate::datapath::CacheStats| {
+            let now = dp.cache_stats().unwrap();
+            (now.hits - before.hits, now.misses - before.misses)
+        };
+
+        ctl.install(&mut dp, rules("deny")).unwrap();
+        let c = dp.cache_stats().unwrap();
+        assert_eq!(dp.test_run(&dns, 5).unwrap().action, XDP_DROP);
+        assert_eq!(delta(&dp, c), (4, 1), "one walk, then four cache hits");
+
+        // Every switch (even to an identical rule set, which reuses the other
+        // generation's tables) invalidates what was cached before it.
+        for (action, want) in [("allow", XDP_PASS), ("deny", XDP_DROP), ("deny", XDP_DROP)] {
+            ctl.install(&mut dp, rules(action)).unwrap();
+            let c = dp.cache_stats().unwrap();
+            assert_eq!(dp.test_run(&dns, 3).unwrap().action, want, "{action}");
+            assert_eq!(delta(&dp, c), (2, 1), "{action}: first packet after a switch walks");
+        }
+
+        // With the cache off every packet walks the bitmaps, with the same verdict.
+        dp.set_decision_cache(false).unwrap();
+        let c = dp.cache_stats().unwrap();
+        assert_eq!(dp.test_run(&dns, 3).unwrap().action, XDP_DROP);
+        assert_eq!(delta(&dp, c), (0, 3));
+        dp.set_decision_cache(true).unwrap();
+        let c = dp.cache_stats().unwrap();
+        assert_eq!(dp.test_run(&dns, 3).unwrap().action, XDP_DROP);
+        assert_eq!(delta(&dp, c), (3, 0), "the entry from before the bypass is still valid");
+        let counters = ctl.rule_counters(&dp).unwrap();
+        // A changed definition starts at zero: the last "deny" kept its count.
+        assert_eq!(counters[0].packets, 3 + 3 + 3 + 3);
+    });
 }
 
 #[test]

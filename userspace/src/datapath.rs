@@ -13,8 +13,9 @@ use thiserror::Error;
 use xdpgate_common::{
     Action, Counter,
     acl::{
-        AclConfig, DPORT_QUADS, LENSETS, MAX_ADDR_CLASSES, MAX_PORT_CLASSES, MAX_RULES, Pair,
-        PrefixEntry, PrefixKey, Quad, RULE_BITS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS,
+        ACL_NO_CACHE, AclConfig, DPORT_QUADS, LENSETS, MAX_ADDR_CLASSES, MAX_PORT_CLASSES,
+        MAX_RULES, Pair,
+        PrefixEntry, PrefixKey, Quad, RULE_BITS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS, cache_stat,
     },
     maps::GEN_TABLES,
 };
@@ -136,6 +137,15 @@ pub struct Attached {
     /// Kernel program id.
     pub prog_id: u32,
     link: XdpLinkId,
+}
+
+/// Decision-cache counters (see [`Datapath::cache_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    /// Packets decided from the cache.
+    pub hits: u64,
+    /// Packets that walked the rule bitmaps.
+    pub misses: u64,
 }
 
 /// The loaded (and, once started, attached) datapath. Dropping it detaches every
@@ -426,6 +436,59 @@ impl Datapath {
         })
     }
 
+    fn set_acl_config(&mut self, cfg: AclConfig) -> Result<(), DatapathError> {
+        let mut map: Array<_, AclConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::ACL_CONFIG)
+                .ok_or_else(|| DatapathError::Missing(maps::ACL_CONFIG.into()))?,
+        )
+        .map_err(|source| DatapathError::Map {
+            map: maps::ACL_CONFIG,
+            source,
+        })?;
+        map.set(0, cfg, 0).map_err(|source| DatapathError::Map {
+            map: maps::ACL_CONFIG,
+            source,
+        })
+    }
+
+    /// Turns the datapath's decision cache on (the default) or off. Off, every
+    /// packet walks the rule bitmaps: the worst case, for measurements and
+    /// diagnosis. Decisions are the same either way.
+    pub fn set_decision_cache(&mut self, on: bool) -> Result<(), DatapathError> {
+        let mut cfg = self.acl_config()?;
+        if on {
+            cfg.flags &= !ACL_NO_CACHE;
+        } else {
+            cfg.flags |= ACL_NO_CACHE;
+        }
+        self.set_acl_config(cfg)
+    }
+
+    /// Decision-cache hits and misses so far, summed over CPUs.
+    pub fn cache_stats(&self) -> Result<CacheStats, DatapathError> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(maps::CACHE_STATS)
+                .ok_or_else(|| DatapathError::Missing(maps::CACHE_STATS.into()))?,
+        )
+        .map_err(|source| DatapathError::Map {
+            map: maps::CACHE_STATS,
+            source,
+        })?;
+        let sum = |i: u32| -> Result<u64, DatapathError> {
+            let v = map.get(&i, 0).map_err(|source| DatapathError::Map {
+                map: maps::CACHE_STATS,
+                source,
+            })?;
+            Ok(v.iter().sum())
+        };
+        Ok(CacheStats {
+            hits: sum(cache_stat::HIT)?,
+            misses: sum(cache_stat::MISS)?,
+        })
+    }
+
     /// Installs `image` as the new ACL generation: writes every table of the
     /// idle generation, zeroes the counters in `fresh_counters`, switches the
     /// live generation with one map update, and waits until no packet can still
@@ -438,12 +501,8 @@ impl Datapath {
         fresh_counters: &[u32],
     ) -> Result<(), DatapathError> {
         let cfg = self.acl_config()?;
-        let target = if cfg.enabled == 0 {
-            0
-        } else {
-            1 - cfg.generation as usize
-        };
-        let t = target;
+        let epoch = cfg.next_epoch();
+        let t = (epoch & 1) as usize;
         self.write(GEN_TABLES[0], t, MAX_IFACES, &image.iface_bm)?;
         self.write(GEN_TABLES[1], t, 256, &image.proto_bm)?;
         self.write(GEN_TABLES[2], t, MAX_PORT_CLASSES, &image.sport_bm)?;
@@ -476,22 +535,9 @@ impl Datapath {
 
         // The switch: one map update, seen atomically by the next packet.
         let mut next = cfg;
-        next.generation = t as u32;
+        next.epoch = epoch;
         next.rules[t] = n as u32;
-        next.enabled = 1;
-        let mut map: Array<_, AclConfig> = Array::try_from(
-            self.ebpf
-                .map_mut(maps::ACL_CONFIG)
-                .ok_or_else(|| DatapathError::Missing(maps::ACL_CONFIG.into()))?,
-        )
-        .map_err(|source| DatapathError::Map {
-            map: maps::ACL_CONFIG,
-            source,
-        })?;
-        map.set(0, next, 0).map_err(|source| DatapathError::Map {
-            map: maps::ACL_CONFIG,
-            source,
-        })?;
+        self.set_acl_config(next)?;
         // Packets that read the old generation before the switch finish before
         // this returns; only then may the next change overwrite it.
         self.barrier.wait().map_err(|source| DatapathError::Io {

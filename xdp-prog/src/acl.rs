@@ -1,18 +1,21 @@
-//! ACL classification: field lookups to classes, then the first rule set in
-//! the AND of the six class bitmaps (see `docs/design/acl.md`, part 2).
+//! ACL classification: field lookups to classes, then the decision cache, and
+//! on a miss the first rule set in the AND of the six class bitmaps (see
+//! `docs/design/acl.md`, parts 2 and 3).
 use xdpgate_common::{
     Family,
     acl::{
-        BITMAP_WORDS, Bitmap, MAX_LENS, NO_L4_CLASS, PrefixKey, Quad, RuleInfo, SUMMARY_WORDS,
-        V4_EXT, V4_KEY_LEN_OFFSET, group,
+        ACL_NO_CACHE, BITMAP_WORDS, Bitmap, CACHE_BITS, CACHE_NO_RULE, CACHE_VALID, MAX_LENS,
+        NO_L4_CLASS, PrefixKey, Quad, RuleInfo, SUMMARY_WORDS, V4_EXT, V4_KEY_LEN_OFFSET,
+        cache_stat, group,
     },
 };
 
 use aya_ebpf::maps::Array;
 
 use crate::{
-    maps::{ACL_CONFIG, Gen0, Gen1, Generation, SCRATCH},
+    maps::{ACL_CONFIG, DECISIONS, Gen0, Gen1, Generation, SCRATCH},
     parse::{Frag, L4, Packet},
+    stats,
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -78,11 +81,19 @@ impl Fields {
 /// packet (neighbour discovery that no rule names): the caller passes it.
 #[inline(always)]
 pub fn classify(p: &Packet, slot: u32) -> Option<RuleInfo> {
-    let cfg = ACL_CONFIG.get(0)?;
-    if cfg.enabled == 0 {
+    let cfg = ACL_CONFIG.get_ptr(0)?;
+    // One read of the epoch picks the generation and the valid cache entries
+    // together (see `AclConfig`).
+    // SAFETY: pointer to the map's only element, valid for the program's run.
+    let (epoch, flags) = unsafe {
+        (
+            core::ptr::read_volatile(&(*cfg).epoch),
+            core::ptr::read_volatile(&(*cfg).flags),
+        )
+    };
+    if epoch == 0 {
         return None;
     }
-    let generation = cfg.generation;
     // Launder the fields through per-CPU memory: every parser path then reaches
     // the classifier with the same (unknown) register state, so the verifier
     // checks the classifier once instead of once per parser path.
@@ -92,19 +103,68 @@ pub fn classify(p: &Packet, slot: u32) -> Option<RuleInfo> {
         scratch.write_volatile(Fields::of(p));
         scratch.read_volatile()
     };
-    if generation == 0 {
-        resolve::<Gen0>(&f, slot)
+    let cache = flags & ACL_NO_CACHE == 0;
+    if epoch & 1 == 0 {
+        resolve::<Gen0>(&f, slot, epoch, cache)
     } else {
-        resolve::<Gen1>(&f, slot)
+        resolve::<Gen1>(&f, slot, epoch, cache)
     }
 }
 
 #[inline(always)]
-fn resolve<G: Generation>(f: &Fields, slot: u32) -> Option<RuleInfo> {
+fn resolve<G: Generation>(f: &Fields, slot: u32, epoch: u32, cache: bool) -> Option<RuleInfo> {
     let src = addr_class::<G>(f.v4 != 0, &f.src)?;
     let dst = addr_class::<G>(f.v4 != 0, &f.dst)?;
     let sk = port_class(G::sport_class(), f.sport)?;
     let dk = port_class(G::dport_class(), f.dport)?;
+    let k0 = src as u64 | (dst as u64) << 16 | (sk as u64) << 32 | (dk as u64) << 48;
+    let k1 = (f.proto as u64 & 0xff) | (slot as u64 & 0xffff) << 8 | CACHE_VALID | (epoch as u64) << 32;
+    let entry = if cache {
+        DECISIONS.get_ptr_mut(cache_index(k0, k1))
+    } else {
+        None
+    };
+    if let Some(e) = entry {
+        // SAFETY: per-CPU entry; nothing else on this CPU runs while we do.
+        let (ek0, ek1, rule) = unsafe { ((*e).k0, (*e).k1, (*e).rule) };
+        if ek0 == k0 && ek1 == k1 {
+            stats::count_cache(cache_stat::HIT);
+            return rule_info::<G>(rule);
+        }
+    }
+    stats::count_cache(cache_stat::MISS);
+    let rule = walk::<G>(f, slot, src, dst, sk, dk).unwrap_or(CACHE_NO_RULE);
+    if let Some(e) = entry {
+        // SAFETY: as above.
+        unsafe {
+            (*e).k0 = k0;
+            (*e).k1 = k1;
+            (*e).rule = rule;
+        }
+    }
+    rule_info::<G>(rule)
+}
+
+/// Verdict and counter of rule index `rule` (`None` for [`CACHE_NO_RULE`]).
+#[inline(always)]
+fn rule_info<G: Generation>(rule: u32) -> Option<RuleInfo> {
+    if rule == CACHE_NO_RULE {
+        return None;
+    }
+    G::rule_info().get(rule).copied()
+}
+
+/// Decision-cache slot of a key: a multiplicative hash of both key words.
+#[inline(always)]
+fn cache_index(k0: u64, k1: u64) -> u32 {
+    let h = (k0 ^ k1.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let h = (h ^ (h >> 32)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    (h >> (64 - CACHE_BITS)) as u32
+}
+
+/// The first rule index set in the AND of the six class bitmaps.
+#[inline(always)]
+fn walk<G: Generation>(f: &Fields, slot: u32, src: u16, dst: u16, sk: u16, dk: u16) -> Option<u32> {
     let b: [&Bitmap; 6] = [
         G::bm_iface().get(slot)?,
         G::bm_proto().get(f.proto)?,
@@ -136,8 +196,7 @@ fn resolve<G: Generation>(f: &Fields, slot: u32) -> Option<RuleInfo> {
                 & b[4].words[w]
                 & b[5].words[w];
             if word != 0 {
-                let index = (w * 64) as u32 + word.trailing_zeros();
-                return G::rule_info().get(index).copied();
+                return Some((w * 64) as u32 + word.trailing_zeros());
             }
         }
     }

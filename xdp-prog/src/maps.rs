@@ -12,9 +12,9 @@ use aya_ebpf::{
 use xdpgate_common::{
     Counter, IfaceConfig, MAX_IFACES, REASON_ENTRIES, STATS_ENTRIES,
     acl::{
-        AclConfig, Bitmap, DPORT_QUADS, LENSETS, LenSet, MAX_ADDR_CLASSES, MAX_PORT_CLASSES,
+        AclConfig, Bitmap, CACHE_ENTRIES, CacheEntry, DPORT_QUADS, LENSETS, LenSet, MAX_ADDR_CLASSES, MAX_PORT_CLASSES,
         PREFIX_ENTRIES, Pair, PrefixEntry, PrefixKey, Quad, RULE_BITS, RULE_COUNTERS, RuleInfo,
-        SPORT_QUADS, V4_TBL24_PAIRS, V6Bucket,
+        SPORT_QUADS, V4_TBL24_PAIRS, V6Bucket, cache_stat,
     },
 };
 
@@ -48,6 +48,15 @@ pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE
 /// `acl::classify`).
 #[map(name = "XG_SCRATCH")]
 pub static SCRATCH: PerCpuArray<crate::acl::Fields> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU direct-mapped cache of ACL decisions by class combination and epoch
+/// (see `acl::resolve`); never read or written by the control plane.
+#[map(name = "XG_DECISIONS")]
+pub static DECISIONS: PerCpuArray<CacheEntry> = PerCpuArray::with_max_entries(CACHE_ENTRIES, 0);
+
+/// Per-CPU decision-cache hit and miss counters (`acl::cache_stat`).
+#[map(name = "XG_CACHE_STATS")]
+pub static CACHE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cache_stat::ENTRIES, 0);
 
 /// One generation of the ACL tables.
 pub trait Generation {

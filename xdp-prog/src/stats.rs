@@ -5,7 +5,7 @@ use xdpgate_common::{
     stats_index,
 };
 
-use crate::maps::{IFACES, REASONS, RULE_STATS, STATS};
+use crate::maps::{CACHE_STATS, IFACES, REASONS, RULE_STATS, STATS};
 
 /// The configuration of the receiving interface; unregistered interfaces get
 /// slot 0 and default flags.
@@ -57,4 +57,13 @@ pub fn count_reason(slot: u32, reason: DropReason, bytes: u64) {
 #[inline(always)]
 pub fn count_rule(counter: u32, bytes: u64) {
     add(&RULE_STATS, counter, bytes);
+}
+
+/// Counts one decision-cache hit or miss (`cache_stat` index).
+#[inline(always)]
+pub fn count_cache(index: u32) {
+    if let Some(counter) = CACHE_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, so no other CPU writes it concurrently.
+        unsafe { *counter += 1 };
+    }
 }
