@@ -15,7 +15,7 @@ use xdpgate_common::{
     acl::{
         ACL_NO_CACHE, AclConfig, DPORT_QUADS, LENSETS, MAX_ADDR_CLASSES, MAX_PORT_CLASSES,
         MAX_RULES, Pair,
-        PrefixEntry, PrefixKey, Quad, RULE_BITS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS, cache_stat,
+        PrefixEntry, PrefixKey, Quad, RULE_BITS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS,
     },
     maps::GEN_TABLES,
 };
@@ -25,6 +25,7 @@ use crate::{
     acl::{Verdict, compile::Image},
     netlink::{self, XdpMode},
     paths::Paths,
+    stats::{self, CacheStats},
     sys::{self, SysError},
     tables::{self, RcuBarrier},
 };
@@ -137,15 +138,6 @@ pub struct Attached {
     /// Kernel program id.
     pub prog_id: u32,
     link: XdpLinkId,
-}
-
-/// Decision-cache counters (see [`Datapath::cache_stats`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CacheStats {
-    /// Packets decided from the cache.
-    pub hits: u64,
-    /// Packets that walked the rule bitmaps.
-    pub misses: u64,
 }
 
 /// The loaded (and, once started, attached) datapath. Dropping it detaches every
@@ -337,7 +329,13 @@ impl Datapath {
             source,
         })?;
         self.paths = Some(paths.clone());
-        for name in [maps::IFACES, maps::STATS, maps::REASONS, maps::RULE_STATS] {
+        for name in [
+            maps::IFACES,
+            maps::STATS,
+            maps::REASONS,
+            maps::RULE_STATS,
+            maps::CACHE_STATS,
+        ] {
             let map = self
                 .ebpf
                 .map(name)
@@ -467,25 +465,13 @@ impl Datapath {
 
     /// Decision-cache hits and misses so far, summed over CPUs.
     pub fn cache_stats(&self) -> Result<CacheStats, DatapathError> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(maps::CACHE_STATS)
-                .ok_or_else(|| DatapathError::Missing(maps::CACHE_STATS.into()))?,
-        )
-        .map_err(|source| DatapathError::Map {
+        let map = self
+            .ebpf
+            .map(maps::CACHE_STATS)
+            .ok_or_else(|| DatapathError::Missing(maps::CACHE_STATS.into()))?;
+        stats::cache_stats(map).map_err(|source| DatapathError::Map {
             map: maps::CACHE_STATS,
             source,
-        })?;
-        let sum = |i: u32| -> Result<u64, DatapathError> {
-            let v = map.get(&i, 0).map_err(|source| DatapathError::Map {
-                map: maps::CACHE_STATS,
-                source,
-            })?;
-            Ok(v.iter().sum())
-        };
-        Ok(CacheStats {
-            hits: sum(cache_stat::HIT)?,
-            misses: sum(cache_stat::MISS)?,
         })
     }
 

@@ -5,7 +5,8 @@ use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use serde::Serialize;
 use thiserror::Error;
 use xdpgate_common::{
-    Action, Counter, DropReason, Family, IfaceConfig, MAX_IFACES, UNKNOWN_IFACE_SLOT, maps,
+    Action, Counter, DropReason, Family, IfaceConfig, MAX_IFACES, UNKNOWN_IFACE_SLOT, acl::cache_stat,
+    maps,
     reason_index, stats_index,
 };
 
@@ -71,6 +72,27 @@ pub struct Report {
     /// Malformed packets per interface and reason (dropped, unless the interface
     /// passes malformed packets).
     pub malformed: Vec<ReasonRow>,
+    /// ACL decision-cache hits and misses over all interfaces.
+    pub decision_cache: CacheStats,
+}
+
+/// ACL decision-cache counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Packets decided from the cache.
+    pub hits: u64,
+    /// Packets that walked the rule bitmaps (not cached, or cache off).
+    pub misses: u64,
+}
+
+/// Reads the decision-cache counters from `XG_CACHE_STATS`.
+pub fn cache_stats(map: &Map) -> Result<CacheStats, MapError> {
+    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+    let sum = |i: u32| map.get(&i, 0).map(|v| v.iter().sum::<u64>());
+    Ok(CacheStats {
+        hits: sum(cache_stat::HIT)?,
+        misses: sum(cache_stat::MISS)?,
+    })
 }
 
 fn open(paths: &Paths, name: &'static str) -> Result<MapData, StatsError> {
@@ -86,7 +108,13 @@ pub fn read(paths: &Paths) -> Result<Report, StatsError> {
     let ifaces = Map::HashMap(open(paths, maps::IFACES)?);
     let stats = Map::PerCpuArray(open(paths, maps::STATS)?);
     let reasons = Map::PerCpuArray(open(paths, maps::REASONS)?);
-    collect(&ifaces, &stats, &reasons)
+    let cache = Map::PerCpuArray(open(paths, maps::CACHE_STATS)?);
+    let mut report = collect(&ifaces, &stats, &reasons)?;
+    report.decision_cache = cache_stats(&cache).map_err(|source| StatsError::Map {
+        map: maps::CACHE_STATS,
+        source,
+    })?;
+    Ok(report)
 }
 
 /// Reads every counter of every registered interface (and of slot 0, the
@@ -171,6 +199,11 @@ pub fn render(report: &Report) -> String {
             ));
         }
     }
+    let c = report.decision_cache;
+    out.push_str(&format!(
+        "\nACL decision cache: {} hits, {} misses\n",
+        c.hits, c.misses
+    ));
     out
 }
 
