@@ -97,9 +97,17 @@ pub const DPORT_QUADS: u32 = group::DPORT_GROUPS * 65536 / 4;
 /// Distinct length sets of both families (index 0 is the empty set; at most
 /// 4096 so an id fits the 12 bits of an IPv4 entry).
 pub const LENSETS: u32 = 4096;
-/// Entries of the shared prefix hash: IPv4 prefixes longer than /24, IPv6
-/// prefixes longer than /16, and binary-search markers of both.
-pub const PREFIX_ENTRIES: u32 = 4 << 20;
+/// Buckets of the long-prefix table (a power of two): IPv4 prefixes longer
+/// than /24, IPv6 prefixes longer than /16, and binary-search markers of both.
+pub const PREFIX_BUCKETS: u32 = 1 << PREFIX_BUCKET_BITS;
+/// Index bits of [`PREFIX_BUCKETS`].
+pub const PREFIX_BUCKET_BITS: u32 = 20;
+/// Slots per bucket of the long-prefix table.
+pub const PREFIX_BUCKET_SLOTS: usize = 4;
+/// Most entries the long-prefix table is filled to (95% of its slots; a
+/// bucketized cuckoo table with two choices and four slots places that many
+/// with room to spare).
+pub const PREFIX_ENTRIES: u32 = PREFIX_BUCKETS * PREFIX_BUCKET_SLOTS as u32 / 20 * 19;
 
 /// Which generation of the ACL tables is live, and its rule count.
 ///
@@ -225,6 +233,51 @@ pub struct PrefixEntry {
     pub class: u16,
     /// 1 for a marker (search longer), 0 for a real prefix.
     pub marker: u16,
+}
+
+/// One slot of the long-prefix table: a prefix (or marker) and its entry.
+/// `len == 0` marks an empty slot (no key has length 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixSlot {
+    /// Address masked to the length, big-endian words (IPv4 in word 0).
+    pub addr: [u32; 4],
+    /// [`PrefixKey::len`] (at most 160, so it fits a byte).
+    pub len: u8,
+    /// 1 for a marker, 0 for a real prefix.
+    pub marker: u8,
+    /// The class of a real prefix.
+    pub class: u16,
+}
+
+/// One bucket of the long-prefix table: a bucketized cuckoo hash table in an
+/// array. Every key sits in one of the two buckets [`prefix_buckets`] names,
+/// so a lookup reads at most two buckets: no chains, no hash-map helper call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixBucket {
+    /// The slots.
+    pub slots: [PrefixSlot; PREFIX_BUCKET_SLOTS],
+}
+
+/// The two candidate buckets of a long-prefix key (address words as stored,
+/// length as in [`PrefixKey::len`]). Shared by the datapath and the compiler,
+/// which must agree bit for bit. The two are always different.
+#[inline(always)]
+pub const fn prefix_buckets(addr: &[u32; 4], len: u32) -> (u32, u32) {
+    let a = ((addr[0] as u64) << 32 | addr[1] as u64)
+        ^ (len as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let b = (addr[2] as u64) << 32 | addr[3] as u64;
+    let h = a.wrapping_mul(0xff51_afd7_ed55_8ccd) ^ b.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    let h = (h ^ (h >> 31)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+    let h = h ^ (h >> 32);
+    let mask = PREFIX_BUCKETS - 1;
+    let b1 = (h >> (64 - PREFIX_BUCKET_BITS)) as u32 & mask;
+    let mut b2 = (h as u32) & mask;
+    if b2 == b1 {
+        b2 ^= 1;
+    }
+    (b1, b2)
 }
 
 /// What the datapath needs per rule index: its verdict and counter slot.

@@ -258,6 +258,7 @@ mod pod {
     unsafe impl aya::Pod for super::acl::LenSet {}
     unsafe impl aya::Pod for super::acl::PrefixKey {}
     unsafe impl aya::Pod for super::acl::PrefixEntry {}
+    unsafe impl aya::Pod for super::acl::PrefixBucket {}
     unsafe impl aya::Pod for super::acl::RuleInfo {}
     unsafe impl aya::Pod for super::acl::AclConfig {}
 }

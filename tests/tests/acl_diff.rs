@@ -169,13 +169,19 @@ fn decision_cache_is_exact_and_invalidated_by_every_switch() {
         };
         let dns = Ethernet::new(ethertype::IPV6).build(
             &Ipv6::new(
-                "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
-                "2001:db8::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+                "2001:db8::1"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+                "2001:db8::2"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
                 17,
             )
             .build(&Transport::udp(5000, 53).bytes()),
         );
-        let delta = |dp: &Datapath, before: xdpgate::datapath::CacheStats| {
+        let delta = |dp: &Datapath, before: xdpgate::stats::CacheStats| {
             let now = dp.cache_stats().unwrap();
             (now.hits - before.hits, now.misses - before.misses)
         };
@@ -191,7 +197,11 @@ fn decision_cache_is_exact_and_invalidated_by_every_switch() {
             ctl.install(&mut dp, rules(action)).unwrap();
             let c = dp.cache_stats().unwrap();
             assert_eq!(dp.test_run(&dns, 3).unwrap().action, want, "{action}");
-            assert_eq!(delta(&dp, c), (2, 1), "{action}: first packet after a switch walks");
+            assert_eq!(
+                delta(&dp, c),
+                (2, 1),
+                "{action}: first packet after a switch walks"
+            );
         }
 
         // With the cache off every packet walks the bitmaps, with the same verdict.
@@ -202,7 +212,11 @@ fn decision_cache_is_exact_and_invalidated_by_every_switch() {
         dp.set_decision_cache(true).unwrap();
         let c = dp.cache_stats().unwrap();
         assert_eq!(dp.test_run(&dns, 3).unwrap().action, XDP_DROP);
-        assert_eq!(delta(&dp, c), (3, 0), "the entry from before the bypass is still valid");
+        assert_eq!(
+            delta(&dp, c),
+            (3, 0),
+            "the entry from before the bypass is still valid"
+        );
         let counters = ctl.rule_counters(&dp).unwrap();
         // A changed definition starts at zero: the last "deny" kept its count.
         assert_eq!(counters[0].packets, 3 + 3 + 3 + 3);

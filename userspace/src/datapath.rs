@@ -14,8 +14,7 @@ use xdpgate_common::{
     Action, Counter,
     acl::{
         ACL_NO_CACHE, AclConfig, DPORT_QUADS, LENSETS, MAX_ADDR_CLASSES, MAX_PORT_CLASSES,
-        MAX_RULES, Pair,
-        PrefixEntry, PrefixKey, Quad, RULE_BITS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS,
+        MAX_RULES, PREFIX_BUCKETS, Pair, Quad, RULE_BITS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS,
     },
     maps::GEN_TABLES,
 };
@@ -150,8 +149,6 @@ pub struct Datapath {
     attached: Vec<Attached>,
     pinned: Vec<PathBuf>,
     barrier: RcuBarrier,
-    /// What each generation's prefix hash holds.
-    prefixes: [std::collections::HashMap<PrefixKey, PrefixEntry>; 2],
 }
 
 /// How the datapath treats malformed packets on an interface.
@@ -223,7 +220,6 @@ impl Datapath {
             attached: Vec::new(),
             pinned: Vec::new(),
             barrier,
-            prefixes: Default::default(),
         };
         dp.program()?.load().map_err(DatapathError::Verify)?;
         Ok(dp)
@@ -500,7 +496,7 @@ impl Datapath {
         self.write(GEN_TABLES[8], t, V4_TBL24_PAIRS, pairs(&image.v4_tbl24))?;
         self.write(GEN_TABLES[9], t, 65536, &image.v6_buckets)?;
         self.write(GEN_TABLES[10], t, LENSETS, &image.lensets)?;
-        self.write_prefixes(t, image)?;
+        self.write(GEN_TABLES[11], t, PREFIX_BUCKETS, &image.prefix_table)?;
 
         let n = image.rule_ids.len();
         let mut info = Vec::with_capacity(n + MAX_IFACES as usize);
@@ -535,63 +531,6 @@ impl Datapath {
 
     /// Brings generation `t`'s prefix hash to the image's contents, touching
     /// only entries that differ from what that generation holds, in batches.
-    fn write_prefixes(&mut self, t: usize, image: &Image) -> Result<(), DatapathError> {
-        let name = format!("{}_{t}", GEN_TABLES[11]);
-        let fd = self.map_data(&name)?.fd().as_fd();
-        let io = |source| DatapathError::Io {
-            what: "cannot update prefix hash",
-            path: PathBuf::from(GEN_TABLES[11]),
-            source,
-        };
-        let held = &self.prefixes[t];
-        let stale: Vec<PrefixKey> = held
-            .keys()
-            .filter(|k| !image.prefixes.contains_key(k))
-            .copied()
-            .collect();
-        let (keys, values): (Vec<PrefixKey>, Vec<PrefixEntry>) = image
-            .prefixes
-            .iter()
-            .filter(|(k, v)| held.get(k) != Some(v))
-            .map(|(k, v)| (*k, *v))
-            .unzip();
-        let written = tables::delete_batch(fd, &stale)
-            .and_then(|()| tables::update_batch(fd, &keys, &values));
-        if let Err(e) = written {
-            // The map is now partly updated: learn what it really holds, so the
-            // next write diffs against the truth, and report the failure.
-            self.reload_prefixes(t)?;
-            return Err(io(e));
-        }
-        let held = &mut self.prefixes[t];
-        for k in &stale {
-            held.remove(k);
-        }
-        held.extend(keys.into_iter().zip(values));
-        Ok(())
-    }
-
-    /// Re-reads generation `t`'s prefix hash from the kernel.
-    fn reload_prefixes(&mut self, t: usize) -> Result<(), DatapathError> {
-        let name = format!("{}_{t}", GEN_TABLES[11]);
-        let err = |source| DatapathError::Map {
-            map: GEN_TABLES[11],
-            source,
-        };
-        let map = self
-            .ebpf
-            .map(&name)
-            .ok_or_else(|| DatapathError::Missing(name.clone()))?;
-        let map: HashMap<_, PrefixKey, PrefixEntry> = HashMap::try_from(map).map_err(err)?;
-        let mut held = std::collections::HashMap::new();
-        for item in map.iter() {
-            let (k, v) = item.map_err(err)?;
-            held.insert(k, v);
-        }
-        self.prefixes[t] = held;
-        Ok(())
-    }
-
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), DatapathError> {
         if slots.is_empty() {
             return Ok(());

@@ -5,9 +5,8 @@ use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use serde::Serialize;
 use thiserror::Error;
 use xdpgate_common::{
-    Action, Counter, DropReason, Family, IfaceConfig, MAX_IFACES, UNKNOWN_IFACE_SLOT, acl::cache_stat,
-    maps,
-    reason_index, stats_index,
+    Action, Counter, DropReason, Family, IfaceConfig, MAX_IFACES, UNKNOWN_IFACE_SLOT,
+    acl::cache_stat, maps, reason_index, stats_index,
 };
 
 use crate::{paths::Paths, sys};

@@ -5,8 +5,8 @@ use xdpgate_common::{
     Family,
     acl::{
         ACL_NO_CACHE, BITMAP_WORDS, Bitmap, CACHE_BITS, CACHE_NO_RULE, CACHE_VALID, MAX_LENS,
-        NO_L4_CLASS, PrefixKey, Quad, RuleInfo, SUMMARY_WORDS, V4_EXT, V4_KEY_LEN_OFFSET,
-        cache_stat, group,
+        NO_L4_CLASS, Quad, RuleInfo, SUMMARY_WORDS, V4_EXT, V4_KEY_LEN_OFFSET, cache_stat, group,
+        prefix_buckets,
     },
 };
 
@@ -118,7 +118,8 @@ fn resolve<G: Generation>(f: &Fields, slot: u32, epoch: u32, cache: bool) -> Opt
     let sk = port_class(G::sport_class(), f.sport)?;
     let dk = port_class(G::dport_class(), f.dport)?;
     let k0 = src as u64 | (dst as u64) << 16 | (sk as u64) << 32 | (dk as u64) << 48;
-    let k1 = (f.proto as u64 & 0xff) | (slot as u64 & 0xffff) << 8 | CACHE_VALID | (epoch as u64) << 32;
+    let k1 =
+        (f.proto as u64 & 0xff) | (slot as u64 & 0xffff) << 8 | CACHE_VALID | (epoch as u64) << 32;
     let entry = if cache {
         DECISIONS.get_ptr_mut(cache_index(k0, k1))
     } else {
@@ -242,6 +243,27 @@ fn addr_class<G: Generation>(v4: bool, addr: &[u32; 4]) -> Option<u16> {
     search::<G>(bucket.class, bucket.lenset as u32, addr, 0)
 }
 
+/// The (class, marker) stored for a masked address and key length: the key is
+/// in one of its two buckets or nowhere.
+#[inline(always)]
+fn lookup<G: Generation>(addr: &[u32; 4], len: u32) -> Option<(u16, u8)> {
+    let (b1, b2) = prefix_buckets(addr, len);
+    for b in [b1, b2] {
+        let bucket = G::prefixes().get(b)?;
+        for s in &bucket.slots {
+            if s.len as u32 == len
+                && s.addr[0] == addr[0]
+                && s.addr[1] == addr[1]
+                && s.addr[2] == addr[2]
+                && s.addr[3] == addr[3]
+            {
+                return Some((s.class, s.marker));
+            }
+        }
+    }
+    None
+}
+
 /// Binary search over the lengths of `lenset` in the prefix hash: a real prefix
 /// ends it, a marker sends it longer, a miss shorter; `class` if nothing is
 /// found. Keys carry the length plus `len_offset` (IPv4 keys are offset).
@@ -259,11 +281,9 @@ fn search<G: Generation>(class: u16, lenset: u32, addr: &[u32; 4], len_offset: u
             break;
         }
         let len = set.lens[mid as usize] as i32;
-        let mut key = PrefixKey {
-            len: len as u32 + len_offset,
-            addr: [0; 4],
-        };
-        for (i, (out, word)) in key.addr.iter_mut().zip(addr).enumerate() {
+        let key_len = len as u32 + len_offset;
+        let mut masked = [0u32; 4];
+        for (i, (out, word)) in masked.iter_mut().zip(addr).enumerate() {
             let bits = len - 32 * i as i32;
             let mask = if bits <= 0 {
                 0
@@ -274,9 +294,8 @@ fn search<G: Generation>(class: u16, lenset: u32, addr: &[u32; 4], len_offset: u
             };
             *out = (u32::from_be(*word) & mask).to_be();
         }
-        // SAFETY: plain-data value, read only.
-        match unsafe { G::prefixes().get(key) } {
-            Some(e) if e.marker == 0 => return Some(e.class),
+        match lookup::<G>(&masked, key_len) {
+            Some((class, 0)) => return Some(class),
             Some(_) => lo = mid + 1,
             None => hi = mid - 1,
         }

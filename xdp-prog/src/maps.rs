@@ -12,16 +12,14 @@ use aya_ebpf::{
 use xdpgate_common::{
     Counter, IfaceConfig, MAX_IFACES, REASON_ENTRIES, STATS_ENTRIES,
     acl::{
-        AclConfig, Bitmap, CACHE_ENTRIES, CacheEntry, DPORT_QUADS, LENSETS, LenSet, MAX_ADDR_CLASSES, MAX_PORT_CLASSES,
-        PREFIX_ENTRIES, Pair, PrefixEntry, PrefixKey, Quad, RULE_BITS, RULE_COUNTERS, RuleInfo,
-        SPORT_QUADS, V4_TBL24_PAIRS, V6Bucket, cache_stat,
+        AclConfig, Bitmap, CACHE_ENTRIES, CacheEntry, DPORT_QUADS, LENSETS, LenSet,
+        MAX_ADDR_CLASSES, MAX_PORT_CLASSES, PREFIX_BUCKETS, Pair, PrefixBucket, Quad, RULE_BITS,
+        RULE_COUNTERS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS, V6Bucket, cache_stat,
     },
 };
 
 /// `BPF_F_MMAPABLE`: the control plane writes these arrays through mmap.
 const MMAP: u32 = 1 << 10;
-/// `BPF_F_NO_PREALLOC`: hash entries are allocated as they are inserted.
-const NO_PREALLOC: u32 = 1 << 0;
 
 /// Interfaces the daemon attached to, by ifindex: counter slot and flags.
 #[map(name = "XG_IFACES")]
@@ -82,8 +80,9 @@ pub trait Generation {
     fn v6_buckets() -> &'static Array<V6Bucket>;
     /// Prefix-length sets of both families.
     fn lensets() -> &'static Array<LenSet>;
-    /// Long prefixes (IPv4 > /24, IPv6 > /16) and binary-search markers.
-    fn prefixes() -> &'static HashMap<PrefixKey, PrefixEntry>;
+    /// Long prefixes (IPv4 > /24, IPv6 > /16) and binary-search markers, in a
+    /// bucketized cuckoo table (`prefix_buckets`).
+    fn prefixes() -> &'static Array<PrefixBucket>;
     /// Verdict and counter slot per rule index.
     fn rule_info() -> &'static Array<RuleInfo>;
 }
@@ -137,8 +136,7 @@ static XG_LENSETS_0: Array<LenSet> = Array::with_max_entries(LENSETS, MMAP);
 
 /// Generation 0: long prefixes (IPv4 > /24, IPv6 > /16) and binary-search markers.
 #[map(name = "XG_PREFIXES_0")]
-static XG_PREFIXES_0: HashMap<PrefixKey, PrefixEntry> =
-    HashMap::with_max_entries(PREFIX_ENTRIES, NO_PREALLOC);
+static XG_PREFIXES_0: Array<PrefixBucket> = Array::with_max_entries(PREFIX_BUCKETS, MMAP);
 
 /// Generation 0: verdict and counter slot per rule index.
 #[map(name = "XG_RULE_INFO_0")]
@@ -190,7 +188,7 @@ impl Generation for Gen0 {
         &XG_LENSETS_0
     }
     #[inline(always)]
-    fn prefixes() -> &'static HashMap<PrefixKey, PrefixEntry> {
+    fn prefixes() -> &'static Array<PrefixBucket> {
         &XG_PREFIXES_0
     }
     #[inline(always)]
@@ -248,8 +246,7 @@ static XG_LENSETS_1: Array<LenSet> = Array::with_max_entries(LENSETS, MMAP);
 
 /// Generation 1: long prefixes (IPv4 > /24, IPv6 > /16) and binary-search markers.
 #[map(name = "XG_PREFIXES_1")]
-static XG_PREFIXES_1: HashMap<PrefixKey, PrefixEntry> =
-    HashMap::with_max_entries(PREFIX_ENTRIES, NO_PREALLOC);
+static XG_PREFIXES_1: Array<PrefixBucket> = Array::with_max_entries(PREFIX_BUCKETS, MMAP);
 
 /// Generation 1: verdict and counter slot per rule index.
 #[map(name = "XG_RULE_INFO_1")]
@@ -301,7 +298,7 @@ impl Generation for Gen1 {
         &XG_LENSETS_1
     }
     #[inline(always)]
-    fn prefixes() -> &'static HashMap<PrefixKey, PrefixEntry> {
+    fn prefixes() -> &'static Array<PrefixBucket> {
         &XG_PREFIXES_1
     }
     #[inline(always)]

@@ -13,9 +13,9 @@ use xdpgate_common::{
     MAX_IFACES,
     acl::{
         BITMAP_WORDS, Bitmap, LENSETS, LenSet, MAX_ADDR_CLASSES, MAX_LENS, MAX_PORT_CLASSES,
-        NO_L4_CLASS, PREFIX_ENTRIES, PrefixEntry, PrefixKey, SUMMARY_WORDS, V4_EXT,
-        V4_KEY_LEN_OFFSET, V4_NONE_CLASS, V4_TBL24_ENTRIES, V6_NONE_CLASS, V6Bucket, group,
-        v4_entry,
+        NO_L4_CLASS, PREFIX_BUCKET_SLOTS, PREFIX_BUCKETS, PREFIX_ENTRIES, PrefixBucket,
+        PrefixEntry, PrefixKey, PrefixSlot, SUMMARY_WORDS, V4_EXT, V4_KEY_LEN_OFFSET,
+        V4_NONE_CLASS, V4_TBL24_ENTRIES, V6_NONE_CLASS, V6Bucket, group, prefix_buckets, v4_entry,
     },
 };
 
@@ -56,8 +56,11 @@ pub struct Image {
     /// Length sets of both families; index 0 is the empty set.
     pub lensets: Vec<LenSet>,
     /// IPv4 prefixes longer than /24, IPv6 prefixes longer than /16, and the
-    /// binary-search markers of both.
-    pub prefixes: HashMap<PrefixKey, PrefixEntry>,
+    /// binary-search markers of both, placed in the datapath's cuckoo table
+    /// ([`PREFIX_BUCKETS`] buckets).
+    pub prefix_table: Vec<PrefixBucket>,
+    /// Entries in `prefix_table`.
+    pub prefix_entries: usize,
 }
 
 /// Compile statistics, for logs and progress.
@@ -67,7 +70,7 @@ pub struct CompileStats {
     pub addr_classes: usize,
     /// Source and destination port classes.
     pub port_classes: (usize, usize),
-    /// Prefix hash entries (long prefixes and markers).
+    /// Long-prefix table entries (long prefixes and markers).
     pub hash_entries: usize,
 }
 
@@ -77,7 +80,7 @@ impl Image {
         CompileStats {
             addr_classes: self.src_bm.len(),
             port_classes: (self.sport_bm.len(), self.dport_bm.len()),
-            hash_entries: self.prefixes.len(),
+            hash_entries: self.prefix_entries,
         }
     }
 }
@@ -317,6 +320,14 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
     if !errs.is_empty() {
         return Err(errs);
     }
+    let prefix_entries = long.table.len();
+    let prefix_table = place(&long.table).map_err(|()| {
+        vec![AclError::Capacity {
+            what: "long prefixes (IPv4 > /24, IPv6 > /16) and search markers (table could not place them all)",
+            have: prefix_entries,
+            max: prefix_entries.saturating_sub(1),
+        }]
+    })?;
 
     Ok(Image {
         rule_ids: rules.iter().map(|r| r.id).collect(),
@@ -333,7 +344,8 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
         v4_tbl24,
         v6_buckets,
         lensets: long.lensets,
-        prefixes: long.table,
+        prefix_table,
+        prefix_entries,
     })
 }
 
@@ -557,6 +569,84 @@ impl Long {
     }
 }
 
+/// Places every long prefix and marker in a bucketized cuckoo table: each key
+/// in one of its two [`prefix_buckets`], evicting and moving occupants to their
+/// other bucket when both are full. Fails only when a key cannot be placed
+/// after many moves (far beyond [`PREFIX_ENTRIES`] in practice).
+fn place(table: &HashMap<PrefixKey, PrefixEntry>) -> Result<Vec<PrefixBucket>, ()> {
+    const MAX_KICKS: usize = 2000;
+    let mut buckets = vec![PrefixBucket::default(); PREFIX_BUCKETS as usize];
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let free = |b: &PrefixBucket| b.slots.iter().position(|s| s.len == 0);
+    for (k, e) in table {
+        let mut slot = PrefixSlot {
+            addr: k.addr,
+            len: k.len as u8,
+            marker: e.marker as u8,
+            class: e.class,
+        };
+        let (b1, b2) = prefix_buckets(&slot.addr, k.len);
+        // The emptier bucket, ties broken at random: spreads the load, and
+        // puts keys in both buckets even in small tables, so tests exercise
+        // both of the datapath's probes.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let fill = |b: u32| {
+            buckets[b as usize]
+                .slots
+                .iter()
+                .filter(|s| s.len != 0)
+                .count()
+        };
+        let (f1, f2) = (fill(b1), fill(b2));
+        let first = if f1 < f2 || (f1 == f2 && rng & 2 == 0) {
+            b1
+        } else {
+            b2
+        };
+        let mut placed = false;
+        if let Some(f) = free(&buckets[first as usize]) {
+            buckets[first as usize].slots[f] = slot;
+            placed = true;
+        }
+        // Both full: evict from one of them, alternating by the random state.
+        let mut at = if rng & 1 == 0 { b1 } else { b2 };
+        let mut kicks = 0;
+        while !placed {
+            if kicks == MAX_KICKS {
+                return Err(());
+            }
+            kicks += 1;
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let victim = (rng % PREFIX_BUCKET_SLOTS as u64) as usize;
+            std::mem::swap(&mut buckets[at as usize].slots[victim], &mut slot);
+            let (v1, v2) = prefix_buckets(&slot.addr, slot.len as u32);
+            at = if v1 == at { v2 } else { v1 };
+            if let Some(f) = free(&buckets[at as usize]) {
+                buckets[at as usize].slots[f] = slot;
+                placed = true;
+            }
+        }
+    }
+    Ok(buckets)
+}
+
+/// Looks `key` up in a placed table, as the datapath does.
+fn table_get(buckets: &[PrefixBucket], key: &PrefixKey) -> Option<PrefixEntry> {
+    let (b1, b2) = prefix_buckets(&key.addr, key.len);
+    [b1, b2]
+        .into_iter()
+        .flat_map(|b| buckets[b as usize].slots.iter())
+        .find(|s| s.len as u32 == key.len && s.addr == key.addr)
+        .map(|s| PrefixEntry {
+            class: s.class,
+            marker: s.marker as u16,
+        })
+}
+
 /// IPv4: a class per /24, or for /24s holding longer prefixes the class of the
 /// rest of the /24 plus the length set to search in the shared hash.
 fn build_v4(intervals: &[(u128, u128, u16)], long: &mut Long) -> Vec<u32> {
@@ -716,7 +806,7 @@ impl Image {
                 break;
             }
             let mid = (lo + hi) / 2;
-            match self.prefixes.get(&key(set.lens[mid as usize])) {
+            match table_get(&self.prefix_table, &key(set.lens[mid as usize])) {
                 Some(e) if e.marker == 0 => return e.class,
                 Some(_) => lo = mid + 1,
                 None => hi = mid - 1,
