@@ -84,7 +84,6 @@ impl RcuBarrier {
     }
 }
 
-
 /// Bytes the kernel uses per element of an array map with values of `size`.
 pub const fn elem_size(size: usize) -> usize {
     size.div_ceil(8) * 8
