@@ -201,6 +201,25 @@ impl Report {
                     }
                 }
             }
+            // What the rig allows: the empty XDP_DROP program against the same
+            // competitor. A target above this ratio cannot be met on this rig by
+            // any filter.
+            let ceiling: Vec<String> = ["ipv4", "ipv6"]
+                .iter()
+                .filter_map(|family| {
+                    let (a, b) = (
+                        rate("xdp-drop", family, 0)?,
+                        rate(other, family, entries_other)?,
+                    );
+                    Some(format!("{family} {:.2}x", a / b))
+                })
+                .collect();
+            if !ceiling.is_empty() {
+                measured.push(format!(
+                    "rig ceiling (empty XDP_DROP program / {other}): {}",
+                    ceiling.join(", ")
+                ));
+            }
             t.push(Target {
                 goal: format!(
                     "live drop rate >= {factor}x {other} (xdpgate with {entries_gate}+{entries_gate} prefixes, {other} with {entries_other}{})",

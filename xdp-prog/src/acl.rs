@@ -13,7 +13,7 @@ use xdpgate_common::{
 use aya_ebpf::maps::Array;
 
 use crate::{
-    maps::{ACL_CONFIG, DECISIONS, Gen0, Gen1, Generation, SCRATCH},
+    maps::{ACL_CONFIG, DECISIONS, Gen0, Gen1, Generation, PROBE, SCRATCH},
     parse::{Frag, L4, Packet},
     stats,
 };
@@ -270,13 +270,23 @@ fn lookup<G: Generation>(addr: &[u32; 4], len: u32) -> Option<(u16, u8)> {
 #[inline(always)]
 fn search<G: Generation>(class: u16, lenset: u32, addr: &[u32; 4], len_offset: u32) -> Option<u16> {
     let set = G::lensets().get(lenset)?;
+    let probe = PROBE.get_ptr_mut(0)?;
     let (mut lo, mut hi) = (0i32, set.n as i32 - 1);
     // Binary search over at most MAX_LENS lengths: at most 7 probes.
     for _ in 0..7 {
         if lo > hi {
             break;
         }
-        let mid = (lo + hi) / 2;
+        // The probe index passes through per-CPU memory, which the verifier
+        // does not track: the search bounds then need no precise values, and
+        // the verifier prunes the 2^7 search paths instead of walking each
+        // (measured on 6.18: 550,045 instructions processed for the whole
+        // program without this, 176,106 with it).
+        // SAFETY: per-CPU word, written and read back by this packet only.
+        let mid = unsafe {
+            probe.write_volatile(((lo + hi) / 2) as u32);
+            probe.read_volatile() as i32
+        };
         if mid < 0 || mid as usize >= MAX_LENS {
             break;
         }

@@ -56,6 +56,11 @@ pub static DECISIONS: PerCpuArray<CacheEntry> = PerCpuArray::with_max_entries(CA
 #[map(name = "XG_CACHE_STATS")]
 pub static CACHE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cache_stat::ENTRIES, 0);
 
+/// Per-CPU word through which the prefix-length search passes its probe index
+/// (see `acl::search`).
+#[map(name = "XG_PROBE")]
+pub static PROBE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// One generation of the ACL tables.
 pub trait Generation {
     /// Rule bitmap per interface slot.
