@@ -5,6 +5,7 @@
 mod bench;
 mod bootstrap;
 mod demo;
+mod vmtest;
 
 use std::{
     path::{Path, PathBuf},
@@ -61,6 +62,30 @@ enum Task {
         #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
     },
+    /// Kernel-compatibility matrix: boot Debian's cloud kernels of each series
+    /// in QEMU (TCG) and run the kernel-touching tests inside (verifier, parser
+    /// fixtures, differential ACL test, veth end-to-end, CLI). Default: 6.1 and
+    /// the newest series. Downloads are cached in .tools/vmtest/.
+    Vmtest {
+        /// Kernel series to run (repeatable): 6.1, 6.12, 6.16, 6.17, 6.18,
+        /// 7.2, 7.3, or 5.10 (informational: its failures do not fail the run).
+        #[arg(long = "kernel", value_name = "SERIES")]
+        kernels: Vec<String>,
+        /// Every series, including 5.10.
+        #[arg(long)]
+        all: bool,
+        /// Time limit per guest, in seconds; a guest still running is killed
+        /// and reported as TIMEOUT.
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        timeout: u64,
+        /// Update the kernel package index even if it is less than a day old.
+        #[arg(long)]
+        refresh: bool,
+        /// Also run a deliberately demanding feature probe (XDP frags), which
+        /// fails on kernels older than 5.18: shows that the matrix catches it.
+        #[arg(long, hide = true)]
+        probe_broken: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +115,26 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { quick, out } => {
             let env = bootstrap::run(&root)?;
             bench::run(&root, &env, quick, out.as_deref())?;
+        }
+        Task::Vmtest {
+            kernels,
+            all,
+            timeout,
+            refresh,
+            probe_broken,
+        } => {
+            let env = bootstrap::run(&root)?;
+            vmtest::run(
+                &root,
+                &env,
+                &vmtest::Options {
+                    kernels,
+                    all,
+                    probe_broken,
+                    timeout: std::time::Duration::from_secs(timeout),
+                    refresh,
+                },
+            )?;
         }
     }
     Ok(())
