@@ -1121,7 +1121,7 @@ fn failure_summary(body: &str) -> String {
     let mut s = String::new();
     let mut panics = 0;
     for (i, l) in lines.iter().enumerate() {
-        if l.contains("panicked at") && panics < 8 {
+        if l.contains("panicked at") && panics < 2 {
             panics += 1;
             for m in &lines[i..(i + 3).min(lines.len())] {
                 let _ = writeln!(s, "  {}", truncate(m, 300));
@@ -1136,7 +1136,7 @@ fn failure_summary(body: &str) -> String {
             break;
         }
     }
-    let _ = write!(s, "  ... last lines:\n{}", tail(body, 25));
+    let _ = write!(s, "  ... last lines:\n{}", tail(body, 15));
     s
 }
 
@@ -1157,7 +1157,7 @@ fn table(outcomes: &[Outcome]) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "{:<6} {:<44} {:<8} {:>6} {:>6} {:>7} {:>7}",
+        "{:<6} {:<50} {:<8} {:>6} {:>6} {:>7} {:>5}  failing groups",
         "series", "kernel", "result", "passed", "failed", "ignored", "secs"
     );
     for o in outcomes {
@@ -1166,16 +1166,26 @@ fn table(outcomes: &[Outcome]) -> String {
         } else {
             ""
         };
+        let failing: Vec<&str> = o
+            .failures
+            .iter()
+            .map(|(what, _)| what.split(' ').next().unwrap_or(what))
+            .collect();
         let _ = writeln!(
             s,
-            "{:<6} {:<44} {:<8} {:>6} {:>6} {:>7} {:>7.0}{info}",
+            "{:<6} {:<50} {:<8} {:>6} {:>6} {:>7} {:>5.0}  {}{info}",
             o.series,
             o.kernel,
             status_word(&o.status),
             o.passed,
             o.failed,
             o.ignored,
-            o.secs
+            o.secs,
+            if failing.is_empty() {
+                "-".to_string()
+            } else {
+                failing.join(",")
+            }
         );
     }
     for o in outcomes.iter().filter(|o| o.status != Status::Pass) {
