@@ -1168,8 +1168,8 @@ fn failure_summary(body: &str) -> String {
     // Verifier rejections: the kernel's reason is the line before the
     // "verification time" / "processed N insns" summary.
     for (i, l) in lines.iter().enumerate() {
-        if l.starts_with("processed ") && l.contains("insns") && i >= 3 {
-            let _ = writeln!(s, "  verifier: {}", lines[i - 3..i].join(" | "));
+        if l.starts_with("verification time ") && i >= 1 {
+            let _ = writeln!(s, "  verifier: {}", lines[i - 1]);
             break;
         }
     }
