@@ -243,6 +243,30 @@ fn addr_class<G: Generation>(v4: bool, addr: &[u32; 4]) -> Option<u16> {
     search::<G>(bucket.class, bucket.lenset as u32, addr, 0)
 }
 
+/// Per prefix length 0..=128: the mask of each 32-bit address word, in network
+/// byte order (so masking needs no byte swap).
+static PREFIX_MASKS: [[u32; 4]; 129] = {
+    let mut t = [[0u32; 4]; 129];
+    let mut len = 0;
+    while len <= 128 {
+        let mut i = 0;
+        while i < 4 {
+            let bits = len as i32 - 32 * i as i32;
+            let m = if bits <= 0 {
+                0
+            } else if bits >= 32 {
+                u32::MAX
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            t[len][i] = m.to_be();
+            i += 1;
+        }
+        len += 1;
+    }
+    t
+};
+
 /// The (class, marker) stored for a masked address and key length: the key is
 /// in one of its two buckets or nowhere.
 #[inline(always)]
@@ -290,20 +314,21 @@ fn search<G: Generation>(class: u16, lenset: u32, addr: &[u32; 4], len_offset: u
         if mid < 0 || mid as usize >= MAX_LENS {
             break;
         }
-        let len = set.lens[mid as usize] as i32;
-        let key_len = len as u32 + len_offset;
-        let mut masked = [0u32; 4];
-        for (i, (out, word)) in masked.iter_mut().zip(addr).enumerate() {
-            let bits = len - 32 * i as i32;
-            let mask = if bits <= 0 {
-                0
-            } else if bits >= 32 {
-                u32::MAX
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            *out = (u32::from_be(*word) & mask).to_be();
+        let len = set.lens[mid as usize] as usize;
+        if len > 128 {
+            break;
         }
+        let key_len = len as u32 + len_offset;
+        // Masks from a table, not computed: a computed mask is three branches
+        // per word, and the verifier of older kernels (6.1) walks every
+        // combination of them in every probe.
+        let mask = &PREFIX_MASKS[len];
+        let masked = [
+            addr[0] & mask[0],
+            addr[1] & mask[1],
+            addr[2] & mask[2],
+            addr[3] & mask[3],
+        ];
         match lookup::<G>(&masked, key_len) {
             Some((class, 0)) => return Some(class),
             Some(_) => lo = mid + 1,
