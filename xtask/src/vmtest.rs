@@ -133,14 +133,19 @@ fn groups(probe_broken: bool) -> Vec<Group> {
             loads_program: true,
         },
     ];
+    // The probe goes first: it is quick, and its result shows even when a
+    // later group runs into the time limit.
     if probe_broken {
-        g.push(Group {
-            name: "probe_frags",
-            binary: "vm_probe",
-            args: &["--ignored"],
-            env: &[],
-            loads_program: false,
-        });
+        g.insert(
+            0,
+            Group {
+                name: "probe_frags",
+                binary: "vm_probe",
+                args: &["--ignored"],
+                env: &[],
+                loads_program: false,
+            },
+        );
     }
     g
 }
