@@ -32,9 +32,21 @@ use crate::{
 /// The XDP object built by `build.rs` from the `xdp-prog` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpgate-xdp"));
 
+/// Oldest supported kernel (major, minor): the datapath is verified on 6.1 and
+/// newer series by `cargo xtask vmtest`.
+pub const MIN_KERNEL: (u32, u32) = (6, 1);
+
 /// Errors of loading and attaching the datapath.
 #[derive(Debug, Error)]
 pub enum DatapathError {
+    /// The running kernel is older than [`MIN_KERNEL`].
+    #[error(
+        "xdpgate needs Linux 6.1 or newer; this kernel is {release} (supported: 6.1 through 7.3, tested with `cargo xtask vmtest`)"
+    )]
+    Kernel {
+        /// `uname -r`.
+        release: String,
+    },
     /// An OS-level precondition failed.
     #[error(transparent)]
     Sys(#[from] SysError),
@@ -206,6 +218,12 @@ impl Datapath {
     /// Loads the object and has the kernel verify the program, without
     /// registering, pinning or attaching anything.
     pub fn load() -> Result<Self, DatapathError> {
+        // Refuse unsupported kernels with a clear message, not a verifier dump.
+        if let Some((release, version)) = sys::kernel_release()
+            && version < MIN_KERNEL
+        {
+            return Err(DatapathError::Kernel { release });
+        }
         let ebpf = EbpfLoader::new()
             .load(OBJECT)
             .map_err(DatapathError::Load)?;

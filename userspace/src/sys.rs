@@ -159,3 +159,41 @@ impl DaemonLock {
         s.trim().parse().ok()
     }
 }
+
+/// The running kernel's release string (`uname -r`) and its (major, minor).
+pub fn kernel_release() -> Option<(String, (u32, u32))> {
+    // SAFETY: `utsname` is plain data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    // SAFETY: uname NUL-terminates the field.
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    let version = parse_release(&release)?;
+    Some((release, version))
+}
+
+/// (major, minor) of a kernel release string like `6.1.0-56-cloud-amd64`.
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::parse_release;
+
+    #[test]
+    fn parses_kernel_releases() {
+        assert_eq!(parse_release("6.1.0-56-cloud-amd64"), Some((6, 1)));
+        assert_eq!(parse_release("6.12.117+deb12-cloud-amd64"), Some((6, 12)));
+        assert_eq!(parse_release("7.3.4+deb13-cloud-amd64"), Some((7, 3)));
+        assert_eq!(parse_release("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_release("garbage"), None);
+    }
+}

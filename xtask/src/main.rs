@@ -33,9 +33,17 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Bootstrap, check formatting and lints, build, and run every test
-    /// (unit tests and the network-namespace end-to-end tests).
-    Test,
+    /// Bootstrap, check formatting and lints, build, and run every test (unit
+    /// tests and the network-namespace end-to-end tests), then the kernel
+    /// matrix (`vmtest`) on 6.1 and the newest series.
+    Test {
+        /// Every kernel series in the matrix (as `vmtest --all`).
+        #[arg(long)]
+        all: bool,
+        /// Skip the kernel matrix (host tests only; not what CI runs).
+        #[arg(long, conflicts_with = "all")]
+        no_vm: bool,
+    },
     /// Build and run xdpgate. Without --iface: create a two-namespace dual-stack
     /// lab, attach xdpgate in it, drive traffic of both families and print live
     /// stats. With --iface: attach to those interfaces and print live stats.
@@ -99,9 +107,24 @@ fn main() -> anyhow::Result<()> {
             let env = bootstrap::run(&root)?;
             build(&root, &env, release)?;
         }
-        Task::Test => {
+        Task::Test { all, no_vm } => {
             let env = bootstrap::run(&root)?;
             test(&root, &env)?;
+            if no_vm {
+                say("kernel matrix skipped (--no-vm)");
+            } else {
+                vmtest::run(
+                    &root,
+                    &env,
+                    &vmtest::Options {
+                        kernels: Vec::new(),
+                        all,
+                        probe_broken: false,
+                        timeout: std::time::Duration::from_secs(600),
+                        refresh: false,
+                    },
+                )?;
+            }
         }
         Task::Demo {
             duration,
@@ -209,7 +232,7 @@ fn test(root: &Path, env: &bootstrap::Env) -> anyhow::Result<()> {
     // SAFETY: single-threaded at this point; the tests read XDPGATE_BIN.
     unsafe { std::env::set_var("XDPGATE_BIN", &bin) };
     cargo(root, env, &["test", "--no-fail-fast"])?;
-    say("all tests passed");
+    say("all host tests passed");
     Ok(())
 }
 
