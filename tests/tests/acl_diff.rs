@@ -57,6 +57,24 @@ fn frame_of(pkt: &PacketInfo) -> Vec<u8> {
     }
 }
 
+/// Pins the calling thread to the CPU it runs on. The decision cache is per
+/// CPU: a test that counts hits across separate test runs must keep them on
+/// one CPU, or a run on another CPU misses (correctly) and the count is off.
+fn pin_to_current_cpu() {
+    // SAFETY: plain libc calls on the calling thread with a zeroed cpu_set_t.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu failed");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity failed"
+        );
+    }
+}
+
 fn packets_wanted() -> usize {
     std::env::var("XDPGATE_DIFF_PACKETS")
         .ok()
@@ -70,6 +88,7 @@ fn datapath_agrees_with_reference_classifier() {
     let ns = Netns::new("acldiff").unwrap();
     let total = packets_wanted();
     let checked = ns.run(move || {
+        pin_to_current_cpu();
         let mut dp = Datapath::load().expect("load");
         // BPF_PROG_TEST_RUN delivers on the namespace's lo (ifindex 1): it plays
         // "eth0" (slot 1) of the generated rule sets.
@@ -150,6 +169,7 @@ fn decision_cache_is_exact_and_invalidated_by_every_switch() {
     let _g = serial();
     let ns = Netns::new("aclcache").unwrap();
     ns.run(|| {
+        pin_to_current_cpu();
         let mut dp = Datapath::load().expect("load");
         dp.register(1, 1, Malformed::Drop).expect("register lo");
         let mut ctl = AclController::new(xdpgate::acl::random::slots());
