@@ -131,6 +131,16 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
 /// With `XDP_PASS` it is the empty baseline; with `XDP_TX`, run in
 /// live-frames mode, it is a frame generator.
 pub fn load_constant_xdp(action: u32, name: &str) -> io::Result<OwnedFd> {
+    load_constant_xdp_with_flags(action, name, 0)
+}
+
+/// [`load_constant_xdp`] with `BPF_PROG_LOAD` program flags (`prog_flags`),
+/// e.g. `BPF_F_XDP_HAS_FRAGS` for a feature probe.
+pub fn load_constant_xdp_with_flags(
+    action: u32,
+    name: &str,
+    prog_flags: u32,
+) -> io::Result<OwnedFd> {
     let insns = [
         // BPF_ALU64 | BPF_MOV | BPF_K, dst r0
         Insn {
@@ -153,6 +163,7 @@ pub fn load_constant_xdp(action: u32, name: &str) -> io::Result<OwnedFd> {
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
+        prog_flags,
         ..Default::default()
     };
     for (d, s) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {

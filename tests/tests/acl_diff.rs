@@ -6,73 +6,34 @@
 //! `XDPGATE_DIFF_PACKETS` sets the number of packets (default 100,000; set it
 //! to millions for a long run). Any mismatch prints the seed, the packet, its
 //! frame and the rule set.
-use std::net::IpAddr;
+mod common;
 
+use common::frame_of;
 use xdpgate::{
     acl::{
         AclState, Verdict,
         random::{Rng, rand_packet, rand_state},
-        reference::{PacketInfo, classify},
+        reference::classify,
     },
     control::AclController,
     datapath::{Datapath, Malformed},
 };
 use xdpgate_tests::{
     lab::{Netns, serial},
-    packet::{Ethernet, Ext, Ipv4, Ipv6, Transport, ethertype, hex},
+    packet::{Ethernet, Ipv4, Ipv6, Transport, ethertype, hex},
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
-/// The frame a parser would turn into `pkt`.
-fn frame_of(pkt: &PacketInfo) -> Vec<u8> {
-    let l4 = match (pkt.ports, pkt.icmp) {
-        (Some((s, d)), _) => match pkt.proto {
-            6 => Transport::tcp(s, d),
-            17 => Transport::udp(s, d),
-            _ => Transport::sctp(s, d),
-        },
-        (None, Some((t, c))) if pkt.src.is_ipv4() => Transport::icmp(t, c),
-        (None, Some((t, c))) => Transport::icmpv6(t, c),
-        (None, None) => Transport::raw(pkt.proto, &[0xa5; 24]),
-    };
-    let payload = l4.bytes();
-    match (pkt.src, pkt.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut ip = Ipv4::new(s.octets(), d.octets(), pkt.proto);
-            if pkt.later_fragment {
-                ip = ip.fragment(185, false);
-            }
-            Ethernet::new(ethertype::IPV4).build(&ip.build(&payload))
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut ip = Ipv6::new(s.octets(), d.octets(), pkt.proto);
-            if pkt.later_fragment {
-                ip = ip.ext(Ext::fragment(185, false));
-            }
-            Ethernet::new(ethertype::IPV6).build(&ip.build(&payload))
-        }
-        _ => unreachable!("mixed families"),
-    }
-}
-
 /// Pins the calling thread to the CPU it runs on. The decision cache is per
 /// CPU: a test that counts hits across separate test runs must keep them on
 /// one CPU, or a run on another CPU misses (correctly) and the count is off.
 fn pin_to_current_cpu() {
-    // SAFETY: plain libc calls on the calling thread with a zeroed cpu_set_t.
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu failed");
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity failed"
-        );
-    }
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    assert!(cpu >= 0, "sched_getcpu failed");
+    xdpgate_tests::bpf::pin_to_cpu(cpu as usize).expect("sched_setaffinity");
 }
 
 fn packets_wanted() -> usize {

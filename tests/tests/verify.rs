@@ -6,56 +6,26 @@
 //! the configurations are then switched on the loaded datapath and checked with
 //! `BPF_PROG_TEST_RUN`. This is the first check `cargo xtask vmtest` runs on
 //! every other kernel.
-use std::net::IpAddr;
+mod common;
+
+use common::frame_of;
 
 use xdpgate::{
     acl::{
         AclState, Verdict,
         random::{Rng, rand_packet, rand_state},
-        reference::{PacketInfo, classify},
+        reference::classify,
     },
     control::AclController,
     datapath::{Datapath, Malformed},
 };
 use xdpgate_tests::{
     lab::{Netns, serial},
-    packet::{Ethernet, Ext, Ipv4, Ipv6, Transport, ethertype, hex},
+    packet::{Ethernet, Ipv4, Ipv6, Transport, ethertype, hex},
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-
-/// The frame a parser would turn into `pkt` (as in `acl_diff.rs`).
-fn frame_of(pkt: &PacketInfo) -> Vec<u8> {
-    let l4 = match (pkt.ports, pkt.icmp) {
-        (Some((s, d)), _) => match pkt.proto {
-            6 => Transport::tcp(s, d),
-            17 => Transport::udp(s, d),
-            _ => Transport::sctp(s, d),
-        },
-        (None, Some((t, c))) if pkt.src.is_ipv4() => Transport::icmp(t, c),
-        (None, Some((t, c))) => Transport::icmpv6(t, c),
-        (None, None) => Transport::raw(pkt.proto, &[0xa5; 24]),
-    };
-    let payload = l4.bytes();
-    match (pkt.src, pkt.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut ip = Ipv4::new(s.octets(), d.octets(), pkt.proto);
-            if pkt.later_fragment {
-                ip = ip.fragment(185, false);
-            }
-            Ethernet::new(ethertype::IPV4).build(&ip.build(&payload))
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut ip = Ipv6::new(s.octets(), d.octets(), pkt.proto);
-            if pkt.later_fragment {
-                ip = ip.ext(Ext::fragment(185, false));
-            }
-            Ethernet::new(ethertype::IPV6).build(&ip.build(&payload))
-        }
-        _ => unreachable!("mixed families"),
-    }
-}
 
 /// Malformed frames of both families (IPv4 header length below 5 words,
 /// IPv6 version field 4).
