@@ -48,6 +48,10 @@ pub mod maps {
     /// `PerCpuArray<u64>`: decision-cache hits and misses, indexed by
     /// [`acl::cache_stat`](crate::acl::cache_stat).
     pub const CACHE_STATS: &str = "XG_CACHE_STATS";
+    /// `HashMap<LocalAddrKey, u32>`: the addresses bound to each interface
+    /// (see [`LocalAddrKey`](crate::LocalAddrKey)); read only on interfaces
+    /// with [`IFACE_DROP_UNBOUND`](crate::IFACE_DROP_UNBOUND).
+    pub const LOCAL_ADDRS: &str = "XG_LOCAL_ADDRS";
 }
 
 /// Name of the XDP program function in the object (also its kernel program name,
@@ -161,13 +165,17 @@ pub enum DropReason {
     /// The L4 header (TCP 20, UDP 8, SCTP 12, ICMP/ICMPv6 4 bytes) is cut short in
     /// an unfragmented packet or a first fragment.
     TruncatedL4 = 10,
+    /// Not malformed: a unicast IPv4/IPv6 packet to a destination not bound to
+    /// an interface with [`IFACE_DROP_UNBOUND`] (see [`maps::LOCAL_ADDRS`]).
+    /// Always dropped: [`IFACE_PASS_MALFORMED`] does not apply to it.
+    NotBound = 11,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     /// All reasons in index order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::TruncatedEthernet,
         DropReason::TruncatedVlan,
         DropReason::VlanTooDeep,
@@ -179,6 +187,7 @@ impl DropReason {
         DropReason::TruncatedIpv6Ext,
         DropReason::Ipv6ExtTooDeep,
         DropReason::TruncatedL4,
+        DropReason::NotBound,
     ];
 
     /// Snake-case name used in CLI output and metrics labels.
@@ -195,7 +204,14 @@ impl DropReason {
             DropReason::TruncatedIpv6Ext => "truncated_ipv6_ext",
             DropReason::Ipv6ExtTooDeep => "ipv6_ext_too_deep",
             DropReason::TruncatedL4 => "truncated_l4",
+            DropReason::NotBound => "not_bound",
         }
+    }
+
+    /// Whether the reason describes a malformed frame (every reason but
+    /// [`DropReason::NotBound`], which is a policy drop of a well-formed packet).
+    pub const fn is_malformed(self) -> bool {
+        !matches!(self, DropReason::NotBound)
     }
 }
 
@@ -206,6 +222,41 @@ pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
 /// [`IfaceConfig::flags`] bit: pass malformed packets instead of dropping them
 /// (they are still counted under their [`DropReason`]).
 pub const IFACE_PASS_MALFORMED: u32 = 1 << 0;
+
+/// [`IfaceConfig::flags`] bit: drop unicast IPv4/IPv6 packets whose destination
+/// is not bound to the interface ([`maps::LOCAL_ADDRS`]), counted under
+/// [`DropReason::NotBound`]. Multicast (224.0.0.0/4, ff00::/8), the limited
+/// broadcast 255.255.255.255 and link-local destinations (169.254.0.0/16,
+/// fe80::/10) are exempt, and non-IP frames are untouched, so ARP, NDP and
+/// DHCP keep working. The check runs after parsing and before the ACL.
+pub const IFACE_DROP_UNBOUND: u32 = 1 << 1;
+
+/// Capacity of [`maps::LOCAL_ADDRS`] over all interfaces.
+pub const LOCAL_ADDR_ENTRIES: u32 = 262_144;
+
+/// [`LocalAddrKey::family`] of an IPv4 address ([`Family::Ipv4`]).
+pub const LOCAL_ADDR_V4: u32 = Family::Ipv4 as u32;
+/// [`LocalAddrKey::family`] of an IPv6 address ([`Family::Ipv6`]).
+pub const LOCAL_ADDR_V6: u32 = Family::Ipv6 as u32;
+/// Value of a [`maps::LOCAL_ADDRS`] entry (the datapath only checks presence).
+pub const LOCAL_ADDR_BOUND: u32 = 1;
+
+/// Key of [`maps::LOCAL_ADDRS`]: one address bound to one interface.
+///
+/// The address is in network byte order as it appears in the packet: an IPv6
+/// address fills all 16 bytes; an IPv4 address takes the first 4 bytes and
+/// the other 12 are zero (not v4-mapped), which is how the parser stores it.
+/// The family field keeps `10.0.0.1` apart from the IPv6 address `a00:1::`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LocalAddrKey {
+    /// Counter slot of the interface ([`IfaceConfig::slot`]), not its ifindex.
+    pub slot: u32,
+    /// [`LOCAL_ADDR_V4`] or [`LOCAL_ADDR_V6`].
+    pub family: u32,
+    /// The address, big-endian, IPv4 zero-padded.
+    pub addr: [u8; 16],
+}
 
 /// Number of entries in [`maps::REASONS`].
 pub const REASON_ENTRIES: u32 = MAX_IFACES * DropReason::COUNT;
@@ -252,6 +303,7 @@ mod pod {
     // SAFETY: both are repr(C), contain only integers and have no padding.
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::IfaceConfig {}
+    unsafe impl aya::Pod for super::LocalAddrKey {}
     // SAFETY: repr(C), integers and integer arrays only, sizes multiples of their alignment.
     unsafe impl aya::Pod for super::acl::Bitmap {}
     unsafe impl aya::Pod for super::acl::V6Bucket {}
@@ -304,5 +356,9 @@ mod tests {
         assert_eq!(DropReason::ALL.len() as u32, DropReason::COUNT);
         assert_eq!(core::mem::size_of::<Counter>(), 16);
         assert_eq!(core::mem::size_of::<IfaceConfig>(), 8);
+        assert_eq!(core::mem::size_of::<LocalAddrKey>(), 24);
+        assert_eq!(DropReason::NotBound.name(), "not_bound");
+        assert!(!DropReason::NotBound.is_malformed());
+        assert!(DropReason::TruncatedL4.is_malformed());
     }
 }

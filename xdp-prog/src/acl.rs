@@ -13,6 +13,7 @@ use xdpgate_common::{
 use aya_ebpf::maps::Array;
 
 use crate::{
+    bind,
     maps::{ACL_CONFIG, DECISIONS, Gen0, Gen1, Generation, PROBE, SCRATCH},
     parse::{Frag, L4, Packet},
     stats,
@@ -76,12 +77,40 @@ impl Fields {
     }
 }
 
-/// The rule (or interface default rule) that decides `p` on interface `slot`.
-/// `None` when the ACL has no generation yet, or when no rule accepts the
-/// packet (neighbour discovery that no rule names): the caller passes it.
+/// What decides a packet.
+pub enum Decision {
+    /// The interface drops unbound destinations and this one is not bound
+    /// (see `bind`); checked before any rule.
+    NotBound,
+    /// The rule (or interface default rule) that decides the packet.
+    Rule(RuleInfo),
+    /// No rule: the ACL has no generation yet, or no rule accepts the packet
+    /// (neighbour discovery that no rule names); the caller passes it.
+    NoRule,
+}
+
+/// Decides `p` on interface `slot`: first, when `drop_unbound` is set, the
+/// bound-address check, then the ACL.
 #[inline(always)]
-pub fn classify(p: &Packet, slot: u32) -> Option<RuleInfo> {
-    let cfg = ACL_CONFIG.get_ptr(0)?;
+pub fn classify(p: &Packet, slot: u32, drop_unbound: bool) -> Decision {
+    // Launder the fields through per-CPU memory: every parser path then reaches
+    // the bound-address check and the classifier with the same (unknown)
+    // register state, so the verifier checks them once instead of once per
+    // parser path.
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Decision::NoRule;
+    };
+    // SAFETY: per-CPU scratch slot, written and read back by this packet only.
+    let f = unsafe {
+        scratch.write_volatile(Fields::of(p));
+        scratch.read_volatile()
+    };
+    if drop_unbound && bind::unbound(&f.dst, f.v4 != 0, slot) {
+        return Decision::NotBound;
+    }
+    let Some(cfg) = ACL_CONFIG.get_ptr(0) else {
+        return Decision::NoRule;
+    };
     // One read of the epoch picks the generation and the valid cache entries
     // together (see `AclConfig`).
     // SAFETY: pointer to the map's only element, valid for the program's run.
@@ -92,22 +121,17 @@ pub fn classify(p: &Packet, slot: u32) -> Option<RuleInfo> {
         )
     };
     if epoch == 0 {
-        return None;
+        return Decision::NoRule;
     }
-    // Launder the fields through per-CPU memory: every parser path then reaches
-    // the classifier with the same (unknown) register state, so the verifier
-    // checks the classifier once instead of once per parser path.
-    let scratch = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch slot, written and read back by this packet only.
-    let f = unsafe {
-        scratch.write_volatile(Fields::of(p));
-        scratch.read_volatile()
-    };
     let cache = flags & ACL_NO_CACHE == 0;
-    if epoch & 1 == 0 {
+    let rule = if epoch & 1 == 0 {
         resolve::<Gen0>(&f, slot, epoch, cache)
     } else {
         resolve::<Gen1>(&f, slot, epoch, cache)
+    };
+    match rule {
+        Some(r) => Decision::Rule(r),
+        None => Decision::NoRule,
     }
 }
 

@@ -1,17 +1,24 @@
 //! The xdpgate XDP program.
 //!
 //! Module layout follows Katran's bpf/ split: `parse` owns the only raw packet
-//! pointers (one bounds-checked cursor), `maps` declares every map, `stats` counts.
+//! pointers (one bounds-checked cursor), `maps` declares every map, `stats` counts,
+//! `bind` checks destinations against the bound addresses, `acl` classifies.
+//!
+//! Order per frame: parse (malformed frames stop here with their reason), then
+//! on interfaces with `IFACE_DROP_UNBOUND` the bound-address check (unbound
+//! unicast destinations stop here, reason `not_bound`), then the ACL.
 #![no_std]
 #![no_main]
 
 mod acl;
+mod bind;
 mod maps;
 mod parse;
 mod stats;
 
+use acl::Decision;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use xdpgate_common::{Action, Family, IFACE_PASS_MALFORMED};
+use xdpgate_common::{Action, DropReason, Family, IFACE_DROP_UNBOUND, IFACE_PASS_MALFORMED};
 
 /// Entry point: parse, classify, count, decide.
 #[xdp]
@@ -21,14 +28,20 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
     let mut cursor = parse::Cursor::new(&ctx);
     let (family, action) = match parse::parse(&mut cursor) {
         Ok(packet) => {
-            // Non-IP frames are not subject to rules.
+            // Non-IP frames are not subject to rules or to the bound-address check.
             let decided = if packet.family == Family::Other {
-                None
+                Decision::NoRule
             } else {
-                acl::classify(&packet, iface.slot)
+                acl::classify(&packet, iface.slot, iface.flags & IFACE_DROP_UNBOUND != 0)
             };
             let action = match decided {
-                Some(rule) => {
+                Decision::NotBound => {
+                    // A policy drop, not a malformed frame: IFACE_PASS_MALFORMED
+                    // does not apply.
+                    stats::count_reason(iface.slot, DropReason::NotBound, bytes);
+                    Action::Drop
+                }
+                Decision::Rule(rule) => {
                     stats::count_rule(rule.counter, bytes);
                     if rule.action == Action::Drop as u32 {
                         Action::Drop
@@ -36,7 +49,7 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
                         Action::Pass
                     }
                 }
-                None => Action::Pass,
+                Decision::NoRule => Action::Pass,
             };
             (packet.family, action)
         }

@@ -10,7 +10,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use xdpgate_common::{
-    Counter, IfaceConfig, MAX_IFACES, REASON_ENTRIES, STATS_ENTRIES,
+    Counter, IfaceConfig, LOCAL_ADDR_ENTRIES, LocalAddrKey, MAX_IFACES, REASON_ENTRIES,
+    STATS_ENTRIES,
     acl::{
         AclConfig, Bitmap, CACHE_ENTRIES, CacheEntry, DPORT_QUADS, LENSETS, LenSet,
         MAX_ADDR_CLASSES, MAX_PORT_CLASSES, PREFIX_BUCKETS, Pair, PrefixBucket, Quad, RULE_BITS,
@@ -29,7 +30,8 @@ pub static IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_IFA
 #[map(name = "XG_STATS")]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
 
-/// Per-CPU counters of malformed packets by interface slot and drop reason.
+/// Per-CPU counters of dropped (or passed malformed) packets by interface slot
+/// and drop reason.
 #[map(name = "XG_REASONS")]
 pub static REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_ENTRIES, 0);
 
@@ -60,6 +62,21 @@ pub static CACHE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cache_s
 /// (see `acl::search`).
 #[map(name = "XG_PROBE")]
 pub static PROBE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// `BPF_F_NO_PREALLOC`: hash entries are allocated on insert, so an unused
+/// capacity costs no memory.
+const NO_PREALLOC: u32 = 1 << 0;
+
+/// Addresses bound to each interface slot (`bind::unbound`); written by the
+/// control plane's binding manager.
+#[map(name = "XG_LOCAL_ADDRS")]
+pub static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> =
+    HashMap::with_max_entries(LOCAL_ADDR_ENTRIES, NO_PREALLOC);
+
+/// Per-CPU slot through which the local-address key passes (see
+/// `bind::unbound`).
+#[map(name = "XG_BIND_KEY")]
+pub static BIND_KEY: PerCpuArray<LocalAddrKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// One generation of the ACL tables.
 pub trait Generation {
