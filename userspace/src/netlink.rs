@@ -1,6 +1,12 @@
 //! Minimal rtnetlink client: lists the links of the current network namespace
-//! with their XDP attachments (the `IFLA_XDP` nest of `RTM_GETLINK`).
-use std::{io, mem::size_of};
+//! with their XDP attachments (the `IFLA_XDP` nest of `RTM_GETLINK`), and
+//! lists, adds and deletes interface addresses of both families
+//! (`RTM_GETADDR`, `RTM_NEWADDR`, `RTM_DELADDR`).
+use std::{
+    io,
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use thiserror::Error;
 
@@ -22,6 +28,341 @@ pub enum NetlinkError {
     /// The answer could not be parsed.
     #[error("malformed netlink answer: {0}")]
     Malformed(&'static str),
+    /// The kernel refused to add or delete an address.
+    #[error("cannot {op} address {addr}/{plen} {on} {iface}: {source}{hint}",
+        op = .op.verb(), on = .op.preposition(), hint = addr_hint(*.op, .source))]
+    Address {
+        /// Add or delete.
+        op: AddrOpKind,
+        /// The address.
+        addr: IpAddr,
+        /// Its prefix length.
+        plen: u8,
+        /// Interface name (or `ifindex N`).
+        iface: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What an address request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddrOpKind {
+    /// `RTM_NEWADDR` (create, exclusive).
+    Add,
+    /// `RTM_DELADDR`.
+    Delete,
+}
+
+impl AddrOpKind {
+    fn verb(self) -> &'static str {
+        match self {
+            AddrOpKind::Add => "add",
+            AddrOpKind::Delete => "delete",
+        }
+    }
+    fn preposition(self) -> &'static str {
+        match self {
+            AddrOpKind::Add => "to",
+            AddrOpKind::Delete => "from",
+        }
+    }
+}
+
+/// What the common errors of address requests mean.
+fn addr_hint(op: AddrOpKind, e: &io::Error) -> &'static str {
+    match (op, e.raw_os_error()) {
+        (AddrOpKind::Add, Some(libc::EEXIST)) => " (the address is already on the interface)",
+        (AddrOpKind::Add, Some(libc::EACCES)) => " (IPv6 may be disabled on the interface)",
+        (AddrOpKind::Add, Some(libc::EADDRNOTAVAIL)) => {
+            " (the kernel does not accept this address on this interface)"
+        }
+        (AddrOpKind::Delete, Some(libc::EADDRNOTAVAIL)) => " (the address is not on the interface)",
+        (_, Some(libc::ENODEV)) => " (no such interface)",
+        (_, Some(libc::EPERM)) => " (needs CAP_NET_ADMIN)",
+        _ => "",
+    }
+}
+
+/// An address of an interface, as `RTM_GETADDR` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IfAddr {
+    /// Interface index.
+    pub ifindex: u32,
+    /// The local address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub plen: u8,
+    /// `IFA_F_*` flags.
+    pub flags: u32,
+}
+
+/// One address to add to or delete from an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrReq {
+    /// Interface index.
+    pub ifindex: u32,
+    /// The address.
+    pub addr: IpAddr,
+    /// Prefix length (at most 32 or 128).
+    pub plen: u8,
+    /// IPv6: `IFA_F_NODAD` (no duplicate address detection). Ignored for IPv4.
+    pub nodad: bool,
+}
+
+/// `IFA_F_NODAD`.
+pub const IFA_F_NODAD: u32 = 0x02;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_FLAGS: u16 = 8;
+const IFADDRMSG: usize = 8;
+/// Requests sent in one `sendto` before their acknowledgements are read.
+const BATCH: usize = 64;
+
+/// Lists the addresses of both families in the current namespace, of
+/// interface `ifindex` only when given.
+pub fn addresses(ifindex: Option<u32>) -> Result<Vec<IfAddr>, NetlinkError> {
+    let sock = Socket::open()?;
+    let mut req = Vec::with_capacity(NLMSG_HDR + IFADDRMSG);
+    push_hdr(
+        &mut req,
+        libc::RTM_GETADDR,
+        (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+        1,
+    );
+    req.extend_from_slice(&[0u8; IFADDRMSG]); // AF_UNSPEC: both families
+    finish(&mut req);
+    sock.send(&req)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = sock.recv(&mut buf)?;
+        for msg in Messages(&buf[..n]) {
+            let (ty, _seq, body) = msg?;
+            match ty as i32 {
+                libc::NLMSG_DONE => return Ok(out),
+                libc::NLMSG_ERROR => {
+                    let errno = ack_errno(body)?;
+                    if errno != 0 {
+                        return Err(NetlinkError::Kernel(io::Error::from_raw_os_error(errno)));
+                    }
+                }
+                t if t == libc::RTM_NEWADDR as i32 => {
+                    if let Some(a) = parse_addr(body)?
+                        && ifindex.is_none_or(|i| i == a.ifindex)
+                    {
+                        out.push(a);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn parse_addr(body: &[u8]) -> Result<Option<IfAddr>, NetlinkError> {
+    let ifa = body
+        .get(..IFADDRMSG)
+        .ok_or(NetlinkError::Malformed("ifaddrmsg"))?;
+    let family = ifa[0] as i32;
+    let plen = ifa[1];
+    let mut flags = ifa[2] as u32;
+    let ifindex = u32::from_ne_bytes(ifa[4..8].try_into().unwrap());
+    let (mut local, mut address) = (None, None);
+    for (ty, p) in Attrs(&body[IFADDRMSG..]) {
+        let ip = match (family, p.len()) {
+            (libc::AF_INET, 4) => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(p).unwrap()))),
+            (libc::AF_INET6, 16) => {
+                Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(p).unwrap())))
+            }
+            _ => None,
+        };
+        match ty {
+            IFA_LOCAL => local = ip,
+            IFA_ADDRESS => address = ip,
+            IFA_FLAGS if p.len() >= 4 => flags = u32::from_ne_bytes(p[..4].try_into().unwrap()),
+            _ => {}
+        }
+    }
+    // IFA_LOCAL is the local address when both are present (IFA_ADDRESS is
+    // then the peer of a point-to-point link).
+    Ok(local.or(address).map(|addr| IfAddr {
+        ifindex,
+        addr,
+        plen,
+        flags,
+    }))
+}
+
+/// Adds (`RTM_NEWADDR`, create-exclusive) or deletes (`RTM_DELADDR`) every
+/// address of `reqs`, in order, several per system call. Returns one outcome
+/// per request; a failed request does not stop the others. `Err` carries
+/// the kernel's error, or (without an OS error number) a socket failure
+/// after which the request's fate is unknown.
+pub fn address_batch(op: AddrOpKind, reqs: &[AddrReq]) -> Vec<Result<(), io::Error>> {
+    let mut out: Vec<Option<Result<(), io::Error>>> = Vec::with_capacity(reqs.len());
+    out.resize_with(reqs.len(), || None);
+    let sock = match Socket::open() {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = e.to_string();
+            return reqs
+                .iter()
+                .map(|_| Err(io::Error::other(msg.clone())))
+                .collect();
+        }
+    };
+    sock.grow_rcvbuf();
+    let mut buf = vec![0u8; 64 * 1024];
+    for (c, chunk) in reqs.chunks(BATCH).enumerate() {
+        let base = c * BATCH;
+        let mut msg = Vec::with_capacity(chunk.len() * 64);
+        for (i, r) in chunk.iter().enumerate() {
+            encode_addr(&mut msg, op, r, (base + i + 1) as u32);
+        }
+        let failed = sock.send(&msg).err().or_else(|| {
+            let mut pending = chunk.len();
+            while pending > 0 {
+                let n = match sock.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => return Some(e),
+                };
+                for m in Messages(&buf[..n]) {
+                    let Ok((ty, seq, body)) = m else {
+                        return Some(NetlinkError::Malformed("message length"));
+                    };
+                    let i = (seq as usize).wrapping_sub(1);
+                    if ty as i32 != libc::NLMSG_ERROR || i < base || i >= base + chunk.len() {
+                        continue;
+                    }
+                    let r = match ack_errno(body) {
+                        Ok(0) => Ok(()),
+                        Ok(errno) => Err(io::Error::from_raw_os_error(errno)),
+                        Err(e) => Err(io::Error::other(e.to_string())),
+                    };
+                    if out[i].is_none() {
+                        pending -= 1;
+                    }
+                    out[i] = Some(r);
+                }
+            }
+            None
+        });
+        if let Some(e) = failed {
+            let msg = e.to_string();
+            for o in &mut out[base..] {
+                if o.is_none() {
+                    *o = Some(Err(io::Error::other(format!(
+                        "no answer from the kernel: {msg}"
+                    ))));
+                }
+            }
+            break;
+        }
+    }
+    out.into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(io::Error::other("not sent"))))
+        .collect()
+}
+
+/// The error of a failed [`address_batch`] outcome, naming the address and
+/// the interface.
+pub fn address_error(op: AddrOpKind, req: &AddrReq, source: io::Error) -> NetlinkError {
+    NetlinkError::Address {
+        op,
+        addr: req.addr,
+        plen: req.plen,
+        iface: crate::sys::ifname(req.ifindex)
+            .unwrap_or_else(|| format!("ifindex {}", req.ifindex)),
+        source,
+    }
+}
+
+fn encode_addr(buf: &mut Vec<u8>, op: AddrOpKind, r: &AddrReq, seq: u32) {
+    let start = buf.len();
+    let (ty, flags) = match op {
+        AddrOpKind::Add => (
+            libc::RTM_NEWADDR,
+            libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL,
+        ),
+        AddrOpKind::Delete => (libc::RTM_DELADDR, libc::NLM_F_REQUEST | libc::NLM_F_ACK),
+    };
+    push_hdr(buf, ty, flags as u16, seq);
+    let (family, bytes): (u8, Vec<u8>) = match r.addr {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    };
+    let ifa_flags = if r.nodad && r.addr.is_ipv6() {
+        IFA_F_NODAD
+    } else {
+        0
+    };
+    buf.push(family);
+    buf.push(r.plen);
+    buf.push(ifa_flags as u8);
+    buf.push(0); // RT_SCOPE_UNIVERSE
+    buf.extend_from_slice(&r.ifindex.to_ne_bytes());
+    push_attr(buf, IFA_LOCAL, &bytes);
+    push_attr(buf, IFA_ADDRESS, &bytes);
+    if op == AddrOpKind::Add && ifa_flags != 0 {
+        push_attr(buf, IFA_FLAGS, &ifa_flags.to_ne_bytes());
+    }
+    let len = (buf.len() - start) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+}
+
+fn push_hdr(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32) {
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set by the caller
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+}
+
+/// Sets the length of a single message that fills `buf`.
+fn finish(buf: &mut [u8]) {
+    let len = buf.len() as u32;
+    buf[..4].copy_from_slice(&len.to_ne_bytes());
+}
+
+fn push_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+    buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    while !buf.len().is_multiple_of(4) {
+        buf.push(0);
+    }
+}
+
+/// The (positive) error number of an `NLMSG_ERROR` body; 0 for an ack.
+fn ack_errno(body: &[u8]) -> Result<i32, NetlinkError> {
+    body.get(..4)
+        .map(|b| -i32::from_ne_bytes(b.try_into().unwrap()))
+        .ok_or(NetlinkError::Malformed("error message"))
+}
+
+/// Iterator over the messages of one datagram: `(type, seq, body)`.
+struct Messages<'a>(&'a [u8]);
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = Result<(u16, u32, &'a [u8]), NetlinkError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.0;
+        if b.len() < NLMSG_HDR {
+            return None;
+        }
+        let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
+        let ty = u16::from_ne_bytes(b[4..6].try_into().unwrap());
+        let seq = u32::from_ne_bytes(b[8..12].try_into().unwrap());
+        if len < NLMSG_HDR || len > b.len() {
+            self.0 = &[];
+            return Some(Err(NetlinkError::Malformed("message length")));
+        }
+        self.0 = &b[align(len).min(b.len())..];
+        Some(Ok((ty, seq, &b[NLMSG_HDR..len])))
+    }
 }
 
 /// The mode an XDP program is attached in.
@@ -249,6 +590,23 @@ impl Socket {
         Ok(Socket(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
     }
 
+    /// Asks for a 1 MiB receive buffer (capped by `net.core.rmem_max`), room
+    /// for the acknowledgements of a batch.
+    fn grow_rcvbuf(&self) {
+        use std::os::fd::AsRawFd as _;
+        let size: libc::c_int = 1 << 20;
+        // SAFETY: setsockopt with a valid int option value.
+        unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as u32,
+            );
+        }
+    }
+
     fn send(&self, bytes: &[u8]) -> Result<(), NetlinkError> {
         use std::os::fd::AsRawFd as _;
         // SAFETY: the buffer is valid for its length; a zeroed sockaddr_nl addresses the kernel.
@@ -338,6 +696,46 @@ mod tests {
         bytes.extend_from_slice(&[200, 0, 3, 0]); // claims 200 bytes
         let all: Vec<_> = Attrs(&bytes).collect();
         assert_eq!(all.len(), 1);
+    }
+
+    #[test]
+    fn address_request_layout() {
+        let mut buf = Vec::new();
+        let r = AddrReq {
+            ifindex: 7,
+            addr: "fd00:200::5".parse().unwrap(),
+            plen: 128,
+            nodad: true,
+        };
+        encode_addr(&mut buf, AddrOpKind::Add, &r, 9);
+        let (ty, seq, body) = Messages(&buf).next().unwrap().unwrap();
+        assert_eq!(ty, libc::RTM_NEWADDR);
+        assert_eq!(seq, 9);
+        assert_eq!(
+            &body[..4],
+            &[libc::AF_INET6 as u8, 128, IFA_F_NODAD as u8, 0]
+        );
+        let a = parse_addr(body).unwrap().unwrap();
+        assert_eq!(a.addr, r.addr);
+        assert_eq!(a.ifindex, 7);
+        assert_eq!(a.flags, IFA_F_NODAD);
+    }
+
+    #[test]
+    fn address_error_names_address_and_interface() {
+        let e = NetlinkError::Address {
+            op: AddrOpKind::Add,
+            addr: "10.200.1.5".parse().unwrap(),
+            plen: 32,
+            iface: "veth0".into(),
+            source: io::Error::from_raw_os_error(libc::EEXIST),
+        };
+        let s = e.to_string();
+        assert!(
+            s.starts_with("cannot add address 10.200.1.5/32 to veth0: "),
+            "{s}"
+        );
+        assert!(s.contains("already on the interface"), "{s}");
     }
 
     #[test]

@@ -68,8 +68,10 @@ pub struct ReasonRow {
 pub struct Report {
     /// Packets and bytes per interface, family and action.
     pub counters: Vec<Row>,
-    /// Malformed packets per interface and reason (dropped, unless the interface
-    /// passes malformed packets).
+    /// Packets per interface and drop reason: malformed frames (dropped unless
+    /// the interface passes malformed packets) and, under `not_bound`, packets
+    /// to unbound destinations (always dropped). The field keeps its name for
+    /// existing consumers; it lists every reason.
     pub malformed: Vec<ReasonRow>,
     /// ACL decision-cache hits and misses over all interfaces.
     pub decision_cache: CacheStats,
@@ -184,13 +186,13 @@ pub fn collect(ifaces: &Map, stats: &Map, reasons: &Map) -> Result<Report, Stats
     Ok(report)
 }
 
-/// Renders a report as text: the counter table, then the non-zero malformed
-/// counters.
+/// Renders a report as text: the counter table, then the non-zero drop-reason
+/// counters (malformed frames and `not_bound`).
 pub fn render(report: &Report) -> String {
     let mut out = render_table(&report.counters);
     let bad: Vec<&ReasonRow> = report.malformed.iter().filter(|r| r.packets != 0).collect();
     if !bad.is_empty() {
-        out.push_str("\nMALFORMED\n");
+        out.push_str("\nDROP REASONS (malformed frames; not_bound: destination not bound)\n");
         for r in bad {
             out.push_str(&format!(
                 "{}  {:<20}  {:>14}  {:>16}\n",
