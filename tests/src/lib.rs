@@ -5,4 +5,5 @@
 pub mod bpf;
 pub mod lab;
 pub mod packet;
+pub mod traffic;
 pub mod xdpgate;

@@ -37,13 +37,18 @@ pub fn binary() -> PathBuf {
     p
 }
 
-/// Per-daemon state directories.
+/// Per-daemon state directories (removed on drop).
 #[derive(Clone, Debug)]
 pub struct StateDirs {
     /// `--bpffs-dir`.
     pub bpffs: PathBuf,
     /// `--run-dir`.
     pub run: PathBuf,
+    /// `--state-file` (`XDPGATE_STATE_FILE`): outside the run directory, which
+    /// the daemon creates, so that it survives a daemon restart.
+    pub state_file: PathBuf,
+    /// Handed on to a restarted daemon: do not remove on drop.
+    kept: bool,
 }
 
 impl StateDirs {
@@ -55,6 +60,8 @@ impl StateDirs {
         StateDirs {
             bpffs: PathBuf::from("/sys/fs/bpf").join(&id),
             run: PathBuf::from("/run").join(&id),
+            state_file: PathBuf::from("/run").join(format!("{id}.state.json")),
+            kept: false,
         }
     }
 
@@ -83,6 +90,7 @@ impl StateDirs {
         let mut cmd = ns.command(binary());
         cmd.env("XDPGATE_BPFFS_DIR", &self.bpffs)
             .env("XDPGATE_RUN_DIR", &self.run)
+            .env("XDPGATE_STATE_FILE", &self.state_file)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
         cmd
@@ -117,6 +125,10 @@ impl StateDirs {
 
 impl Drop for StateDirs {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let _ = std::fs::remove_file(&self.state_file);
         let _ = std::fs::remove_dir_all(&self.run);
         let _ = std::fs::remove_dir_all(&self.bpffs);
     }
@@ -145,9 +157,24 @@ impl Daemon {
         mode: &str,
         extra: &[&std::ffi::OsStr],
     ) -> Result<Daemon, String> {
-        let dirs = StateDirs::unique("t");
+        Self::start_in(ns, StateDirs::unique("t"), ifaces, mode, extra)
+    }
+
+    /// Like [`Daemon::start_with`], in given state directories (those of a
+    /// stopped daemon, to restart it). `mode` may be empty to take the
+    /// configuration's modes.
+    pub fn start_in(
+        ns: &Netns,
+        dirs: StateDirs,
+        ifaces: &[&str],
+        mode: &str,
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<Daemon, String> {
         let mut cmd = dirs.command(ns);
-        cmd.arg("run").args(["--mode", mode]).args(extra);
+        cmd.arg("run").args(extra);
+        if !mode.is_empty() {
+            cmd.args(["--mode", mode]);
+        }
         for i in ifaces {
             cmd.args(["--iface", i]);
         }
@@ -217,8 +244,29 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).expect("stats JSON")
     }
 
+    /// Sends `signal`, waits for the daemon to exit and hands back its state
+    /// directories (for a restart).
+    pub fn stop_keeping_state(mut self, signal: i32) -> (ExitStatus, StateDirs) {
+        let status = self.signal_and_wait(signal);
+        self.dirs.kept = true;
+        let mut dirs = self.dirs.clone();
+        dirs.kept = false;
+        (status, dirs)
+    }
+
     /// Sends `signal` and waits (at most 10 s) for the daemon to exit.
     pub fn stop_with(mut self, signal: i32) -> ExitStatus {
+        self.signal_and_wait(signal)
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
+    fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, signal) };

@@ -18,7 +18,7 @@ fn unknown_interface_is_a_clear_error() {
     let out = dirs.run(
         &ns,
         &["run", "--iface", "doesnotexist"],
-        Duration::from_secs(20),
+        Duration::from_secs(120),
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
@@ -38,7 +38,7 @@ fn hw_mode_on_veth_fails_and_names_the_other_modes() {
     let out = dirs.run(
         &lab.a,
         &["run", "--iface", iface, "--mode", "hw"],
-        Duration::from_secs(20),
+        Duration::from_secs(120),
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
@@ -64,7 +64,7 @@ fn failure_on_second_interface_undoes_the_first() {
     let out = dirs.run(
         &lab.a,
         &["run", "--iface", iface, "--iface", "lo", "--mode", "native"],
-        Duration::from_secs(20),
+        Duration::from_secs(120),
     );
     // lo has no native XDP: the whole start fails and veth is detached again.
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -122,7 +122,7 @@ fn second_daemon_on_same_state_is_refused() {
     let out = daemon.dirs.run(
         &lab.a,
         &["run", "--iface", iface, "--mode", "skb"],
-        Duration::from_secs(20),
+        Duration::from_secs(120),
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -188,7 +188,7 @@ fn status_names_foreign_programs_and_run_refuses_their_interface() {
     let out = dirs.run(
         &lab.a,
         &["run", "--iface", &iface, "--mode", "skb"],
-        Duration::from_secs(20),
+        Duration::from_secs(120),
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
