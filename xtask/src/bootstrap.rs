@@ -22,9 +22,10 @@ use crate::say;
 
 /// bpf-linker version built by bootstrap.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests and the demo need: `ping` (iputils-ping) and `ip`
-/// with netns support (iproute2).
-const APT_PACKAGES: &[&str] = &["iputils-ping", "iproute2"];
+/// Debian packages the tests and the demo need: `ping` (iputils-ping), `ip`
+/// with netns support (iproute2), and `prometheus` (the metrics tests run
+/// `promtool check metrics` and scrape through a real Prometheus server).
+const APT_PACKAGES: &[&str] = &["iputils-ping", "iproute2", "prometheus"];
 const NIGHTLY: &str = "nightly";
 
 /// Environment for the cargo runs that follow bootstrap.
