@@ -8,6 +8,8 @@ pub mod acl;
 pub mod api;
 pub mod control;
 pub mod datapath;
+pub mod listen;
+pub mod metrics;
 pub mod netlink;
 pub mod paths;
 pub mod stats;
