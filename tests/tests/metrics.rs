@@ -1,0 +1,363 @@
+//! Metrics end to end: the datapath attached to a lab veth with one deny rule,
+//! `xdpgate::metrics::serve` on 127.0.0.1 inside the lab namespace, and a real
+//! Prometheus server in the same namespace scraping it every second. Traffic
+//! from the peer namespace must show up, exactly, in Prometheus's query API.
+//!
+//! Everything (datapath, metrics listener, Prometheus) lives in the lab's
+//! namespaces: nothing is bound or sent on the host.
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tokio_util::sync::CancellationToken;
+use xdpgate::{
+    acl::{AclState, PortRange, Rule, Verdict},
+    control::AclController,
+    datapath::{Datapath, Malformed},
+    listen::{ListenOptions, tcp_listener},
+    metrics::{self, DaemonStatus, GatherFn},
+    netlink::XdpMode,
+    paths::Paths,
+};
+use xdpgate_tests::{
+    lab::{Lab, Netns, serial},
+    xdpgate::StateDirs,
+};
+
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+/// Prometheus's own port inside the lab namespace (nothing else listens there).
+const PROM_PORT: u16 = 9090;
+/// UDP port the deny rule matches.
+const DENIED_PORT: u16 = 9999;
+/// Every wait in this test is bounded by this.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The metrics server thread; cancelled and joined on drop.
+struct Server {
+    token: CancellationToken,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.token.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A Prometheus process and its scratch directory; killed and removed on drop.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts Prometheus in `ns`, listening on 127.0.0.1:PROM_PORT and scraping
+/// 127.0.0.1:`target` every second.
+fn start_prometheus(ns: &Netns, target: u16) -> Prometheus {
+    assert!(
+        Path::new(PROMETHEUS).is_file(),
+        "{PROMETHEUS} is missing: install the Debian package `prometheus` \
+         (`cargo xtask bootstrap` does; or `apt-get install --no-install-recommends prometheus`)"
+    );
+    let dir = std::env::temp_dir().join(format!(
+        "xdpgate-prometheus-{}-{}",
+        std::process::id(),
+        target
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: xdpgate\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = ns
+        .command(PROMETHEUS)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{PROM_PORT}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {PROMETHEUS}: {e}"));
+    Prometheus { child, dir }
+}
+
+/// One HTTP/1.0 GET to 127.0.0.1:`port` inside `ns`: (status, body).
+fn http_get(ns: &Netns, port: u16, target: &str) -> std::io::Result<(u16, String)> {
+    let target = target.to_owned();
+    ns.run(move || {
+        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {target} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok((status, body.to_owned()))
+    })
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of instant query `q` through Prometheus's HTTP API, if the query
+/// returns exactly one sample.
+fn query(ns: &Netns, q: &str) -> Option<f64> {
+    let (status, body) = http_get(
+        ns,
+        PROM_PORT,
+        &format!("/api/v1/query?query={}", urlencode(q)),
+    )
+    .ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let result = v["data"]["result"].as_array()?;
+    if result.len() != 1 {
+        return None;
+    }
+    result[0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Polls `q` until it returns `want` (bounded by WAIT); returns how long it took.
+fn wait_for(ns: &Netns, prom: &Prometheus, q: &str, want: f64) -> Duration {
+    let t0 = Instant::now();
+    let mut last = None;
+    while t0.elapsed() < WAIT {
+        last = query(ns, q);
+        if last == Some(want) {
+            return t0.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "Prometheus: {q} is {last:?}, not {want}, after {WAIT:?}\nprometheus log:\n{}",
+        prom.log()
+    );
+}
+
+/// `n` UDP datagrams from b to a's IPv4 address, port `port`.
+fn send_udp(lab: &Lab, port: u16, n: usize) {
+    let dst = SocketAddr::new(IpAddr::V4(lab.a_end.ipv4), port);
+    lab.b.run(|| {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        for i in 0..n {
+            s.send_to(format!("metrics {i}").as_bytes(), dst).unwrap();
+        }
+    });
+}
+
+#[test]
+fn prometheus_scrapes_the_counters_of_real_traffic() {
+    let _g = serial();
+    let lab = Lab::new("metrics", 42).unwrap();
+    let dirs = StateDirs::unique("metrics");
+    let paths = Paths {
+        bpffs_dir: dirs.bpffs.clone(),
+        run_dir: dirs.run.clone(),
+    };
+    let iface = lab.a_end.ifname.clone();
+
+    // The datapath on a's veth end, with rule 7 denying UDP to DENIED_PORT.
+    let shared = lab.a.run(|| {
+        let mut dp = Datapath::start(
+            &paths,
+            std::slice::from_ref(&iface),
+            XdpMode::Native,
+            Malformed::Drop,
+        )
+        .unwrap_or_else(|e| panic!("start the datapath: {e}"));
+        let mut ctl = AclController::new(BTreeMap::from([(iface.clone(), 1)]));
+        let rule = Rule {
+            proto: Some(17),
+            dport: Some(PortRange {
+                lo: DENIED_PORT,
+                hi: DENIED_PORT,
+            }),
+            ..Rule::new(7, 10, Verdict::Deny)
+        };
+        let state = AclState {
+            rules: BTreeMap::from([(7, rule)]),
+            ..AclState::default()
+        };
+        ctl.install(&mut dp, state).expect("install the rule");
+        Arc::new(Mutex::new((dp, ctl)))
+    });
+
+    // The metrics server inside a: the listener is opened there, and the
+    // server thread is spawned from a thread in a, so the blocking pool that
+    // runs `gather` (interface names are looked up per namespace) is in a too.
+    let status = DaemonStatus {
+        last_reload_success_unix: 1_700_000_000,
+        last_reload_ok: true,
+        bound_addresses: vec![(iface.clone(), "ipv4".into(), 1)],
+    };
+    let gather: GatherFn = {
+        let (shared, paths) = (shared.clone(), paths.clone());
+        Arc::new(move || {
+            let guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+            let snapshot =
+                metrics::gather(&guard.0, &guard.1, &paths, &status).map_err(|e| e.to_string())?;
+            drop(guard);
+            Ok(metrics::render(&snapshot))
+        })
+    };
+    let token = CancellationToken::new();
+    let (metrics_port, thread) = {
+        let token = token.clone();
+        lab.a.run(move || {
+            let l = tcp_listener(
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
+                ListenOptions::default(),
+            )
+            .expect("metrics listener");
+            let port = l.local_addr().unwrap().port();
+            let thread = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let l = tokio::net::TcpListener::from_std(l).unwrap();
+                    metrics::serve(vec![l], gather, token).await;
+                });
+            });
+            (port, thread)
+        })
+    };
+    let server = Server {
+        token,
+        thread: Some(thread),
+    };
+
+    // The endpoint answers inside a with every series at zero.
+    let (code, body) = http_get(&lab.a, metrics_port, "/metrics").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let zero = "xdpgate_rule_packets_total{action=\"deny\",rule_id=\"7\"} 0\n";
+    assert!(body.contains(zero), "{body}");
+    assert!(
+        body.contains(&format!(
+            "xdpgate_drop_reason_packets_total{{interface=\"{iface}\",reason=\"truncated_l4\"}} 0\n"
+        )),
+        "{body}"
+    );
+
+    let prom = start_prometheus(&lab.a, metrics_port);
+    let t0 = Instant::now();
+    loop {
+        if let Ok((200, _)) = http_get(&lab.a, PROM_PORT, "/-/ready") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "Prometheus not ready after {WAIT:?}:\n{}",
+            prom.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("prometheus ready after {:?}", t0.elapsed());
+    wait_for(&lab.a, &prom, "up{job=\"xdpgate\"}", 1.0);
+
+    // 5 datagrams the rule drops, 3 the default policy passes.
+    send_udp(&lab, DENIED_PORT, 5);
+    send_udp(&lab, DENIED_PORT + 1, 3);
+    let rule_q = "xdpgate_rule_packets_total{job=\"xdpgate\",rule_id=\"7\",action=\"deny\"}";
+    let drop_q =
+        format!("xdpgate_packets_total{{interface=\"{iface}\",family=\"ipv4\",action=\"drop\"}}");
+    let took = wait_for(&lab.a, &prom, rule_q, 5.0);
+    eprintln!("rule counter 5 visible in Prometheus {took:?} after sending");
+    wait_for(&lab.a, &prom, &drop_q, 5.0);
+    let allowed = query(
+        &lab.a,
+        &format!("xdpgate_default_policy_packets_total{{interface=\"{iface}\",policy=\"allow\"}}"),
+    )
+    .unwrap_or_else(|| panic!("no default-policy series:\n{}", prom.log()));
+    assert!(
+        allowed >= 3.0,
+        "default policy passed {allowed} packets, sent 3"
+    );
+    // Series at zero before their first event are in Prometheus too.
+    wait_for(
+        &lab.a,
+        &prom,
+        &format!(
+            "xdpgate_drop_reason_packets_total{{interface=\"{iface}\",reason=\"truncated_l4\"}}"
+        ),
+        0.0,
+    );
+    wait_for(
+        &lab.a,
+        &prom,
+        &format!("xdpgate_bound_addresses{{interface=\"{iface}\",family=\"ipv6\"}}"),
+        0.0,
+    );
+    wait_for(&lab.a, &prom, "xdpgate_config_last_reload_successful", 1.0);
+
+    // The counter keeps moving: 2 more drops reach Prometheus as 7.
+    send_udp(&lab, DENIED_PORT, 2);
+    let took = wait_for(&lab.a, &prom, rule_q, 7.0);
+    eprintln!("rule counter 7 visible in Prometheus {took:?} after sending");
+    wait_for(&lab.a, &prom, &drop_q, 7.0);
+    // rate() over the scrapes sees the increase: Prometheus treats it as a counter.
+    let inc = query(&lab.a, &format!("increase({rule_q}[1m])"))
+        .unwrap_or_else(|| panic!("no increase():\n{}", prom.log()));
+    assert!(inc > 0.0, "increase() over 1m is {inc}");
+
+    // Shutdown: the server returns promptly even with Prometheus connected.
+    let t0 = Instant::now();
+    drop(server);
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "metrics server took {:?} to stop",
+        t0.elapsed()
+    );
+    drop(prom);
+    drop(shared);
+}
