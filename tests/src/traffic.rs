@@ -97,4 +97,3 @@ pub fn udp_ok(lab: &Lab, addr: IpAddr) -> bool {
 pub fn reach(lab: &Lab, addr: IpAddr) -> (bool, bool, bool) {
     (ping_ok(lab, addr), tcp_ok(lab, addr), udp_ok(lab, addr))
 }
-

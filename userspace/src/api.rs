@@ -1,6 +1,7 @@
 //! The daemon's local control API: newline-delimited JSON over a root-only
 //! Unix socket. The daemon is the only writer of the datapath; the CLI verbs
-//! (`acl`, `set`, `policy`) are clients of this API.
+//! (`acl`, `set`, `policy`, `bind`, `reload`, `stats`, `status`) are clients
+//! of this API.
 //!
 //! One request per line, one response per line; a connection may carry many.
 //! Each connection is served by its own task, a request is bounded in size
@@ -23,8 +24,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     acl::{Change, Rule, Verdict},
-    control::{AclController, ApplyError},
-    datapath::Datapath,
+    bind::BindRequest,
+    control::ApplyError,
+    daemon::{Daemon, DaemonError},
+    stats,
 };
 
 /// Largest request accepted (a rule file or a set load of a million prefixes
@@ -49,6 +52,24 @@ pub enum Request {
         /// One set, with its prefixes.
         name: Option<String>,
     },
+    /// Bind addresses (all or nothing).
+    BindAdd {
+        /// What to bind.
+        binds: Vec<BindRequest>,
+    },
+    /// Remove bindings (all or nothing).
+    BindDel {
+        /// What to unbind.
+        binds: Vec<BindRequest>,
+    },
+    /// The bindings, with whether xdpgate added or adopted each address.
+    BindList,
+    /// Re-read the configuration file (like SIGHUP).
+    Reload,
+    /// Packet counters.
+    Stats,
+    /// What the daemon runs: interfaces, configuration, state file, last reload.
+    Status,
 }
 
 /// A response: `ok` with a `result`, or the list of `errors`.
@@ -59,6 +80,9 @@ pub struct Response {
     /// Errors when it did not; nothing was changed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Whether the request or its input was at fault (a client exits 64).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invalid: bool,
     /// The result when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
@@ -69,6 +93,7 @@ impl Response {
         Response {
             ok: true,
             errors: Vec::new(),
+            invalid: false,
             result: Some(result),
         }
     }
@@ -76,18 +101,20 @@ impl Response {
         Response {
             ok: false,
             errors,
+            invalid: false,
             result: None,
+        }
+    }
+    fn invalid(errors: Vec<String>) -> Self {
+        Response {
+            invalid: true,
+            ..Self::err(errors)
         }
     }
 }
 
-/// What the API serves: the datapath and its ACL controller.
-pub struct Shared {
-    /// The datapath.
-    pub dp: Datapath,
-    /// The ACL controller.
-    pub ctl: AclController,
-}
+/// What the API serves.
+pub type Shared = Daemon;
 
 /// One interface's default-policy counters in `acl list`.
 #[derive(Serialize)]
@@ -98,11 +125,92 @@ struct DefaultRow {
     bytes: u64,
 }
 
-fn execute(shared: &Mutex<Shared>, req: Request) -> Response {
+fn daemon_error(e: DaemonError) -> Response {
+    match e {
+        DaemonError::Acl(ApplyError::Invalid(errs)) => {
+            Response::invalid(errs.iter().map(|e| e.to_string()).collect())
+        }
+        DaemonError::Config(crate::config::ConfigError::Invalid { path, issues }) => {
+            Response::invalid(
+                issues
+                    .iter()
+                    .map(|i| format!("{}: {i}", path.display()))
+                    .collect(),
+            )
+        }
+        DaemonError::Bind(crate::bind::BindError::Invalid(errs)) => {
+            Response::invalid(errs.iter().map(|e| e.to_string()).collect())
+        }
+        e @ (DaemonError::NeedsRestart(_) | DaemonError::Config(_)) => {
+            Response::invalid(vec![e.to_string()])
+        }
+        e => Response::err(vec![e.to_string()]),
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Response {
+    match serde_json::to_value(v) {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::err(vec![format!("internal error: {e}")]),
+    }
+}
+
+/// Executes one request against the daemon (the caller holds nothing; this
+/// takes the daemon's lock).
+pub fn execute(shared: &Mutex<Shared>, req: Request) -> Response {
     let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
-    let Shared { dp, ctl } = &mut *guard;
+    let d = &mut *guard;
     match req {
-        Request::Apply { change } => match ctl.apply(dp, &change) {
+        Request::BindAdd { binds } => match d.bind_add(&binds) {
+            Ok(r) => {
+                log::info!("bind add: {r}");
+                json(&r)
+            }
+            Err(e) => daemon_error(e),
+        },
+        Request::BindDel { binds } => match d.bind_del(&binds) {
+            Ok(r) => {
+                log::info!("bind del: {r}");
+                json(&r)
+            }
+            Err(e) => daemon_error(e),
+        },
+        Request::BindList => json(&serde_json::json!({
+            "bindings": d.binds.list(),
+            "drop_unbound": d.config.interfaces.iter()
+                .filter(|i| i.drop_unbound).map(|i| i.name.clone()).collect::<Vec<_>>(),
+        })),
+        Request::Reload => match d.reload() {
+            Ok(msg) => {
+                log::info!("{msg}");
+                Response::ok(serde_json::json!({ "message": msg }))
+            }
+            Err(e) => {
+                log::error!("reload failed, the running configuration stays in force: {e}");
+                daemon_error(e)
+            }
+        },
+        Request::Stats => match stats::read(&d.paths) {
+            Ok(r) => json(&serde_json::json!({ "report": r, "text": stats::render(&r) })),
+            Err(e) => Response::err(vec![e.to_string()]),
+        },
+        Request::Status => json(&serde_json::json!({
+            "pid": std::process::id(),
+            "uptime_seconds": d.started.elapsed().as_secs(),
+            "config": d.config.path,
+            "state_file": d.config.state_file,
+            "started_from": d.origin,
+            "interfaces": d.dp.attached().iter().map(|a| serde_json::json!({
+                "interface": a.iface, "ifindex": a.ifindex, "mode": a.mode.name(), "prog_id": a.prog_id,
+                "drop_unbound": d.config.interfaces.iter().any(|i| i.name == a.iface && i.drop_unbound),
+            })).collect::<Vec<_>>(),
+            "rules": d.ctl.state().rules.len(),
+            "sets": d.ctl.state().sets.len(),
+            "bindings": d.binds.list().len(),
+            "metrics_listen": d.config.metrics_listen,
+            "reload": d.reload,
+        })),
+        Request::Apply { change } => match d.apply(&change) {
             Ok(applied) => {
                 log::info!(
                     "applied {}: {} rules, {} prefixes, compile {:?}, install {:?}",
@@ -114,15 +222,14 @@ fn execute(shared: &Mutex<Shared>, req: Request) -> Response {
                 );
                 Response::ok(serde_json::to_value(applied).unwrap_or_default())
             }
-            Err(ApplyError::Invalid(errs)) => {
-                Response::err(errs.iter().map(|e| e.to_string()).collect())
-            }
+            Err(e @ DaemonError::Acl(ApplyError::Invalid(_))) => daemon_error(e),
             Err(e) => {
                 log::error!("applying {}: {e}", change_name(&change));
-                Response::err(vec![e.to_string()])
+                daemon_error(e)
             }
         },
         Request::AclList => {
+            let (dp, ctl) = (&d.dp, &d.ctl);
             let rules = match ctl.rule_counters(dp) {
                 Ok(r) => r,
                 Err(e) => return Response::err(vec![e.to_string()]),
@@ -140,6 +247,7 @@ fn execute(shared: &Mutex<Shared>, req: Request) -> Response {
             Response::ok(serde_json::json!({ "rules": rules, "defaults": defaults }))
         }
         Request::SetList { name: None } => {
+            let ctl = &d.ctl;
             let sets: Vec<_> = ctl
                 .state()
                 .sets
@@ -155,7 +263,7 @@ fn execute(shared: &Mutex<Shared>, req: Request) -> Response {
                 .collect();
             Response::ok(serde_json::json!({ "sets": sets }))
         }
-        Request::SetList { name: Some(name) } => match ctl.state().sets.get(&name) {
+        Request::SetList { name: Some(name) } => match d.ctl.state().sets.get(&name) {
             None => Response::err(vec![format!("no set named {name}")]),
             Some(s) => {
                 let prefixes: Vec<String> =
@@ -183,6 +291,15 @@ fn change_name(c: &Change) -> &'static str {
 /// Errors of setting up the socket.
 #[derive(Debug, Error)]
 pub enum ApiError {
+    /// The socket's directory or an existing socket belongs to another user,
+    /// or others may write to the directory.
+    #[error("refusing to serve the API at {path}: {why}")]
+    Unsafe {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// Filesystem or socket failure.
     #[error("{what} {path}: {source}")]
     Io {
@@ -204,6 +321,43 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
         path: path.to_path_buf(),
         source,
     };
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if let Some(dir) = path.parent() {
+        let md = std::fs::metadata(dir).map_err(|e| io("cannot stat the directory of", e))?;
+        if md.uid() != me {
+            return Err(ApiError::Unsafe {
+                path: path.to_path_buf(),
+                why: format!(
+                    "its directory {} is owned by uid {}, not by uid {me}",
+                    dir.display(),
+                    md.uid()
+                ),
+            });
+        }
+        if md.mode() & 0o022 != 0 {
+            return Err(ApiError::Unsafe {
+                path: path.to_path_buf(),
+                why: format!(
+                    "others may write to its directory {} (mode {:o})",
+                    dir.display(),
+                    md.mode() & 0o7777
+                ),
+            });
+        }
+    }
+    if let Ok(md) = std::fs::symlink_metadata(path)
+        && md.uid() != me
+    {
+        return Err(ApiError::Unsafe {
+            path: path.to_path_buf(),
+            why: format!(
+                "it exists and is owned by uid {}, not by uid {me}",
+                md.uid()
+            ),
+        });
+    }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -264,10 +418,10 @@ async fn connection(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> std::io::
             Ok(Err(e)) => return Err(e),
             Ok(Ok(0)) => return Ok(()),
             Ok(Ok(_)) if line.len() > MAX_REQUEST => {
-                Response::err(vec![format!("request larger than {MAX_REQUEST} bytes")])
+                Response::invalid(vec![format!("request larger than {MAX_REQUEST} bytes")])
             }
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-                Err(e) => Response::err(vec![format!("bad request: {e}")]),
+                Err(e) => Response::invalid(vec![format!("bad request: {e}")]),
                 Ok(req) => {
                     let shared = shared.clone();
                     tokio::task::spawn_blocking(move || execute(&shared, req))
@@ -291,7 +445,7 @@ async fn connection(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> std::io::
 pub enum ClientError {
     /// The daemon is not reachable.
     #[error(
-        "cannot reach the xdpgate daemon at {path}: {source} (is `xdpgate run` running with the same --run-dir?)"
+        "no running xdpgate daemon reachable at {path}: {source} (start one with `xdpgate run`, or pass the daemon's --run-dir)"
     )]
     Connect {
         /// The socket path.

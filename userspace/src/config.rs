@@ -550,6 +550,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 ),
             );
         }
+        let req = crate::bind::BindRequest {
+            iface: b.iface.clone(),
+            spec: b.spec.clone(),
+            plen: b.plen,
+            nodad: b.nodad,
+        };
+        // The interface was checked above; this checks the spec and limit.
+        for e in
+            crate::bind::Bindings::validate(&[req], cfg.bind_limit, std::slice::from_ref(&b.iface))
+        {
+            cx.push(
+                Some(&key_in(text, &v.span(), "spec")),
+                format!("{what}: {e}"),
+            );
+        }
         cfg.bindings.push(b);
     }
 

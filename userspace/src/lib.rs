@@ -6,12 +6,16 @@
 
 pub mod acl;
 pub mod api;
+pub mod bind;
+pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod datapath;
 pub mod listen;
 pub mod metrics;
 pub mod netlink;
 pub mod paths;
+pub mod state;
 pub mod stats;
 pub mod sys;
 pub mod tables;

@@ -1,5 +1,9 @@
 //! `xdpgate`: the daemon and its command-line tools.
-use std::{collections::HashMap, path::PathBuf, process::ExitCode};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -8,21 +12,21 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use xdpgate::{
-    acl::{AclState, Change, Rule, RuleFile, Verdict, model::proto},
-    api::{self, Request, Shared},
-    control::AclController,
-    datapath::{Datapath, Malformed},
+    acl::{Change, Rule, RuleFile, Verdict, model::proto},
+    api::{self, Request},
+    bind::BindRequest,
+    config::{self, Config, ConfigError},
+    daemon::{self, Daemon, DaemonError, Overrides},
+    datapath::Malformed,
+    listen, metrics,
     netlink::{self, XdpMode},
     paths::{DEFAULT_BPFFS_DIR, DEFAULT_RUN_DIR, Paths},
-    stats,
     sys::{self, DaemonLock},
 };
 use xdpgate_common::PROGRAM_NAME;
 
 /// Exit code for usage and configuration errors (sysexits.h EX_USAGE).
 const EXIT_USAGE: u8 = 64;
-/// How long shutdown waits for tasks before detaching anyway.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// xdpgate: an XDP packet gate for dual-stack servers.
 #[derive(Debug, Parser)]
@@ -40,22 +44,52 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the daemon: load the XDP program, attach it to every --iface, count
-    /// traffic until SIGINT or SIGTERM, then detach and exit.
+    /// Run the daemon: load the XDP program, attach it to every interface of the
+    /// config file and of --iface, serve the control API and the metrics, until
+    /// SIGINT or SIGTERM; SIGHUP reloads the config file.
     Run {
-        /// Interface to attach to (repeat for several).
-        #[arg(long = "iface", short = 'i', required = true, value_name = "IF")]
+        /// Configuration file (TOML; see deploy/xdpgate.toml). Flags override it.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Interface to attach to (repeat for several); replaces the config's list.
+        #[arg(long = "iface", short = 'i', value_name = "IF")]
         ifaces: Vec<String>,
-        /// XDP attach mode. There is no fallback: if the mode cannot attach, xdpgate fails.
-        #[arg(long, value_enum, default_value_t = Mode::Native)]
-        mode: Mode,
-        /// What to do with malformed packets (truncated or inconsistent headers).
-        /// Either way they are counted per drop reason.
-        #[arg(long, value_enum, default_value_t = MalformedPolicy::Drop)]
-        malformed: MalformedPolicy,
-        /// Rule file (TOML: sets, rules, policies) to install at start.
+        /// XDP attach mode of every interface (default native). There is no
+        /// fallback: if the mode cannot attach, xdpgate fails.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// What to do with malformed packets (truncated or inconsistent headers;
+        /// default drop). Either way they are counted per drop reason.
+        #[arg(long, value_enum)]
+        malformed: Option<MalformedPolicy>,
+        /// Rule file (TOML: sets, rules, policies) replacing the config's sets and rules.
         #[arg(long, value_name = "RULES.toml")]
         acl_file: Option<PathBuf>,
+        /// Metrics listen address (repeat; replaces the config's list; default
+        /// 127.0.0.1:9464 and [::1]:9464).
+        #[arg(long = "metrics-listen", value_name = "ADDR:PORT")]
+        metrics_listen: Vec<std::net::SocketAddr>,
+        /// Serve no metrics.
+        #[arg(long, conflicts_with = "metrics_listen")]
+        no_metrics: bool,
+        /// Where runtime changes are saved (default /var/lib/xdpgate/state.json).
+        #[arg(long, env = "XDPGATE_STATE_FILE", value_name = "FILE")]
+        state_file: Option<PathBuf>,
+    },
+    /// Validate a configuration file without touching the kernel; print every
+    /// error with its line and column.
+    Check {
+        /// The configuration file.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Make the running daemon re-read its configuration file (like SIGHUP).
+    /// A file that fails validation or cannot be applied changes nothing.
+    Reload,
+    /// Address bindings: add or remove addresses on an interface, list them.
+    Bind {
+        #[command(subcommand)]
+        cmd: BindCmd,
     },
     /// Rules: add, delete, list (with counters), replace from a file.
     Acl {
@@ -149,6 +183,42 @@ struct RuleArgs {
     /// allow or deny.
     #[arg(long, value_enum)]
     action: VerdictArg,
+}
+
+#[derive(Debug, Subcommand)]
+enum BindCmd {
+    /// Bind addresses: each SPEC is an address, a prefix (every address in it)
+    /// or a range A-B. Addresses already on the interface are adopted.
+    Add {
+        /// Addresses, prefixes or ranges.
+        #[arg(required = true, value_name = "SPEC")]
+        specs: Vec<String>,
+        /// Interface (one the daemon is attached to).
+        #[arg(long, short = 'i', value_name = "IF")]
+        iface: String,
+        /// On-link prefix length of each address (default 32 or 128).
+        #[arg(long)]
+        plen: Option<u8>,
+        /// IPv6: skip duplicate address detection.
+        #[arg(long)]
+        nodad: bool,
+    },
+    /// Remove bindings; addresses xdpgate added are removed from the
+    /// interface, adopted ones stay.
+    Del {
+        /// Addresses, prefixes or ranges.
+        #[arg(required = true, value_name = "SPEC")]
+        specs: Vec<String>,
+        /// Interface.
+        #[arg(long, short = 'i', value_name = "IF")]
+        iface: String,
+    },
+    /// List the bindings.
+    List {
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,17 +337,29 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run {
+            config,
             ifaces,
             mode,
             malformed,
             acl_file,
-        } => run(
-            &paths,
-            &ifaces,
-            mode.into(),
-            malformed.into(),
-            acl_file.as_deref(),
-        ),
+            metrics_listen,
+            no_metrics,
+            state_file,
+        } => {
+            let overrides = Overrides {
+                ifaces,
+                mode: mode.map(Into::into),
+                malformed: malformed.map(Into::into),
+                metrics_listen,
+                no_metrics,
+                state_file,
+                acl_file,
+            };
+            run(&paths, config.as_deref(), overrides)
+        }
+        Command::Check { config } => check(&config),
+        Command::Reload => reload(&paths),
+        Command::Bind { cmd } => bind_cmd(&paths, cmd),
         Command::Acl { cmd } => acl_cmd(&paths, cmd),
         Command::Set { cmd } => set_cmd(&paths, cmd),
         Command::Policy { iface, verdict } => apply(
@@ -294,18 +376,68 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xdpgate: error: {e:#}");
-            ExitCode::FAILURE
+            if is_usage_error(&e) {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
-fn run(
-    paths: &Paths,
-    ifaces: &[String],
-    mode: XdpMode,
-    malformed: Malformed,
-    acl_file: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
+/// Configuration and usage errors exit with 64, like clap's.
+fn is_usage_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<ConfigError>().is_some()
+            || c.downcast_ref::<Refused>().is_some_and(|r| r.invalid)
+            || matches!(
+                c.downcast_ref::<DaemonError>(),
+                Some(
+                    DaemonError::Config(_)
+                        | DaemonError::NoInterface
+                        | DaemonError::RuleFile { .. }
+                )
+            )
+    })
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = config::load(path)?;
+    let state = cfg.acl_state();
+    println!(
+        "{}: ok: {} interface(s), {} set(s) with {} prefixes, {} rule(s), {} binding(s), metrics on {}",
+        path.display(),
+        cfg.interfaces.len(),
+        state.sets.len(),
+        state.sets.values().map(|s| s.len()).sum::<usize>(),
+        state.rules.len(),
+        cfg.bindings.len(),
+        if cfg.metrics_listen.is_empty() {
+            "nothing".to_string()
+        } else {
+            cfg.metrics_listen
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    Ok(())
+}
+
+fn reload(paths: &Paths) -> anyhow::Result<()> {
+    let r = call(paths, &Request::Reload)?;
+    println!("{}", r["message"].as_str().unwrap_or("reloaded"));
+    Ok(())
+}
+
+fn run(paths: &Paths, config_path: Option<&Path>, overrides: Overrides) -> anyhow::Result<()> {
+    // Everything the operator gave is validated before anything is touched.
+    let cfg = match config_path {
+        Some(p) => config::load(p)?,
+        None => Config::from_flags(&[], XdpMode::Native, Malformed::Drop),
+    };
+    let cfg = daemon::apply_overrides(cfg, &overrides)?;
     sys::require_root("xdpgate run")?;
     sys::require_bpffs(paths.bpffs_mount())?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -317,31 +449,42 @@ fn run(
         // after the program is attached still detaches it cleanly.
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let initial = match acl_file {
-            Some(f) => read_rule_file(f)?,
-            None => AclState::default(),
-        };
+        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         let _lock = DaemonLock::acquire(&paths.run_dir, &paths.lock_file())?;
-        let mut datapath = Datapath::start(paths, ifaces, mode, malformed)?;
-        if let Some(n) = datapath.verified_instructions() {
+        // Listeners before the datapath: a port in use fails the start cleanly.
+        let mut metrics_listeners = Vec::new();
+        for addr in &cfg.metrics_listen {
+            let l = listen::tcp_listener(
+                *addr,
+                listen::ListenOptions {
+                    freebind: cfg.metrics_freebind,
+                    ..Default::default()
+                },
+            )
+            .with_context(|| format!("metrics listener {addr}"))?;
+            metrics_listeners.push(
+                tokio::net::TcpListener::from_std(l)
+                    .with_context(|| format!("metrics listener {addr}"))?,
+            );
+        }
+        let api_listener = api::bind(&paths.socket())?;
+        let grace = cfg.shutdown_grace;
+        let mut d = Daemon::start(paths, cfg, overrides)?;
+        if let Some(n) = d.dp.verified_instructions() {
             log::info!("program verified: {n} instructions processed (kernel limit 1000000)");
         }
-        let slots = ifaces
-            .iter()
-            .enumerate()
-            .map(|(i, name)| (name.clone(), i as u32 + 1))
-            .collect();
-        let mut ctl = AclController::new(slots);
-        let applied = ctl
-            .install(&mut datapath, initial)
-            .context("installing the initial rule set")?;
         log::info!(
-            "ACL installed: {} rules, {} prefixes",
-            applied.rules,
-            applied.prefixes
+            "state from {}: {} rules, {} sets, {} bound addresses; saved in {}",
+            match d.origin {
+                daemon::Origin::Config => "the configuration",
+                daemon::Origin::StateFile => "the state file",
+            },
+            d.ctl.state().rules.len(),
+            d.ctl.state().sets.len(),
+            d.binds.list().len(),
+            d.config.state_file.display()
         );
-        let listener = api::bind(&paths.socket())?;
-        for a in datapath.attached() {
+        for a in d.dp.attached() {
             log::info!(
                 "attached to {} (ifindex {}) in {} mode, program id {}",
                 a.iface,
@@ -350,39 +493,92 @@ fn run(
                 a.prog_id
             );
         }
+        for l in &metrics_listeners {
+            if let Ok(a) = l.local_addr() {
+                log::info!("metrics on http://{a}/metrics");
+            }
+        }
         log::info!(
-            "xdpgate ready on {} interface(s); maps pinned in {}; SIGINT or SIGTERM stops",
-            datapath.attached().len(),
+            "xdpgate ready on {} interface(s); maps pinned in {}; SIGHUP reloads, SIGINT or SIGTERM stops",
+            d.dp.attached().len(),
             paths.bpffs_dir.display()
         );
 
         let root = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let shared = Arc::new(Mutex::new(Shared { dp: datapath, ctl }));
-        tracker.spawn(api::serve(listener, shared.clone(), root.child_token()));
+        let shared = Arc::new(Mutex::new(d));
+        tracker.spawn(api::serve(api_listener, shared.clone(), root.child_token()));
+        if !metrics_listeners.is_empty() {
+            let source = shared.clone();
+            let gather: Arc<dyn Fn() -> Result<String, String> + Send + Sync> =
+                Arc::new(move || {
+                    let d = source.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut bound: Vec<(String, String, u64)> = Vec::new();
+                    for i in &d.config.interfaces {
+                        for fam in ["ipv4", "ipv6"] {
+                            bound.push((i.name.clone(), fam.to_string(), 0));
+                        }
+                    }
+                    for (iface, fam, n) in d.binds.counts() {
+                        if let Some(row) =
+                            bound.iter_mut().find(|r| r.0 == iface && r.1 == fam)
+                        {
+                            row.2 = n as u64;
+                        }
+                    }
+                    let status = metrics::DaemonStatus {
+                        last_reload_success_unix: d.reload.last_success_unix,
+                        last_reload_ok: d.reload.last_ok,
+                        bound_addresses: bound,
+                    };
+                    metrics::gather(&d.dp, &d.ctl, &d.paths, &status)
+                        .map(|s| metrics::render(&s))
+                        .map_err(|e| e.to_string())
+                });
+            tracker.spawn(metrics::serve(metrics_listeners, gather, root.child_token()));
+        }
         let token = root.clone();
+        let reloader = shared.clone();
         tracker.spawn(async move {
-            let name = tokio::select! {
-                _ = sigterm.recv() => "SIGTERM",
-                _ = sigint.recv() => "SIGINT",
-                _ = token.cancelled() => return,
+            let name = loop {
+                tokio::select! {
+                    _ = sigterm.recv() => break "SIGTERM",
+                    _ = sigint.recv() => break "SIGINT",
+                    _ = sighup.recv() => {
+                        log::info!("SIGHUP received, reloading the configuration");
+                        let d = reloader.clone();
+                        let r = tokio::task::spawn_blocking(move || {
+                            let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
+                            d.reload()
+                        })
+                        .await;
+                        match r {
+                            Ok(Ok(msg)) => log::info!("{msg}"),
+                            Ok(Err(e)) => log::error!(
+                                "reload failed, the running configuration stays in force: {e}"
+                            ),
+                            Err(e) => log::error!("reload task failed: {e}"),
+                        }
+                    }
+                    _ = token.cancelled() => return,
+                }
             };
-            log::info!("{name} received, detaching");
+            log::info!("{name} received, draining");
             token.cancel();
         });
         tracker.close();
         root.cancelled().await;
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-            .await
-            .is_err()
-        {
-            log::warn!("tasks still running after {SHUTDOWN_GRACE:?}; detaching anyway");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            log::warn!("tasks still running after {grace:?}; detaching anyway");
         }
         let _ = std::fs::remove_file(paths.socket());
-        let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
-        let n = shared.dp.attached().len();
-        shared.dp.detach_all().context("detaching")?;
-        log::info!("detached from {n} interface(s), maps unpinned");
+        let mut d = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let n = d.dp.attached().len();
+        d.dp.detach_all().context("detaching")?;
+        log::info!(
+            "detached from {n} interface(s), maps unpinned; {} bound address(es) stay on their interfaces",
+            d.binds.list().len()
+        );
         Ok(())
     })
 }
@@ -419,6 +615,8 @@ fn status(paths: &Paths, output: Output) -> anyhow::Result<()> {
         }
     }
     let daemon = DaemonLock::holder(&paths.lock_file());
+    // What the daemon itself says (configuration, state file, last reload).
+    let detail = daemon.and_then(|_| call(paths, &Request::Status).ok());
     match output {
         Output::Json => {
             let doc = serde_json::json!({
@@ -427,6 +625,7 @@ fn status(paths: &Paths, output: Output) -> anyhow::Result<()> {
                     "pid": daemon,
                     "run_dir": paths.run_dir,
                     "bpffs_dir": paths.bpffs_dir,
+                    "detail": detail,
                 },
                 "interfaces": rows,
             });
@@ -434,10 +633,39 @@ fn status(paths: &Paths, output: Output) -> anyhow::Result<()> {
         }
         Output::Text => {
             match daemon {
-                Some(pid) => println!(
-                    "daemon: running (pid {pid}), maps pinned in {}",
-                    paths.bpffs_dir.display()
-                ),
+                Some(pid) => {
+                    println!(
+                        "daemon: running (pid {pid}), maps pinned in {}",
+                        paths.bpffs_dir.display()
+                    );
+                    if let Some(d) = &detail {
+                        let cfg = d["config"].as_str().unwrap_or("");
+                        println!(
+                            "config: {}; state file: {}; started from the {}",
+                            if cfg.is_empty() {
+                                "(none, flags only)"
+                            } else {
+                                cfg
+                            },
+                            d["state_file"].as_str().unwrap_or("?"),
+                            d["started_from"].as_str().unwrap_or("?").replace('_', " ")
+                        );
+                        println!(
+                            "{} rules, {} sets, {} bound addresses; last reload {}",
+                            d["rules"],
+                            d["sets"],
+                            d["bindings"],
+                            if d["reload"]["last_ok"].as_bool().unwrap_or(true) {
+                                "ok".to_string()
+                            } else {
+                                format!(
+                                    "FAILED: {}",
+                                    d["reload"]["last_error"].as_str().unwrap_or("?")
+                                )
+                            }
+                        );
+                    }
+                }
                 None => println!(
                     "daemon: not running (no lock held in {})",
                     paths.run_dir.display()
@@ -474,37 +702,114 @@ fn status(paths: &Paths, output: Output) -> anyhow::Result<()> {
 }
 
 fn show_stats(paths: &Paths, output: Output) -> anyhow::Result<()> {
-    sys::require_root("xdpgate stats")?;
-    let rows = stats::read(paths)?;
+    let r = call(paths, &Request::Stats)?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Output::Text => print!("{}", stats::render(&rows)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&r["report"])?),
+        Output::Text => print!("{}", r["text"].as_str().unwrap_or_default()),
     }
     Ok(())
 }
 
-fn read_rule_file(path: &std::path::Path) -> anyhow::Result<AclState> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read rule file {}", path.display()))?;
-    let file: RuleFile =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    AclState::from_file(&file).map_err(|errs| {
-        anyhow::anyhow!(
-            "{}: {}",
-            path.display(),
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })
+fn bind_cmd(paths: &Paths, cmd: BindCmd) -> anyhow::Result<()> {
+    let reqs = |specs: Vec<String>, iface: String, plen, nodad| -> Vec<BindRequest> {
+        specs
+            .into_iter()
+            .map(|spec| BindRequest {
+                iface: iface.clone(),
+                spec,
+                plen,
+                nodad,
+            })
+            .collect()
+    };
+    match cmd {
+        BindCmd::Add {
+            specs,
+            iface,
+            plen,
+            nodad,
+        } => {
+            let r = call(
+                paths,
+                &Request::BindAdd {
+                    binds: reqs(specs, iface, plen, nodad),
+                },
+            )?;
+            println!("{}", bind_summary(&r));
+        }
+        BindCmd::Del { specs, iface } => {
+            let r = call(
+                paths,
+                &Request::BindDel {
+                    binds: reqs(specs, iface, None, false),
+                },
+            )?;
+            println!("{}", bind_summary(&r));
+        }
+        BindCmd::List { output } => {
+            let r = call(paths, &Request::BindList)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16}  {:<40}  {:<7}  ORIGIN",
+                "INTERFACE", "ADDRESS", "NODAD"
+            );
+            for b in r["bindings"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<16}  {:<40}  {:<7}  {}",
+                    b["iface"].as_str().unwrap_or("?"),
+                    format!("{}/{}", b["addr"].as_str().unwrap_or("?"), b["plen"]),
+                    b["nodad"].as_bool().unwrap_or(false),
+                    b["origin"].as_str().unwrap_or("?")
+                );
+            }
+            let drop: Vec<&str> = r["drop_unbound"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
+            if !drop.is_empty() {
+                println!(
+                    "traffic to unbound addresses is dropped on: {}",
+                    drop.join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bind_summary(r: &serde_json::Value) -> String {
+    match r.as_object() {
+        Some(o) => o
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => r.to_string(),
+    }
+}
+
+/// The daemon refused a request; `invalid` when the input was at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .errors.join("\n  "))]
+struct Refused {
+    errors: Vec<String>,
+    invalid: bool,
 }
 
 /// Sends a request; fails with the daemon's errors listed.
 fn call(paths: &Paths, req: &Request) -> anyhow::Result<serde_json::Value> {
     let resp = api::call(&paths.socket(), req)?;
     if !resp.ok {
-        anyhow::bail!("{}", resp.errors.join("\n  "));
+        return Err(Refused {
+            errors: resp.errors,
+            invalid: resp.invalid,
+        }
+        .into());
     }
     Ok(resp.result.unwrap_or_default())
 }
