@@ -101,8 +101,8 @@ pub struct DaemonStatus {
     pub last_reload_success_unix: u64,
     /// Whether the last reload attempt succeeded (the start-up load counts).
     pub last_reload_ok: bool,
-    /// Addresses bound per (interface, family `ipv4`/`ipv6`, count). Give
-    /// every pair, zeros included, so the series exist before the first bind.
+    /// Addresses bound per (interface, family `ipv4`/`ipv6`, count). Pairs
+    /// left out are exported as 0 for every registered interface.
     pub bound_addresses: Vec<(String, String, u64)>,
 }
 
@@ -245,7 +245,7 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 /// through a fresh registry: counters are set to their absolute values.
 /// Missing rows are filled in at zero (every known interface, plus
 /// [`UNREGISTERED`], times every family and action and every drop
-/// reason; both families of every interface with bound addresses), so every
+/// reason; both families of bound addresses for every registered interface), so every
 /// series exists before its first event.
 pub fn render(s: &Snapshot) -> String {
     let r = Registry::new();
@@ -393,9 +393,10 @@ pub fn render(s: &Snapshot) -> String {
             .set(clamp(t.capacity));
     }
     let mut bound_rows: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for (iface, _, _) in &s.bound_addresses {
+    let registered = ifaces.iter().copied().filter(|i| *i != UNREGISTERED);
+    for iface in registered.chain(s.bound_addresses.iter().map(|b| b.0.as_str())) {
         for family in [Family::Ipv4.name(), Family::Ipv6.name()] {
-            bound_rows.entry((iface.as_str(), family)).or_insert(0);
+            bound_rows.entry((iface, family)).or_insert(0);
         }
     }
     for (iface, family, n) in &s.bound_addresses {
@@ -725,8 +726,8 @@ mod tests {
     use super::*;
     use crate::stats::{CacheStats, ReasonRow, Row};
 
-    /// A snapshot with two interfaces. `eth1` has no drop-reason rows and
-    /// only ipv4 bound-address rows (both are filled in at zero); the
+    /// A snapshot with two interfaces. `eth1` has no drop-reason rows and no
+    /// bound-address rows (both are filled in at zero); the
     /// unregistered slot has no rows at all.
     fn snapshot() -> Snapshot {
         let mut counters = Vec::new();
@@ -807,7 +808,6 @@ mod tests {
             bound_addresses: vec![
                 ("eth0".into(), "ipv4".into(), 1),
                 ("eth0".into(), "ipv6".into(), 2),
-                ("eth1".into(), "ipv4".into(), 0),
             ],
             last_reload_success_unix: 1_700_000_000,
             last_reload_ok: true,
@@ -1055,6 +1055,7 @@ mod tests {
             )
         };
         assert_eq!(bound("eth0", "ipv6"), 2.0);
+        assert_eq!(bound("eth1", "ipv4"), 0.0, "filled in at zero");
         assert_eq!(bound("eth1", "ipv6"), 0.0, "filled in at zero");
         assert_eq!(
             samples
