@@ -229,24 +229,36 @@ fn bpffs() -> anyhow::Result<()> {
 }
 
 fn apt_packages() -> anyhow::Result<()> {
-    apt_install(APT_PACKAGES, "Debian packages")
+    let had_prometheus = installed("prometheus");
+    apt_install(APT_PACKAGES, "Debian packages")?;
+    // Debian's package enables and starts a Prometheus server on :9090 when
+    // systemd runs. The tests start their own inside a lab namespace; the
+    // host's is not ours to leave running.
+    if !had_prometheus && Path::new("/run/systemd/system").exists() {
+        say(
+            "Debian packages: stopping and disabling the prometheus.service the package started (the tests run their own)",
+        );
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "prometheus.service"])
+            .stdin(Stdio::null())
+            .status();
+    }
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
 }
 
 /// Installs the Debian `packages` that are not installed yet (apt-get,
 /// non-interactive, `--no-install-recommends`), saying what it does; `what`
 /// names them in the messages. Idempotent: nothing runs when all are present.
 pub fn apt_install(packages: &[&str], what: &str) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| {
-            Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output()
-                .map(|o| !String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-                .unwrap_or(true)
-        })
-        .collect();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         say(&format!("{what}: present ({})", packages.join(", ")));
         return Ok(());
