@@ -1,34 +1,22 @@
-//! Metrics end to end: the datapath attached to a lab veth with one deny rule,
-//! `xdpgate::metrics::serve` on 127.0.0.1 inside the lab namespace, and a real
-//! Prometheus server in the same namespace scraping it every second. Traffic
-//! from the peer namespace must show up, exactly, in Prometheus's query API.
+//! Metrics end to end: the `xdpgate` daemon attached to a lab veth with one
+//! deny rule and its metrics listener on loopback inside the lab namespace,
+//! and a real Prometheus server in the same namespace scraping it every
+//! second. Traffic from the peer namespace must show up, exactly, in
+//! Prometheus's query API.
 //!
-//! Everything (datapath, metrics listener, Prometheus) lives in the lab's
+//! Everything (daemon, metrics listener, Prometheus) lives in the lab's
 //! namespaces: nothing is bound or sent on the host.
 use std::{
-    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Stdio},
-    sync::{Arc, Mutex},
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use tokio_util::sync::CancellationToken;
-use xdpgate::{
-    acl::{AclState, PortRange, Rule, Verdict},
-    control::AclController,
-    datapath::{Datapath, Malformed},
-    listen::{ListenOptions, tcp_listener},
-    metrics::{self, DaemonStatus, GatherFn},
-    netlink::XdpMode,
-    paths::Paths,
-};
 use xdpgate_tests::{
     lab::{Lab, Netns, serial},
-    xdpgate::StateDirs,
+    xdpgate::{Daemon, StateDirs},
 };
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -38,21 +26,6 @@ const PROM_PORT: u16 = 9090;
 const DENIED_PORT: u16 = 9999;
 /// Every wait in this test is bounded by this.
 const WAIT: Duration = Duration::from_secs(30);
-
-/// The metrics server thread; cancelled and joined on drop.
-struct Server {
-    token: CancellationToken,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.token.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// A Prometheus process and its scratch directory; killed and removed on drop.
 struct Prometheus {
@@ -198,84 +171,29 @@ fn send_udp(lab: &Lab, port: u16, n: usize) {
 fn prometheus_scrapes_the_counters_of_real_traffic() {
     let _g = serial();
     let lab = Lab::new("metrics", 42).unwrap();
-    let dirs = StateDirs::unique("metrics");
-    let paths = Paths {
-        bpffs_dir: dirs.bpffs.clone(),
-        run_dir: dirs.run.clone(),
-    };
     let iface = lab.a_end.ifname.clone();
-
-    // The datapath on a's veth end, with rule 7 denying UDP to DENIED_PORT.
-    let shared = lab.a.run(|| {
-        let mut dp = Datapath::start(
-            &paths,
-            std::slice::from_ref(&iface),
-            XdpMode::Native,
-            Malformed::Drop,
-        )
-        .unwrap_or_else(|e| panic!("start the datapath: {e}"));
-        let mut ctl = AclController::new(BTreeMap::from([(iface.clone(), 1)]));
-        let rule = Rule {
-            proto: Some(17),
-            dport: Some(PortRange {
-                lo: DENIED_PORT,
-                hi: DENIED_PORT,
-            }),
-            ..Rule::new(7, 10, Verdict::Deny)
-        };
-        let state = AclState {
-            rules: BTreeMap::from([(7, rule)]),
-            ..AclState::default()
-        };
-        ctl.install(&mut dp, state).expect("install the rule");
-        Arc::new(Mutex::new((dp, ctl)))
-    });
-
-    // The metrics server inside a: the listener is opened there, and the
-    // server thread is spawned from a thread in a, so the blocking pool that
-    // runs `gather` (interface names are looked up per namespace) is in a too.
-    let status = DaemonStatus {
-        last_reload_success_unix: 1_700_000_000,
-        last_reload_ok: true,
-        bound_addresses: vec![(iface.clone(), "ipv4".into(), 1)],
-    };
-    let gather: GatherFn = {
-        let (shared, paths) = (shared.clone(), paths.clone());
-        Arc::new(move || {
-            let guard = shared.lock().unwrap_or_else(|e| e.into_inner());
-            let snapshot =
-                metrics::gather(&guard.0, &guard.1, &paths, &status).map_err(|e| e.to_string())?;
-            drop(guard);
-            Ok(metrics::render(&snapshot))
-        })
-    };
-    let token = CancellationToken::new();
-    let (metrics_port, thread) = {
-        let token = token.clone();
-        lab.a.run(move || {
-            let l = tcp_listener(
-                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
-                ListenOptions::default(),
-            )
-            .expect("metrics listener");
-            let port = l.local_addr().unwrap().port();
-            let thread = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let l = tokio::net::TcpListener::from_std(l).unwrap();
-                    metrics::serve(vec![l], gather, token).await;
-                });
-            });
-            (port, thread)
-        })
-    };
-    let server = Server {
-        token,
-        thread: Some(thread),
-    };
+    // The real daemon on a's veth end, from a configuration with rule 7
+    // denying UDP to DENIED_PORT and metrics on loopback inside a.
+    let metrics_port: u16 = 9464;
+    let cfg = std::env::temp_dir().join(format!("xdpgate-metrics-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[metrics]\nlisten = [\"127.0.0.1:{metrics_port}\", \"[::1]:{metrics_port}\"]\n\n\
+             [[interface]]\nname = \"{iface}\"\n\n\
+             [[rule]]\nid = 7\npriority = 10\nproto = \"udp\"\ndport = {DENIED_PORT}\naction = \"deny\"\n"
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start_in(
+        &lab.a,
+        StateDirs::unique("metrics"),
+        &[],
+        "",
+        &["--config".as_ref(), cfg.as_os_str()],
+    );
+    let _ = std::fs::remove_file(&cfg);
+    let daemon = daemon.expect("xdpgate run --config");
 
     // The endpoint answers inside a with every series at zero.
     let (code, body) = http_get(&lab.a, metrics_port, "/metrics").unwrap();
@@ -350,14 +268,14 @@ fn prometheus_scrapes_the_counters_of_real_traffic() {
         .unwrap_or_else(|| panic!("no increase():\n{}", prom.log()));
     assert!(inc > 0.0, "increase() over 1m is {inc}");
 
-    // Shutdown: the server returns promptly even with Prometheus connected.
+    // Shutdown: the daemon exits promptly even with Prometheus connected.
     let t0 = Instant::now();
-    drop(server);
+    let status = daemon.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status}");
     assert!(
-        t0.elapsed() < Duration::from_secs(2),
-        "metrics server took {:?} to stop",
+        t0.elapsed() < Duration::from_secs(5),
+        "the daemon took {:?} to stop",
         t0.elapsed()
     );
     drop(prom);
-    drop(shared);
 }
