@@ -280,7 +280,7 @@ pub const fn prefix_buckets(addr: &[u32; 4], len: u32) -> (u32, u32) {
     (b1, b2)
 }
 
-/// What the datapath needs per rule index: its verdict and counter slot.
+/// What the datapath needs per rule index: its verdict, counter slot and id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleInfo {
@@ -288,6 +288,11 @@ pub struct RuleInfo {
     pub counter: u32,
     /// `crate::Action` value (`Pass` or `Drop`).
     pub action: u32,
+    /// The rule's id, for datapath events (0 for a default policy, whose
+    /// counter slot is `MAX_RULES` or above).
+    pub id: u32,
+    /// Zero.
+    pub _reserved: u32,
 }
 
 /// Counter slots: one per real rule, then one per interface for its default policy.

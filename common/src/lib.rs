@@ -52,6 +52,12 @@ pub mod maps {
     /// (see [`LocalAddrKey`](crate::LocalAddrKey)); read only on interfaces
     /// with [`IFACE_DROP_UNBOUND`](crate::IFACE_DROP_UNBOUND).
     pub const LOCAL_ADDRS: &str = "XG_LOCAL_ADDRS";
+    /// `Array<EventConfig>` (one entry): whether dropped packets are reported
+    /// as datapath events (through aya-log), and the sampling rate.
+    pub const EVENT_CONFIG: &str = "XG_EVENT_CONFIG";
+    /// `PerCpuArray` (one entry, datapath only): drops seen since the last
+    /// sampled event, per CPU, and the event being written.
+    pub const EVENT_SAMPLE: &str = "XG_EVENT_SAMPLE";
 }
 
 /// Name of the XDP program function in the object (also its kernel program name,
@@ -298,12 +304,40 @@ pub struct IfaceConfig {
     pub flags: u32,
 }
 
+/// Value of [`maps::EVENT_CONFIG`]: datapath events, off unless `enabled`.
+///
+/// When on, each CPU reports one of every `sample_every` dropped packets as a
+/// log record (target [`EVENT_TARGET`]); each record costs the datapath about
+/// 30 ns. When off, a drop costs one array lookup more and a pass nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventConfig {
+    /// Non-zero: report sampled drops.
+    pub enabled: u32,
+    /// Report one of every this many drops per CPU (0 and 1: every drop).
+    pub sample_every: u32,
+}
+
+/// The `log` target of datapath event records (the eBPF program's aya-log
+/// records carry it; the daemon rate-limits records with this target).
+pub const EVENT_TARGET: &str = "xdpgate::datapath";
+
+/// `cause` of a datapath drop event: a [`DropReason`] index below
+/// [`DropReason::COUNT`], or one of these.
+pub mod event_cause {
+    /// A deny rule; the event's `rule` is its id.
+    pub const RULE: u32 = 64;
+    /// The interface's default policy (no rule matched).
+    pub const DEFAULT_POLICY: u32 = 65;
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both are repr(C), contain only integers and have no padding.
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::IfaceConfig {}
     unsafe impl aya::Pod for super::LocalAddrKey {}
+    unsafe impl aya::Pod for super::EventConfig {}
     // SAFETY: repr(C), integers and integer arrays only, sizes multiples of their alignment.
     unsafe impl aya::Pod for super::acl::Bitmap {}
     unsafe impl aya::Pod for super::acl::V6Bucket {}
@@ -357,6 +391,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<Counter>(), 16);
         assert_eq!(core::mem::size_of::<IfaceConfig>(), 8);
         assert_eq!(core::mem::size_of::<LocalAddrKey>(), 24);
+        assert_eq!(core::mem::size_of::<EventConfig>(), 8);
+        assert!(event_cause::RULE >= DropReason::COUNT);
         assert_eq!(DropReason::NotBound.name(), "not_bound");
         assert!(!DropReason::NotBound.is_malformed());
         assert!(DropReason::TruncatedL4.is_malformed());

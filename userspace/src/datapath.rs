@@ -654,12 +654,16 @@ impl Datapath {
             info.push(RuleInfo {
                 counter: counters[i],
                 action: action_of(*v),
+                id: image.rule_ids[i],
+                _reserved: 0,
             });
         }
         for (slot, v) in image.default_verdicts.iter().enumerate() {
             info.push(RuleInfo {
                 counter: MAX_RULES + slot as u32,
                 action: action_of(*v),
+                id: 0,
+                _reserved: 0,
             });
         }
         self.write(maps::RULE_INFO, t, RULE_BITS, &info)?;

@@ -26,19 +26,19 @@ const IPPROTO_UDP: u8 = 17;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Fields {
-    src: [u32; 4],
-    dst: [u32; 4],
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
     /// 1 for IPv4, 0 for IPv6.
-    v4: u32,
-    proto: u32,
+    pub v4: u32,
+    pub proto: u32,
     /// Index into the source-port class table, or `NONE`.
-    sport: u32,
+    pub sport: u32,
     /// Index into the destination-port/ICMP class table, or `NONE`.
-    dport: u32,
+    pub dport: u32,
 }
 
 /// `Fields::sport`/`dport` of a packet without that L4 field.
-const NONE: u32 = u32::MAX;
+pub const NONE: u32 = u32::MAX;
 
 impl Fields {
     #[inline(always)]

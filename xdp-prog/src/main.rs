@@ -6,19 +6,24 @@
 //!
 //! Order per frame: parse (malformed frames stop here with their reason), then
 //! on interfaces with `IFACE_DROP_UNBOUND` the bound-address check (unbound
-//! unicast destinations stop here, reason `not_bound`), then the ACL.
+//! unicast destinations stop here, reason `not_bound`), then the ACL. A drop
+//! then goes to `events` (sampled datapath events, off by default).
 #![no_std]
 #![no_main]
 
 mod acl;
 mod bind;
+mod events;
 mod maps;
 mod parse;
 mod stats;
 
 use acl::Decision;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use xdpgate_common::{Action, DropReason, Family, IFACE_DROP_UNBOUND, IFACE_PASS_MALFORMED};
+use xdpgate_common::{
+    Action, DropReason, Family, IFACE_DROP_UNBOUND, IFACE_PASS_MALFORMED, acl::MAX_RULES,
+    event_cause,
+};
 
 /// Entry point: parse, classify, count, decide.
 #[xdp]
@@ -26,7 +31,8 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
     let iface = stats::iface(&ctx);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let mut cursor = parse::Cursor::new(&ctx);
-    let (family, action) = match parse::parse(&mut cursor) {
+    // `cause` and `rule` describe a drop for `events::dropped`.
+    let (family, action, cause, rule) = match parse::parse(&mut cursor) {
         Ok(packet) => {
             // Non-IP frames are not subject to rules or to the bound-address check.
             let decided = if packet.family == Family::Other {
@@ -34,24 +40,30 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
             } else {
                 acl::classify(&packet, iface.slot, iface.flags & IFACE_DROP_UNBOUND != 0)
             };
-            let action = match decided {
+            let (action, cause, rule) = match decided {
                 Decision::NotBound => {
                     // A policy drop, not a malformed frame: IFACE_PASS_MALFORMED
                     // does not apply.
                     stats::count_reason(iface.slot, DropReason::NotBound, bytes);
-                    Action::Drop
+                    (Action::Drop, DropReason::NotBound as u32, 0)
                 }
                 Decision::Rule(rule) => {
                     stats::count_rule(rule.counter, bytes);
-                    if rule.action == Action::Drop as u32 {
+                    let action = if rule.action == Action::Drop as u32 {
                         Action::Drop
                     } else {
                         Action::Pass
-                    }
+                    };
+                    let cause = if rule.counter < MAX_RULES {
+                        event_cause::RULE
+                    } else {
+                        event_cause::DEFAULT_POLICY
+                    };
+                    (action, cause, rule.id)
                 }
-                Decision::NoRule => Action::Pass,
+                Decision::NoRule => (Action::Pass, 0, 0),
             };
-            (packet.family, action)
+            (packet.family, action, cause, rule)
         }
         Err(bad) => {
             stats::count_reason(iface.slot, bad.reason, bytes);
@@ -60,10 +72,13 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
             } else {
                 Action::Drop
             };
-            (bad.family, action)
+            (bad.family, action, bad.reason as u32, 0)
         }
     };
     stats::count(iface.slot, family, action, bytes);
+    if action == Action::Drop {
+        events::dropped(ctx.ingress_ifindex() as u32, cause, rule);
+    }
     action as u32
 }
 

@@ -10,8 +10,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use xdpgate_common::{
-    Counter, IfaceConfig, LOCAL_ADDR_ENTRIES, LocalAddrKey, MAX_IFACES, REASON_ENTRIES,
-    STATS_ENTRIES,
+    Counter, EventConfig, IfaceConfig, LOCAL_ADDR_ENTRIES, LocalAddrKey, MAX_IFACES,
+    REASON_ENTRIES, STATS_ENTRIES,
     acl::{
         AclConfig, Bitmap, CACHE_ENTRIES, CacheEntry, DPORT_QUADS, LENSETS, LenSet,
         MAX_ADDR_CLASSES, MAX_PORT_CLASSES, PREFIX_BUCKETS, Pair, PrefixBucket, Quad, RULE_BITS,
@@ -77,6 +77,16 @@ pub static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> =
 /// `bind::unbound`).
 #[map(name = "XG_BIND_KEY")]
 pub static BIND_KEY: PerCpuArray<LocalAddrKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether drops are reported as datapath events, and one in how many
+/// (`events::dropped`); read on the drop path only.
+#[map(name = "XG_EVENT_CONFIG")]
+pub static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU count of drops since the last sampled event, and the drop being
+/// reported (`events::dropped`); never read or written by the control plane.
+#[map(name = "XG_EVENT_SAMPLE")]
+pub static EVENT_SAMPLE: PerCpuArray<crate::events::Pending> = PerCpuArray::with_max_entries(1, 0);
 
 /// One generation of the ACL tables.
 pub trait Generation {
