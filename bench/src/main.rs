@@ -4,12 +4,15 @@
 //!    count, beside an empty XDP program measured in the same run;
 //! 2. Debian's xdp-filter on the same frames, timed the same way;
 //! 3. live frames on a veth pair: Mpps dropped by xdpgate, xdp-filter and
-//!    nftables (netdev ingress) on one core.
+//!    nftables (netdev ingress) on one core;
+//! 4. address bindings: seconds to bind and unbind 10,000 IPv4 + 10,000 IPv6
+//!    addresses on a veth.
 //!
 //! Everything runs inside network namespaces created here, which are removed
 //! on exit (also on failure). See docs/bench.md.
 // Raw bpf(2) helpers live in the test library, shared with the tests.
 use xdpgate_tests::bpf;
+mod bind;
 mod live;
 mod report;
 mod testrun;
@@ -37,6 +40,12 @@ struct Cli {
     /// Skip xdp-filter (test runs and live frames).
     #[arg(long)]
     no_xdp_filter: bool,
+    /// Skip the address-binding timing (part 4).
+    #[arg(long)]
+    no_bind: bool,
+    /// Only the address-binding timing (part 4).
+    #[arg(long)]
+    only_bind: bool,
     /// Prefix counts per family for part 1 (comma-separated; overrides the
     /// default list, for focused runs).
     #[arg(long, value_delimiter = ',')]
@@ -89,6 +98,18 @@ fn main() -> anyhow::Result<()> {
     let _serial = lab::serial();
     let started = std::time::Instant::now();
 
+    let bind = if cli.no_bind {
+        None
+    } else {
+        Some(bind::run(10_000))
+    };
+    if cli.only_bind {
+        let bind = report::Section::from(bind);
+        report::print_bind(&bind);
+        println!("{}", serde_json::to_string_pretty(&bind)?);
+        return Ok(());
+    }
+
     let ns = Netns::new("bench").context("creating the benchmark namespace")?;
     let part1 = testrun::run(&ns, repeat, prefixes, rules)?;
     drop(ns);
@@ -117,7 +138,7 @@ fn main() -> anyhow::Result<()> {
     };
     drop(lab);
 
-    let report = report::Report::new(cli.quick, part1, filter, live, started.elapsed());
+    let report = report::Report::new(cli.quick, part1, filter, live, bind, started.elapsed());
     report.print();
     if let Some(dir) = cli.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

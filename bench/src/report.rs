@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::{live::LiveReport, testrun::TestRunReport, xdpfilter::FilterReport};
+use crate::{bind::BindReport, live::LiveReport, testrun::TestRunReport, xdpfilter::FilterReport};
 
 /// A part that may have failed or been skipped.
 #[derive(Clone, Debug, Serialize)]
@@ -65,6 +65,8 @@ pub struct Report {
     pub xdp_filter: Section<FilterReport>,
     /// Part 3.
     pub live: Section<LiveReport>,
+    /// Part 4.
+    pub bind: Section<BindReport>,
     /// The targets.
     pub targets: Vec<Target>,
 }
@@ -82,6 +84,7 @@ impl Report {
         test_run: TestRunReport,
         xdp_filter: Option<anyhow::Result<FilterReport>>,
         live: Option<anyhow::Result<LiveReport>>,
+        bind: Option<anyhow::Result<BindReport>>,
         elapsed: Duration,
     ) -> Self {
         let mut r = Report {
@@ -95,6 +98,7 @@ impl Report {
             test_run,
             xdp_filter: Section::from(xdp_filter),
             live: Section::from(live),
+            bind: Section::from(bind),
             targets: Vec::new(),
         };
         r.targets = r.evaluate();
@@ -233,6 +237,24 @@ impl Report {
                 met,
             });
         }
+        // 4. Address bindings.
+        if let Some(b) = &self.bind.result {
+            t.push(Target {
+                goal: "10,000 addresses of each family bind in a few seconds (<= 5 s)".into(),
+                measured: format!(
+                    "{} + {} addresses bound in {:.2} s (IPv4 {:.2} s, IPv6 {:.2} s), unbound in {:.2} s; `ip -batch` needs IPv4 {} s, IPv6 {} s for the same additions",
+                    b.per_family,
+                    b.per_family,
+                    b.add_s(),
+                    b.add_v4_s,
+                    b.add_v6_s,
+                    b.del_s,
+                    b.ip_batch_v4_s.map_or("-".into(), |s| format!("{s:.2}")),
+                    b.ip_batch_v6_s.map_or("-".into(), |s| format!("{s:.2}")),
+                ),
+                met: (b.per_family == 10_000).then_some(b.add_s() <= 5.0),
+            });
+        }
         t
     }
 
@@ -367,6 +389,9 @@ impl Report {
         }
 
         println!();
+        print_bind(&self.bind);
+
+        println!();
         println!("Targets:");
         for t in &self.targets {
             let verdict = match t.met {
@@ -376,5 +401,31 @@ impl Report {
             };
             println!("  [{verdict}] {}: {}", t.goal, t.measured);
         }
+    }
+}
+
+/// Prints part 4.
+pub fn print_bind(bind: &Section<BindReport>) {
+    println!("4. Address bindings on a veth (rtnetlink + datapath map), wall-clock seconds");
+    match (&bind.result, &bind.error) {
+        (Some(b), _) => {
+            println!(
+                "   {:>9} {:>9} {:>9} {:>9} {:>12} {:>11}",
+                "per family", "add v4", "add v6", "del both", "on interface", "map entries"
+            );
+            println!(
+                "   {:>9} {:>8.2}s {:>8.2}s {:>8.2}s {:>12} {:>11}",
+                b.per_family, b.add_v4_s, b.add_v6_s, b.del_s, b.on_interface, b.map_entries
+            );
+            let f = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{s:.2}s"));
+            println!(
+                "   {:>9} {:>9} {:>9}   (the same additions with `ip -batch`: the kernel's own cost)",
+                "ip -batch",
+                f(b.ip_batch_v4_s),
+                f(b.ip_batch_v6_s)
+            );
+        }
+        (None, Some(e)) => println!("   not measured: {e}"),
+        _ => {}
     }
 }
