@@ -206,3 +206,32 @@ fn status_names_foreign_programs_and_run_refuses_their_interface() {
     drop(prog);
     assert!(!xdp_on(&lab.a, &iface));
 }
+
+#[test]
+fn api_socket_in_a_directory_of_another_owner_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _g = serial();
+    let lab = Lab::new("sockown", 34).unwrap();
+    let iface = lab.a_end.ifname.as_str();
+    for (uid, mode, why) in [
+        (65534, 0o700, "is owned by uid 65534"),
+        (0, 0o777, "others may write to its directory"),
+    ] {
+        let dirs = StateDirs::unique("sockown");
+        std::fs::create_dir_all(&dirs.run).unwrap();
+        std::fs::set_permissions(&dirs.run, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::os::unix::fs::chown(&dirs.run, Some(uid), Some(uid)).unwrap();
+        let out = dirs.run(
+            &lab.a,
+            &["run", "--iface", iface, "--mode", "skb", "--no-metrics"],
+            Duration::from_secs(120),
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("refusing to serve the API") && stderr(&out).contains(why),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!xdp_on(&lab.a, iface), "nothing attached");
+    }
+}
