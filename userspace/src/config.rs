@@ -33,6 +33,8 @@ pub const DEFAULT_STATE_FILE: &str = "/var/lib/xdpgate/state.json";
 pub const DEFAULT_BIND_LIMIT: usize = 65_536;
 /// Default grace period of a shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Default `[daemon] datapath_events_sample`: one of every 1024 drops per CPU.
+pub const DEFAULT_EVENTS_SAMPLE: u32 = 1024;
 
 /// One problem in a configuration file, with its position when known.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +140,10 @@ pub struct Config {
     pub metrics_freebind: bool,
     /// Bridge sampled datapath events into the daemon's log.
     pub datapath_events: bool,
+    /// Report one of every this many drops per CPU (1..=1,000,000).
+    pub datapath_events_sample: u32,
+    /// Most datapath events logged per second (1..=10,000).
+    pub datapath_events_per_second: u32,
     /// Limit on the addresses one binding request may expand to.
     pub bind_limit: usize,
     /// Address bindings.
@@ -187,6 +193,8 @@ impl Config {
                 .collect(),
             metrics_freebind: false,
             datapath_events: false,
+            datapath_events_sample: DEFAULT_EVENTS_SAMPLE,
+            datapath_events_per_second: crate::events::DEFAULT_PER_SECOND,
             bind_limit: DEFAULT_BIND_LIMIT,
             bindings: Vec::new(),
             acl: RuleFile::default(),
@@ -259,6 +267,10 @@ struct DaemonSection {
     shutdown_grace_seconds: Option<f64>,
     #[serde(default)]
     datapath_events: Option<bool>,
+    #[serde(default)]
+    datapath_events_sample: Option<u64>,
+    #[serde(default)]
+    datapath_events_per_second: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -432,6 +444,26 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             }
         }
         cfg.datapath_events = d.datapath_events.unwrap_or(false);
+        if let Some(n) = d.datapath_events_sample {
+            if !(1..=1_000_000).contains(&n) {
+                cx.push(
+                    k("datapath_events_sample").as_ref(),
+                    format!("[daemon] datapath_events_sample = {n}: use 1 to 1000000"),
+                );
+            } else {
+                cfg.datapath_events_sample = n as u32;
+            }
+        }
+        if let Some(n) = d.datapath_events_per_second {
+            if !(1..=10_000).contains(&n) {
+                cx.push(
+                    k("datapath_events_per_second").as_ref(),
+                    format!("[daemon] datapath_events_per_second = {n}: use 1 to 10000"),
+                );
+            } else {
+                cfg.datapath_events_per_second = n as u32;
+            }
+        }
     }
 
     if let Some(m) = &file.metrics
@@ -744,6 +776,34 @@ action = "allow"
         let got = issues("[[interface]]\nname = \"a\"\nmtu = 9000\n");
         assert!(
             got[0].starts_with("1:") && got[0].contains("mtu"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn datapath_event_settings_are_range_checked_and_located() {
+        let cfg = parse(
+            "[daemon]\ndatapath_events = true\ndatapath_events_sample = 1\ndatapath_events_per_second = 5\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(cfg.datapath_events);
+        assert_eq!(cfg.datapath_events_sample, 1);
+        assert_eq!(cfg.datapath_events_per_second, 5);
+        let dflt = parse("", Path::new("x.toml")).unwrap();
+        assert!(!dflt.datapath_events);
+        assert_eq!(dflt.datapath_events_sample, DEFAULT_EVENTS_SAMPLE);
+        assert_eq!(dflt.datapath_events_per_second, 20);
+        let got =
+            issues("[daemon]\ndatapath_events_sample = 0\ndatapath_events_per_second = 10001\n");
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("2:") && g.contains("datapath_events_sample = 0")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("3:") && g.contains("datapath_events_per_second = 10001")),
             "{got:?}"
         );
     }

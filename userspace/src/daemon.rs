@@ -125,6 +125,38 @@ pub struct Daemon {
     pub origin: Origin,
     /// When the daemon started.
     pub started: Instant,
+    /// Whether the reader of datapath events runs (started the first time
+    /// events are on, then kept).
+    events_reader: bool,
+}
+
+/// Applies `[daemon] datapath_events*`: the rate limit, the reader of the
+/// program's records (started once, when events are first on, inside the
+/// async runtime), then the datapath's switch and sampling rate.
+fn apply_events(dp: &mut Datapath, cfg: &Config, reader: &mut bool) -> Result<(), DaemonError> {
+    crate::events::set_per_second(cfg.datapath_events_per_second);
+    if cfg.datapath_events && !*reader {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let logger = dp.event_logger()?;
+            crate::events::spawn_reader(logger).map_err(|source| DatapathError::Io {
+                what: "cannot watch the aya-log ring buffer",
+                path: PathBuf::new(),
+                source,
+            })?;
+            *reader = true;
+        } else {
+            log::warn!("datapath events: no async runtime to read them in; not reading them");
+        }
+    }
+    dp.set_events(cfg.datapath_events, cfg.datapath_events_sample)?;
+    if cfg.datapath_events {
+        log::info!(
+            "datapath events on: one of every {} drops per CPU, at most {} logged per second",
+            cfg.datapath_events_sample,
+            cfg.datapath_events_per_second
+        );
+    }
+    Ok(())
 }
 
 fn now_unix() -> u64 {
@@ -263,6 +295,8 @@ impl Daemon {
             dp.attach(&i.name, *ifindex, i.mode)?;
         }
         dp.set_decision_cache(cfg.decision_cache)?;
+        let mut events_reader = false;
+        apply_events(&mut dp, &cfg, &mut events_reader)?;
         let mut ctl = AclController::new(cfg.slots());
         let mut binds = Bindings::new(cfg.bind_limit);
         let origin = match saved {
@@ -317,6 +351,7 @@ impl Daemon {
             },
             origin,
             started: Instant::now(),
+            events_reader,
         };
         d.persist()?;
         Ok(d)
@@ -449,6 +484,7 @@ impl Daemon {
         }
         flags?;
         self.dp.set_decision_cache(next.decision_cache)?;
+        apply_events(&mut self.dp, &next, &mut self.events_reader)?;
         self.config = next;
         self.persist().map_err(DaemonError::NotSaved)?;
         Ok(format!(

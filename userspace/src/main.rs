@@ -328,9 +328,15 @@ fn main() -> ExitCode {
             };
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    // The daemon's logger; datapath events (aya-log records) are rate limited.
+    let logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+            .format_target(false)
+            .build();
+    let level = logger.filter();
+    if log::set_boxed_logger(Box::new(xdpgate::events::RateLimited::new(logger))).is_ok() {
+        log::set_max_level(level);
+    }
     let paths = Paths {
         bpffs_dir: cli.bpffs_dir,
         run_dir: cli.run_dir,
