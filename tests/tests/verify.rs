@@ -1,6 +1,7 @@
 //! The XDP program loads and passes the verifier on the running kernel, and runs
 //! under every datapath configuration the daemon can set: malformed frames
-//! dropped or passed, the ACL empty or installed, the decision cache on or off.
+//! dropped or passed, the ACL empty or installed, the decision cache on or off,
+//! datapath events off or on.
 //!
 //! Verification does not depend on map contents, so the program is loaded once;
 //! the configurations are then switched on the loaded datapath and checked with
@@ -65,9 +66,14 @@ fn loads_and_runs_under_every_configuration() {
                 .unwrap_or_else(|e| panic!("install the {acl_name} ACL: {e}"));
             for malformed in [Malformed::Drop, Malformed::Pass] {
                 dp.register(1, 1, malformed).expect("register lo");
-                for cache in [true, false] {
+                for (cache, events) in [(true, false), (false, false), (true, true)] {
                     dp.set_decision_cache(cache).expect("decision cache");
-                    let what = format!("ACL {acl_name}, malformed {malformed:?}, cache {cache}");
+                    // Events on with every drop sampled: the record path runs
+                    // (no reader: the ring buffer fills and records are lost).
+                    dp.set_events(events, 1).expect("datapath events");
+                    let what = format!(
+                        "ACL {acl_name}, malformed {malformed:?}, cache {cache}, events {events}"
+                    );
                     let want_bad = match malformed {
                         Malformed::Drop => XDP_DROP,
                         Malformed::Pass => XDP_PASS,
