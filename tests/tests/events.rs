@@ -170,3 +170,63 @@ fn events_are_off_by_default() {
         "{log}"
     );
 }
+
+/// The datapath cost of events, measured with `BPF_PROG_TEST_RUN` on a
+/// denied UDP frame (the drop path): events off, and on with every drop
+/// sampled. Records are drained between rounds, so each run writes real
+/// records into the ring buffer. A measurement printed for the record, not
+/// an assertion: `cargo test -p xdpgate-tests --test events -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "measurement, prints ns per packet"]
+fn measure_event_cost() {
+    use xdpgate::{
+        acl::{AclState, RuleFile},
+        control::AclController,
+        datapath::{Datapath, Malformed},
+    };
+    use xdpgate_tests::{
+        lab::Netns,
+        packet::{Ethernet, Ipv4, Transport, ethertype},
+    };
+    let _g = serial();
+    let ns = Netns::new("evcost").unwrap();
+    ns.run(|| {
+        let mut dp = Datapath::load().expect("load");
+        let rules: RuleFile = toml::from_str(&format!(
+            "[[rule]]\nid = {RULE}\npriority = 1\nproto = \"udp\"\ndport = {DPORT}\naction = \"deny\"\n"
+        ))
+        .unwrap();
+        let mut ctl = AclController::new(xdpgate::acl::random::slots());
+        ctl.install(&mut dp, AclState::from_file(&rules).unwrap())
+            .expect("install");
+        dp.register(1, 1, Malformed::Drop).expect("register lo");
+        let frame = Ethernet::new(ethertype::IPV4).build(
+            &Ipv4::new([10, 200, 0, 2], [10, 200, 0, 1], 17)
+                .build(&Transport::udp(SPORT, DPORT).bytes()),
+        );
+        let mut logger = dp.event_logger().expect("aya-log ring buffer");
+        // 128 KiB of ring buffer holds about 490 records of 256 bytes.
+        const REPEAT: u32 = 400;
+        const ROUNDS: u32 = 500;
+        let mut measure = |dp: &mut Datapath, on: bool| {
+            dp.set_events(on, 1).unwrap();
+            let mut total = Duration::ZERO;
+            for _ in 0..ROUNDS {
+                let r = dp.test_run(&frame, REPEAT).expect("test run");
+                assert_eq!(r.action, 1, "dropped");
+                total += r.duration;
+                logger.flush();
+            }
+            total.as_nanos() as f64 / ROUNDS as f64
+        };
+        for _ in 0..2 {
+            let off = measure(&mut dp, false);
+            let on = measure(&mut dp, true);
+            eprintln!(
+                "drop path: events off {off:.1} ns/packet, on (every drop) {on:.1} ns/packet, +{:.1} ns",
+                on - off
+            );
+        }
+    });
+}
