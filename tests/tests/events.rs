@@ -29,17 +29,20 @@ impl Drop for TempFile {
     }
 }
 
-fn config(lab: &Lab, tag: &str, events: &str) -> TempFile {
-    let f = TempFile(
-        std::env::temp_dir().join(format!("xdpgate-events-{tag}-{}.toml", std::process::id())),
-    );
-    let text = format!(
+fn config_text(lab: &Lab, events: &str) -> String {
+    format!(
         "[daemon]\nshutdown_grace_seconds = 3\n{events}\n\n\
          [[interface]]\nname = \"{}\"\nmode = \"native\"\n\n\
          [[rule]]\nid = {RULE}\npriority = 1\nproto = \"udp\"\ndport = {DPORT}\naction = \"deny\"\n",
         lab.a_end.ifname
+    )
+}
+
+fn config(lab: &Lab, tag: &str, events: &str) -> TempFile {
+    let f = TempFile(
+        std::env::temp_dir().join(format!("xdpgate-events-{tag}-{}.toml", std::process::id())),
     );
-    std::fs::write(&f.0, text).unwrap();
+    std::fs::write(&f.0, config_text(lab, events)).unwrap();
     f
 }
 
@@ -155,7 +158,7 @@ fn sampled_drops_are_logged_rate_limited_and_counted() {
 }
 
 #[test]
-fn events_are_off_by_default() {
+fn events_are_off_by_default_and_a_reload_turns_them_on() {
     let _g = serial();
     let lab = Lab::new("evoff", 61).expect("lab");
     let cfg = config(&lab, "off", "");
@@ -169,6 +172,46 @@ fn events_are_off_by_default() {
         !log.contains("datapath drop") && !log.contains("suppressed") && !log.contains("events on"),
         "{log}"
     );
+
+    // A reload applies the setting (no restart needed).
+    std::fs::write(
+        &cfg.0,
+        config_text(
+            &lab,
+            "datapath_events = true\ndatapath_events_sample = 1\ndatapath_events_per_second = 5",
+        ),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.log().contains("reloaded") {
+        assert!(
+            !d.log().contains("reload failed"),
+            "reload refused: {}",
+            d.log()
+        );
+        assert!(Instant::now() < deadline, "no reload: {}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.log().contains("datapath events on"), "{}", d.log());
+    burst(&lab);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = d.log();
+        let events = log
+            .lines()
+            .filter(|l| l.contains("datapath drop on ifindex"))
+            .count() as u64;
+        let supp: u64 = log.lines().filter_map(suppressed).sum();
+        if events + supp == BURST as u64 && events >= 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the reload: events {events} + suppressed {supp} != {BURST}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The datapath cost of events, measured with `BPF_PROG_TEST_RUN` on a
