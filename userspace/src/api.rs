@@ -445,7 +445,7 @@ async fn connection(stream: UnixStream, shared: Arc<Mutex<Shared>>) -> std::io::
 pub enum ClientError {
     /// The daemon is not reachable.
     #[error(
-        "no running xdpgate daemon reachable at {path}: {source} (start one with `xdpgate run`, or pass the daemon's --run-dir)"
+        "no running xdpgate daemon reachable at {path} (start one with `xdpgate run`, or pass the daemon's --run-dir)"
     )]
     Connect {
         /// The socket path.

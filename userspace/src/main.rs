@@ -341,6 +341,22 @@ fn main() -> ExitCode {
         bpffs_dir: cli.bpffs_dir,
         run_dir: cli.run_dir,
     };
+    // The daemon's socket is root's (mode 0600): say so rather than fail to connect.
+    let client = match &cli.command {
+        Command::Acl { .. } => Some("xdpgate acl"),
+        Command::Set { .. } => Some("xdpgate set"),
+        Command::Policy { .. } => Some("xdpgate policy"),
+        Command::Bind { .. } => Some("xdpgate bind"),
+        Command::Stats { .. } => Some("xdpgate stats"),
+        Command::Reload => Some("xdpgate reload"),
+        _ => None,
+    };
+    if let Some(what) = client
+        && let Err(e) = sys::require_root(what)
+    {
+        eprintln!("xdpgate: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Run {
             config,
