@@ -68,7 +68,9 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 const REFUSED_MARK: &str = "the kernel refused the XDP program";
 
 /// Integration-test binaries put into the guest.
-const TEST_BINARIES: &[&str] = &["verify", "parser", "acl_diff", "e2e", "cli", "vm_probe"];
+const TEST_BINARIES: &[&str] = &[
+    "verify", "parser", "acl_diff", "e2e", "bind", "cli", "vm_probe",
+];
 
 /// Options of `cargo xtask vmtest`.
 pub struct Options {
@@ -121,6 +123,13 @@ fn groups(probe_broken: bool) -> Vec<Group> {
         Group {
             name: "e2e",
             binary: "e2e",
+            args: &[],
+            env: &[],
+            loads_program: true,
+        },
+        Group {
+            name: "bind",
+            binary: "bind",
             args: &[],
             env: &[],
             loads_program: true,
