@@ -6,12 +6,13 @@
 //! record written into its ring buffer). The daemon reads the records, rate
 //! limits them and writes them to its log (target `EVENT_TARGET`).
 //!
-//! The record is built in one place, [`emit`], a BPF-to-BPF function: the
-//! verifier checks aya-log's serialisation code there, apart from the
-//! classifier's states. Its arguments are four scalars; the addresses, protocol
-//! and ports come from the classifier's per-CPU copy of the packet's fields
-//! (`SCRATCH`), which holds this packet's fields for every drop except a
-//! malformed frame (those report no addresses).
+//! The record is built in one place, [`emit`], behind one BPF-to-BPF call
+//! ([`sampled`]): the verifier checks aya-log's serialisation code there,
+//! apart from the classifier's states. The call takes no arguments; the drop
+//! (ifindex, cause, rule) goes through the per-CPU `EVENT_SAMPLE` value, and
+//! the addresses, protocol and ports come from the classifier's per-CPU copy
+//! of the packet's fields (`SCRATCH`), which holds this packet's fields for
+//! every drop except a malformed frame (those report no addresses).
 use aya_log_ebpf::info;
 use xdpgate_common::{DropReason, EVENT_TARGET, event_cause};
 
@@ -36,14 +37,15 @@ pub struct Pending {
 /// `cause` is a `DropReason` index or an `event_cause` value; `rule` the rule
 /// id for `event_cause::RULE`.
 ///
-/// Only the on/off check is inlined into the drop paths; the rest is one
-/// BPF-to-BPF function, [`sampled`]. A call is a point where the verifier
-/// compares states, so the many drop paths of the classifier meet there and
-/// the code behind it is checked about once, not once per path.
+/// Only the on/off check and three stores are inlined into the drop paths;
+/// the rest is one BPF-to-BPF function, [`sampled`]. A call is a point where
+/// the verifier compares states, so the many drop paths of the classifier
+/// meet there and the code behind it is checked about once, not once per
+/// path.
 ///
-/// The family is not an argument: it is a constant the classifier branched
-/// on, so the verifier would tell the paths apart by it (measured: 155k
-/// instructions processed became 290k). `emit` takes it from `SCRATCH`.
+/// The family is not passed at all: it is a constant the classifier branched
+/// on, so the verifier would tell the paths apart by it (measured on 6.18:
+/// 155k instructions processed became 290k). `emit` takes it from `SCRATCH`.
 #[inline(always)]
 pub fn dropped(ifindex: u32, cause: u32, rule: u32) {
     let Some(cfg) = EVENT_CONFIG.get_ptr(0) else {
@@ -53,12 +55,25 @@ pub fn dropped(ifindex: u32, cause: u32, rule: u32) {
     if unsafe { core::ptr::read_volatile(&(*cfg).enabled) } == 0 {
         return;
     }
-    sampled(ifindex, cause, rule);
+    let Some(p) = EVENT_SAMPLE.get_ptr_mut(0) else {
+        return;
+    };
+    // The drop goes to `sampled` through memory, not as arguments: the call
+    // then sees the same registers from every drop path. (6.1 cannot track
+    // precision across BPF-to-BPF calls and treats every scalar as precise,
+    // so constant arguments would tell the paths apart.)
+    // SAFETY: per-CPU value, so no other CPU writes it concurrently.
+    unsafe {
+        core::ptr::write_volatile(&mut (*p).ifindex, ifindex);
+        core::ptr::write_volatile(&mut (*p).cause, cause);
+        core::ptr::write_volatile(&mut (*p).rule, rule);
+    }
+    sampled();
 }
 
 /// Counts a drop and writes a record for one of every `sample_every`.
 #[inline(never)]
-fn sampled(ifindex: u32, cause: u32, rule: u32) {
+fn sampled() {
     let Some(cfg) = EVENT_CONFIG.get_ptr(0) else {
         return;
     };
@@ -74,14 +89,7 @@ fn sampled(ifindex: u32, cause: u32, rule: u32) {
             (*p).seen = n;
             return;
         }
-        // The drop's fields go through memory, so the record code below
-        // sees unknown values, the same for every caller state.
-        p.write_volatile(Pending {
-            seen: 0,
-            ifindex,
-            cause,
-            rule,
-        });
+        (*p).seen = 0;
     }
     emit();
 }

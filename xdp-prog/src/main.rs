@@ -31,8 +31,11 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
     let iface = stats::iface(&ctx);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let mut cursor = parse::Cursor::new(&ctx);
-    // `cause` and `rule` describe a drop for `events::dropped`.
-    let (family, action, cause, rule) = match parse::parse(&mut cursor) {
+    // Each drop goes to `events::dropped` where its cause is known, so the
+    // cause is not live across the paths' joins (6.1's verifier, which keeps
+    // every scalar precise here, would tell the paths apart by it).
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let (family, action) = match parse::parse(&mut cursor) {
         Ok(packet) => {
             // Non-IP frames are not subject to rules or to the bound-address check.
             let decided = if packet.family == Family::Other {
@@ -40,45 +43,44 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
             } else {
                 acl::classify(&packet, iface.slot, iface.flags & IFACE_DROP_UNBOUND != 0)
             };
-            let (action, cause, rule) = match decided {
+            let action = match decided {
                 Decision::NotBound => {
                     // A policy drop, not a malformed frame: IFACE_PASS_MALFORMED
                     // does not apply.
                     stats::count_reason(iface.slot, DropReason::NotBound, bytes);
-                    (Action::Drop, DropReason::NotBound as u32, 0)
+                    events::dropped(ifindex, DropReason::NotBound as u32, 0);
+                    Action::Drop
                 }
                 Decision::Rule(rule) => {
                     stats::count_rule(rule.counter, bytes);
-                    let action = if rule.action == Action::Drop as u32 {
+                    if rule.action == Action::Drop as u32 {
+                        let cause = if rule.counter < MAX_RULES {
+                            event_cause::RULE
+                        } else {
+                            event_cause::DEFAULT_POLICY
+                        };
+                        events::dropped(ifindex, cause, rule.id);
                         Action::Drop
                     } else {
                         Action::Pass
-                    };
-                    let cause = if rule.counter < MAX_RULES {
-                        event_cause::RULE
-                    } else {
-                        event_cause::DEFAULT_POLICY
-                    };
-                    (action, cause, rule.id)
+                    }
                 }
-                Decision::NoRule => (Action::Pass, 0, 0),
+                Decision::NoRule => Action::Pass,
             };
-            (packet.family, action, cause, rule)
+            (packet.family, action)
         }
         Err(bad) => {
             stats::count_reason(iface.slot, bad.reason, bytes);
             let action = if iface.flags & IFACE_PASS_MALFORMED != 0 {
                 Action::Pass
             } else {
+                events::dropped(ifindex, bad.reason as u32, 0);
                 Action::Drop
             };
-            (bad.family, action, bad.reason as u32, 0)
+            (bad.family, action)
         }
     };
     stats::count(iface.slot, family, action, bytes);
-    if action == Action::Drop {
-        events::dropped(ctx.ingress_ifindex() as u32, cause, rule);
-    }
     action as u32
 }
 
