@@ -394,7 +394,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<IfaceConfig>(), 8);
         assert_eq!(core::mem::size_of::<LocalAddrKey>(), 24);
         assert_eq!(core::mem::size_of::<EventConfig>(), 8);
-        assert!(event_cause::RULE >= DropReason::COUNT);
+        const { assert!(event_cause::RULE >= DropReason::COUNT) };
         assert_eq!(DropReason::NotBound.name(), "not_bound");
         assert!(!DropReason::NotBound.is_malformed());
         assert!(DropReason::TruncatedL4.is_malformed());
