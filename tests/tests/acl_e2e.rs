@@ -201,7 +201,7 @@ fn runtime_changes_take_effect_on_live_traffic() {
     ] {
         let out = cli(&d, &lab, &args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
         assert!(err.contains(msg), "{args:?}: expected {msg:?} in {err}");
     }
     assert_eq!(
@@ -306,7 +306,7 @@ fn rule_file_at_start_and_replace() {
         &["acl", "replace", "--file", bad.to_str().unwrap()],
         Duration::from_secs(30),
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("rule id 1 is used more than once"));
     assert!(ping_ok(&lab, v4), "nothing changed");
 
