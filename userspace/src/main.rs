@@ -412,6 +412,7 @@ fn is_usage_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<ConfigError>().is_some()
             || c.downcast_ref::<Refused>().is_some_and(|r| r.invalid)
+            || c.downcast_ref::<BadInput>().is_some()
             || matches!(
                 c.downcast_ref::<DaemonError>(),
                 Some(
@@ -815,6 +816,12 @@ fn bind_summary(r: &serde_json::Value) -> String {
     }
 }
 
+/// A command-line argument or input file the client rejects before asking
+/// the daemon (exit 64, like the daemon's own refusals of bad input).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadInput(String);
+
 /// The daemon refused a request; `invalid` when the input was at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .errors.join("\n  "))]
@@ -859,7 +866,7 @@ fn rule_of(a: RuleArgs) -> anyhow::Result<Rule> {
     ) -> anyhow::Result<Option<T>> {
         s.map(|s| {
             s.parse()
-                .map_err(|e: xdpgate::acl::AclError| anyhow::anyhow!(e))
+                .map_err(|e: xdpgate::acl::AclError| BadInput(e.to_string()).into())
         })
         .transpose()
     }
@@ -872,7 +879,7 @@ fn rule_of(a: RuleArgs) -> anyhow::Result<Rule> {
             .proto
             .map(|p| proto::parse(&p))
             .transpose()
-            .map_err(|e| anyhow::anyhow!(e))?,
+            .map_err(|e| BadInput(e.to_string()))?,
         sport: parse(a.sport)?,
         dport: parse(a.dport)?,
         icmp_type: a.icmp_type,
@@ -894,7 +901,8 @@ fn acl_cmd(paths: &Paths, cmd: AclCmd) -> anyhow::Result<()> {
         AclCmd::Replace { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let file: RuleFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let file: RuleFile =
+                toml::from_str(&text).map_err(|e| BadInput(format!("{}: {e}", file.display())))?;
             apply(paths, Change::Replace { file })
         }
         AclCmd::List { output } => {
@@ -962,7 +970,7 @@ fn set_cmd(paths: &Paths, cmd: SetCmd) -> anyhow::Result<()> {
                 );
             }
             if prefixes.is_empty() {
-                anyhow::bail!("no prefixes given");
+                return Err(BadInput("no prefixes given".into()).into());
             }
             apply(paths, Change::SetAdd { name, prefixes })
         }
