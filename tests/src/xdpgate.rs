@@ -96,6 +96,18 @@ impl StateDirs {
         cmd
     }
 
+    /// Runs `xdpgate ARGS` in `ns` (bounded by 60 s), asserts that it succeeds
+    /// and returns its standard output.
+    pub fn run_ok(&self, ns: &Netns, args: &[&str]) -> String {
+        let out = self.run(ns, args, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "xdpgate {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs `xdpgate ARGS` in `ns` to completion (bounded by `timeout`).
     pub fn run(&self, ns: &Netns, args: &[&str], timeout: Duration) -> Output {
         let mut child = self

@@ -15,13 +15,7 @@ fn cli(d: &Daemon, lab: &Lab, args: &[&str]) -> std::process::Output {
 }
 
 fn cli_ok(d: &Daemon, lab: &Lab, args: &[&str]) -> String {
-    let out = cli(d, lab, args);
-    assert!(
-        out.status.success(),
-        "xdpgate {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    d.dirs.run_ok(&lab.a, args)
 }
 
 fn rule_packets(d: &Daemon, lab: &Lab, id: u64) -> u64 {

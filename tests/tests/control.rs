@@ -27,13 +27,7 @@ fn cli(dirs: &StateDirs, lab: &Lab, args: &[&str]) -> std::process::Output {
 }
 
 fn cli_ok(dirs: &StateDirs, lab: &Lab, args: &[&str]) -> String {
-    let out = cli(dirs, lab, args);
-    assert!(
-        out.status.success(),
-        "xdpgate {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    dirs.run_ok(&lab.a, args)
 }
 
 /// Rules (without counters), sets and bindings as the daemon lists them.
