@@ -496,3 +496,89 @@ impl Daemon {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn example() -> Config {
+        config::parse(
+            include_str!("../../deploy/xdpgate.toml"),
+            Path::new("deploy/xdpgate.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cfg = example();
+        let o = Overrides {
+            mode: Some(XdpMode::Skb),
+            malformed: Some(Malformed::Pass),
+            metrics_listen: vec!["[::]:9100".parse().unwrap()],
+            state_file: Some("/tmp/x.json".into()),
+            ..Default::default()
+        };
+        let c = apply_overrides(cfg.clone(), &o).unwrap();
+        assert_eq!(c.interfaces[0].mode, XdpMode::Skb);
+        assert_eq!(c.malformed, Malformed::Pass);
+        assert_eq!(c.metrics_listen, ["[::]:9100".parse().unwrap()]);
+        assert_eq!(c.state_file, Path::new("/tmp/x.json"));
+        // Without flags the file stands as it is.
+        assert_eq!(
+            apply_overrides(cfg.clone(), &Overrides::default()).unwrap(),
+            cfg
+        );
+        let c = apply_overrides(
+            cfg.clone(),
+            &Overrides {
+                no_metrics: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(c.metrics_listen.is_empty());
+    }
+
+    #[test]
+    fn an_iface_flag_keeps_the_settings_of_interfaces_it_names() {
+        let mut cfg = example();
+        cfg.bindings.clear();
+        cfg.interfaces[0].policy = crate::acl::Verdict::Deny;
+        cfg.acl.policy.clear();
+        let c = apply_overrides(
+            cfg.clone(),
+            &Overrides {
+                ifaces: vec!["eth0".into(), "eth1".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.iface_names(), ["eth0", "eth1"]);
+        assert_eq!(c.interfaces[0].policy, crate::acl::Verdict::Deny);
+        assert_eq!(c.interfaces[1].policy, crate::acl::Verdict::Allow);
+        assert_eq!(c.acl.policy["eth0"], crate::acl::Verdict::Deny);
+    }
+
+    #[test]
+    fn an_iface_flag_that_drops_a_bound_interface_is_refused() {
+        let err = apply_overrides(
+            example(),
+            &Overrides {
+                ifaces: vec!["eth1".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, DaemonError::Config(_)), "{err}");
+        assert!(err.to_string().contains("eth0"), "{err}");
+        assert!(matches!(
+            apply_overrides(
+                Config::from_flags(&[], XdpMode::Native, Malformed::Drop),
+                &Overrides::default()
+            ),
+            Err(DaemonError::NoInterface)
+        ));
+    }
+}
