@@ -425,6 +425,18 @@ enum Step {
 #[derive(Default)]
 struct Journal(Vec<Step>);
 
+/// Undoes kernel address changes with `kind`; `already` is the errno that
+/// means the address is already as wanted (not a problem).
+fn undo_addrs(kind: AddrOpKind, reqs: &[AddrReq], already: i32, problems: &mut Vec<String>) {
+    for (r, out) in reqs.iter().zip(netlink::address_batch(kind, reqs)) {
+        if let Err(e) = out
+            && e.raw_os_error() != Some(already)
+        {
+            problems.push(netlink::address_error(kind, r, e).to_string());
+        }
+    }
+}
+
 impl Journal {
     fn undo(self, dp: &mut Datapath, cause: BindError) -> BindError {
         let mut problems = Vec::new();
@@ -432,30 +444,10 @@ impl Journal {
             match step {
                 Step::Added(reqs) => {
                     let rev: Vec<AddrReq> = reqs.into_iter().rev().collect();
-                    for (r, out) in rev
-                        .iter()
-                        .zip(netlink::address_batch(AddrOpKind::Delete, &rev))
-                    {
-                        if let Err(e) = out
-                            && e.raw_os_error() != Some(libc::EADDRNOTAVAIL)
-                        {
-                            problems
-                                .push(netlink::address_error(AddrOpKind::Delete, r, e).to_string());
-                        }
-                    }
+                    undo_addrs(AddrOpKind::Delete, &rev, libc::EADDRNOTAVAIL, &mut problems);
                 }
                 Step::Deleted(reqs) => {
-                    for (r, out) in reqs
-                        .iter()
-                        .zip(netlink::address_batch(AddrOpKind::Add, &reqs))
-                    {
-                        if let Err(e) = out
-                            && e.raw_os_error() != Some(libc::EEXIST)
-                        {
-                            problems
-                                .push(netlink::address_error(AddrOpKind::Add, r, e).to_string());
-                        }
-                    }
+                    undo_addrs(AddrOpKind::Add, &reqs, libc::EEXIST, &mut problems);
                 }
                 Step::Inserted(keys) => {
                     if let Err(e) = dp.remove_local_addrs(&keys) {
