@@ -8,6 +8,8 @@
 #![deny(missing_docs)]
 
 pub mod acl;
+pub mod csum;
+pub mod lb;
 
 /// Names of the maps in the XDP object, as the loader finds them and as they are
 /// pinned under the daemon's bpffs directory.
@@ -58,6 +60,30 @@ pub mod maps {
     /// `PerCpuArray` (one entry, datapath only): drops seen since the last
     /// sampled event, per CPU, and the event being written.
     pub const EVENT_SAMPLE: &str = "XG_EVENT_SAMPLE";
+    /// `ProgramArray`: tail-call targets; [`lb::PROG_STEER`](crate::lb::PROG_STEER)
+    /// holds the steering program (load balancing and decapsulation).
+    pub const PROGS: &str = "XG_PROGS";
+    /// `HashMap<ServiceKey, ServiceInfo>`: the load-balanced services.
+    pub const LB_SERVICES: &str = "XG_LB_SERVICES";
+    /// `Array<u32>` (mmapable): every service's two Maglev ring halves of
+    /// backend slots (see [`lb::ring_base`](crate::lb::ring_base)).
+    pub const LB_RINGS: &str = "XG_LB_RINGS";
+    /// `Array<Backend>`: backends by slot (slot 0 unused).
+    pub const LB_BACKENDS: &str = "XG_LB_BACKENDS";
+    /// `PerCpuArray<Counter>`: packets and bytes sent to each backend slot.
+    pub const LB_BACKEND_STATS: &str = "XG_LB_BACKEND_STATS";
+    /// `PerCpuArray<Counter>`: per-service counters
+    /// ([`lb::service_stat_index`](crate::lb::service_stat_index)).
+    pub const LB_SERVICE_STATS: &str = "XG_LB_SERVICE_STATS";
+    /// `Array<LbConfig>` (one entry): outer source prefixes and TTL.
+    pub const LB_CONFIG: &str = "XG_LB_CONFIG";
+    /// `HashMap<LocalAddrKey, u32>`: outer destinations the decapsulator
+    /// accepts, per interface slot (on interfaces with
+    /// [`IFACE_DECAP`](crate::IFACE_DECAP)).
+    pub const DECAP_DSTS: &str = "XG_DECAP_DSTS";
+    /// `PerCpuArray<Counter>`: decapsulated packets per interface slot and
+    /// outer/inner family ([`lb::decap_stat_index`](crate::lb::decap_stat_index)).
+    pub const DECAP_STATS: &str = "XG_DECAP_STATS";
 }
 
 /// Name of the XDP program function in the object (also its kernel program name,
@@ -175,13 +201,24 @@ pub enum DropReason {
     /// an interface with [`IFACE_DROP_UNBOUND`] (see [`maps::LOCAL_ADDRS`]).
     /// Always dropped: [`IFACE_PASS_MALFORMED`] does not apply to it.
     NotBound = 11,
+    /// Not malformed: a packet to a load-balanced service that has no
+    /// (healthy) backend.
+    LbNoBackend = 12,
+    /// Not malformed: the route lookup for a load-balanced packet's backend
+    /// failed (no route, unreachable, forwarding disabled on the interface).
+    LbNoRoute = 13,
+    /// Not malformed: the encapsulated packet would exceed the egress MTU.
+    LbTooBig = 14,
+    /// Not malformed: an L2 DSR backend has no neighbour entry yet, or is not
+    /// on-link.
+    LbNoNeighbor = 15,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 16;
     /// All reasons in index order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::TruncatedEthernet,
         DropReason::TruncatedVlan,
         DropReason::VlanTooDeep,
@@ -194,6 +231,10 @@ impl DropReason {
         DropReason::Ipv6ExtTooDeep,
         DropReason::TruncatedL4,
         DropReason::NotBound,
+        DropReason::LbNoBackend,
+        DropReason::LbNoRoute,
+        DropReason::LbTooBig,
+        DropReason::LbNoNeighbor,
     ];
 
     /// Snake-case name used in CLI output and metrics labels.
@@ -211,13 +252,18 @@ impl DropReason {
             DropReason::Ipv6ExtTooDeep => "ipv6_ext_too_deep",
             DropReason::TruncatedL4 => "truncated_l4",
             DropReason::NotBound => "not_bound",
+            DropReason::LbNoBackend => "lb_no_backend",
+            DropReason::LbNoRoute => "lb_no_route",
+            DropReason::LbTooBig => "lb_too_big",
+            DropReason::LbNoNeighbor => "lb_no_neighbor",
         }
     }
 
     /// Whether the reason describes a malformed frame (every reason but
-    /// [`DropReason::NotBound`], which is a policy drop of a well-formed packet).
+    /// [`DropReason::NotBound`] and the `Lb*` reasons, which drop well-formed
+    /// packets).
     pub const fn is_malformed(self) -> bool {
-        !matches!(self, DropReason::NotBound)
+        (self as u32) < DropReason::NotBound as u32
     }
 }
 
@@ -236,6 +282,17 @@ pub const IFACE_PASS_MALFORMED: u32 = 1 << 0;
 /// fe80::/10) are exempt, and non-IP frames are untouched, so ARP, NDP and
 /// DHCP keep working. The check runs after parsing and before the ACL.
 pub const IFACE_DROP_UNBOUND: u32 = 1 << 1;
+
+/// [`IfaceConfig::flags`] bit: decapsulate IPIP, IPv6-in-IPv4, IP6IP6 and
+/// IPv4-in-IPv6 packets whose outer destination is in
+/// [`maps::DECAP_DSTS`] for this interface, after the ACL passed the outer
+/// packet, and pass the inner packet to the stack.
+pub const IFACE_DECAP: u32 = 1 << 2;
+
+/// [`IfaceConfig::flags`] bit: look packets that the ACL passed up in the
+/// load balancer's services ([`maps::LB_SERVICES`]) and forward those that
+/// match.
+pub const IFACE_LB: u32 = 1 << 3;
 
 /// Capacity of [`maps::LOCAL_ADDRS`] over all interfaces.
 pub const LOCAL_ADDR_ENTRIES: u32 = 262_144;
@@ -340,6 +397,10 @@ mod pod {
     unsafe impl aya::Pod for super::IfaceConfig {}
     unsafe impl aya::Pod for super::LocalAddrKey {}
     unsafe impl aya::Pod for super::EventConfig {}
+    unsafe impl aya::Pod for super::lb::ServiceKey {}
+    unsafe impl aya::Pod for super::lb::ServiceInfo {}
+    unsafe impl aya::Pod for super::lb::Backend {}
+    unsafe impl aya::Pod for super::lb::LbConfig {}
     // SAFETY: repr(C), integers and integer arrays only, sizes multiples of their alignment.
     unsafe impl aya::Pod for super::acl::Bitmap {}
     unsafe impl aya::Pod for super::acl::V6Bucket {}
