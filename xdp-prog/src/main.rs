@@ -7,7 +7,9 @@
 //! Order per frame: parse (malformed frames stop here with their reason), then
 //! on interfaces with `IFACE_DROP_UNBOUND` the bound-address check (unbound
 //! unicast destinations stop here, reason `not_bound`), then the ACL. A drop
-//! then goes to `events` (sampled datapath events, off by default).
+//! then goes to `events` (sampled datapath events, off by default). A packet
+//! the ACL passes, on an interface with `IFACE_LB` or `IFACE_DECAP`, goes on
+//! to the steering program `xdpgate_steer` (`steer`) by tail call.
 #![no_std]
 #![no_main]
 
@@ -17,12 +19,13 @@ mod events;
 mod maps;
 mod parse;
 mod stats;
+mod steer;
 
 use acl::Decision;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use xdpgate_common::{
-    Action, DropReason, Family, IFACE_DROP_UNBOUND, IFACE_PASS_MALFORMED, acl::MAX_RULES,
-    event_cause,
+    Action, DropReason, Family, IFACE_DECAP, IFACE_DROP_UNBOUND, IFACE_LB, IFACE_PASS_MALFORMED,
+    acl::MAX_RULES, event_cause, lb::PROG_STEER,
 };
 
 /// Entry point: parse, classify, count, decide.
@@ -67,6 +70,12 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
                 }
                 Decision::NoRule => Action::Pass,
             };
+            if action == Action::Pass
+                && packet.family != Family::Other
+                && iface.flags & (IFACE_LB | IFACE_DECAP) != 0
+            {
+                handoff(&ctx, &packet, iface.slot, iface.flags, bytes);
+            }
             (packet.family, action)
         }
         Err(bad) => {
@@ -81,6 +90,54 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
         }
     };
     stats::count(iface.slot, family, action, bytes);
+    action as u32
+}
+
+/// Hands a passed packet to the steering program: its fields go to
+/// `STEER_CTX`, then a tail call. Returns only if the tail call fails (no
+/// steering program loaded): the packet then passes as usual.
+#[inline(always)]
+fn handoff(ctx: &XdpContext, packet: &parse::Packet, slot: u32, flags: u32, bytes: u64) {
+    let Some(s) = maps::STEER_CTX.get_ptr_mut(0) else {
+        return;
+    };
+    let ports = packet.l4 == parse::L4::Ports && packet.frag == parse::Frag::None;
+    // SAFETY: per-CPU slot, written here and read by the tail-called program
+    // on the same CPU for the same packet.
+    unsafe {
+        s.write(steer::SteerCtx {
+            src: packet.src,
+            dst: packet.dst,
+            bytes,
+            slot,
+            flags,
+            family: packet.family as u32,
+            sport: packet.sport,
+            dport: packet.dport,
+            proto: packet.proto,
+            ports: ports as u8,
+            _pad: [0; 2],
+        });
+        maps::PROGS.tail_call(ctx, PROG_STEER);
+    }
+}
+
+/// The steering program (load balancing and decapsulation), reached only by
+/// tail call from `xdpgate`; counts the packet like the main program would.
+#[xdp]
+pub fn xdpgate_steer(ctx: XdpContext) -> u32 {
+    let Some(s) = maps::STEER_CTX.get_ptr(0) else {
+        return Action::Pass as u32;
+    };
+    // SAFETY: per-CPU slot written by the main program just before the tail call.
+    let s = unsafe { *s };
+    let family = if s.family == Family::Ipv4 as u32 {
+        Family::Ipv4
+    } else {
+        Family::Ipv6
+    };
+    let action = steer::run(&ctx, &s);
+    stats::count(s.slot, family, action, s.bytes);
     action as u32
 }
 

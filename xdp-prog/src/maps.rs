@@ -7,7 +7,7 @@
 //! verifier can inline every array lookup.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray},
 };
 use xdpgate_common::{
     Counter, EventConfig, IfaceConfig, LOCAL_ADDR_ENTRIES, LocalAddrKey, MAX_IFACES,
@@ -16,6 +16,10 @@ use xdpgate_common::{
         AclConfig, Bitmap, CACHE_ENTRIES, CacheEntry, DPORT_QUADS, LENSETS, LenSet,
         MAX_ADDR_CLASSES, MAX_PORT_CLASSES, PREFIX_BUCKETS, Pair, PrefixBucket, Quad, RULE_BITS,
         RULE_COUNTERS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS, V6Bucket, cache_stat,
+    },
+    lb::{
+        Backend, DECAP_STAT_ENTRIES, DEFAULT_RING_SERVICES, DEFAULT_RING_SIZE, LbConfig,
+        MAX_BACKENDS, MAX_SERVICES, SERVICE_STAT_ENTRIES, ServiceInfo, ServiceKey, ring_entries,
     },
 };
 
@@ -87,6 +91,51 @@ pub static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
 /// reported (`events::dropped`); never read or written by the control plane.
 #[map(name = "XG_EVENT_SAMPLE")]
 pub static EVENT_SAMPLE: PerCpuArray<crate::events::Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// Tail-call targets: `lb::PROG_STEER` is the steering program.
+#[map(name = "XG_PROGS")]
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Per-CPU slot through which the main program hands a passed packet's fields
+/// to the steering program it tail-calls.
+#[map(name = "XG_STEER_CTX")]
+pub static STEER_CTX: PerCpuArray<crate::steer::SteerCtx> = PerCpuArray::with_max_entries(1, 0);
+
+/// Load-balanced services by (VIP, protocol, port).
+#[map(name = "XG_LB_SERVICES")]
+pub static LB_SERVICES: HashMap<ServiceKey, ServiceInfo> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Maglev rings of backend slots, two halves per service (resized by the
+/// control plane at load time).
+#[map(name = "XG_LB_RINGS")]
+pub static LB_RINGS: Array<u32> =
+    Array::with_max_entries(ring_entries(DEFAULT_RING_SERVICES, DEFAULT_RING_SIZE), MMAP);
+
+/// Backends by slot.
+#[map(name = "XG_LB_BACKENDS")]
+pub static LB_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per-CPU packets and bytes sent to each backend slot.
+#[map(name = "XG_LB_BACKEND_STATS")]
+pub static LB_BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per-CPU per-service counters (`lb::service_stat_index`).
+#[map(name = "XG_LB_SERVICE_STATS")]
+pub static LB_SERVICE_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(SERVICE_STAT_ENTRIES, 0);
+
+/// Outer source prefixes and TTL of encapsulated packets.
+#[map(name = "XG_LB_CONFIG")]
+pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+/// Outer destinations the decapsulator accepts, per interface slot.
+#[map(name = "XG_DECAP_DSTS")]
+pub static DECAP_DSTS: HashMap<LocalAddrKey, u32> = HashMap::with_max_entries(65_536, NO_PREALLOC);
+
+/// Per-CPU decapsulated packets per interface slot and outer/inner family.
+#[map(name = "XG_DECAP_STATS")]
+pub static DECAP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DECAP_STAT_ENTRIES, 0);
 
 /// One generation of the ACL tables.
 pub trait Generation {

@@ -8,9 +8,13 @@
 //! and fragments, IPv6 with its extension-header chain and fragments, and the L4
 //! fields rules match on (ports, ICMP type and code). Malformed frames come back
 //! as [`Malformed`] with a [`DropReason`].
+//!
+//! [`Frame`] is the rewriting side: bounds-checked mutable access to fixed-size
+//! byte regions of the frame, for the steering program, and [`adjust_head`]
+//! moves the frame's start.
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use xdpgate_common::{DropReason, Family, MAX_IPV6_EXT_HEADERS};
 
 /// EtherTypes and IP protocol numbers, in the byte order they are read in.
@@ -461,4 +465,44 @@ fn l4(c: &mut Cursor, p: &mut Packet, icmp: u8) -> Result<(), Malformed> {
         p.l4 = L4::Ports;
     }
     Ok(())
+}
+
+/// Bounds-checked mutable access to the frame, for rewriting it. Regions are
+/// byte arrays (alignment 1), so no field is ever read or written unaligned.
+/// Any [`adjust_head`] invalidates every `Frame`: make a new one.
+pub struct Frame {
+    start: usize,
+    end: usize,
+}
+
+impl Frame {
+    /// The frame as it is now.
+    #[inline(always)]
+    pub fn new(ctx: &XdpContext) -> Self {
+        Frame {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+
+    /// The `N` bytes at offset `off`, or `None` if the frame ends first.
+    /// `off` must be bounded by the caller (the verifier needs a maximum).
+    #[inline(always)]
+    pub fn bytes<const N: usize>(&mut self, off: usize) -> Option<&mut [u8; N]> {
+        let at = self.start + off;
+        if at + N > self.end {
+            return None;
+        }
+        // SAFETY: the N bytes lie inside the frame (checked above), arrays of
+        // u8 have alignment 1, and `&mut self` keeps the borrow unique.
+        Some(unsafe { &mut *(at as *mut [u8; N]) })
+    }
+}
+
+/// Moves the start of the frame by `delta` bytes (negative: prepends room
+/// for headers; positive: strips them). False if the kernel refused.
+#[inline(always)]
+pub fn adjust_head(ctx: &XdpContext, delta: i32) -> bool {
+    // SAFETY: `ctx.ctx` is the program's context pointer.
+    unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) == 0 }
 }

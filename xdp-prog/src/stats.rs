@@ -1,11 +1,15 @@
 //! Per-CPU packet and byte counters.
 use aya_ebpf::programs::XdpContext;
 use xdpgate_common::{
-    Action, DropReason, Family, IfaceConfig, MAX_IFACES, UNKNOWN_IFACE_SLOT, reason_index,
-    stats_index,
+    Action, DropReason, Family, IfaceConfig, MAX_IFACES, UNKNOWN_IFACE_SLOT,
+    lb::{ServiceStat, decap_stat_index, service_stat_index},
+    reason_index, stats_index,
 };
 
-use crate::maps::{CACHE_STATS, IFACES, REASONS, RULE_STATS, STATS};
+use crate::maps::{
+    CACHE_STATS, DECAP_STATS, IFACES, LB_BACKEND_STATS, LB_SERVICE_STATS, REASONS, RULE_STATS,
+    STATS,
+};
 
 /// The configuration of the receiving interface; unregistered interfaces get
 /// slot 0 and default flags.
@@ -66,4 +70,23 @@ pub fn count_cache(index: u32) {
         // SAFETY: per-CPU value, so no other CPU writes it concurrently.
         unsafe { *counter += 1 };
     }
+}
+
+/// Adds a frame to service slot `slot`'s counter of `what`.
+#[inline(always)]
+pub fn count_service(slot: u32, what: ServiceStat, bytes: u64) {
+    add(&LB_SERVICE_STATS, service_stat_index(slot, what), bytes);
+}
+
+/// Adds a frame to the counters of backend slot `slot`.
+#[inline(always)]
+pub fn count_backend(slot: u32, bytes: u64) {
+    add(&LB_BACKEND_STATS, slot, bytes);
+}
+
+/// Adds a decapsulated frame to interface slot `slot`'s counter of its outer
+/// and inner families (`lb::FAMILY_*`).
+#[inline(always)]
+pub fn count_decap(slot: u32, outer: u8, inner: u8, bytes: u64) {
+    add(&DECAP_STATS, decap_stat_index(slot, outer, inner), bytes);
 }
