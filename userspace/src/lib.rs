@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod events;
 pub mod listen;
+pub mod maglev;
 pub mod metrics;
 pub mod netlink;
 pub mod paths;
