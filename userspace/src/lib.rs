@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod events;
+pub mod health;
 pub mod listen;
 pub mod maglev;
 pub mod metrics;

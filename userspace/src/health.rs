@@ -1,0 +1,1489 @@
+//! Health checks of load-balancer backends: a [`HealthMonitor`] runs one
+//! small tokio task per target (no thread per check) that probes the target
+//! every [`CheckSpec::interval`] with a [`Probe`] (TCP connect, HTTP/1.0 `GET`
+//! or UDP request/response) and keeps its up/down state.
+//!
+//! Semantics:
+//!
+//! * A target starts **up**. Adding a service must not wait `rise` times
+//!   `interval` before it takes traffic, and a backend that is actually down
+//!   leaves after `fall` failed probes (`fall` times `interval` at most, the
+//!   first probe running right away). The same holds for a target whose
+//!   address or check changed: it is a new target, restarted up.
+//! * An up target goes **down** after `fall` consecutive failed probes; a down
+//!   target goes up again after `rise` consecutive successful ones. Every
+//!   transition is sent as a [`HealthEvent`] and logged (`warn` when down,
+//!   with the reason; `info` when up). Adding or removing a target is not a
+//!   transition and sends nothing.
+//! * The first probe runs right away, then one every interval, all shifted by
+//!   a small deterministic per-target jitter (below a tenth of the interval,
+//!   from a hash of the [`TargetKey`]) so thousands of targets configured at
+//!   once do not fire in lockstep.
+//! * Every probe runs under [`tokio::time::timeout`] (a timeout is a failure)
+//!   and under `tokio::select!` with the target's cancellation token, so
+//!   cancelling (the monitor's token, removing or changing the target,
+//!   dropping the monitor) interrupts an in-flight connect or read at once.
+//!
+//! The state of each target lives behind its own `Arc<Mutex<_>>`, shared by
+//! its task and [`HealthMonitor::status`]; the lock is never held across an
+//! `.await`.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Serialize, Serializer};
+use thiserror::Error;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpStream, UdpSocket},
+    sync::mpsc::UnboundedSender,
+    time::{self, Instant, MissedTickBehavior},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// Longest accepted [`CheckSpec::interval`] (one hour).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Largest accepted UDP probe payload (the IPv4 limit, 65 507 bytes).
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// Bytes of an HTTP response read to find its status line.
+const MAX_STATUS_LINE: usize = 1024;
+
+/// How a target is probed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Success iff a TCP connection to the target is established. The
+    /// connection is then closed with a reset (`SO_LINGER` 0), as load
+    /// balancers commonly do, so frequent checks leave no `TIME_WAIT` sockets.
+    Tcp,
+    /// An HTTP/1.0 `GET` of `path`; success iff the code of the response's
+    /// status line equals `expect_status`.
+    Http {
+        /// Request path, starting with `/` (no spaces or control characters).
+        path: String,
+        /// `Host` header; the target address (`127.0.0.1:80`, `[::1]:80`)
+        /// when `None`.
+        host: Option<String>,
+        /// Status code that means healthy (100..=599).
+        expect_status: u16,
+    },
+    /// `payload` sent on a connected UDP socket; success iff any datagram
+    /// comes back within the timeout. An ICMP port unreachable (reported as
+    /// `ECONNREFUSED`) is a failure, and so is silence.
+    Udp {
+        /// The request datagram (at most [`MAX_UDP_PAYLOAD`] bytes).
+        payload: Vec<u8>,
+    },
+}
+
+/// A health check: the probe, its schedule and the thresholds of its state
+/// changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckSpec {
+    /// How the target is probed.
+    pub probe: Probe,
+    /// Time between the starts of two probes (above zero, at most
+    /// [`MAX_INTERVAL`]).
+    pub interval: Duration,
+    /// Time limit of one probe (above zero, at most `interval`).
+    pub timeout: Duration,
+    /// Consecutive successful probes that bring a down target up (1..=100).
+    pub rise: u32,
+    /// Consecutive failed probes that take an up target down (1..=100).
+    pub fall: u32,
+}
+
+impl Default for CheckSpec {
+    /// TCP connect every 2 s with a 1 s timeout, rise 2, fall 3.
+    fn default() -> Self {
+        CheckSpec {
+            probe: Probe::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// Why a [`CheckSpec`] is invalid.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum HealthError {
+    /// The interval is zero or above [`MAX_INTERVAL`].
+    #[error("health check interval {0:?} is not in (0, {MAX_INTERVAL:?}]")]
+    Interval(Duration),
+    /// The timeout is zero.
+    #[error("health check timeout must be above zero")]
+    ZeroTimeout,
+    /// The timeout is longer than the interval.
+    #[error("health check timeout {timeout:?} is longer than the interval {interval:?}")]
+    TimeoutOverInterval {
+        /// The timeout.
+        timeout: Duration,
+        /// The interval.
+        interval: Duration,
+    },
+    /// `rise` is not in 1..=100.
+    #[error("health check rise {0} is not in 1..=100")]
+    Rise(u32),
+    /// `fall` is not in 1..=100.
+    #[error("health check fall {0} is not in 1..=100")]
+    Fall(u32),
+    /// The HTTP path does not start with `/` or holds spaces or control
+    /// characters.
+    #[error(
+        "HTTP health check path {0:?} must start with '/' and hold no spaces or control characters"
+    )]
+    Path(String),
+    /// The HTTP `Host` is empty or holds spaces or control characters.
+    #[error(
+        "HTTP health check host {0:?} must be non-empty and hold no spaces or control characters"
+    )]
+    Host(String),
+    /// The expected HTTP status is not in 100..=599.
+    #[error("HTTP health check status {0} is not in 100..=599")]
+    Status(u16),
+    /// The UDP payload is longer than [`MAX_UDP_PAYLOAD`].
+    #[error("UDP health check payload of {0} bytes is longer than {MAX_UDP_PAYLOAD}")]
+    Payload(usize),
+}
+
+/// Whether `s` would break out of its place in an HTTP request line or header.
+fn unsafe_in_request(s: &str) -> bool {
+    s.bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+}
+
+impl CheckSpec {
+    /// Checks the limits documented on each field.
+    pub fn validate(&self) -> Result<(), HealthError> {
+        if self.interval.is_zero() || self.interval > MAX_INTERVAL {
+            return Err(HealthError::Interval(self.interval));
+        }
+        if self.timeout.is_zero() {
+            return Err(HealthError::ZeroTimeout);
+        }
+        if self.timeout > self.interval {
+            return Err(HealthError::TimeoutOverInterval {
+                timeout: self.timeout,
+                interval: self.interval,
+            });
+        }
+        if !(1..=100).contains(&self.rise) {
+            return Err(HealthError::Rise(self.rise));
+        }
+        if !(1..=100).contains(&self.fall) {
+            return Err(HealthError::Fall(self.fall));
+        }
+        match &self.probe {
+            Probe::Tcp => {}
+            Probe::Http {
+                path,
+                host,
+                expect_status,
+            } => {
+                if !path.starts_with('/') || unsafe_in_request(path) {
+                    return Err(HealthError::Path(path.clone()));
+                }
+                if let Some(host) = host {
+                    if host.is_empty() || unsafe_in_request(host) {
+                        return Err(HealthError::Host(host.clone()));
+                    }
+                }
+                if !(100..=599).contains(expect_status) {
+                    return Err(HealthError::Status(*expect_status));
+                }
+            }
+            Probe::Udp { payload } => {
+                if payload.len() > MAX_UDP_PAYLOAD {
+                    return Err(HealthError::Payload(payload.len()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Identifies a target; chosen by the caller (one backend of one service).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct TargetKey {
+    /// The service's name.
+    pub service: String,
+    /// The backend's address.
+    pub backend: IpAddr,
+}
+
+impl fmt::Display for TargetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.service, self.backend)
+    }
+}
+
+/// A target changed state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthEvent {
+    /// The target.
+    pub key: TargetKey,
+    /// The address it is probed at.
+    pub addr: SocketAddr,
+    /// Its new state.
+    pub up: bool,
+    /// Why: the count of consecutive results (and the last error when down),
+    /// or that the check was restarted.
+    pub reason: String,
+}
+
+/// One target's state, as [`HealthMonitor::status`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TargetStatus {
+    /// The target.
+    pub key: TargetKey,
+    /// The address it is probed at.
+    pub addr: SocketAddr,
+    /// Whether it is up.
+    pub up: bool,
+    /// Successful probes since the last failed one.
+    pub consecutive_successes: u32,
+    /// Failed probes since the last successful one.
+    pub consecutive_failures: u32,
+    /// Probes completed since the target was added (or restarted).
+    pub checks_total: u64,
+    /// Failed probes among them.
+    pub failures_total: u64,
+    /// Error of the most recent failed probe, kept after recovery (see
+    /// `consecutive_failures`); `None` if no probe failed yet.
+    pub last_error: Option<String>,
+    /// When the target was added (or restarted) or last changed state;
+    /// serialized as seconds since the Unix epoch.
+    #[serde(serialize_with = "unix_secs")]
+    pub last_change: SystemTime,
+}
+
+fn unix_secs<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// Mutable state of one target, shared by its task and the monitor.
+#[derive(Clone, Debug)]
+struct State {
+    up: bool,
+    successes: u32,
+    failures: u32,
+    checks_total: u64,
+    failures_total: u64,
+    last_error: Option<String>,
+    last_change: SystemTime,
+}
+
+impl State {
+    /// A new target: up (see the module documentation).
+    fn new() -> Self {
+        State {
+            up: true,
+            successes: 0,
+            failures: 0,
+            checks_total: 0,
+            failures_total: 0,
+            last_error: None,
+            last_change: SystemTime::now(),
+        }
+    }
+
+    /// Counts one probe's result; returns the reason of the state change it
+    /// causes, if any.
+    fn record(&mut self, result: Result<(), String>, rise: u32, fall: u32) -> Option<String> {
+        self.checks_total += 1;
+        match result {
+            Ok(()) => {
+                self.successes = self.successes.saturating_add(1);
+                self.failures = 0;
+                if !self.up && self.successes >= rise {
+                    self.up = true;
+                    self.last_change = SystemTime::now();
+                    return Some(format!("{rise} consecutive successful checks"));
+                }
+            }
+            Err(error) => {
+                self.failures = self.failures.saturating_add(1);
+                self.successes = 0;
+                self.failures_total += 1;
+                let change = self.up && self.failures >= fall;
+                let reason =
+                    change.then(|| format!("{fall} consecutive failed checks, last: {error}"));
+                if change {
+                    self.up = false;
+                    self.last_change = SystemTime::now();
+                }
+                self.last_error = Some(error);
+                return reason;
+            }
+        }
+        None
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn log_event(ev: &HealthEvent) {
+    if ev.up {
+        log::info!("health: {} ({}) is up: {}", ev.key, ev.addr, ev.reason);
+    } else {
+        log::warn!("health: {} ({}) is down: {}", ev.key, ev.addr, ev.reason);
+    }
+}
+
+/// Offset of a target's probes: FNV-1a of the key, modulo a tenth of the
+/// interval (zero when that is below a nanosecond).
+fn jitter(key: &TargetKey, interval: Duration) -> Duration {
+    let span = (interval / 10).as_nanos() as u64;
+    if span == 0 {
+        return Duration::ZERO;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let ip = match key.backend {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    };
+    for b in key.service.bytes().chain([0xff]).chain(ip) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Duration::from_nanos(h % span)
+}
+
+/// One monitored target.
+struct Entry {
+    addr: SocketAddr,
+    spec: CheckSpec,
+    token: CancellationToken,
+    state: Arc<Mutex<State>>,
+}
+
+impl Entry {
+    /// Stops the task; after this returns it records nothing and sends no
+    /// event. Returns whether the target was up.
+    fn stop(&self) -> bool {
+        let state = lock(&self.state);
+        self.token.cancel();
+        state.up
+    }
+}
+
+/// Runs the health checks of a set of targets, one task each.
+///
+/// Dropping the monitor cancels all its tasks.
+pub struct HealthMonitor {
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    events: UnboundedSender<HealthEvent>,
+    targets: BTreeMap<TargetKey, Entry>,
+}
+
+impl HealthMonitor {
+    /// A monitor without targets, whose tasks will run on `tracker`, each
+    /// with a child token of `cancel`, and send state changes to `events`
+    /// (a closed receiver is fine: events are then only logged).
+    pub fn new(
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+        events: UnboundedSender<HealthEvent>,
+    ) -> Self {
+        HealthMonitor {
+            tracker,
+            cancel,
+            events,
+            targets: BTreeMap::new(),
+        }
+    }
+
+    /// Replaces the set of targets: new keys start a task, keys absent from
+    /// `targets` are cancelled, keys whose address or spec changed restart
+    /// (fresh state, up; if they were down, an up event says so), unchanged
+    /// ones keep running with their state. After this returns, removed and
+    /// replaced tasks send no more events.
+    ///
+    /// A target whose spec fails [`CheckSpec::validate`] is logged and not
+    /// monitored (callers should validate when they accept configuration).
+    /// When a key is listed twice, the last entry counts.
+    ///
+    /// Must be called within a tokio runtime (tasks are spawned on it).
+    pub fn set_targets(&mut self, targets: Vec<(TargetKey, SocketAddr, CheckSpec)>) {
+        let mut wanted = BTreeMap::new();
+        for (key, addr, spec) in targets {
+            match spec.validate() {
+                Ok(()) => {
+                    wanted.insert(key, (addr, spec));
+                }
+                Err(e) => {
+                    log::error!("health: {key} ({addr}) not checked: {e}");
+                    wanted.remove(&key);
+                }
+            }
+        }
+        let mut old = std::mem::take(&mut self.targets);
+        for (key, (addr, spec)) in wanted {
+            let entry = match old.remove(&key) {
+                Some(entry) if entry.addr == addr && entry.spec == spec => entry,
+                Some(entry) => {
+                    if !entry.stop() {
+                        let ev = HealthEvent {
+                            key: key.clone(),
+                            addr,
+                            up: true,
+                            reason: "check restarted (address or check changed)".into(),
+                        };
+                        log_event(&ev);
+                        let _ = self.events.send(ev);
+                    }
+                    self.start(key.clone(), addr, spec)
+                }
+                None => self.start(key.clone(), addr, spec),
+            };
+            self.targets.insert(key, entry);
+        }
+        for entry in old.values() {
+            entry.stop();
+        }
+    }
+
+    fn start(&self, key: TargetKey, addr: SocketAddr, spec: CheckSpec) -> Entry {
+        let token = self.cancel.child_token();
+        let state = Arc::new(Mutex::new(State::new()));
+        self.tracker.spawn(run(
+            key,
+            addr,
+            spec.clone(),
+            Arc::clone(&state),
+            token.clone(),
+            self.events.clone(),
+        ));
+        Entry {
+            addr,
+            spec,
+            token,
+            state,
+        }
+    }
+
+    /// The state of every target, in key order.
+    pub fn status(&self) -> Vec<TargetStatus> {
+        self.targets
+            .iter()
+            .map(|(key, entry)| {
+                let s = lock(&entry.state);
+                TargetStatus {
+                    key: key.clone(),
+                    addr: entry.addr,
+                    up: s.up,
+                    consecutive_successes: s.successes,
+                    consecutive_failures: s.failures,
+                    checks_total: s.checks_total,
+                    failures_total: s.failures_total,
+                    last_error: s.last_error.clone(),
+                    last_change: s.last_change,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the target is up; `None` if it is not monitored.
+    pub fn is_up(&self, key: &TargetKey) -> Option<bool> {
+        self.targets.get(key).map(|e| lock(&e.state).up)
+    }
+}
+
+impl Drop for HealthMonitor {
+    fn drop(&mut self) {
+        for entry in self.targets.values() {
+            entry.token.cancel();
+        }
+    }
+}
+
+/// The task of one target: probes until `token` is cancelled.
+async fn run(
+    key: TargetKey,
+    addr: SocketAddr,
+    spec: CheckSpec,
+    state: Arc<Mutex<State>>,
+    token: CancellationToken,
+    events: UnboundedSender<HealthEvent>,
+) {
+    let mut ticks = time::interval_at(Instant::now() + jitter(&key, spec.interval), spec.interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = token.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let result = tokio::select! {
+            biased;
+            () = token.cancelled() => return,
+            r = time::timeout(spec.timeout, probe(&spec.probe, addr)) => {
+                r.unwrap_or_else(|_| Err(format!("timed out after {:?}", spec.timeout)))
+            }
+        };
+        let mut s = lock(&state);
+        // Stopped while the probe finished: the target is gone or replaced.
+        if token.is_cancelled() {
+            return;
+        }
+        if let Some(reason) = s.record(result, spec.rise, spec.fall) {
+            let ev = HealthEvent {
+                key: key.clone(),
+                addr,
+                up: s.up,
+                reason,
+            };
+            log_event(&ev);
+            let _ = events.send(ev);
+        }
+    }
+}
+
+/// One probe, without its time limit.
+async fn probe(probe: &Probe, addr: SocketAddr) -> Result<(), String> {
+    match probe {
+        Probe::Tcp => {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            // Close with a reset; linger 0 never blocks the drop.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            Ok(())
+        }
+        Probe::Http {
+            path,
+            host,
+            expect_status,
+        } => {
+            let host = host.clone().unwrap_or_else(|| host_header(addr));
+            http(addr, path, &host, *expect_status).await
+        }
+        Probe::Udp { payload } => udp(addr, payload).await,
+    }
+}
+
+/// The default `Host` header: the address, without an IPv6 scope.
+fn host_header(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+async fn http(addr: SocketAddr, path: &str, host: &str, expect: u16) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: xdpgate-health\r\n\
+         Accept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    while !buf.contains(&b'\n') && buf.len() < MAX_STATUS_LINE {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    if buf.is_empty() {
+        return Err("connection closed without a response".into());
+    }
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    match status_code(line) {
+        Some(code) if code == expect => Ok(()),
+        Some(code) => Err(format!("HTTP status {code}, expected {expect}")),
+        None => Err(format!(
+            "malformed status line {:?}",
+            String::from_utf8_lossy(&line[..line.len().min(80)]).trim_end()
+        )),
+    }
+}
+
+/// The code of an HTTP status line (`HTTP/1.1 200 OK`).
+fn status_code(line: &[u8]) -> Option<u16> {
+    let mut words = line
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty());
+    if !words.next()?.starts_with(b"HTTP/") {
+        return None;
+    }
+    let code = words.next()?;
+    if code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+async fn udp(addr: SocketAddr, payload: &[u8]) -> Result<(), String> {
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sock = UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    sock.connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    sock.send(payload).await.map_err(|e| format!("send: {e}"))?;
+    // Any datagram will do; a longer one is truncated.
+    let mut buf = [0u8; 512];
+    sock.recv(&mut buf)
+        .await
+        .map_err(|e| format!("receive: {e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{Ipv4Addr, Ipv6Addr},
+        sync::atomic::{AtomicU16, AtomicUsize, Ordering},
+    };
+
+    use tokio::{
+        net::TcpListener,
+        sync::mpsc::{self, UnboundedReceiver},
+    };
+
+    use super::*;
+
+    const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+    fn key(service: &str, backend: IpAddr) -> TargetKey {
+        TargetKey {
+            service: service.into(),
+            backend,
+        }
+    }
+
+    fn spec(probe: Probe, interval_ms: u64, rise: u32, fall: u32) -> CheckSpec {
+        CheckSpec {
+            probe,
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(interval_ms),
+            rise,
+            fall,
+        }
+    }
+
+    fn monitor() -> (
+        HealthMonitor,
+        TaskTracker,
+        CancellationToken,
+        UnboundedReceiver<HealthEvent>,
+    ) {
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let m = HealthMonitor::new(tracker.clone(), cancel.clone(), tx);
+        (m, tracker, cancel, rx)
+    }
+
+    fn status_of(m: &HealthMonitor, k: &TargetKey) -> TargetStatus {
+        m.status().into_iter().find(|s| &s.key == k).unwrap()
+    }
+
+    async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn next_event(rx: &mut UnboundedReceiver<HealthEvent>) -> HealthEvent {
+        time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("no event within 5 s")
+            .expect("event channel closed")
+    }
+
+    /// No event arrives within `quiet`.
+    async fn no_event(rx: &mut UnboundedReceiver<HealthEvent>, quiet: Duration) {
+        if let Ok(ev) = time::timeout(quiet, rx.recv()).await {
+            panic!("unexpected event {ev:?}");
+        }
+    }
+
+    /// A TCP listener accepting (and dropping) connections forever.
+    async fn tcp_listener(ip: IpAddr) -> SocketAddr {
+        let l = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let _ = l.accept().await;
+            }
+        });
+        addr
+    }
+
+    /// A TCP address nothing listens on (connections are refused).
+    async fn refused_tcp(ip: IpAddr) -> SocketAddr {
+        TcpListener::bind((ip, 0))
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    /// A UDP address nothing is bound to (ICMP port unreachable).
+    async fn closed_udp(ip: IpAddr) -> SocketAddr {
+        UdpSocket::bind((ip, 0))
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[test]
+    fn record_counts_rise_and_fall() {
+        let mut s = State::new();
+        assert!(s.up, "targets start up");
+        let fail = || Err::<(), _>("refused".to_string());
+        assert_eq!(s.record(fail(), 2, 3), None);
+        assert_eq!(s.record(fail(), 2, 3), None);
+        // A success in between resets the failure count.
+        assert_eq!(s.record(Ok(()), 2, 3), None);
+        assert_eq!(s.record(fail(), 2, 3), None);
+        assert_eq!(s.record(fail(), 2, 3), None);
+        let reason = s.record(fail(), 2, 3).expect("down after 3 failures");
+        assert_eq!(reason, "3 consecutive failed checks, last: refused");
+        assert!(!s.up);
+        assert_eq!(s.record(fail(), 2, 3), None, "already down");
+        assert_eq!((s.failures, s.failures_total, s.checks_total), (4, 6, 7));
+        assert_eq!(s.record(Ok(()), 2, 3), None);
+        assert_eq!(s.record(fail(), 2, 3), None);
+        assert_eq!(s.record(Ok(()), 2, 3), None);
+        assert_eq!(
+            s.record(Ok(()), 2, 3).as_deref(),
+            Some("2 consecutive successful checks")
+        );
+        assert!(s.up);
+        assert_eq!(s.record(Ok(()), 2, 3), None, "already up");
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some("refused"),
+            "kept after recovery"
+        );
+        assert_eq!((s.successes, s.failures), (3, 0));
+    }
+
+    #[test]
+    fn validate_limits() {
+        let ok = CheckSpec::default();
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(
+            (ok.probe.clone(), ok.interval, ok.timeout, ok.rise, ok.fall),
+            (
+                Probe::Tcp,
+                Duration::from_secs(2),
+                Duration::from_secs(1),
+                2,
+                3
+            )
+        );
+        let http = |path: &str, host: Option<&str>, status| CheckSpec {
+            probe: Probe::Http {
+                path: path.into(),
+                host: host.map(Into::into),
+                expect_status: status,
+            },
+            ..CheckSpec::default()
+        };
+        assert_eq!(http("/healthz", None, 200).validate(), Ok(()));
+        assert_eq!(http("/", Some("example.com:8080"), 599).validate(), Ok(()));
+        let cases = [
+            (
+                CheckSpec {
+                    interval: Duration::ZERO,
+                    ..ok.clone()
+                },
+                HealthError::Interval(Duration::ZERO),
+            ),
+            (
+                CheckSpec {
+                    interval: MAX_INTERVAL + Duration::from_secs(1),
+                    ..ok.clone()
+                },
+                HealthError::Interval(MAX_INTERVAL + Duration::from_secs(1)),
+            ),
+            (
+                CheckSpec {
+                    timeout: Duration::ZERO,
+                    ..ok.clone()
+                },
+                HealthError::ZeroTimeout,
+            ),
+            (
+                CheckSpec {
+                    timeout: Duration::from_secs(3),
+                    ..ok.clone()
+                },
+                HealthError::TimeoutOverInterval {
+                    timeout: Duration::from_secs(3),
+                    interval: Duration::from_secs(2),
+                },
+            ),
+            (
+                CheckSpec {
+                    rise: 0,
+                    ..ok.clone()
+                },
+                HealthError::Rise(0),
+            ),
+            (
+                CheckSpec {
+                    rise: 101,
+                    ..ok.clone()
+                },
+                HealthError::Rise(101),
+            ),
+            (
+                CheckSpec {
+                    fall: 0,
+                    ..ok.clone()
+                },
+                HealthError::Fall(0),
+            ),
+            (
+                CheckSpec {
+                    fall: 101,
+                    ..ok.clone()
+                },
+                HealthError::Fall(101),
+            ),
+            (
+                http("healthz", None, 200),
+                HealthError::Path("healthz".into()),
+            ),
+            (http("/a b", None, 200), HealthError::Path("/a b".into())),
+            (
+                http("/\r\nX: y", None, 200),
+                HealthError::Path("/\r\nX: y".into()),
+            ),
+            (http("/", Some(""), 200), HealthError::Host(String::new())),
+            (
+                http("/", Some("a\r\nb"), 200),
+                HealthError::Host("a\r\nb".into()),
+            ),
+            (http("/", None, 99), HealthError::Status(99)),
+            (http("/", None, 600), HealthError::Status(600)),
+            (
+                CheckSpec {
+                    probe: Probe::Udp {
+                        payload: vec![0; MAX_UDP_PAYLOAD + 1],
+                    },
+                    ..ok.clone()
+                },
+                HealthError::Payload(MAX_UDP_PAYLOAD + 1),
+            ),
+        ];
+        for (spec, err) in cases {
+            assert_eq!(spec.validate(), Err(err), "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn jitter_is_deterministic_and_small() {
+        let interval = Duration::from_secs(2);
+        let mut distinct = std::collections::BTreeSet::new();
+        for i in 0..1000u32 {
+            let k = key("web", IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + i)));
+            let j = jitter(&k, interval);
+            assert!(j < interval / 10);
+            assert_eq!(j, jitter(&k.clone(), interval));
+            distinct.insert(j);
+        }
+        assert!(distinct.len() > 900, "spread: {} distinct", distinct.len());
+        assert_eq!(
+            jitter(&key("web", V4), Duration::from_nanos(5)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(status_code(b"HTTP/1.0 200 OK\r"), Some(200));
+        assert_eq!(status_code(b"HTTP/1.1 503 Service Unavailable"), Some(503));
+        assert_eq!(status_code(b"HTTP/1.1 204"), Some(204));
+        assert_eq!(status_code(b"HTTP/1.1 20 OK"), None);
+        assert_eq!(status_code(b"HTTP/1.1 2000 OK"), None);
+        assert_eq!(status_code(b"SSH-2.0-OpenSSH"), None);
+        assert_eq!(status_code(b""), None);
+        assert_eq!(host_header("[::1]:80".parse().unwrap()), "[::1]:80");
+        assert_eq!(host_header("127.0.0.1:80".parse().unwrap()), "127.0.0.1:80");
+    }
+
+    #[test]
+    fn status_serializes_to_json() {
+        let st = TargetStatus {
+            key: key("web", V6),
+            addr: "[::1]:80".parse().unwrap(),
+            up: false,
+            consecutive_successes: 0,
+            consecutive_failures: 3,
+            checks_total: 5,
+            failures_total: 3,
+            last_error: Some("connect: refused".into()),
+            last_change: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        };
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["key"]["service"], "web");
+        assert_eq!(json["key"]["backend"], "::1");
+        assert_eq!(json["addr"], "[::1]:80");
+        assert_eq!(json["up"], false);
+        assert_eq!(json["last_change"], 1_700_000_000u64);
+        assert_eq!(json["last_error"], "connect: refused");
+    }
+
+    #[tokio::test]
+    async fn tcp_up_and_down_both_families() {
+        let (mut m, _tracker, cancel, mut rx) = monitor();
+        let up4 = tcp_listener(V4).await;
+        let up6 = tcp_listener(V6).await;
+        let down4 = refused_tcp(V4).await;
+        let down6 = refused_tcp(V6).await;
+        let s = spec(Probe::Tcp, 50, 2, 3);
+        let (ku4, ku6) = (key("up", V4), key("up", V6));
+        let (kd4, kd6) = (key("down", V4), key("down", V6));
+        m.set_targets(vec![
+            (ku4.clone(), up4, s.clone()),
+            (ku6.clone(), up6, s.clone()),
+            (kd4.clone(), down4, s.clone()),
+            (kd6.clone(), down6, s.clone()),
+        ]);
+        assert!(m.status().iter().all(|t| t.up), "targets start up");
+
+        // Exactly one event per refused target: down after 3 failures.
+        let mut downs = [next_event(&mut rx).await, next_event(&mut rx).await];
+        downs.sort_by(|a, b| a.key.cmp(&b.key));
+        for (ev, (k, addr)) in downs.iter().zip([(&kd4, down4), (&kd6, down6)]) {
+            assert_eq!((&ev.key, ev.addr, ev.up), (k, addr, false));
+            assert!(
+                ev.reason.starts_with("3 consecutive failed checks"),
+                "{ev:?}"
+            );
+            assert!(ev.reason.contains("refused"), "{ev:?}");
+        }
+        no_event(&mut rx, Duration::from_millis(300)).await;
+        for k in [&ku4, &ku6] {
+            let st = status_of(&m, k);
+            assert!(
+                st.up && st.checks_total >= 3 && st.failures_total == 0,
+                "{st:?}"
+            );
+            assert_eq!(m.is_up(k), Some(true));
+        }
+        for k in [&kd4, &kd6] {
+            let st = status_of(&m, k);
+            assert!(!st.up && st.consecutive_failures >= 4, "{st:?}");
+            assert_eq!(st.failures_total, st.checks_total);
+            assert!(st.last_error.as_deref().unwrap().contains("refused"));
+            assert_eq!(m.is_up(k), Some(false));
+        }
+        assert_eq!(m.is_up(&key("other", V4)), None);
+
+        // A listener on the refused port: up again after 2 successes.
+        let l = TcpListener::bind(down4).await.unwrap();
+        tokio::spawn(async move {
+            loop {
+                let _ = l.accept().await;
+            }
+        });
+        let ev = next_event(&mut rx).await;
+        assert_eq!((&ev.key, ev.up), (&kd4, true));
+        assert_eq!(ev.reason, "2 consecutive successful checks");
+        let st = status_of(&m, &kd4);
+        assert!(st.up && st.consecutive_successes >= 2, "{st:?}");
+        no_event(&mut rx, Duration::from_millis(200)).await;
+        cancel.cancel();
+    }
+
+    /// An HTTP server answering every request with the current `status`;
+    /// records the `Host` headers it saw.
+    async fn http_server(
+        ip: IpAddr,
+        status: Arc<AtomicU16>,
+        hosts: Arc<Mutex<Vec<String>>>,
+    ) -> SocketAddr {
+        let l = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
+                let status = Arc::clone(&status);
+                let hosts = Arc::clone(&hosts);
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let req = String::from_utf8_lossy(&req).into_owned();
+                    assert!(req.starts_with("GET /health HTTP/1.0\r\n"), "{req}");
+                    if let Some(h) = req.lines().find_map(|l| l.strip_prefix("Host: ")) {
+                        hosts.lock().unwrap().push(h.to_string());
+                    }
+                    let code = status.load(Ordering::Relaxed);
+                    let resp = format!("HTTP/1.0 {code} Whatever\r\nContent-Length: 0\r\n\r\n");
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn http_status_matching_and_flips() {
+        let (mut m, _tracker, cancel, mut rx) = monitor();
+        let status = Arc::new(AtomicU16::new(200));
+        let hosts = Arc::new(Mutex::new(Vec::new()));
+        let addr4 = http_server(V4, Arc::clone(&status), Arc::clone(&hosts)).await;
+        let addr6 = http_server(V6, Arc::clone(&status), Arc::clone(&hosts)).await;
+        let http = |expect_status, host: Option<&str>| {
+            spec(
+                Probe::Http {
+                    path: "/health".into(),
+                    host: host.map(Into::into),
+                    expect_status,
+                },
+                50,
+                2,
+                2,
+            )
+        };
+        let (k200, k200v6, k503) = (key("ok", V4), key("ok", V6), key("maint", V4));
+        m.set_targets(vec![
+            (k200.clone(), addr4, http(200, None)),
+            (k200v6.clone(), addr6, http(200, None)),
+            (k503.clone(), addr4, http(503, Some("health.example"))),
+        ]);
+
+        // The server answers 200: the target expecting 503 goes down.
+        let ev = next_event(&mut rx).await;
+        assert_eq!((&ev.key, ev.up), (&k503, false));
+        assert_eq!(
+            ev.reason,
+            "2 consecutive failed checks, last: HTTP status 200, expected 503"
+        );
+        no_event(&mut rx, Duration::from_millis(200)).await;
+        assert_eq!(m.is_up(&k200), Some(true));
+        assert_eq!(m.is_up(&k200v6), Some(true));
+        {
+            let hosts = hosts.lock().unwrap();
+            for h in [addr4.to_string(), format!("[::1]:{}", addr6.port())] {
+                assert!(hosts.contains(&h), "{h} not in {hosts:?}");
+            }
+            assert!(hosts.iter().any(|h| h == "health.example"), "{hosts:?}");
+        }
+
+        // 503: the two expecting 200 go down, the one expecting 503 up.
+        status.store(503, Ordering::Relaxed);
+        let mut evs = Vec::new();
+        for _ in 0..3 {
+            evs.push(next_event(&mut rx).await);
+        }
+        evs.sort_by(|a, b| a.key.cmp(&b.key));
+        let got: Vec<_> = evs.iter().map(|e| (e.key.clone(), e.up)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (k503.clone(), true),
+                (k200.clone(), false),
+                (k200v6.clone(), false)
+            ]
+        );
+        assert_eq!(evs[0].reason, "2 consecutive successful checks");
+        assert!(
+            evs[1].reason.ends_with("HTTP status 503, expected 200"),
+            "{evs:?}"
+        );
+        no_event(&mut rx, Duration::from_millis(200)).await;
+
+        // Back to 200.
+        status.store(200, Ordering::Relaxed);
+        let mut evs = Vec::new();
+        for _ in 0..3 {
+            evs.push(next_event(&mut rx).await);
+        }
+        evs.sort_by(|a, b| a.key.cmp(&b.key));
+        let got: Vec<_> = evs.iter().map(|e| (e.key.clone(), e.up)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (k503.clone(), false),
+                (k200.clone(), true),
+                (k200v6.clone(), true)
+            ]
+        );
+        cancel.cancel();
+    }
+
+    /// A UDP socket echoing every datagram.
+    async fn udp_echo(ip: IpAddr) -> SocketAddr {
+        let s = UdpSocket::bind((ip, 0)).await.unwrap();
+        let addr = s.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                if let Ok((n, from)) = s.recv_from(&mut buf).await {
+                    let _ = s.send_to(&buf[..n], from).await;
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn udp_echo_up_closed_and_silent_down() {
+        let (mut m, _tracker, cancel, mut rx) = monitor();
+        let echo4 = udp_echo(V4).await;
+        let echo6 = udp_echo(V6).await;
+        let closed4 = closed_udp(V4).await;
+        let closed6 = closed_udp(V6).await;
+        // Bound, never answers: the probe times out.
+        let silent = UdpSocket::bind((V4, 0)).await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let s = spec(
+            Probe::Udp {
+                payload: b"ping".to_vec(),
+            },
+            50,
+            2,
+            2,
+        );
+        let (ke4, ke6) = (key("echo", V4), key("echo", V6));
+        let (kc4, kc6, ks) = (key("closed", V4), key("closed", V6), key("silent", V4));
+        m.set_targets(vec![
+            (ke4.clone(), echo4, s.clone()),
+            (ke6.clone(), echo6, s.clone()),
+            (kc4.clone(), closed4, s.clone()),
+            (kc6.clone(), closed6, s.clone()),
+            (ks.clone(), silent_addr, s.clone()),
+        ]);
+        let mut evs = Vec::new();
+        for _ in 0..3 {
+            evs.push(next_event(&mut rx).await);
+        }
+        evs.sort_by(|a, b| a.key.cmp(&b.key));
+        let got: Vec<_> = evs.iter().map(|e| (e.key.clone(), e.up)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (kc4.clone(), false),
+                (kc6.clone(), false),
+                (ks.clone(), false)
+            ]
+        );
+        for ev in &evs[..2] {
+            assert!(ev.reason.contains("refused"), "{ev:?}");
+        }
+        assert!(evs[2].reason.ends_with("timed out after 50ms"), "{evs:?}");
+        no_event(&mut rx, Duration::from_millis(200)).await;
+        for k in [&ke4, &ke6] {
+            let st = status_of(&m, k);
+            assert!(
+                st.up && st.checks_total >= 3 && st.failures_total == 0,
+                "{st:?}"
+            );
+        }
+        cancel.cancel();
+        drop(silent);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn scale_2000_targets_on_one_thread() {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        // Every task, listener and probe runs on this one thread.
+        assert_eq!(
+            Handle::current().runtime_flavor(),
+            RuntimeFlavor::CurrentThread
+        );
+        assert_eq!(Handle::current().metrics().num_workers(), 1);
+
+        // 2,000 targets over 20 listeners on 127.0.0.1..=20.
+        let mut listeners = Vec::new();
+        for x in 1..=20u8 {
+            listeners.push(tcp_listener(IpAddr::V4(Ipv4Addr::new(127, 0, 0, x))).await);
+        }
+        let (mut m, tracker, cancel, mut rx) = monitor();
+        let s = CheckSpec {
+            probe: Probe::Tcp,
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(200),
+            rise: 2,
+            fall: 3,
+        };
+        let targets: Vec<_> = (0..2000u32)
+            .map(|i| {
+                let backend = IpAddr::V4(Ipv4Addr::from(0x7f01_0000 + i));
+                let k = key(&format!("svc{}", i % 10), backend);
+                (k, listeners[i as usize % 20], s.clone())
+            })
+            .collect();
+        let start = Instant::now();
+        m.set_targets(targets);
+        assert_eq!(tracker.len(), 2000);
+        // Polled without building 2,000 statuses every 10 ms.
+        let deadline = start + Duration::from_secs(20);
+        while !m.targets.values().all(|e| lock(&e.state).checks_total >= 3) {
+            assert!(Instant::now() < deadline, "3 checks of every target");
+            time::sleep(Duration::from_millis(50)).await;
+        }
+        let elapsed = start.elapsed();
+        let status = m.status();
+        assert_eq!(status.len(), 2000);
+        let failures: u64 = status.iter().map(|t| t.failures_total).sum();
+        assert!(status.iter().all(|t| t.up), "all stay up");
+        assert!(rx.try_recv().is_err(), "no transitions");
+        eprintln!("2000 targets, 3 checks each: {elapsed:?}, {failures} failed probes");
+        // 3 rounds take 0.4 s plus jitter (about 1 s in a debug build); the
+        // bound is generous for loaded machines.
+        assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
+        cancel.cancel();
+        tracker.close();
+        time::timeout(Duration::from_secs(1), tracker.wait())
+            .await
+            .expect("tasks end");
+    }
+
+    /// An HTTP server that accepts and never answers; counts the connections
+    /// it holds open (a connection closed by the client is no longer held).
+    async fn hanging_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let l = TcpListener::bind((V4, 0)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&open);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
+                let count = Arc::clone(&count);
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    count.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, open)
+    }
+
+    fn hanging_spec() -> CheckSpec {
+        CheckSpec {
+            probe: Probe::Http {
+                path: "/health".into(),
+                host: None,
+                expect_status: 200,
+            },
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(30),
+            rise: 1,
+            fall: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn cancel_interrupts_hanging_probes() {
+        let (addr, open) = hanging_server().await;
+        let (mut m, tracker, cancel, _rx) = monitor();
+        let keys: Vec<_> = (1..=5u8)
+            .map(|x| key("hang", IpAddr::V4(Ipv4Addr::new(127, 0, 0, x))))
+            .collect();
+        m.set_targets(
+            keys.iter()
+                .map(|k| (k.clone(), addr, hanging_spec()))
+                .collect(),
+        );
+        // First probes start within the jitter (below 3 s) and then hang.
+        wait_until("5 probes in flight", Duration::from_secs(10), || {
+            open.load(Ordering::SeqCst) == 5
+        })
+        .await;
+        assert_eq!(tracker.len(), 5);
+        assert!(m.status().iter().all(|t| t.up && t.checks_total == 0));
+
+        let start = Instant::now();
+        cancel.cancel();
+        tracker.close();
+        time::timeout(Duration::from_secs(1), tracker.wait())
+            .await
+            .expect("cancelled tasks end within 1 s");
+        assert!(start.elapsed() < Duration::from_secs(1));
+        // The probes' connections were closed.
+        wait_until("connections closed", Duration::from_secs(1), || {
+            open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn removing_a_target_stops_its_task() {
+        let (addr, open) = hanging_server().await;
+        let (mut m, tracker, _cancel, _rx) = monitor();
+        let (a, b) = (key("hang", V4), key("hang", V6));
+        m.set_targets(vec![
+            (a.clone(), addr, hanging_spec()),
+            (b.clone(), addr, hanging_spec()),
+        ]);
+        wait_until("2 probes in flight", Duration::from_secs(10), || {
+            open.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        assert_eq!(tracker.len(), 2);
+
+        m.set_targets(vec![(a.clone(), addr, hanging_spec())]);
+        assert_eq!(m.is_up(&b), None);
+        assert_eq!(m.status().len(), 1);
+        wait_until("removed task ends", Duration::from_secs(1), || {
+            tracker.len() == 1
+        })
+        .await;
+        wait_until(
+            "its probe's connection closed",
+            Duration::from_secs(1),
+            || open.load(Ordering::SeqCst) == 1,
+        )
+        .await;
+
+        // Dropping the monitor stops the rest.
+        drop(m);
+        wait_until(
+            "tasks of a dropped monitor end",
+            Duration::from_secs(1),
+            || tracker.is_empty(),
+        )
+        .await;
+        wait_until("all connections closed", Duration::from_secs(1), || {
+            open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn set_targets_keeps_unchanged_and_restarts_changed() {
+        let (mut m, tracker, cancel, mut rx) = monitor();
+        let refused = refused_tcp(V4).await;
+        let up = tcp_listener(V4).await;
+        let up2 = tcp_listener(V6).await;
+        let (ka, kb) = (
+            key("svc", IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+            key("svc", V4),
+        );
+        let sa = spec(Probe::Tcp, 50, 1, 1);
+        let sb = spec(Probe::Tcp, 50, 2, 3);
+        let both = |sa: &CheckSpec, b_addr| {
+            vec![
+                (ka.clone(), refused, sa.clone()),
+                (kb.clone(), b_addr, sb.clone()),
+            ]
+        };
+        m.set_targets(both(&sa, up));
+        let ev = next_event(&mut rx).await;
+        assert_eq!((&ev.key, ev.up), (&ka, false));
+        wait_until("a few checks of b", Duration::from_secs(5), || {
+            status_of(&m, &kb).checks_total >= 3
+        })
+        .await;
+        let state_a = Arc::clone(&m.targets[&ka].state);
+        let state_b = Arc::clone(&m.targets[&kb].state);
+
+        // Same set: same tasks, state kept (a stays down, counts go on).
+        let before_a = status_of(&m, &ka);
+        let before_b = status_of(&m, &kb);
+        m.set_targets(both(&sa, up));
+        assert!(Arc::ptr_eq(&state_a, &m.targets[&ka].state));
+        assert!(Arc::ptr_eq(&state_b, &m.targets[&kb].state));
+        assert_eq!(tracker.len(), 2);
+        assert_eq!(m.is_up(&ka), Some(false));
+        wait_until("checks go on", Duration::from_secs(5), || {
+            status_of(&m, &ka).checks_total > before_a.checks_total
+                && status_of(&m, &kb).checks_total > before_b.checks_total
+        })
+        .await;
+        assert_eq!(status_of(&m, &ka).last_change, before_a.last_change);
+        no_event(&mut rx, Duration::from_millis(150)).await;
+
+        // a's spec changes: restarted up, fresh counts, an up event.
+        let sa2 = CheckSpec {
+            rise: 2,
+            ..sa.clone()
+        };
+        m.set_targets(both(&sa2, up));
+        let st = status_of(&m, &ka);
+        assert!(
+            st.up && st.checks_total == 0 && st.last_error.is_none(),
+            "{st:?}"
+        );
+        assert!(!Arc::ptr_eq(&state_a, &m.targets[&ka].state));
+        assert!(Arc::ptr_eq(&state_b, &m.targets[&kb].state));
+        let ev = rx.try_recv().expect("restart event sent by set_targets");
+        assert_eq!((&ev.key, ev.up), (&ka, true));
+        assert_eq!(ev.reason, "check restarted (address or check changed)");
+        // Still refused: down again after one failure.
+        let ev = next_event(&mut rx).await;
+        assert_eq!((&ev.key, ev.up), (&ka, false));
+
+        // b's address changes: restarted (it was up, so no event).
+        m.set_targets(both(&sa2, up2));
+        let st = status_of(&m, &kb);
+        assert!(st.up && st.checks_total == 0 && st.addr == up2, "{st:?}");
+        assert!(!Arc::ptr_eq(&state_b, &m.targets[&kb].state));
+        wait_until("old tasks end", Duration::from_secs(1), || {
+            tracker.len() == 2
+        })
+        .await;
+        wait_until(
+            "b checked at its new address",
+            Duration::from_secs(5),
+            || status_of(&m, &kb).checks_total >= 2,
+        )
+        .await;
+        assert_eq!(status_of(&m, &kb).failures_total, 0);
+        no_event(&mut rx, Duration::from_millis(150)).await;
+
+        // An invalid spec is not monitored.
+        m.set_targets(vec![(
+            kb.clone(),
+            up,
+            CheckSpec {
+                rise: 0,
+                ..sb.clone()
+            },
+        )]);
+        assert!(m.status().is_empty());
+        cancel.cancel();
+    }
+}
