@@ -19,9 +19,35 @@ use xdpgate_common::{
     maps::GEN_TABLES,
 };
 use xdpgate_common::{
-    IFACE_DROP_UNBOUND, IFACE_PASS_MALFORMED, IfaceConfig, LOCAL_ADDR_BOUND, LocalAddrKey,
-    MAX_IFACES, PROGRAM_NAME, maps,
+    IFACE_DECAP, IFACE_DROP_UNBOUND, IFACE_LB, IFACE_PASS_MALFORMED, IfaceConfig, LOCAL_ADDR_BOUND,
+    LocalAddrKey, MAX_IFACES, PROGRAM_NAME,
+    lb::{
+        Backend, DEFAULT_RING_SERVICES, DEFAULT_RING_SIZE, LbConfig, MAX_SERVICES, PROG_STEER,
+        ServiceInfo, ServiceKey, ServiceStat, decap_stat_index, ring_entries, service_stat_index,
+    },
+    maps,
 };
+
+/// Name of the steering program in the object (tail-called by the main one).
+pub const STEER_PROGRAM_NAME: &str = "xdpgate_steer";
+
+/// Sizes fixed when the object is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Service slots that have ring storage (at most `MAX_SERVICES`).
+    pub ring_services: u32,
+    /// Maglev ring size (a prime).
+    pub ring_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            ring_services: DEFAULT_RING_SERVICES,
+            ring_size: DEFAULT_RING_SIZE,
+        }
+    }
+}
 
 use crate::{
     acl::{Verdict, compile::Image},
@@ -59,6 +85,9 @@ pub enum DatapathError {
     /// The verifier or the kernel refused the program; the message carries the verifier log.
     #[error("the kernel refused the XDP program: {0}")]
     Verify(#[source] ProgramError),
+    /// The verifier refused the steering program (log included).
+    #[error("the kernel refused the steering program {STEER_PROGRAM_NAME}: {0}")]
+    VerifySteer(#[source] ProgramError),
     /// `BPF_PROG_TEST_RUN` failed.
     #[error("test run failed: {0}")]
     TestRun(#[source] ProgramError),
@@ -164,6 +193,7 @@ pub struct Datapath {
     attached: Vec<Attached>,
     pinned: Vec<PathBuf>,
     barrier: RcuBarrier,
+    sizes: LoadOptions,
 }
 
 /// How the datapath treats malformed packets on an interface.
@@ -221,13 +251,32 @@ impl Datapath {
     /// Loads the object and has the kernel verify the program, without
     /// registering, pinning or attaching anything.
     pub fn load() -> Result<Self, DatapathError> {
+        Self::load_with(LoadOptions::default())
+    }
+
+    /// [`Datapath::load`] with the ring storage sized by `sizes`.
+    pub fn load_with(sizes: LoadOptions) -> Result<Self, DatapathError> {
         // Refuse unsupported kernels with a clear message, not a verifier dump.
         if let Some((release, version)) = sys::kernel_release()
             && version < MIN_KERNEL
         {
             return Err(DatapathError::Kernel { release });
         }
+        if sizes.ring_services == 0
+            || sizes.ring_services > MAX_SERVICES
+            || !crate::maglev::is_prime(sizes.ring_size)
+            || (sizes.ring_services as u64) * 2 * (sizes.ring_size as u64) > u32::MAX as u64 / 4
+        {
+            return Err(DatapathError::Missing(format!(
+                "valid ring sizing ({} services x ring {}: services 1..={MAX_SERVICES}, ring size a prime)",
+                sizes.ring_services, sizes.ring_size
+            )));
+        }
         let ebpf = EbpfLoader::new()
+            .map_max_entries(
+                maps::LB_RINGS,
+                ring_entries(sizes.ring_services, sizes.ring_size),
+            )
             .load(OBJECT)
             .map_err(DatapathError::Load)?;
         let barrier = RcuBarrier::new().map_err(|source| DatapathError::Io {
@@ -241,8 +290,11 @@ impl Datapath {
             attached: Vec::new(),
             pinned: Vec::new(),
             barrier,
+            sizes,
         };
         dp.program()?.load().map_err(DatapathError::Verify)?;
+        dp.load_steering()?;
+        dp.set_lb_config(&crate::lb::default_lb_config())?;
         Ok(dp)
     }
 
@@ -326,9 +378,9 @@ impl Datapath {
                 map: maps::IFACES,
                 source,
             })?;
-        let kept = map
-            .get(&ifindex, 0)
-            .map_or(0, |c| c.flags & IFACE_DROP_UNBOUND);
+        let kept = map.get(&ifindex, 0).map_or(0, |c| {
+            c.flags & (IFACE_DROP_UNBOUND | IFACE_DECAP | IFACE_LB)
+        });
         let flags = kept
             | match malformed {
                 Malformed::Drop => 0,
@@ -369,15 +421,26 @@ impl Datapath {
     /// with it, unicast packets to addresses not in [`maps::LOCAL_ADDRS`] for
     /// the interface's slot are dropped (reason `not_bound`).
     pub fn set_drop_unbound(&mut self, ifindex: u32, on: bool) -> Result<(), DatapathError> {
+        self.set_iface_flag(ifindex, IFACE_DROP_UNBOUND, on)
+    }
+
+    /// Sets or clears flag bit(s) `flag` (`IFACE_*`) on registered interface
+    /// `ifindex`.
+    pub fn set_iface_flag(
+        &mut self,
+        ifindex: u32,
+        flag: u32,
+        on: bool,
+    ) -> Result<(), DatapathError> {
         let Some(mut cfg) = self.iface_config(ifindex)? else {
             return Err(DatapathError::Missing(format!(
                 "registered interface with ifindex {ifindex}"
             )));
         };
         if on {
-            cfg.flags |= IFACE_DROP_UNBOUND;
+            cfg.flags |= flag;
         } else {
-            cfg.flags &= !IFACE_DROP_UNBOUND;
+            cfg.flags &= !flag;
         }
         self.ifaces_map()?
             .insert(ifindex, cfg, 0)
@@ -804,6 +867,293 @@ impl Datapath {
             let _ = std::fs::remove_dir(&paths.bpffs_dir);
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Load balancing and decapsulation maps (see `xdpgate_common::lb`).
+impl Datapath {
+    /// Loads the steering program and installs it as the main program's
+    /// tail-call target.
+    fn load_steering(&mut self) -> Result<(), DatapathError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(STEER_PROGRAM_NAME)
+            .ok_or_else(|| DatapathError::Missing(format!("program {STEER_PROGRAM_NAME}")))?
+            .try_into()
+            .map_err(|_| DatapathError::Missing(format!("XDP program {STEER_PROGRAM_NAME}")))?;
+        prog.load().map_err(DatapathError::VerifySteer)?;
+        let fd = prog
+            .fd()
+            .map_err(DatapathError::Verify)?
+            .try_clone()
+            .map_err(|source| DatapathError::Io {
+                what: "cannot duplicate the descriptor of",
+                path: PathBuf::from(STEER_PROGRAM_NAME),
+                source,
+            })?;
+        let map = self
+            .ebpf
+            .map_mut(maps::PROGS)
+            .ok_or_else(|| DatapathError::Missing(format!("map {}", maps::PROGS)))?;
+        let mut progs: aya::maps::ProgramArray<_> = aya::maps::ProgramArray::try_from(map)
+            .map_err(|source| DatapathError::Map {
+                map: maps::PROGS,
+                source,
+            })?;
+        progs
+            .set(PROG_STEER, &fd, 0)
+            .map_err(|source| DatapathError::Map {
+                map: maps::PROGS,
+                source,
+            })
+    }
+
+    /// Instructions the verifier processed for the steering program.
+    pub fn steer_verified_instructions(&mut self) -> Option<u32> {
+        let prog: &mut Xdp = self.ebpf.program_mut(STEER_PROGRAM_NAME)?.try_into().ok()?;
+        prog.info().ok()?.verified_instruction_count()
+    }
+
+    /// The ring sizing the object was loaded with.
+    pub fn ring_sizes(&self) -> LoadOptions {
+        self.sizes
+    }
+
+    /// Waits until no XDP program that started before the call still runs.
+    pub fn rcu_wait(&self) -> Result<(), DatapathError> {
+        self.barrier.wait().map_err(|source| DatapathError::Io {
+            what: "RCU barrier",
+            path: PathBuf::new(),
+            source,
+        })
+    }
+
+    fn map_err(map: &'static str) -> impl Fn(MapError) -> DatapathError {
+        move |source| DatapathError::Map { map, source }
+    }
+
+    fn map_ref(&self, name: &'static str) -> Result<&Map, DatapathError> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| DatapathError::Missing(format!("map {name}")))
+    }
+
+    fn map_mut_ref(&mut self, name: &'static str) -> Result<&mut Map, DatapathError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| DatapathError::Missing(format!("map {name}")))
+    }
+
+    /// Sets the outer source prefixes and TTL of encapsulated packets.
+    pub fn set_lb_config(&mut self, cfg: &LbConfig) -> Result<(), DatapathError> {
+        let mut map: Array<_, LbConfig> = Array::try_from(self.map_mut_ref(maps::LB_CONFIG)?)
+            .map_err(Self::map_err(maps::LB_CONFIG))?;
+        map.set(0, cfg, 0).map_err(Self::map_err(maps::LB_CONFIG))
+    }
+
+    /// The outer source prefixes and TTL in force.
+    pub fn lb_config(&self) -> Result<LbConfig, DatapathError> {
+        let map: Array<_, LbConfig> = Array::try_from(self.map_ref(maps::LB_CONFIG)?)
+            .map_err(Self::map_err(maps::LB_CONFIG))?;
+        map.get(&0, 0).map_err(Self::map_err(maps::LB_CONFIG))
+    }
+
+    /// Writes one ring half: `ring` (exactly `ring_size` entries) at index
+    /// `base` of the ring array, through its memory mapping.
+    pub fn write_ring(&self, base: u32, ring: &[u32]) -> Result<(), DatapathError> {
+        let entries = ring_entries(self.sizes.ring_services, self.sizes.ring_size);
+        if base as usize + ring.len() > entries as usize {
+            return Err(DatapathError::Missing(format!(
+                "ring room for {} entries at {base} (array of {entries})",
+                ring.len()
+            )));
+        }
+        let fd = self.map_data(maps::LB_RINGS)?.fd().as_fd();
+        let mut mm =
+            tables::ArrayMmap::new(fd, entries, 4).map_err(|source| DatapathError::Io {
+                what: "cannot map",
+                path: PathBuf::from(maps::LB_RINGS),
+                source,
+            })?;
+        let bytes = mm.bytes();
+        let start = base as usize * 4;
+        for (i, slot) in ring.iter().enumerate() {
+            bytes[start + i * 4..start + i * 4 + 4].copy_from_slice(&slot.to_ne_bytes());
+        }
+        Ok(())
+    }
+
+    /// Reads `len` ring entries at index `base` (for checks and tests).
+    pub fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, DatapathError> {
+        let entries = ring_entries(self.sizes.ring_services, self.sizes.ring_size);
+        if base as u64 + len as u64 > entries as u64 {
+            return Err(DatapathError::Missing(format!("ring entries {base}+{len}")));
+        }
+        let fd = self.map_data(maps::LB_RINGS)?.fd().as_fd();
+        let mut mm =
+            tables::ArrayMmap::new(fd, entries, 4).map_err(|source| DatapathError::Io {
+                what: "cannot map",
+                path: PathBuf::from(maps::LB_RINGS),
+                source,
+            })?;
+        let bytes = mm.bytes();
+        Ok((0..len as usize)
+            .map(|i| {
+                let at = (base as usize + i) * 4;
+                u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+            })
+            .collect())
+    }
+
+    /// Writes backend slot `slot`.
+    pub fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), DatapathError> {
+        let mut map: Array<_, Backend> = Array::try_from(self.map_mut_ref(maps::LB_BACKENDS)?)
+            .map_err(Self::map_err(maps::LB_BACKENDS))?;
+        map.set(slot, backend, 0)
+            .map_err(Self::map_err(maps::LB_BACKENDS))
+    }
+
+    /// Zeroes the counters of backend slot `slot` (before it is reused).
+    pub fn reset_backend_counter(&mut self, slot: u32) -> Result<(), DatapathError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Io {
+            what: "cannot count CPUs",
+            path: PathBuf::new(),
+            source,
+        })?;
+        let mut map: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.map_mut_ref(maps::LB_BACKEND_STATS)?)
+                .map_err(Self::map_err(maps::LB_BACKEND_STATS))?;
+        let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|source| {
+            DatapathError::Io {
+                what: "per-CPU values",
+                path: PathBuf::new(),
+                source,
+            }
+        })?;
+        map.set(slot, zeros, 0)
+            .map_err(Self::map_err(maps::LB_BACKEND_STATS))
+    }
+
+    fn per_cpu_sum(&self, name: &'static str, index: u32) -> Result<Counter, DatapathError> {
+        let map: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.map_ref(name)?).map_err(Self::map_err(name))?;
+        let values = map.get(&index, 0).map_err(Self::map_err(name))?;
+        Ok(values.iter().fold(Counter::default(), |a, c| Counter {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        }))
+    }
+
+    /// Packets and bytes sent to backend slot `slot`, summed over CPUs.
+    pub fn backend_counter(&self, slot: u32) -> Result<Counter, DatapathError> {
+        self.per_cpu_sum(maps::LB_BACKEND_STATS, slot)
+    }
+
+    /// Service slot `slot`'s counter of `what`, summed over CPUs.
+    pub fn service_counter(&self, slot: u32, what: ServiceStat) -> Result<Counter, DatapathError> {
+        self.per_cpu_sum(maps::LB_SERVICE_STATS, service_stat_index(slot, what))
+    }
+
+    /// Zeroes every counter of service slot `slot` (before it is reused).
+    pub fn reset_service_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Io {
+            what: "cannot count CPUs",
+            path: PathBuf::new(),
+            source,
+        })?;
+        let mut map: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.map_mut_ref(maps::LB_SERVICE_STATS)?)
+                .map_err(Self::map_err(maps::LB_SERVICE_STATS))?;
+        for what in ServiceStat::ALL {
+            let zeros =
+                PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|source| {
+                    DatapathError::Io {
+                        what: "per-CPU values",
+                        path: PathBuf::new(),
+                        source,
+                    }
+                })?;
+            map.set(service_stat_index(slot, what), zeros, 0)
+                .map_err(Self::map_err(maps::LB_SERVICE_STATS))?;
+        }
+        Ok(())
+    }
+
+    /// Decapsulated packets on interface slot `slot` with outer family
+    /// `outer` and inner family `inner` (`lb::FAMILY_*`), summed over CPUs.
+    pub fn decap_counter(&self, slot: u32, outer: u8, inner: u8) -> Result<Counter, DatapathError> {
+        self.per_cpu_sum(maps::DECAP_STATS, decap_stat_index(slot, outer, inner))
+    }
+
+    /// Inserts or replaces a service entry (an atomic replace for readers).
+    pub fn set_service(
+        &mut self,
+        key: &ServiceKey,
+        info: &ServiceInfo,
+    ) -> Result<(), DatapathError> {
+        let mut map: HashMap<_, ServiceKey, ServiceInfo> =
+            HashMap::try_from(self.map_mut_ref(maps::LB_SERVICES)?)
+                .map_err(Self::map_err(maps::LB_SERVICES))?;
+        map.insert(key, info, 0)
+            .map_err(Self::map_err(maps::LB_SERVICES))
+    }
+
+    /// Removes a service entry (absent is fine).
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DatapathError> {
+        let mut map: HashMap<_, ServiceKey, ServiceInfo> =
+            HashMap::try_from(self.map_mut_ref(maps::LB_SERVICES)?)
+                .map_err(Self::map_err(maps::LB_SERVICES))?;
+        match map.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(source) => Err(DatapathError::Map {
+                map: maps::LB_SERVICES,
+                source,
+            }),
+        }
+    }
+
+    /// Every service entry.
+    pub fn services(&self) -> Result<Vec<(ServiceKey, ServiceInfo)>, DatapathError> {
+        let map: HashMap<_, ServiceKey, ServiceInfo> =
+            HashMap::try_from(self.map_ref(maps::LB_SERVICES)?)
+                .map_err(Self::map_err(maps::LB_SERVICES))?;
+        map.iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Self::map_err(maps::LB_SERVICES))
+    }
+
+    fn decap_map(&mut self) -> Result<HashMap<&mut MapData, LocalAddrKey, u32>, DatapathError> {
+        HashMap::try_from(self.map_mut_ref(maps::DECAP_DSTS)?)
+            .map_err(Self::map_err(maps::DECAP_DSTS))
+    }
+
+    /// Replaces the decapsulator's outer destinations with `keys`.
+    pub fn set_decap_dsts(&mut self, keys: &[LocalAddrKey]) -> Result<(), DatapathError> {
+        let want: HashSet<LocalAddrKey> = keys.iter().copied().collect();
+        let mut map = self.decap_map()?;
+        let have = map
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Self::map_err(maps::DECAP_DSTS))?;
+        for k in &want {
+            map.insert(k, LOCAL_ADDR_BOUND, 0)
+                .map_err(Self::map_err(maps::DECAP_DSTS))?;
+        }
+        for k in have.iter().filter(|k| !want.contains(k)) {
+            let _ = map.remove(k);
+        }
+        Ok(())
+    }
+
+    /// The decapsulator's outer destinations.
+    pub fn decap_dsts(&mut self) -> Result<Vec<LocalAddrKey>, DatapathError> {
+        self.decap_map()?
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Self::map_err(maps::DECAP_DSTS))
     }
 }
 

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod events;
 pub mod health;
+pub mod lb;
 pub mod listen;
 pub mod maglev;
 pub mod metrics;

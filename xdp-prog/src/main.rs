@@ -40,6 +40,12 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let (family, action) = match parse::parse(&mut cursor) {
         Ok(packet) => {
+            // Steering candidates are stashed before classifying, so no packet
+            // field has to live across the classifier's calls (whose frames
+            // share the 512-byte stack limit).
+            let steer = packet.family != Family::Other
+                && iface.flags & (IFACE_LB | IFACE_DECAP) != 0
+                && stash(&packet, iface.slot, iface.flags, bytes);
             // Non-IP frames are not subject to rules or to the bound-address check.
             let decided = if packet.family == Family::Other {
                 Decision::NoRule
@@ -70,11 +76,11 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
                 }
                 Decision::NoRule => Action::Pass,
             };
-            if action == Action::Pass
-                && packet.family != Family::Other
-                && iface.flags & (IFACE_LB | IFACE_DECAP) != 0
-            {
-                handoff(&ctx, &packet, iface.slot, iface.flags, bytes);
+            if steer && action == Action::Pass {
+                // Returns only if the tail call fails (no steering program
+                // loaded): the packet then passes as usual.
+                // SAFETY: tail call with the program's own context.
+                unsafe { maps::PROGS.tail_call(&ctx, PROG_STEER) };
             }
             (packet.family, action)
         }
@@ -93,33 +99,31 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
     action as u32
 }
 
-/// Hands a passed packet to the steering program: its fields go to
-/// `STEER_CTX`, then a tail call. Returns only if the tail call fails (no
-/// steering program loaded): the packet then passes as usual.
+/// Writes what the steering program needs of a packet to `STEER_CTX`;
+/// false if the slot is missing.
 #[inline(always)]
-fn handoff(ctx: &XdpContext, packet: &parse::Packet, slot: u32, flags: u32, bytes: u64) {
+fn stash(packet: &parse::Packet, slot: u32, flags: u32, bytes: u64) -> bool {
     let Some(s) = maps::STEER_CTX.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     let ports = packet.l4 == parse::L4::Ports && packet.frag == parse::Frag::None;
     // SAFETY: per-CPU slot, written here and read by the tail-called program
     // on the same CPU for the same packet.
     unsafe {
-        s.write(steer::SteerCtx {
-            src: packet.src,
-            dst: packet.dst,
-            bytes,
-            slot,
-            flags,
-            family: packet.family as u32,
-            sport: packet.sport,
-            dport: packet.dport,
-            proto: packet.proto,
-            ports: ports as u8,
-            _pad: [0; 2],
-        });
-        maps::PROGS.tail_call(ctx, PROG_STEER);
+        // Field by field into the map value: no copy on the stack, whose
+        // combined size over the call frames is limited to 512 bytes.
+        (*s).src = packet.src;
+        (*s).dst = packet.dst;
+        (*s).bytes = bytes;
+        (*s).slot = slot;
+        (*s).flags = flags;
+        (*s).family = packet.family as u32;
+        (*s).sport = packet.sport;
+        (*s).dport = packet.dport;
+        (*s).proto = packet.proto;
+        (*s).ports = ports as u8;
     }
+    true
 }
 
 /// The steering program (load balancing and decapsulation), reached only by
@@ -130,13 +134,13 @@ pub fn xdpgate_steer(ctx: XdpContext) -> u32 {
         return Action::Pass as u32;
     };
     // SAFETY: per-CPU slot written by the main program just before the tail call.
-    let s = unsafe { *s };
+    let s = unsafe { &*s };
     let family = if s.family == Family::Ipv4 as u32 {
         Family::Ipv4
     } else {
         Family::Ipv6
     };
-    let action = steer::run(&ctx, &s);
+    let action = steer::run(&ctx, s);
     stats::count(s.slot, family, action, s.bytes);
     action as u32
 }

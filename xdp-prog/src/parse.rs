@@ -490,12 +490,46 @@ impl Frame {
     #[inline(always)]
     pub fn bytes<const N: usize>(&mut self, off: usize) -> Option<&mut [u8; N]> {
         let at = self.start + off;
+        // Through memory once, so LLVM cannot recompute the pointer after the
+        // check (the recomputed register would lack the checked range).
+        // SAFETY: reads a local through a valid pointer.
+        let at = unsafe { core::ptr::read_volatile(&at) };
         if at + N > self.end {
             return None;
         }
         // SAFETY: the N bytes lie inside the frame (checked above), arrays of
         // u8 have alignment 1, and `&mut self` keeps the borrow unique.
         Some(unsafe { &mut *(at as *mut [u8; N]) })
+    }
+}
+
+impl Frame {
+    /// A copy of the `N` bytes at `off`, or `None` if the frame ends first.
+    /// Byte by byte and volatile, so LLVM emits no `memcpy`/`memmove` call
+    /// (the verifier loses packet bounds across such calls).
+    #[inline(always)]
+    pub fn read<const N: usize>(&mut self, off: usize) -> Option<[u8; N]> {
+        let src = self.bytes::<N>(off)?;
+        let mut out = [0u8; N];
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: `i < N`, inside the checked region.
+            *b = unsafe { core::ptr::read_volatile(src.as_ptr().add(i)) };
+        }
+        Some(out)
+    }
+
+    /// Writes `value` at `off`; false if the frame ends first. Byte by byte
+    /// and volatile, like [`Frame::read`].
+    #[inline(always)]
+    pub fn write<const N: usize>(&mut self, off: usize, value: &[u8; N]) -> bool {
+        let Some(dst) = self.bytes::<N>(off) else {
+            return false;
+        };
+        for (i, b) in value.iter().enumerate() {
+            // SAFETY: `i < N`, inside the checked region.
+            unsafe { core::ptr::write_volatile(dst.as_mut_ptr().add(i), *b) };
+        }
+        true
     }
 }
 

@@ -135,7 +135,7 @@ fn decap(ctx: &XdpContext, s: &SteerCtx) -> Option<Action> {
     // SAFETY: presence check only.
     unsafe { DECAP_DSTS.get(&key) }?;
     let mut f = Frame::new(ctx);
-    let eth = *f.bytes::<14>(0)?;
+    let eth = f.read::<14>(0)?;
     let (inner_off, proto) = if outer_v4 {
         if eth[12..14] != ETH_IPV4 {
             return None;
@@ -155,14 +155,23 @@ fn decap(ctx: &XdpContext, s: &SteerCtx) -> Option<Action> {
         // Tunnel protocol behind IPv6 extension headers: not decapsulated.
         _ => return None,
     };
-    // The inner header must at least begin with its version byte.
-    let first = f.bytes::<1>(inner_off)?[0] >> 4;
-    if (inner_v4 && first != 4) || (!inner_v4 && first != 6) {
+    // The inner fixed header must be there, with its version.
+    let version = if inner_v4 {
+        f.bytes::<20>(inner_off)?[0] >> 4
+    } else {
+        f.bytes::<40>(inner_off)?[0] >> 4
+    };
+    if version != if inner_v4 { 4 } else { 6 } {
         return None;
     }
-    let new_eth = f.bytes::<14>(inner_off - 14)?;
-    new_eth[..12].copy_from_slice(&eth[..12]);
-    new_eth[12..14].copy_from_slice(if inner_v4 { &ETH_IPV4 } else { &ETH_IPV6 });
+    let ty = if inner_v4 { ETH_IPV4 } else { ETH_IPV6 };
+    let new_eth = [
+        eth[0], eth[1], eth[2], eth[3], eth[4], eth[5], eth[6], eth[7], eth[8], eth[9], eth[10],
+        eth[11], ty[0], ty[1],
+    ];
+    if !f.write(inner_off - 14, &new_eth) {
+        return None;
+    }
     if !adjust_head(ctx, (inner_off - 14) as i32) {
         return Some(Action::Aborted);
     }
@@ -225,11 +234,10 @@ fn forward(ctx: &XdpContext, s: &SteerCtx, ring_base: u32, ring_size: u32, flags
     let Some(backend) = LB_BACKENDS.get(slot) else {
         return Outcome::Drop(DropReason::LbNoBackend);
     };
-    let backend = *backend;
     let out = if flags & SERVICE_L2DSR != 0 {
-        l2dsr(ctx, s, &backend)
+        l2dsr(ctx, s, backend)
     } else {
-        encap(ctx, s, &backend, hash)
+        encap(ctx, s, backend, hash)
     };
     if let Outcome::Act(_) = out {
         stats::count_backend(slot, s.bytes);
@@ -337,12 +345,13 @@ fn l2dsr(ctx: &XdpContext, s: &SteerCtx, backend: &Backend) -> Outcome {
     if !on_link {
         return Outcome::Drop(DropReason::LbNoNeighbor);
     }
-    let mut f = Frame::new(ctx);
-    let Some(eth) = f.bytes::<12>(0) else {
+    let (d, m) = (p.dmac, p.smac);
+    let macs = [
+        d[0], d[1], d[2], d[3], d[4], d[5], m[0], m[1], m[2], m[3], m[4], m[5],
+    ];
+    if !Frame::new(ctx).write(0, &macs) {
         return Outcome::Bypass;
-    };
-    eth[..6].copy_from_slice(&p.dmac);
-    eth[6..12].copy_from_slice(&p.smac);
+    }
     send(ctx, p.ifindex)
 }
 
@@ -368,20 +377,17 @@ fn outer_source(cfg: &LbConfig, v4: bool, hash: u32) -> [u8; 16] {
 fn encap(ctx: &XdpContext, s: &SteerCtx, backend: &Backend, hash: u32) -> Outcome {
     let inner_v4 = s.family == Family::Ipv4 as u32;
     let outer_v4 = backend.family == FAMILY_V4 as u32;
-    let cfg = match LB_CONFIG.get(0) {
-        Some(cfg) => *cfg,
-        None => LbConfig::default(),
-    };
+    let default = LbConfig::default();
+    let cfg = LB_CONFIG.get(0).unwrap_or(&default);
     let ttl = if cfg.ttl == 0 || cfg.ttl > 255 {
         DEFAULT_OUTER_TTL as u8
     } else {
         cfg.ttl as u8
     };
     let mut f = Frame::new(ctx);
-    let Some(eth) = f.bytes::<14>(0) else {
+    let Some(eth) = f.read::<14>(0) else {
         return Outcome::Bypass;
     };
-    let eth = *eth;
     // Inner length (from its own header: Ethernet padding is not carried)
     // and traffic class.
     let (inner_len, tos) = if inner_v4 {
@@ -410,7 +416,7 @@ fn encap(ctx: &XdpContext, s: &SteerCtx, backend: &Backend, hash: u32) -> Outcom
         return Outcome::Drop(DropReason::LbTooBig);
     }
     let proto = if inner_v4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
-    let src = outer_source(&cfg, outer_v4, hash);
+    let src = outer_source(cfg, outer_v4, hash);
     let ingress = ctx.ingress_ifindex() as u32;
     let mut p = fib_request(outer_v4, &src, &backend.addr, outer_len as u16, ingress);
     p.l4_protocol = proto;
@@ -419,11 +425,11 @@ fn encap(ctx: &XdpContext, s: &SteerCtx, backend: &Backend, hash: u32) -> Outcom
         (p.dmac, p.smac, p.ifindex)
     } else if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         // The stack forwards it and resolves the neighbour meanwhile.
-        let mut d = [0u8; 6];
-        let mut sm = [0u8; 6];
-        d.copy_from_slice(&eth[..6]);
-        sm.copy_from_slice(&eth[6..12]);
-        (d, sm, 0)
+        (
+            [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]],
+            [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]],
+            0,
+        )
     } else if ret == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
         return Outcome::Drop(DropReason::LbTooBig);
     } else {
@@ -433,17 +439,18 @@ fn encap(ctx: &XdpContext, s: &SteerCtx, backend: &Backend, hash: u32) -> Outcom
         return Outcome::Drop(DropReason::LbTooBig);
     }
     let mut f = Frame::new(ctx);
-    let Some(new_eth) = f.bytes::<14>(0) else {
+    let ty = if outer_v4 { ETH_IPV4 } else { ETH_IPV6 };
+    let new_eth = [
+        dmac[0], dmac[1], dmac[2], dmac[3], dmac[4], dmac[5], smac[0], smac[1], smac[2], smac[3],
+        smac[4], smac[5], ty[0], ty[1],
+    ];
+    if !f.write(0, &new_eth) {
         return Outcome::Act(Action::Aborted);
-    };
-    new_eth[..6].copy_from_slice(&dmac);
-    new_eth[6..12].copy_from_slice(&smac);
-    new_eth[12..14].copy_from_slice(if outer_v4 { &ETH_IPV4 } else { &ETH_IPV6 });
-    if outer_v4 {
-        let Some(ip) = f.bytes::<20>(14) else {
-            return Outcome::Act(Action::Aborted);
-        };
-        let dst = &backend.addr;
+    }
+    let dst = &backend.addr;
+    // In pieces, from values already at hand: no header-sized copy on the
+    // stack (the steering program's frame is close to the 512-byte limit).
+    let written = if outer_v4 {
         let src_word = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
         let dst_word = u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]);
         // RFC 1071 over the ten header words (identification and fragment
@@ -453,29 +460,35 @@ fn encap(ctx: &XdpContext, s: &SteerCtx, backend: &Backend, hash: u32) -> Outcom
         sum += ((ttl as u32) << 8) | proto as u32;
         sum = add32(sum, src_word);
         sum = add32(sum, dst_word);
-        let check = !fold32(sum);
+        let ck = (!fold32(sum)).to_be_bytes();
         let len = (outer_len as u16).to_be_bytes();
-        let ck = check.to_be_bytes();
-        *ip = [
-            0x45, tos, len[0], len[1], 0, 0, 0, 0, ttl, proto, ck[0], ck[1], src[0], src[1],
-            src[2], src[3], dst[0], dst[1], dst[2], dst[3],
-        ];
+        f.write(
+            14,
+            &[
+                0x45, tos, len[0], len[1], 0, 0, 0, 0, ttl, proto, ck[0], ck[1],
+            ],
+        ) && f.write(26, &src_word.to_be_bytes())
+            && f.write(30, &dst_word.to_be_bytes())
     } else {
-        let Some(ip) = f.bytes::<40>(14) else {
-            return Outcome::Act(Action::Aborted);
-        };
         let flow = hash & 0x000f_ffff;
         let len = (inner_len as u16).to_be_bytes();
-        ip[0] = 0x60 | (tos >> 4);
-        ip[1] = ((tos & 0x0f) << 4) | (flow >> 16) as u8;
-        ip[2] = (flow >> 8) as u8;
-        ip[3] = flow as u8;
-        ip[4] = len[0];
-        ip[5] = len[1];
-        ip[6] = proto;
-        ip[7] = ttl;
-        ip[8..24].copy_from_slice(&src);
-        ip[24..40].copy_from_slice(&backend.addr);
+        f.write(
+            14,
+            &[
+                0x60 | (tos >> 4),
+                ((tos & 0x0f) << 4) | (flow >> 16) as u8,
+                (flow >> 8) as u8,
+                flow as u8,
+                len[0],
+                len[1],
+                proto,
+                ttl,
+            ],
+        ) && f.write(22, &src)
+            && f.write(38, dst)
+    };
+    if !written {
+        return Outcome::Act(Action::Aborted);
     }
     if egress == 0 {
         return Outcome::Act(Action::Pass);
