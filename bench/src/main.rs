@@ -8,12 +8,16 @@
 //! 4. address bindings: seconds to bind and unbind 10,000 IPv4 + 10,000 IPv6
 //!    addresses on a veth.
 //!
+//! Then Maglev ring build times and disruption, in user space
+//! (`--only maglev` runs just that, without root or namespaces).
+//!
 //! Everything runs inside network namespaces created here, which are removed
 //! on exit (also on failure). See docs/bench.md.
 // Raw bpf(2) helpers live in the test library, shared with the tests.
 use xdpgate_tests::bpf;
 mod bind;
 mod live;
+mod maglev;
 mod report;
 mod testrun;
 mod workload;
@@ -46,6 +50,10 @@ struct Cli {
     /// Only the address-binding timing (part 4).
     #[arg(long)]
     only_bind: bool,
+    /// Only this user-space part (no root, no namespaces): prints its table
+    /// and its JSON.
+    #[arg(long, value_enum)]
+    only: Option<Only>,
     /// Prefix counts per family for part 1 (comma-separated; overrides the
     /// default list, for focused runs).
     #[arg(long, value_delimiter = ',')]
@@ -58,6 +66,13 @@ struct Cli {
     repeat: Option<u32>,
 }
 
+/// Parts `--only` runs by themselves.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    /// Maglev ring build time and disruption.
+    Maglev,
+}
+
 /// Lab subnet of the benchmark's veth pair (10.200.X.0/24); the tests and the
 /// demo use small numbers.
 const LAB_SUBNET: u8 = 231;
@@ -65,6 +80,12 @@ const LAB_SUBNET: u8 = 231;
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    if cli.only == Some(Only::Maglev) {
+        let m = report::Section::from(Some(maglev::run()));
+        maglev::print(&m);
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(());
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads XDP programs and creates network namespaces: run it as root");
@@ -110,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let maglev = report::Section::from(Some(maglev::run()));
     let ns = Netns::new("bench").context("creating the benchmark namespace")?;
     let part1 = testrun::run(&ns, repeat, prefixes, rules)?;
     drop(ns);
@@ -140,10 +162,14 @@ fn main() -> anyhow::Result<()> {
 
     let report = report::Report::new(cli.quick, part1, filter, live, bind, started.elapsed());
     report.print();
+    println!();
+    maglev::print(&maglev);
     if let Some(dir) = cli.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(&cli.out, serde_json::to_string_pretty(&report)?)
+    let mut json = serde_json::to_value(&report)?;
+    json["maglev"] = serde_json::to_value(&maglev)?;
+    std::fs::write(&cli.out, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", cli.out.display()))?;
     eprintln!("bench: wrote {}", cli.out.display());
     Ok(())
