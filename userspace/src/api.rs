@@ -70,6 +70,21 @@ pub enum Request {
     Stats,
     /// What the daemon runs: interfaces, configuration, state file, last reload.
     Status,
+    /// Add a load-balanced service (or replace it, with `replace`).
+    LbAdd {
+        /// The service.
+        service: crate::lb::ServiceEntry,
+        /// Replace a service with the same VIP, protocol and port.
+        #[serde(default)]
+        replace: bool,
+    },
+    /// Remove a service by `VIP:PORT/PROTO`.
+    LbDel {
+        /// The service.
+        service: String,
+    },
+    /// The services with their backends, health and counters.
+    LbList,
 }
 
 /// A response: `ok` with a `result`, or the list of `errors`.
@@ -141,6 +156,10 @@ fn daemon_error(e: DaemonError) -> Response {
         DaemonError::Bind(crate::bind::BindError::Invalid(errs)) => {
             Response::invalid(errs.iter().map(|e| e.to_string()).collect())
         }
+        DaemonError::Lb(crate::lb::LbError::Invalid(errs)) => Response::invalid(errs),
+        e @ DaemonError::Lb(crate::lb::LbError::Parse(_) | crate::lb::LbError::NoService(_)) => {
+            Response::invalid(vec![e.to_string()])
+        }
         e @ (DaemonError::NeedsRestart(_) | DaemonError::Config(_)) => {
             Response::invalid(vec![e.to_string()])
         }
@@ -174,6 +193,27 @@ pub fn execute(shared: &Mutex<Shared>, req: Request) -> Response {
                 json(&r)
             }
             Err(e) => daemon_error(e),
+        },
+        Request::LbAdd { service, replace } => match d.lb_add(&service, replace) {
+            Ok(()) => json(
+                &serde_json::json!({ "message": format!("service {} in force", service.service) }),
+            ),
+            Err(e) => daemon_error(e),
+        },
+        Request::LbDel { service } => match d.lb_del(&service) {
+            Ok(()) => json(&serde_json::json!({ "message": format!("service {service} removed") })),
+            Err(e) => daemon_error(e),
+        },
+        Request::LbList => match d.lb.status(&d.dp) {
+            Ok(services) => {
+                let health = d.health.as_ref().map(|m| m.status()).unwrap_or_default();
+                json(&serde_json::json!({
+                    "services": services,
+                    "health": health,
+                    "specs": d.lb.specs().iter().map(crate::lb::ServiceEntry::from_spec).collect::<Vec<_>>(),
+                }))
+            }
+            Err(e) => Response::err(vec![e.to_string()]),
         },
         Request::BindList => json(&serde_json::json!({
             "bindings": d.binds.list(),

@@ -97,6 +97,60 @@ pub struct Interface {
     pub policy: Verdict,
     /// Drop unicast traffic to destinations not bound on this interface.
     pub drop_unbound: bool,
+    /// Decapsulate IPIP/IP6IP6 (and the mixed forms) addressed to this
+    /// interface's addresses (the backend role of the load balancer).
+    pub decap: bool,
+}
+
+/// `[lb]`: load-balancer settings fixed at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LbSettings {
+    /// Service slots with ring storage (`max_services`, 1..=256).
+    pub max_services: u32,
+    /// Maglev ring size (`table_size`, a prime up to 65,537).
+    pub table_size: u32,
+    /// Outer IPv4 source prefix of encapsulated packets.
+    pub source_v4: ipnetwork::Ipv4Network,
+    /// Outer IPv6 source prefix (the last 32 bits vary per flow).
+    pub source_v6: ipnetwork::Ipv6Network,
+    /// Outer TTL / hop limit.
+    pub ttl: u32,
+}
+
+impl Default for LbSettings {
+    fn default() -> Self {
+        use xdpgate_common::lb::*;
+        LbSettings {
+            max_services: DEFAULT_RING_SERVICES,
+            table_size: DEFAULT_RING_SIZE,
+            source_v4: ipnetwork::Ipv4Network::new(DEFAULT_SRC_V4.0.into(), DEFAULT_SRC_V4.1)
+                .expect("valid default"),
+            source_v6: ipnetwork::Ipv6Network::new(DEFAULT_SRC_V6.0.into(), DEFAULT_SRC_V6.1)
+                .expect("valid default"),
+            ttl: DEFAULT_OUTER_TTL,
+        }
+    }
+}
+
+impl LbSettings {
+    /// The datapath's outer-source configuration.
+    pub fn lb_config(&self) -> Result<xdpgate_common::lb::LbConfig, crate::lb::LbError> {
+        crate::lb::lb_config(
+            self.source_v4.ip(),
+            self.source_v4.prefix(),
+            self.source_v6.ip(),
+            self.source_v6.prefix(),
+            self.ttl,
+        )
+    }
+
+    /// The ring sizing to load the datapath with.
+    pub fn load_options(&self) -> crate::datapath::LoadOptions {
+        crate::datapath::LoadOptions {
+            ring_services: self.max_services,
+            ring_size: self.table_size,
+        }
+    }
 }
 
 /// One address binding as configured (see `xdpgate bind add`).
@@ -150,6 +204,10 @@ pub struct Config {
     pub bindings: Vec<BindEntry>,
     /// Sets, rules and default policies.
     pub acl: RuleFile,
+    /// `[lb]` settings.
+    pub lb: LbSettings,
+    /// Load-balanced services (`[[service]]`), validated.
+    pub services: Vec<crate::lb::ServiceEntry>,
 }
 
 impl Config {
@@ -181,6 +239,7 @@ impl Config {
                     mode,
                     policy: Verdict::Allow,
                     drop_unbound: false,
+                    decap: false,
                 })
                 .collect(),
             malformed,
@@ -198,6 +257,8 @@ impl Config {
             bind_limit: DEFAULT_BIND_LIMIT,
             bindings: Vec::new(),
             acl: RuleFile::default(),
+            lb: LbSettings::default(),
+            services: Vec::new(),
         }
     }
 }
@@ -252,6 +313,25 @@ struct File {
     sets: BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     rule: Vec<Spanned<toml::Value>>,
+    #[serde(default)]
+    lb: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    service: Vec<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LbSection {
+    #[serde(default)]
+    max_services: Option<u32>,
+    #[serde(default)]
+    table_size: Option<u32>,
+    #[serde(default)]
+    encap_source_v4: Option<String>,
+    #[serde(default)]
+    encap_source_v6: Option<String>,
+    #[serde(default)]
+    encap_ttl: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -299,6 +379,8 @@ struct InterfaceEntry {
     policy: Option<String>,
     #[serde(default)]
     drop_unbound: Option<bool>,
+    #[serde(default)]
+    decap: Option<bool>,
 }
 
 struct Ctx<'a> {
@@ -555,6 +637,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             mode,
             policy,
             drop_unbound: e.drop_unbound.unwrap_or(false),
+            decap: e.decap.unwrap_or(false),
         });
     }
     if cfg.interfaces.len() >= xdpgate_common::MAX_IFACES as usize {
@@ -598,6 +681,105 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             );
         }
         cfg.bindings.push(b);
+    }
+
+    if let Some(l) = &file.lb
+        && let Some(sec) = cx.typed::<LbSection>(l, "[lb]")
+    {
+        let span = l.span();
+        if let Some(n) = sec.max_services {
+            if (1..=xdpgate_common::lb::MAX_SERVICES).contains(&n) {
+                cfg.lb.max_services = n;
+            } else {
+                cx.push(
+                    Some(&key_in(text, &span, "max_services")),
+                    format!(
+                        "[lb] max_services = {n}: use 1 to {}",
+                        xdpgate_common::lb::MAX_SERVICES
+                    ),
+                );
+            }
+        }
+        if let Some(n) = sec.table_size {
+            if crate::maglev::is_prime(n)
+                && (257..=xdpgate_common::lb::DEFAULT_RING_SIZE).contains(&n)
+            {
+                cfg.lb.table_size = n;
+            } else {
+                cx.push(
+                    Some(&key_in(text, &span, "table_size")),
+                    format!(
+                        "[lb] table_size = {n}: use a prime from 257 to {} (e.g. 4099, 16381, 65537)",
+                        xdpgate_common::lb::DEFAULT_RING_SIZE
+                    ),
+                );
+            }
+        }
+        if let Some(p) = sec.encap_source_v4 {
+            match p.parse::<ipnetwork::Ipv4Network>() {
+                Ok(n) if n.ip() == n.network() => cfg.lb.source_v4 = n,
+                _ => cx.push(
+                    Some(&key_in(text, &span, "encap_source_v4")),
+                    format!("[lb] encap_source_v4 = {p:?} is not an IPv4 prefix without host bits"),
+                ),
+            }
+        }
+        if let Some(p) = sec.encap_source_v6 {
+            match p.parse::<ipnetwork::Ipv6Network>() {
+                Ok(n) if n.ip() == n.network() => cfg.lb.source_v6 = n,
+                _ => cx.push(
+                    Some(&key_in(text, &span, "encap_source_v6")),
+                    format!("[lb] encap_source_v6 = {p:?} is not an IPv6 prefix without host bits"),
+                ),
+            }
+        }
+        if let Some(t) = sec.encap_ttl {
+            if (1..=255).contains(&t) {
+                cfg.lb.ttl = t;
+            } else {
+                cx.push(
+                    Some(&key_in(text, &span, "encap_ttl")),
+                    format!("[lb] encap_ttl = {t}: use 1 to 255"),
+                );
+            }
+        }
+    }
+
+    let mut service_ids = BTreeSet::new();
+    for (i, v) in file.service.iter().enumerate() {
+        let what = format!("[[service]] #{}", i + 1);
+        let Some(e) = cx.typed::<crate::lb::ServiceEntry>(v, &what) else {
+            continue;
+        };
+        match e.to_spec() {
+            Ok(spec) => {
+                if !service_ids.insert(spec.id) {
+                    cx.push(
+                        Some(&key_in(text, &v.span(), "service")),
+                        format!("{what}: service {} is defined twice", spec.id),
+                    );
+                }
+            }
+            Err(problems) => {
+                for p in problems {
+                    cx.push(
+                        Some(&key_in(text, &v.span(), "service")),
+                        format!("{what}: {p}"),
+                    );
+                }
+            }
+        }
+        cfg.services.push(e);
+    }
+    if cfg.services.len() > cfg.lb.max_services as usize {
+        cx.push(
+            None,
+            format!(
+                "{} services, but [lb] max_services is {}",
+                cfg.services.len(),
+                cfg.lb.max_services
+            ),
+        );
     }
 
     // The ACL: sets, rules and the interfaces' policies, validated by the same

@@ -17,6 +17,8 @@ use crate::{
     config::{self, Config, ConfigError},
     control::{AclController, Applied, ApplyError},
     datapath::{Datapath, DatapathError, Malformed},
+    health::{HealthEvent, HealthMonitor},
+    lb::{LbController, LbError, ServiceEntry, ServiceId, ServiceSpec},
     netlink::XdpMode,
     paths::Paths,
     state::{self, Saved, StateError},
@@ -42,6 +44,8 @@ pub struct Overrides {
     pub state_file: Option<PathBuf>,
     /// `--acl-file`: sets and rules from a rule file instead of the config.
     pub acl_file: Option<PathBuf>,
+    /// `--decap`: decapsulate on every interface.
+    pub decap: bool,
 }
 
 /// Errors of starting, reloading and changing the daemon.
@@ -76,6 +80,9 @@ pub enum DaemonError {
     /// The state file could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A load-balancer change was refused or failed.
+    #[error(transparent)]
+    Lb(#[from] LbError),
     /// A change took effect but could not be saved.
     #[error("the change is in force, but it could not be saved, so a restart would lose it: {0}")]
     NotSaved(StateError),
@@ -113,6 +120,13 @@ pub struct Daemon {
     pub ctl: AclController,
     /// The address bindings.
     pub binds: Bindings,
+    /// The load balancer's services.
+    pub lb: LbController,
+    /// Health checks of the services' backends (started inside the async
+    /// runtime by [`Daemon::start_health`]).
+    pub health: Option<HealthMonitor>,
+    /// Interfaces (ifindex) that decapsulate.
+    decap_ifaces: Vec<(u32, u32)>,
     /// The configuration in force, overrides applied.
     pub config: Config,
     /// The command-line overrides.
@@ -178,6 +192,7 @@ pub fn apply_overrides(mut cfg: Config, o: &Overrides) -> Result<Config, DaemonE
                 mode: XdpMode::Native,
                 policy: crate::acl::Verdict::Allow,
                 drop_unbound: false,
+                decap: false,
             }));
         }
         // Rules and bindings of interfaces no longer named are refused by
@@ -190,6 +205,11 @@ pub fn apply_overrides(mut cfg: Config, o: &Overrides) -> Result<Config, DaemonE
     }
     if let Some(m) = o.malformed {
         cfg.malformed = m;
+    }
+    if o.decap {
+        for i in &mut cfg.interfaces {
+            i.decap = true;
+        }
     }
     if !o.metrics_listen.is_empty() {
         cfg.metrics_listen = o.metrics_listen.clone();
@@ -286,7 +306,8 @@ impl Daemon {
         for i in &cfg.interfaces {
             resolved.push(sys::ifindex(&i.name).map_err(DatapathError::from)?);
         }
-        let mut dp = Datapath::load()?;
+        let mut dp = Datapath::load_with(cfg.lb.load_options())?;
+        dp.set_lb_config(&cfg.lb.lb_config()?)?;
         for (slot, ifindex) in resolved.iter().enumerate() {
             dp.register(*ifindex, slot as u32 + 1, cfg.malformed)?;
         }
@@ -299,6 +320,11 @@ impl Daemon {
         apply_events(&mut dp, &cfg, &mut events_reader)?;
         let mut ctl = AclController::new(cfg.slots());
         let mut binds = Bindings::new(cfg.bind_limit);
+        let mut lb = LbController::new(&dp, resolved.clone());
+        let ring_services = cfg.lb.max_services;
+        let specs_of = |entries: &[ServiceEntry]| {
+            crate::lb::specs_of(entries, ring_services).map_err(LbError::Invalid)
+        };
         let origin = match saved {
             Some(s) if s.config_digest == cfg.digest => {
                 log::info!(
@@ -316,6 +342,7 @@ impl Daemon {
                 })?;
                 ctl.install(&mut dp, acl)?;
                 binds.restore(&mut dp, s.bindings)?;
+                lb.apply(&mut dp, &specs_of(&s.services)?)?;
                 Origin::StateFile
             }
             other => {
@@ -330,16 +357,31 @@ impl Daemon {
                 }
                 ctl.install(&mut dp, cfg.acl_state())?;
                 binds.replace(&mut dp, &bind_requests(&cfg))?;
+                lb.apply(&mut dp, &specs_of(&cfg.services)?)?;
                 Origin::Config
             }
         };
         for i in &cfg.interfaces {
             binds.set_drop_unbound(&mut dp, &i.name, i.drop_unbound)?;
         }
-        let d = Daemon {
+        let decap_ifaces: Vec<(u32, u32)> = cfg
+            .interfaces
+            .iter()
+            .zip(&resolved)
+            .enumerate()
+            .filter(|(_, (i, _))| i.decap)
+            .map(|(slot, (_, ifindex))| (*ifindex, slot as u32 + 1))
+            .collect();
+        for (ifindex, _) in &decap_ifaces {
+            dp.set_iface_flag(*ifindex, xdpgate_common::IFACE_DECAP, true)?;
+        }
+        let mut d = Daemon {
             dp,
             ctl,
             binds,
+            lb,
+            health: None,
+            decap_ifaces,
             config: cfg,
             overrides,
             paths: paths.clone(),
@@ -353,6 +395,7 @@ impl Daemon {
             started: Instant::now(),
             events_reader,
         };
+        d.refresh_decap()?;
         d.persist()?;
         Ok(d)
     }
@@ -361,12 +404,144 @@ impl Daemon {
     pub fn persist(&self) -> Result<(), StateError> {
         state::save(
             &self.config.state_file,
-            &Saved::new(
-                &self.config.digest,
-                self.ctl.state(),
-                self.binds.list().to_vec(),
-            ),
+            &Saved {
+                services: self
+                    .lb
+                    .specs()
+                    .iter()
+                    .map(ServiceEntry::from_spec)
+                    .collect(),
+                ..Saved::new(
+                    &self.config.digest,
+                    self.ctl.state(),
+                    self.binds.list().to_vec(),
+                )
+            },
         )
+    }
+
+    /// Sets the decapsulator's outer destinations to the addresses now on
+    /// the interfaces that decapsulate (at start, after binding changes and
+    /// on reload).
+    pub fn refresh_decap(&mut self) -> Result<(), DaemonError> {
+        if self.decap_ifaces.is_empty() {
+            return Ok(());
+        }
+        let addrs = crate::netlink::addresses(None).map_err(|e| {
+            DaemonError::Lb(LbError::Parse(format!(
+                "cannot read the interfaces' addresses for decapsulation: {e}"
+            )))
+        })?;
+        let mut keys = Vec::new();
+        for (ifindex, slot) in &self.decap_ifaces {
+            for a in addrs.iter().filter(|a| a.ifindex == *ifindex) {
+                let (addr, family) = crate::lb::addr_key(a.addr);
+                keys.push(xdpgate_common::LocalAddrKey {
+                    slot: *slot,
+                    family: family as u32,
+                    addr,
+                });
+            }
+        }
+        self.dp.set_decap_dsts(&keys)?;
+        Ok(())
+    }
+
+    /// Starts the health checks of every service (inside the async runtime)
+    /// and returns the receiver of their state changes, which the caller
+    /// feeds to [`Daemon::on_health`].
+    pub fn start_health(
+        &mut self,
+        tracker: tokio_util::task::TaskTracker,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<HealthEvent> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut m = HealthMonitor::new(tracker, cancel, tx);
+        m.set_targets(self.lb.health_targets());
+        self.health = Some(m);
+        rx
+    }
+
+    /// Re-targets the health checks after the services changed.
+    fn retarget_health(&mut self) {
+        if let Some(m) = &mut self.health {
+            m.set_targets(self.lb.health_targets());
+        }
+    }
+
+    /// Applies a health state change: the backend leaves or rejoins its
+    /// service's ring.
+    pub fn on_health(&mut self, ev: &HealthEvent) {
+        let Ok(id) = ev.key.service.parse::<ServiceId>() else {
+            return;
+        };
+        match self.lb.set_health(&mut self.dp, &id, ev.key.backend, ev.up) {
+            Ok(true) => log::info!(
+                "load balancer: backend {} of {id} {} the ring",
+                ev.key.backend,
+                if ev.up { "rejoined" } else { "left" }
+            ),
+            Ok(false) => {}
+            Err(e) => log::error!(
+                "load balancer: cannot update the ring of {id} for backend {}: {e}",
+                ev.key.backend
+            ),
+        }
+    }
+
+    /// Replaces the services with `specs` (all or nothing), re-targets the
+    /// health checks and saves the result.
+    pub fn lb_replace(&mut self, specs: Vec<ServiceSpec>) -> Result<(), DaemonError> {
+        self.lb.apply(&mut self.dp, &specs)?;
+        self.retarget_health();
+        self.sync_health_state();
+        self.persist().map_err(DaemonError::NotSaved)?;
+        Ok(())
+    }
+
+    /// Pushes the health state the monitor knows into the rings (a service
+    /// re-installed starts with every backend in).
+    fn sync_health_state(&mut self) {
+        let Some(m) = &self.health else {
+            return;
+        };
+        let down: Vec<_> = m.status().into_iter().filter(|t| !t.up).collect();
+        for t in down {
+            if let Ok(id) = t.key.service.parse::<ServiceId>() {
+                let _ = self.lb.set_health(&mut self.dp, &id, t.key.backend, false);
+            }
+        }
+    }
+
+    /// Adds a service, or replaces the one with the same VIP, protocol and
+    /// port when `replace`.
+    pub fn lb_add(&mut self, entry: &ServiceEntry, replace: bool) -> Result<(), DaemonError> {
+        let spec = entry.to_spec().map_err(LbError::Invalid)?;
+        let mut specs = self.lb.specs();
+        match specs.iter().position(|s| s.id == spec.id) {
+            Some(_) if !replace => {
+                return Err(LbError::Invalid(vec![format!(
+                    "service {} exists; use lb add --replace to change it",
+                    spec.id
+                )])
+                .into());
+            }
+            Some(i) => specs[i] = spec,
+            None => specs.push(spec),
+        }
+        self.lb_replace(specs)
+    }
+
+    /// Removes a service.
+    pub fn lb_del(&mut self, service: &str) -> Result<(), DaemonError> {
+        let id: ServiceId = service.parse()?;
+        let mut specs = self.lb.specs();
+        let before = specs.len();
+        specs.retain(|s| s.id != id);
+        if specs.len() == before {
+            return Err(LbError::NoService(id.to_string()).into());
+        }
+        self.lb_replace(specs)
     }
 
     /// Applies an ACL change and saves the result.
@@ -379,6 +554,7 @@ impl Daemon {
     /// Adds bindings and saves the result.
     pub fn bind_add(&mut self, reqs: &[BindRequest]) -> Result<crate::bind::Report, DaemonError> {
         let r = self.binds.add(&mut self.dp, reqs)?;
+        self.refresh_decap()?;
         self.persist().map_err(DaemonError::NotSaved)?;
         Ok(r)
     }
@@ -386,6 +562,7 @@ impl Daemon {
     /// Removes bindings and saves the result.
     pub fn bind_del(&mut self, reqs: &[BindRequest]) -> Result<crate::bind::Report, DaemonError> {
         let r = self.binds.del(&mut self.dp, reqs)?;
+        self.refresh_decap()?;
         self.persist().map_err(DaemonError::NotSaved)?;
         Ok(r)
     }
@@ -448,6 +625,19 @@ impl Daemon {
                 "the malformed-packet policy changed".into(),
             ));
         }
+        if next.lb != running.lb {
+            return Err(DaemonError::NeedsRestart(
+                "the [lb] settings changed".into(),
+            ));
+        }
+        let decaps = |c: &Config| c.interfaces.iter().map(|i| i.decap).collect::<Vec<_>>();
+        if decaps(&next) != decaps(running) {
+            return Err(DaemonError::NeedsRestart(
+                "the interfaces' decap settings changed".into(),
+            ));
+        }
+        let specs =
+            crate::lb::specs_of(&next.services, next.lb.max_services).map_err(LbError::Invalid)?;
         // Validate the bindings before touching anything.
         let reqs = bind_requests(&next);
         let errs = Bindings::validate(&reqs, next.bind_limit, &next.iface_names());
@@ -469,12 +659,25 @@ impl Daemon {
         let old_acl = self.ctl.state().clone();
         let applied = self.ctl.install(&mut self.dp, next.acl_state())?;
         self.binds.set_limit(next.bind_limit);
+        let old_binds = bind_requests(&self.config);
         if let Err(e) = self.binds.replace(&mut self.dp, &reqs) {
             if let Err(back) = self.ctl.install(&mut self.dp, old_acl) {
                 log::error!("reload: restoring the previous rules failed too: {back}");
             }
             return Err(e.into());
         }
+        if let Err(e) = self.lb.apply(&mut self.dp, &specs) {
+            if let Err(back) = self.binds.replace(&mut self.dp, &old_binds) {
+                log::error!("reload: restoring the previous bindings failed too: {back}");
+            }
+            if let Err(back) = self.ctl.install(&mut self.dp, old_acl) {
+                log::error!("reload: restoring the previous rules failed too: {back}");
+            }
+            return Err(e.into());
+        }
+        self.retarget_health();
+        self.sync_health_state();
+        self.refresh_decap()?;
         let mut flags = Ok(());
         for i in &next.interfaces {
             flags = flags.and(
@@ -488,11 +691,12 @@ impl Daemon {
         self.config = next;
         self.persist().map_err(DaemonError::NotSaved)?;
         Ok(format!(
-            "reloaded {}: {} rules, {} prefixes, {} bound addresses",
+            "reloaded {}: {} rules, {} prefixes, {} bound addresses, {} services",
             self.config.path.display(),
             applied.rules,
             applied.prefixes,
-            self.binds.list().len()
+            self.binds.list().len(),
+            self.lb.specs().len()
         ))
     }
 }

@@ -75,6 +75,12 @@ enum Command {
         /// Where runtime changes are saved (default /var/lib/xdpgate/state.json).
         #[arg(long, env = "XDPGATE_STATE_FILE", value_name = "FILE")]
         state_file: Option<PathBuf>,
+        /// Backend role of the load balancer: decapsulate IPIP, IP6IP6,
+        /// IPv4-in-IPv6 and IPv6-in-IPv4 packets addressed to the interfaces'
+        /// own addresses in XDP and pass the inner packet to the stack (no
+        /// tunnel module needed). Same as `decap = true` on every [[interface]].
+        #[arg(long)]
+        decap: bool,
     },
     /// Validate a configuration file without touching the kernel; print every
     /// error with its line and column.
@@ -108,6 +114,11 @@ enum Command {
         /// allow or deny.
         #[arg(value_enum)]
         verdict: VerdictArg,
+    },
+    /// Load balancing: services (VIP, protocol, port) and their backends.
+    Lb {
+        #[command(subcommand)]
+        cmd: LbCmd,
     },
     /// Show which interfaces carry xdpgate or another XDP program, in which mode, with which program id.
     Status {
@@ -219,6 +230,87 @@ enum BindCmd {
         #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum LbCmd {
+    /// Add a service: `lb add 192.0.2.10:80/tcp --backend 10.200.2.2
+    /// --backend fd00:200:2::3 weight=2`. The ring is rebuilt and swapped
+    /// atomically; all or nothing.
+    Add {
+        /// VIP:PORT/PROTO (IPv6 VIPs in brackets), or VIP/PROTO for every port.
+        service: String,
+        /// A backend address of either family, optionally followed by
+        /// weight=N (default 1; 0 drains it). Repeat for each backend.
+        #[arg(long = "backend", short = 'b', num_args = 1..=2, value_name = "ADDR [weight=N]", required = true)]
+        backends: Vec<String>,
+        /// How packets reach the backends: encap (IPIP/IP6IP6/mixed; the
+        /// backends run `xdpgate run --decap`) or l2dsr (MAC rewrite; the
+        /// backends are on-link).
+        #[arg(long, value_enum, default_value_t = ForwardArg::Encap)]
+        forward: ForwardArg,
+        /// Health check of each backend: tcp, http or udp (none by default).
+        #[arg(long, value_enum)]
+        health: Option<HealthArg>,
+        /// Port probed (default: the service's).
+        #[arg(long, requires = "health")]
+        health_port: Option<u16>,
+        /// Seconds between probes (default 2).
+        #[arg(long, requires = "health")]
+        interval: Option<f64>,
+        /// Seconds one probe may take (default 1).
+        #[arg(long, requires = "health")]
+        timeout: Option<f64>,
+        /// Successful probes that bring a backend back (default 2).
+        #[arg(long, requires = "health")]
+        rise: Option<u32>,
+        /// Failed probes that take a backend out (default 3).
+        #[arg(long, requires = "health")]
+        fall: Option<u32>,
+        /// HTTP: path to GET (default /).
+        #[arg(long, requires = "health")]
+        http_path: Option<String>,
+        /// HTTP: expected status (default 200).
+        #[arg(long, requires = "health")]
+        http_status: Option<u16>,
+        /// UDP: probe payload (default "ping").
+        #[arg(long, requires = "health")]
+        udp_payload: Option<String>,
+        /// Replace an existing service with the same VIP, protocol and port.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Remove a service.
+    Del {
+        /// VIP:PORT/PROTO.
+        service: String,
+    },
+    /// List services, backends, their health, ring shares and counters.
+    List {
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+/// Forwarding method of a service.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ForwardArg {
+    /// Encapsulation.
+    Encap,
+    /// L2 direct server return.
+    L2dsr,
+}
+
+/// Health-check type.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HealthArg {
+    /// TCP connect.
+    Tcp,
+    /// HTTP GET with an expected status.
+    Http,
+    /// UDP probe expecting a reply.
+    Udp,
 }
 
 #[derive(Debug, Subcommand)]
@@ -347,6 +439,7 @@ fn main() -> ExitCode {
         Command::Set { .. } => Some("xdpgate set"),
         Command::Policy { .. } => Some("xdpgate policy"),
         Command::Bind { .. } => Some("xdpgate bind"),
+        Command::Lb { .. } => Some("xdpgate lb"),
         Command::Stats { .. } => Some("xdpgate stats"),
         Command::Reload => Some("xdpgate reload"),
         _ => None,
@@ -367,6 +460,7 @@ fn main() -> ExitCode {
             metrics_listen,
             no_metrics,
             state_file,
+            decap,
         } => {
             let overrides = Overrides {
                 ifaces,
@@ -376,12 +470,14 @@ fn main() -> ExitCode {
                 no_metrics,
                 state_file,
                 acl_file,
+                decap,
             };
             run(&paths, config.as_deref(), overrides)
         }
         Command::Check { config } => check(&config),
         Command::Reload => reload(&paths),
         Command::Bind { cmd } => bind_cmd(&paths, cmd),
+        Command::Lb { cmd } => lb_cmd(&paths, cmd),
         Command::Acl { cmd } => acl_cmd(&paths, cmd),
         Command::Set { cmd } => set_cmd(&paths, cmd),
         Command::Policy { iface, verdict } => apply(
@@ -419,6 +515,9 @@ fn is_usage_error(e: &anyhow::Error) -> bool {
                     DaemonError::Config(_)
                         | DaemonError::NoInterface
                         | DaemonError::RuleFile { .. }
+                        | DaemonError::Lb(
+                            xdpgate::lb::LbError::Invalid(_) | xdpgate::lb::LbError::Parse(_)
+                        )
                 )
             )
     })
@@ -428,13 +527,14 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = config::load(path)?;
     let state = cfg.acl_state();
     println!(
-        "{}: ok: {} interface(s), {} set(s) with {} prefixes, {} rule(s), {} binding(s), metrics on {}",
+        "{}: ok: {} interface(s), {} set(s) with {} prefixes, {} rule(s), {} binding(s), {} service(s), metrics on {}",
         path.display(),
         cfg.interfaces.len(),
         state.sets.len(),
         state.sets.values().map(|s| s.len()).sum::<usize>(),
         state.rules.len(),
         cfg.bindings.len(),
+        cfg.services.len(),
         if cfg.metrics_listen.is_empty() {
             "nothing".to_string()
         } else {
@@ -529,8 +629,28 @@ fn run(paths: &Paths, config_path: Option<&Path>, overrides: Overrides) -> anyho
 
         let root = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let mut health_events = d.start_health(tracker.clone(), root.child_token());
         let shared = Arc::new(Mutex::new(d));
         tracker.spawn(api::serve(api_listener, shared.clone(), root.child_token()));
+        {
+            // Health state changes move backends out of and into the rings.
+            let shared = shared.clone();
+            let token = root.child_token();
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        ev = health_events.recv() => match ev {
+                            Some(ev) => {
+                                let mut d = shared.lock().unwrap_or_else(|e| e.into_inner());
+                                d.on_health(&ev);
+                            }
+                            None => break,
+                        },
+                    }
+                }
+            });
+        }
         if !metrics_listeners.is_empty() {
             let source = shared.clone();
             let gather: Arc<dyn Fn() -> Result<String, String> + Send + Sync> =
@@ -729,6 +849,126 @@ fn show_stats(paths: &Paths, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&r["report"])?),
         Output::Text => print!("{}", r["text"].as_str().unwrap_or_default()),
+    }
+    Ok(())
+}
+
+fn lb_cmd(paths: &Paths, cmd: LbCmd) -> anyhow::Result<()> {
+    match cmd {
+        LbCmd::Add {
+            service,
+            backends,
+            forward,
+            health,
+            health_port,
+            interval,
+            timeout,
+            rise,
+            fall,
+            http_path,
+            http_status,
+            udp_payload,
+            replace,
+        } => {
+            // Validated here first, so a typo gets a usage error without a
+            // round trip (the daemon validates again).
+            let tokens =
+                xdpgate::lb::parse_backends(&backends).map_err(|e| BadInput(e.to_string()))?;
+            let entry = xdpgate::lb::ServiceEntry {
+                service,
+                forward: Some(
+                    match forward {
+                        ForwardArg::Encap => "encap",
+                        ForwardArg::L2dsr => "l2dsr",
+                    }
+                    .into(),
+                ),
+                backends: tokens
+                    .iter()
+                    .map(|b| format!("{} weight={}", b.addr, b.weight))
+                    .collect(),
+                health: health.map(|h| xdpgate::lb::HealthEntry {
+                    kind: Some(
+                        match h {
+                            HealthArg::Tcp => "tcp",
+                            HealthArg::Http => "http",
+                            HealthArg::Udp => "udp",
+                        }
+                        .into(),
+                    ),
+                    port: health_port,
+                    interval,
+                    timeout,
+                    rise,
+                    fall,
+                    path: http_path,
+                    host: None,
+                    status: http_status,
+                    payload: udp_payload,
+                }),
+            };
+            if let Err(problems) = entry.to_spec() {
+                return Err(BadInput(problems.join("; ")).into());
+            }
+            let r = call(
+                paths,
+                &Request::LbAdd {
+                    service: entry,
+                    replace,
+                },
+            )?;
+            println!("{}", r["message"].as_str().unwrap_or("ok"));
+        }
+        LbCmd::Del { service } => {
+            let r = call(paths, &Request::LbDel { service })?;
+            println!("{}", r["message"].as_str().unwrap_or("ok"));
+        }
+        LbCmd::List { output } => {
+            let r = call(paths, &Request::LbList)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let services = r["services"].as_array().cloned().unwrap_or_default();
+            if services.is_empty() {
+                println!("no services");
+            }
+            for s in services {
+                println!(
+                    "{}  forward {}  ring {}  forwarded {}  slow-path {}  dropped {}{}",
+                    s["service"].as_str().unwrap_or("?"),
+                    s["forward"].as_str().unwrap_or("?"),
+                    s["ring_size"],
+                    s["forwarded_packets"],
+                    s["slow_path_packets"],
+                    s["dropped_packets"],
+                    if s["health_checked"].as_bool() == Some(true) {
+                        "  health-checked"
+                    } else {
+                        ""
+                    }
+                );
+                println!(
+                    "  {:<40}  {:>6}  {:<7}  {:>8}  {:>12}  {:>14}",
+                    "BACKEND", "WEIGHT", "HEALTH", "RING", "PACKETS", "BYTES"
+                );
+                for b in s["backends"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<40}  {:>6}  {:<7}  {:>8}  {:>12}  {:>14}",
+                        b["addr"].as_str().unwrap_or("?"),
+                        b["weight"],
+                        if b["healthy"].as_bool() == Some(true) {
+                            "up"
+                        } else {
+                            "down"
+                        },
+                        b["ring_entries"],
+                        b["packets"],
+                        b["bytes"]
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -65,6 +65,9 @@ pub struct Saved {
     pub acl: RuleFile,
     /// Address bindings, with which of them xdpgate added.
     pub bindings: Vec<crate::bind::Binding>,
+    /// Load-balanced services (absent in files written before they existed).
+    #[serde(default)]
+    pub services: Vec<crate::lb::ServiceEntry>,
 }
 
 impl Saved {
@@ -79,6 +82,7 @@ impl Saved {
                 .unwrap_or(0),
             acl: rule_file_of(acl),
             bindings,
+            services: Vec::new(),
         }
     }
 }

@@ -40,12 +40,6 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let (family, action) = match parse::parse(&mut cursor) {
         Ok(packet) => {
-            // Steering candidates are stashed before classifying, so no packet
-            // field has to live across the classifier's calls (whose frames
-            // share the 512-byte stack limit).
-            let steer = packet.family != Family::Other
-                && iface.flags & (IFACE_LB | IFACE_DECAP) != 0
-                && stash(&packet, iface.slot, iface.flags, bytes);
             // Non-IP frames are not subject to rules or to the bound-address check.
             let decided = if packet.family == Family::Other {
                 Decision::NoRule
@@ -76,11 +70,8 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
                 }
                 Decision::NoRule => Action::Pass,
             };
-            if steer && action == Action::Pass {
-                // Returns only if the tail call fails (no steering program
-                // loaded): the packet then passes as usual.
-                // SAFETY: tail call with the program's own context.
-                unsafe { maps::PROGS.tail_call(&ctx, PROG_STEER) };
+            if action == Action::Pass && packet.family != Family::Other {
+                handoff(&ctx, iface.slot, iface.flags, bytes);
             }
             (packet.family, action)
         }
@@ -99,42 +90,51 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
     action as u32
 }
 
-/// Writes what the steering program needs of a packet to `STEER_CTX`;
-/// false if the slot is missing.
+/// Hands a packet the ACL passed to the steering program when its
+/// interface steers (`IFACE_LB` or `IFACE_DECAP`): the interface's slot and
+/// flags and the frame's length go to `STEER_CTX` (the packet's fields are
+/// in the classifier's `SCRATCH` already), then a tail call. Returns only
+/// if the tail call fails (no steering program loaded): the packet then
+/// passes as usual.
+///
+/// Nothing of the packet is kept across the classifier for this: per-path
+/// values live across its calls cost the verifier half again as many
+/// instructions (measured).
 #[inline(always)]
-fn stash(packet: &parse::Packet, slot: u32, flags: u32, bytes: u64) -> bool {
+fn handoff(ctx: &XdpContext, slot: u32, flags: u32, bytes: u64) {
+    if flags & (IFACE_LB | IFACE_DECAP) == 0 {
+        return;
+    }
     let Some(s) = maps::STEER_CTX.get_ptr_mut(0) else {
-        return false;
+        return;
     };
-    let ports = packet.l4 == parse::L4::Ports && packet.frag == parse::Frag::None;
     // SAFETY: per-CPU slot, written here and read by the tail-called program
-    // on the same CPU for the same packet.
+    // on the same CPU for the same packet; then a tail call with the
+    // program's own context.
     unsafe {
-        // Field by field into the map value: no copy on the stack, whose
-        // combined size over the call frames is limited to 512 bytes.
-        (*s).src = packet.src;
-        (*s).dst = packet.dst;
         (*s).bytes = bytes;
         (*s).slot = slot;
         (*s).flags = flags;
-        (*s).family = packet.family as u32;
-        (*s).sport = packet.sport;
-        (*s).dport = packet.dport;
-        (*s).proto = packet.proto;
-        (*s).ports = ports as u8;
+        maps::PROGS.tail_call(ctx, PROG_STEER);
     }
-    true
 }
 
 /// The steering program (load balancing and decapsulation), reached only by
 /// tail call from `xdpgate`; counts the packet like the main program would.
 #[xdp]
 pub fn xdpgate_steer(ctx: XdpContext) -> u32 {
-    let Some(s) = maps::STEER_CTX.get_ptr(0) else {
+    let Some(s) = maps::STEER_CTX.get_ptr_mut(0) else {
         return Action::Pass as u32;
     };
-    // SAFETY: per-CPU slot written by the main program just before the tail call.
-    let s = unsafe { &*s };
+    let Some(f) = maps::SCRATCH.get_ptr(0) else {
+        return Action::Pass as u32;
+    };
+    // SAFETY: per-CPU slots written by the main program for this packet just
+    // before the tail call (`SCRATCH` by the classifier).
+    let s = unsafe {
+        steer::fill(&mut *s, &*f);
+        &*s
+    };
     let family = if s.family == Family::Ipv4 as u32 {
         Family::Ipv4
     } else {

@@ -11,8 +11,9 @@
 //!   interface, loses its outer header; the inner packet goes to the stack
 //!   with the original Ethernet addresses. Outer IPv6 extension headers and
 //!   VLAN tags are not decapsulated (the packet passes unchanged).
-//! - Load balancing (`IFACE_LB`): a packet with ports (TCP, UDP, SCTP; not a
-//!   fragment) to a service in `LB_SERVICES` goes to the backend its flow hash
+//! - Load balancing (`IFACE_LB`): a packet with ports (TCP, UDP, SCTP; later
+//!   fragments carry none and pass to the stack, so fragmented datagrams to a
+//!   VIP are not supported) to a service in `LB_SERVICES` goes to the backend its flow hash
 //!   picks from the service's Maglev ring, either encapsulated (outer header
 //!   of the backend's family, outer source varying per flow) or by L2 DSR
 //!   (Ethernet addresses rewritten). The route and next hop come from the
@@ -54,6 +55,25 @@ const ETH_IPV6: [u8; 2] = [0x86, 0xdd];
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
+/// The packet's fields as the classifier laundered them (`acl::Fields`),
+/// into `s` (the main program wrote `bytes`, `slot` and `flags`). Ports
+/// count only for TCP, UDP and SCTP with an L4 header (not later fragments).
+#[inline(always)]
+pub fn fill(s: &mut SteerCtx, f: &crate::acl::Fields) {
+    s.src = f.src;
+    s.dst = f.dst;
+    s.family = if f.v4 != 0 {
+        Family::Ipv4 as u32
+    } else {
+        Family::Ipv6 as u32
+    };
+    s.proto = f.proto as u8;
+    let l4 = matches!(s.proto, 6 | 17 | 132) && f.sport != crate::acl::NONE;
+    s.ports = l4 as u8;
+    s.sport = if l4 { (f.sport & 0xffff) as u16 } else { 0 };
+    s.dport = if l4 { (f.dport & 0xffff) as u16 } else { 0 };
+}
+
 /// What the main program hands over (through `maps::STEER_CTX`).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -76,7 +96,7 @@ pub struct SteerCtx {
     pub dport: u16,
     /// L4 protocol.
     pub proto: u8,
-    /// Non-zero: the packet has ports and is not a fragment.
+    /// Non-zero: the packet has ports (TCP, UDP, SCTP; not a later fragment).
     pub ports: u8,
     /// Padding.
     pub _pad: [u8; 2],
