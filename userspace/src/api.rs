@@ -207,9 +207,21 @@ pub fn execute(shared: &Mutex<Shared>, req: Request) -> Response {
         Request::LbList => match d.lb.status(&d.dp) {
             Ok(services) => {
                 let health = d.health.as_ref().map(|m| m.status()).unwrap_or_default();
+                let decap: Vec<serde_json::Value> = d
+                    .decap_counters()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(iface, outer, inner, packets, bytes)| {
+                        serde_json::json!({
+                            "interface": iface, "outer": outer, "inner": inner,
+                            "packets": packets, "bytes": bytes,
+                        })
+                    })
+                    .collect();
                 json(&serde_json::json!({
                     "services": services,
                     "health": health,
+                    "decap": decap,
                     "specs": d.lb.specs().iter().map(crate::lb::ServiceEntry::from_spec).collect::<Vec<_>>(),
                 }))
             }

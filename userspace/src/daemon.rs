@@ -447,6 +447,32 @@ impl Daemon {
         Ok(())
     }
 
+    /// Decapsulated packets and bytes per (interface, outer family, inner
+    /// family) of every interface that decapsulates.
+    #[allow(clippy::type_complexity)]
+    pub fn decap_counters(
+        &self,
+    ) -> Result<Vec<(String, &'static str, &'static str, u64, u64)>, DaemonError> {
+        use xdpgate_common::lb::{FAMILY_V4, FAMILY_V6};
+        let mut out = Vec::new();
+        for (ifindex, slot) in &self.decap_ifaces {
+            let name = self
+                .dp
+                .attached()
+                .iter()
+                .find(|a| a.ifindex == *ifindex)
+                .map(|a| a.iface.clone())
+                .unwrap_or_else(|| ifindex.to_string());
+            for (o, on) in [(FAMILY_V4, "ipv4"), (FAMILY_V6, "ipv6")] {
+                for (i, iname) in [(FAMILY_V4, "ipv4"), (FAMILY_V6, "ipv6")] {
+                    let c = self.dp.decap_counter(*slot, o, i)?;
+                    out.push((name.clone(), on, iname, c.packets, c.bytes));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Starts the health checks of every service (inside the async runtime)
     /// and returns the receiver of their state changes, which the caller
     /// feeds to [`Daemon::on_health`].

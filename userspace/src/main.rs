@@ -673,6 +673,9 @@ fn run(paths: &Paths, config_path: Option<&Path>, overrides: Overrides) -> anyho
                         last_reload_success_unix: d.reload.last_success_unix,
                         last_reload_ok: d.reload.last_ok,
                         bound_addresses: bound,
+                        lb_services: d.lb.status(&d.dp).map_err(|e| e.to_string())?,
+                        health: d.health.as_ref().map(|m| m.status()).unwrap_or_default(),
+                        decap: d.decap_counters().map_err(|e| e.to_string())?,
                     };
                     metrics::gather(&d.dp, &d.ctl, &d.paths, &status)
                         .map(|s| metrics::render(&s))

@@ -104,6 +104,13 @@ pub struct DaemonStatus {
     /// Addresses bound per (interface, family `ipv4`/`ipv6`, count). Pairs
     /// left out are exported as 0 for every registered interface.
     pub bound_addresses: Vec<(String, String, u64)>,
+    /// The load balancer's services with their backends and counters.
+    pub lb_services: Vec<crate::lb::ServiceStatus>,
+    /// Health-check state of every backend that is checked.
+    pub health: Vec<crate::health::TargetStatus>,
+    /// Decapsulated packets and bytes per (interface, outer family, inner
+    /// family), for every interface that decapsulates.
+    pub decap: Vec<(String, &'static str, &'static str, u64, u64)>,
 }
 
 /// Version of the daemon and of the kernel it runs on.
@@ -146,6 +153,12 @@ pub struct Snapshot {
     pub last_reload_ok: bool,
     /// Build information.
     pub build: BuildInfo,
+    /// Load balancer, health checks, decapsulation (as in [`DaemonStatus`]).
+    pub lb_services: Vec<crate::lb::ServiceStatus>,
+    /// Health-check state.
+    pub health: Vec<crate::health::TargetStatus>,
+    /// Decapsulation counters.
+    pub decap: Vec<(String, &'static str, &'static str, u64, u64)>,
 }
 
 /// Reads every counter and gauge. The daemon calls this under its lock; it
@@ -188,6 +201,9 @@ pub fn gather(
         last_reload_success_unix: status.last_reload_success_unix,
         last_reload_ok: status.last_reload_ok,
         build: BuildInfo::default(),
+        lb_services: status.lb_services.clone(),
+        health: status.health.clone(),
+        decap: status.decap.clone(),
     })
 }
 
@@ -225,6 +241,97 @@ pub fn table_fill(ctl: &AclController) -> Vec<TableFill> {
         fill("ipv4_prefixes", v4, limits::MAX_PREFIXES_PER_FAMILY),
         fill("ipv6_prefixes", v6, limits::MAX_PREFIXES_PER_FAMILY),
     ]
+}
+
+/// The load balancer's, health checks' and decapsulator's series. Labels are
+/// bounded by the configuration (services, their backends, interfaces);
+/// every configured pair is present at zero.
+fn render_lb(r: &Registry, s: &Snapshot) {
+    let be_packets = counter(
+        r,
+        "xdpgate_lb_backend_packets_total",
+        "Packets the load balancer sent to a backend (forwarded or handed to the stack to forward), by service (VIP:PORT/PROTO) and backend address.",
+        &["service", "backend"],
+    );
+    let be_bytes = counter(
+        r,
+        "xdpgate_lb_backend_bytes_total",
+        "Bytes (as received, before encapsulation) the load balancer sent to a backend, by service and backend.",
+        &["service", "backend"],
+    );
+    let be_up = gauge(
+        r,
+        "xdpgate_lb_backend_up",
+        "1 if the backend is in its service's Maglev ring's healthy set (health checks pass, or none are configured), else 0.",
+        &["service", "backend"],
+    );
+    let be_ring = gauge(
+        r,
+        "xdpgate_lb_backend_ring_entries",
+        "Entries of the service's Maglev ring that point to the backend (0 when down or drained).",
+        &["service", "backend"],
+    );
+    let svc = counter(
+        r,
+        "xdpgate_lb_service_packets_total",
+        "Packets to a service, by result: forwarded (XDP_TX or redirect), slow_path (encapsulated and handed to the kernel to forward while the next hop's neighbour entry is resolved) or dropped (no backend, no route, too big).",
+        &["service", "result"],
+    );
+    let checks = counter(
+        r,
+        "xdpgate_health_checks_total",
+        "Health-check probes run, by service and backend.",
+        &["service", "backend"],
+    );
+    let failures = counter(
+        r,
+        "xdpgate_health_check_failures_total",
+        "Health-check probes that failed, by service and backend.",
+        &["service", "backend"],
+    );
+    let decap_packets = counter(
+        r,
+        "xdpgate_decap_packets_total",
+        "Tunnelled packets decapsulated in XDP and passed to the stack, by interface, outer and inner family.",
+        &["interface", "outer", "inner"],
+    );
+    let decap_bytes = counter(
+        r,
+        "xdpgate_decap_bytes_total",
+        "Bytes (outer frame) of the packets counted in xdpgate_decap_packets_total.",
+        &["interface", "outer", "inner"],
+    );
+    for svc_row in &s.lb_services {
+        let name = svc_row.service.to_string();
+        for what in xdpgate_common::lb::ServiceStat::ALL {
+            svc.with_label_values(&[name.as_str(), what.name()]);
+        }
+        svc.with_label_values(&[name.as_str(), "forwarded"])
+            .inc_by(svc_row.forwarded_packets);
+        svc.with_label_values(&[name.as_str(), "slow_path"])
+            .inc_by(svc_row.slow_path_packets);
+        svc.with_label_values(&[name.as_str(), "dropped"])
+            .inc_by(svc_row.dropped_packets);
+        for b in &svc_row.backends {
+            let addr = b.addr.to_string();
+            let l = [name.as_str(), addr.as_str()];
+            be_packets.with_label_values(&l).inc_by(b.packets);
+            be_bytes.with_label_values(&l).inc_by(b.bytes);
+            be_up.with_label_values(&l).set(i64::from(b.healthy));
+            be_ring.with_label_values(&l).set(i64::from(b.ring_entries));
+        }
+    }
+    for t in &s.health {
+        let addr = t.key.backend.to_string();
+        let l = [t.key.service.as_str(), addr.as_str()];
+        checks.with_label_values(&l).inc_by(t.checks_total);
+        failures.with_label_values(&l).inc_by(t.failures_total);
+    }
+    for (iface, outer, inner, packets, bytes) in &s.decap {
+        let l = [iface.as_str(), *outer, *inner];
+        decap_packets.with_label_values(&l).inc_by(*packets);
+        decap_bytes.with_label_values(&l).inc_by(*bytes);
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -407,6 +514,7 @@ pub fn render(s: &Snapshot) -> String {
     for ((iface, family), n) in bound_rows {
         bound.with_label_values(&[iface, family]).set(clamp(n));
     }
+    render_lb(&r, s);
     build
         .with_label_values(&[s.build.version.as_str(), s.build.kernel.as_str()])
         .set(1);
@@ -815,6 +923,25 @@ mod tests {
                 version: "0.1.0".into(),
                 kernel: "6.18.0-test".into(),
             },
+            lb_services: vec![crate::lb::ServiceStatus {
+                service: "192.0.2.10:80/tcp".parse().expect("valid service"),
+                forward: crate::lb::Forward::Encap,
+                health_checked: true,
+                ring_size: 65537,
+                forwarded_packets: 10,
+                slow_path_packets: 1,
+                dropped_packets: 0,
+                backends: vec![crate::lb::BackendStatus {
+                    addr: "10.200.2.2".parse().expect("valid address"),
+                    weight: 1,
+                    healthy: true,
+                    ring_entries: 65537,
+                    packets: 11,
+                    bytes: 1100,
+                }],
+            }],
+            health: Vec::new(),
+            decap: vec![("eth0".into(), "ipv4", "ipv6", 3, 300)],
         }
     }
 
@@ -922,6 +1049,34 @@ mod tests {
                 ("gauge", &[][..]),
             ),
             ("xdpgate_config_last_reload_successful", ("gauge", &[][..])),
+            (
+                "xdpgate_lb_backend_packets_total",
+                ("counter", &["service", "backend"][..]),
+            ),
+            (
+                "xdpgate_lb_backend_bytes_total",
+                ("counter", &["service", "backend"][..]),
+            ),
+            (
+                "xdpgate_lb_backend_up",
+                ("gauge", &["service", "backend"][..]),
+            ),
+            (
+                "xdpgate_lb_backend_ring_entries",
+                ("gauge", &["service", "backend"][..]),
+            ),
+            (
+                "xdpgate_lb_service_packets_total",
+                ("counter", &["service", "result"][..]),
+            ),
+            (
+                "xdpgate_decap_packets_total",
+                ("counter", &["interface", "outer", "inner"][..]),
+            ),
+            (
+                "xdpgate_decap_bytes_total",
+                ("counter", &["interface", "outer", "inner"][..]),
+            ),
         ]);
         let names: BTreeSet<&str> = types.keys().map(String::as_str).collect();
         assert_eq!(
