@@ -884,6 +884,11 @@ mod tests {
         assert_eq!(cfg.metrics_listen.len(), 2);
         assert_eq!(cfg.bindings.len(), 2);
         assert_eq!(cfg.acl_state().rules.len(), 3);
+        assert_eq!(cfg.services.len(), 2);
+        assert_eq!(cfg.lb, LbSettings::default());
+        let specs = crate::lb::specs_of(&cfg.services, cfg.lb.max_services).unwrap();
+        assert_eq!(specs[0].backends[1].weight, 2);
+        assert!(specs[0].health.is_some());
         assert_eq!(cfg.state_file, Path::new(DEFAULT_STATE_FILE));
         assert_eq!(cfg.digest, digest(text));
         assert_ne!(cfg.digest, digest(&format!("{text}\n")));
@@ -988,6 +993,52 @@ action = "allow"
                 .any(|g| g.starts_with("3:") && g.contains("datapath_events_per_second = 10001")),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn load_balancer_errors_are_located() {
+        let text = r#"
+[[interface]]
+name = "eth0"
+
+[lb]
+table_size = 65536
+encap_source_v4 = "10.0.0.1/16"
+
+[[service]]
+service = "192.0.2.10:80"
+backends = ["10.0.0.1"]
+
+[[service]]
+service = "192.0.2.11:80/tcp"
+backends = ["10.0.0.1", "10.0.0.1", "10.0.0.2 weight=5000"]
+health = { type = "http", payload = "x" }
+
+[[service]]
+service = "192.0.2.12/udp"
+backends = ["10.0.0.3"]
+health = { type = "udp" }
+"#;
+        let got = issues(text);
+        let want = [
+            "6:1: [lb] table_size = 65536",
+            "7:1: [lb] encap_source_v4",
+            "10:1: [[service]] #1: service \"192.0.2.10:80\"",
+            "14:1: [[service]] #2: 192.0.2.11:80/tcp: health payload",
+            "19:1: [[service]] #3: 192.0.2.12:*/udp: a service on every port needs a health-check port",
+        ];
+        for w in want {
+            assert!(
+                got.iter().any(|g| g.starts_with(w)),
+                "missing {w:?} in {got:#?}"
+            );
+        }
+        // The duplicate backend and the weight: found once the health entry
+        // is fixed (entry errors come first, then the whole service).
+        let fixed = text.replace(r#"health = { type = "http", payload = "x" }"#, "");
+        let got = issues(&fixed);
+        assert!(got.iter().any(|g| g.contains("listed twice")), "{got:#?}");
+        assert!(got.iter().any(|g| g.contains("weight 5000")), "{got:#?}");
     }
 
     #[test]
