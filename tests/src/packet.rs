@@ -70,14 +70,8 @@ pub mod proto {
 /// one's-complement sum of its 16-bit big-endian words (an odd last byte is
 /// padded with zero). Over a header that carries a correct checksum it is 0.
 pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u64 = data
-        .chunks(2)
-        .map(|w| u64::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    // The datapath's own implementation (common/src/csum.rs).
+    xdpgate_common::csum::checksum(data)
 }
 
 /// `frame` extended with zero bytes to at least `len` bytes (e.g. 60, the
