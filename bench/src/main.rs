@@ -1,7 +1,8 @@
 //! xdpgate's benchmark harness (`cargo xtask bench [--quick] [--out PATH]`).
 //!
 //! 1. ns/packet with `BPF_PROG_TEST_RUN` per packet class, prefix count and rule
-//!    count, beside an empty XDP program measured in the same run;
+//!    count, beside an empty XDP program measured in the same run; then the
+//!    load-balancer path (steering program) the same way;
 //! 2. Debian's xdp-filter on the same frames, timed the same way;
 //! 3. live frames on a veth pair: Mpps dropped by xdpgate, xdp-filter and
 //!    nftables (netdev ingress) on one core;
@@ -9,13 +10,16 @@
 //!    addresses on a veth.
 //!
 //! Then Maglev ring build times and disruption, in user space
-//! (`--only maglev` runs just that, without root or namespaces).
+//! (`--only maglev` runs just that, without root or namespaces), and the
+//! Internet checksum's throughput (`--only csum`, likewise).
 //!
 //! Everything runs inside network namespaces created here, which are removed
 //! on exit (also on failure). See docs/bench.md.
 // Raw bpf(2) helpers live in the test library, shared with the tests.
 use xdpgate_tests::bpf;
 mod bind;
+mod csum;
+mod lb;
 mod live;
 mod maglev;
 mod report;
@@ -50,6 +54,9 @@ struct Cli {
     /// Only the address-binding timing (part 4).
     #[arg(long)]
     only_bind: bool,
+    /// Skip the checksum throughput (user space).
+    #[arg(long)]
+    no_csum: bool,
     /// Only this user-space part (no root, no namespaces): prints its table
     /// and its JSON.
     #[arg(long, value_enum)]
@@ -71,6 +78,8 @@ struct Cli {
 enum Only {
     /// Maglev ring build time and disruption.
     Maglev,
+    /// Internet checksum throughput: sum_naive, sum_wide, memcpy.
+    Csum,
 }
 
 /// Lab subnet of the benchmark's veth pair (10.200.X.0/24); the tests and the
@@ -84,6 +93,12 @@ fn main() -> anyhow::Result<()> {
         let m = report::Section::from(Some(maglev::run()));
         maglev::print(&m);
         println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(());
+    }
+    if cli.only == Some(Only::Csum) {
+        let c = report::Section::from(Some(csum::run()));
+        csum::print(&c);
+        println!("{}", serde_json::to_string_pretty(&c)?);
         return Ok(());
     }
     // SAFETY: geteuid has no preconditions.
@@ -132,8 +147,10 @@ fn main() -> anyhow::Result<()> {
     }
 
     let maglev = report::Section::from(Some(maglev::run()));
+    let csum = report::Section::from((!cli.no_csum).then(csum::run));
     let ns = Netns::new("bench").context("creating the benchmark namespace")?;
     let part1 = testrun::run(&ns, repeat, prefixes, rules)?;
+    let lb_path = report::Section::from(Some(lb::run(&ns, repeat)));
     drop(ns);
 
     let lab = if !cli.no_live || !cli.no_xdp_filter {
@@ -163,12 +180,18 @@ fn main() -> anyhow::Result<()> {
     let report = report::Report::new(cli.quick, part1, filter, live, bind, started.elapsed());
     report.print();
     println!();
+    lb::print(&lb_path);
+    println!();
     maglev::print(&maglev);
+    println!();
+    csum::print(&csum);
     if let Some(dir) = cli.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut json = serde_json::to_value(&report)?;
+    json["lb"] = serde_json::to_value(&lb_path)?;
     json["maglev"] = serde_json::to_value(&maglev)?;
+    json["csum"] = serde_json::to_value(&csum)?;
     std::fs::write(&cli.out, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", cli.out.display()))?;
     eprintln!("bench: wrote {}", cli.out.display());
