@@ -69,7 +69,7 @@ const REFUSED_MARK: &str = "the kernel refused the XDP program";
 
 /// Integration-test binaries put into the guest.
 const TEST_BINARIES: &[&str] = &[
-    "verify", "parser", "acl_diff", "e2e", "bind", "cli", "vm_probe",
+    "verify", "parser", "acl_diff", "e2e", "bind", "lb", "cli", "vm_probe",
 ];
 
 /// Options of `cargo xtask vmtest`.
@@ -130,6 +130,13 @@ fn groups(probe_broken: bool) -> Vec<Group> {
         Group {
             name: "bind",
             binary: "bind",
+            args: &[],
+            env: &[],
+            loads_program: true,
+        },
+        Group {
+            name: "lb",
+            binary: "lb",
             args: &[],
             env: &[],
             loads_program: true,
