@@ -976,9 +976,12 @@ impl Datapath {
                 source,
             })?;
         let bytes = mm.bytes();
-        let start = base as usize * 4;
+        // The kernel lays array elements out 8 bytes apart, even u32 ones.
+        let stride = tables::elem_size(4);
+        let start = base as usize * stride;
         for (i, slot) in ring.iter().enumerate() {
-            bytes[start + i * 4..start + i * 4 + 4].copy_from_slice(&slot.to_ne_bytes());
+            let at = start + i * stride;
+            bytes[at..at + 4].copy_from_slice(&slot.to_ne_bytes());
         }
         Ok(())
     }
@@ -997,9 +1000,10 @@ impl Datapath {
                 source,
             })?;
         let bytes = mm.bytes();
+        let stride = tables::elem_size(4);
         Ok((0..len as usize)
             .map(|i| {
-                let at = (base as usize + i) * 4;
+                let at = (base as usize + i) * stride;
                 u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
             })
             .collect())

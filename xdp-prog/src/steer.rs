@@ -161,6 +161,10 @@ fn decap(ctx: &XdpContext, s: &SteerCtx) -> Option<Action> {
             return None;
         }
         let ip = f.bytes::<20>(14)?;
+        // A fragment of a tunnelled packet is left to the stack.
+        if (ip[6] & 0x3f) != 0 || ip[7] != 0 {
+            return None;
+        }
         (14 + ((ip[0] & 0x0f) as usize) * 4, ip[9])
     } else {
         if eth[12..14] != ETH_IPV6 {
@@ -225,6 +229,9 @@ fn lb(ctx: &XdpContext, s: &SteerCtx) -> Outcome {
             }
         }
     };
+    if !balanceable(ctx, s) {
+        return Outcome::Bypass;
+    }
     let out = forward(ctx, s, info.ring_base, info.ring_size, info.flags);
     match out {
         Outcome::Act(Action::Pass) => {
@@ -235,6 +242,36 @@ fn lb(ctx: &XdpContext, s: &SteerCtx) -> Outcome {
         Outcome::Bypass => {}
     }
     out
+}
+
+/// Whether a packet to a service can be balanced: an untagged frame of its
+/// family that is not a fragment. IPv4: no MF flag and offset 0. IPv6: the
+/// fixed header's next header is the transport protocol itself (a fragment
+/// header, or any extension header, before it: not balanced). Fragments carry
+/// ports only in the first one, so balancing by ports would split them.
+#[inline(always)]
+fn balanceable(ctx: &XdpContext, s: &SteerCtx) -> bool {
+    let mut f = Frame::new(ctx);
+    let Some(eth) = f.bytes::<14>(0) else {
+        return false;
+    };
+    if s.family == Family::Ipv4 as u32 {
+        if eth[12..14] != ETH_IPV4 {
+            return false;
+        }
+        let Some(ip) = f.bytes::<20>(14) else {
+            return false;
+        };
+        (ip[6] & 0x3f) == 0 && ip[7] == 0
+    } else {
+        if eth[12..14] != ETH_IPV6 {
+            return false;
+        }
+        let Some(ip) = f.bytes::<40>(14) else {
+            return false;
+        };
+        ip[6] == s.proto
+    }
 }
 
 /// Picks the backend from the ring and forwards to it.
