@@ -48,25 +48,9 @@
 //!   otherwise its veth hands the LB `CHECKSUM_PARTIAL` packets, XDP_TX sends
 //!   their incomplete checksums on, and the backends drop every segment
 //!   (`TcpInCsumErrors`). A real NIC checksums on the wire.
-//! - Without a neighbour entry for a backend, L2 DSR drops (`lb_no_neighbor`)
-//!   instead of handing the packet to the stack as encapsulation does; the
-//!   L2 DSR test has the LB ping its backends first.
-//!
-//! # Ignored until the ring layout is fixed
-//!
-//! Every test here is `#[ignore]`d: `Datapath::write_ring` (and `read_ring`)
-//! in `userspace/src/datapath.rs` address the mmapped `XG_LB_RINGS` array with
-//! a 4-byte stride, but the kernel lays out the elements of a
-//! `BPF_F_MMAPABLE` array 8 bytes apart (`round_up(value_size, 8)`). The
-//! datapath then finds entry `2k` of the built ring at index `k`, zeros at
-//! the indexes above 32,768 of slot 0's first half, and a service written at
-//! ring index `base > 0` lands at kernel index `base / 2`, in another
-//! service's storage, while the datapath reads zeros at its own: flows go to
-//! the wrong backend or are dropped as `lb_no_backend` (bpftool shows exactly
-//! this layout in a running LB). With a binary whose ring writes use an
-//! 8-byte stride all four tests pass: `XDPGATE_BIN=... cargo test -p
-//! xdpgate-tests --test lb_lab -- --ignored`. Remove the `ignore` attributes
-//! with the fix.
+//! - L2 DSR needs the backends' neighbour entries (it drops as
+//!   `lb_no_neighbor` without them); the daemon keeps them resolved as
+//!   managed entries, which the L2 DSR test checks.
 use std::{
     collections::BTreeMap,
     ffi::OsStr,
@@ -963,7 +947,6 @@ fn tally(picks: &[IpAddr]) -> BTreeMap<IpAddr, usize> {
 /// LB's per-backend counters cover the client's segments and equal the
 /// backends' decapsulation counters; replies bypass the LB.
 #[test]
-#[ignore = "XG_LB_RINGS is written with a 4-byte stride (elements are 8 bytes): see the module docs"]
 fn maglev_predicted_dsr_streams() {
     let _g = serial();
     let t0 = Instant::now();
@@ -1244,7 +1227,6 @@ fn backends_are(list: &Value, id: &str, set: &[(IpAddr, u32)], ring: &Ring, up: 
 /// stay on be1/be3 if they were there and move to the predicted backend if
 /// they were on be2.
 #[test]
-#[ignore = "XG_LB_RINGS is written with a 4-byte stride (elements are 8 bytes): see the module docs"]
 fn removal_moves_only_its_flows() {
     let _g = serial();
     let t0 = Instant::now();
@@ -1396,7 +1378,6 @@ fn removal_moves_only_its_flows() {
 /// be2 rejoins within rise x interval (bounded 3 s) and streams map as
 /// first predicted.
 #[test]
-#[ignore = "XG_LB_RINGS is written with a 4-byte stride (elements are 8 bytes): see the module docs"]
 fn health_drains_and_restores() {
     let _g = serial();
     let t0 = Instant::now();
@@ -1486,10 +1467,10 @@ fn health_drains_and_restores() {
 
 /// L2 DSR (`--forward l2dsr`) to backends on the segment: no decapsulation,
 /// the frame keeps its IP packet and only changes its MACs. Without a
-/// neighbour entry for a backend the LB drops (`lb_no_neighbor`); once the
-/// LB has resolved them, streams go intact to the predicted backends.
+/// The daemon has the kernel keep the backends' neighbour entries resolved
+/// (managed entries, without any traffic from the LB); then streams go intact
+/// to the predicted backends.
 #[test]
-#[ignore = "XG_LB_RINGS is written with a 4-byte stride (elements are 8 bytes): see the module docs"]
 fn l2dsr_streams() {
     let _g = serial();
     let t0 = Instant::now();
@@ -1504,45 +1485,26 @@ fn l2dsr_streams() {
     lb_add(&lb, &topo, SVC6, &set6, &["--forward", "l2dsr"]);
     let (ring4, ring6) = (Ring::new(&set4), Ring::new(&set6));
 
-    // Without neighbours: dropped, counted.
-    let neigh = |fam: &str| topo.lb.ns.exec("ip", &[fam, "neigh", "show"]).unwrap();
-    let unresolved =
-        !neigh("-4").contains(&be1.v4.to_string()) && !neigh("-4").contains(&be2.v4.to_string());
-    if unresolved {
-        let f = flows(vip4(), 38500, 1)[0];
-        let src = topo.client_addr(f.vip);
-        let r = topo.client.ns.run(|| {
-            connect_from(
-                SocketAddr::new(src, f.sport),
-                SocketAddr::new(f.vip, PORT),
-                Duration::from_millis(500),
-            )
+    // The daemon asks the kernel to keep the on-link backends' neighbour
+    // entries resolved (managed entries): no traffic from the LB needed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let shown = topo.lb.ns.exec("ip", &["neigh", "show"]).unwrap();
+        let resolved = [be1, be2].iter().all(|b| {
+            [b.v4.to_string(), b.v6.to_string()].iter().all(|a| {
+                shown.lines().any(|l| {
+                    l.starts_with(&format!("{a} ")) && l.contains("managed") && l.contains("lladdr")
+                })
+            })
         });
-        assert!(r.is_err(), "connected although the LB knows no backend MAC");
-        let report = lb.report(&topo.lb.ns);
-        let no_neigh: u64 = report["malformed"]
-            .as_array()
-            .expect("reasons")
-            .iter()
-            .filter(|r| r["reason"] == "lb_no_neighbor")
-            .map(|r| num(r, "packets"))
-            .sum();
-        assert!(no_neigh >= 1, "no lb_no_neighbor drop: {report:#}");
-        eprintln!("l2dsr: {no_neigh} SYN(s) dropped as lb_no_neighbor before resolution");
-    }
-    for b in [be1, be2] {
-        for a in [b.v4.to_string(), b.v6.to_string()] {
-            let ok = topo
-                .lb
-                .ns
-                .command("ping")
-                .args(["-c", "1", "-W", "1", "-q", &a])
-                .output()
-                .expect("ping")
-                .status
-                .success();
-            assert!(ok, "LB cannot ping {a}");
+        if resolved {
+            break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the LB did not resolve its backends' neighbour entries within 5 s:\n{shown}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
     let stats0 = lb.stats(&topo.lb.ns);
     let f4 = flows(vip4(), 38000, 40);

@@ -396,6 +396,7 @@ impl Daemon {
             events_reader,
         };
         d.refresh_decap()?;
+        d.manage_neighbours();
         d.persist()?;
         Ok(d)
     }
@@ -488,6 +489,44 @@ impl Daemon {
         rx
     }
 
+    /// Asks the kernel to keep the neighbour entries of every on-link
+    /// backend resolved (managed entries, Linux 5.16+), so the datapath's
+    /// route lookups find their link-layer addresses from the first packet:
+    /// L2 DSR needs them (it drops as `lb_no_neighbor` otherwise) and
+    /// encapsulation avoids the slow path. Failures are logged, not fatal.
+    fn manage_neighbours(&self) {
+        let ifindexes: Vec<u32> = self.dp.attached().iter().map(|a| a.ifindex).collect();
+        let addrs = match crate::netlink::addresses(None) {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn!("load balancer: cannot read interface addresses for neighbours: {e}");
+                return;
+            }
+        };
+        let mut done = std::collections::BTreeSet::new();
+        for spec in self.lb.specs() {
+            for b in &spec.backends {
+                let on = addrs.iter().find(|a| {
+                    ifindexes.contains(&a.ifindex)
+                        && ipnetwork::IpNetwork::new(a.addr, a.plen)
+                            .is_ok_and(|n| n.contains(b.addr) && a.addr != b.addr)
+                });
+                let Some(on) = on else {
+                    continue;
+                };
+                if !done.insert((on.ifindex, b.addr)) {
+                    continue;
+                }
+                if let Err(e) = crate::netlink::neigh_managed(on.ifindex, b.addr) {
+                    log::warn!(
+                        "load balancer: cannot keep the neighbour entry of backend {} resolved: {e}",
+                        b.addr
+                    );
+                }
+            }
+        }
+    }
+
     /// Re-targets the health checks after the services changed.
     fn retarget_health(&mut self) {
         if let Some(m) = &mut self.health {
@@ -521,6 +560,7 @@ impl Daemon {
         self.lb.apply(&mut self.dp, &specs)?;
         self.retarget_health();
         self.sync_health_state();
+        self.manage_neighbours();
         self.persist().map_err(DaemonError::NotSaved)?;
         Ok(())
     }
@@ -703,6 +743,7 @@ impl Daemon {
         }
         self.retarget_health();
         self.sync_health_state();
+        self.manage_neighbours();
         self.refresh_decap()?;
         let mut flags = Ok(());
         for i in &next.interfaces {

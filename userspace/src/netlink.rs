@@ -195,6 +195,59 @@ fn parse_addr(body: &[u8]) -> Result<Option<IfAddr>, NetlinkError> {
     }))
 }
 
+/// `NDA_DST`.
+const NDA_DST: u16 = 1;
+/// `NDA_FLAGS_EXT` (Linux 5.16+).
+const NDA_FLAGS_EXT: u16 = 15;
+/// `NTF_EXT_MANAGED`: the kernel keeps the entry resolved by itself.
+const NTF_EXT_MANAGED: u32 = 1 << 0;
+
+/// Asks the kernel to keep a neighbour entry for `addr` on `ifindex`
+/// resolved (`ip neigh replace ADDR dev IF managed`): the kernel resolves it
+/// now and re-resolves it whenever it goes stale, so XDP route lookups
+/// (`bpf_fib_lookup`) find its link-layer address. An existing entry keeps its
+/// address and becomes managed.
+pub fn neigh_managed(ifindex: u32, addr: IpAddr) -> Result<(), NetlinkError> {
+    let sock = Socket::open()?;
+    let mut req = Vec::with_capacity(64);
+    push_hdr(
+        &mut req,
+        libc::RTM_NEWNEIGH,
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_REPLACE) as u16,
+        1,
+    );
+    // struct ndmsg: family, pad x3, ifindex, state (u16), flags, type.
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    req.extend_from_slice(&[family as u8, 0, 0, 0]);
+    req.extend_from_slice(&ifindex.to_ne_bytes());
+    req.extend_from_slice(&0u16.to_ne_bytes()); // NUD_NONE: resolve it
+    req.extend_from_slice(&[0, 0]);
+    match addr {
+        IpAddr::V4(a) => push_attr(&mut req, NDA_DST, &a.octets()),
+        IpAddr::V6(a) => push_attr(&mut req, NDA_DST, &a.octets()),
+    }
+    push_attr(&mut req, NDA_FLAGS_EXT, &NTF_EXT_MANAGED.to_ne_bytes());
+    finish(&mut req);
+    sock.send(&req)?;
+    let mut buf = vec![0u8; 4096];
+    let n = sock.recv(&mut buf)?;
+    for msg in Messages(&buf[..n]) {
+        let (ty, _seq, body) = msg?;
+        if ty as i32 == libc::NLMSG_ERROR {
+            let errno = ack_errno(body)?;
+            if errno != 0 {
+                return Err(NetlinkError::Kernel(io::Error::from_raw_os_error(errno)));
+            }
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
 /// Adds (`RTM_NEWADDR`, create-exclusive) or deletes (`RTM_DELADDR`) every
 /// address of `reqs`, in order, several per system call. Returns one outcome
 /// per request; a failed request does not stop the others. `Err` carries
