@@ -9,6 +9,7 @@ pub mod api;
 pub mod bind;
 pub mod config;
 pub mod control;
+pub mod csum;
 pub mod daemon;
 pub mod datapath;
 pub mod events;
