@@ -406,37 +406,6 @@ fn setup_network(ns: &Netns) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs the services anew (from none) with `specs[first]` first, so that
-/// it gets service slot 0.
-///
-/// Why: `Datapath::write_ring` (since 5dfcb89, still so when this was
-/// written) writes ring entries 4 bytes apart
-/// into the mapping of `LB_RINGS`, whose elements the kernel spaces 8 bytes
-/// apart (array elements are rounded up to 8 bytes). The datapath then sees
-/// entry 2i of what was written at its index i, starting from the wrong
-/// base: only half of slot 0's ring is populated, slot 1 reads part of slot
-/// 2's, and from slot 2 on no entry is set (every flow dropped, "no
-/// backend"). Measuring each LB class with its service in slot 0 keeps the
-/// class measurable either way; with correct rings it changes nothing.
-fn apply_first(
-    dp: &mut Datapath,
-    ctl: &mut LbController,
-    specs: &[ServiceSpec],
-    first: usize,
-) -> anyhow::Result<()> {
-    let mut order = vec![specs[first].clone()];
-    order.extend(
-        specs
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != first)
-            .map(|(_, s)| s.clone()),
-    );
-    ctl.apply(dp, &[]).context("removing the services")?;
-    ctl.apply(dp, &order).context("installing the services")?;
-    Ok(())
-}
-
 /// The backend a forwarded frame went to: the outer destination of an
 /// encapsulation, or (`dsr`) the backend whose neighbour MAC is the
 /// destination MAC; `None` if it is not one of [`backends`].
@@ -722,6 +691,8 @@ pub fn run(ns: &Netns, repeat: u32) -> anyhow::Result<LbReport> {
             health: None,
         })
         .collect();
+        ctl.apply(&mut dp, &specs)
+            .context("installing the services")?;
         dp.set_iface_flag(1, IFACE_DECAP, true)?;
         dp.set_decap_dsts(&[xdpgate::bind::key(1, DECAP_DST.into())])?;
         let services = specs
@@ -756,7 +727,6 @@ pub fn run(ns: &Netns, repeat: u32) -> anyhow::Result<LbReport> {
         let mut predict_mismatch = Vec::new();
         for (i, name, client, want_v4, frame) in lb_classes {
             let spec = &specs[i];
-            apply_first(&mut dp, &mut ctl, &specs, i)?;
             let dsr = spec.forward == Forward::L2dsr;
             let f = pick_flow(&mut dp, &ctl, &spec.id, client, want_v4, dsr, frame)?;
             if f.predicted != Some(f.backend) {
