@@ -295,13 +295,13 @@ impl Netns {
             fd: Arc::new(file),
             id: (meta.dev(), meta.ino()),
         };
-        if let Ok(own) = std::fs::metadata("/proc/thread-self/ns/net") {
-            if (own.dev(), own.ino()) == ns.id {
-                return Err(LabError::Setup(format!(
-                    "{} refers to the namespace of the calling thread",
-                    path.display()
-                )));
-            }
+        if let Ok(own) = std::fs::metadata("/proc/thread-self/ns/net")
+            && (own.dev(), own.ino()) == ns.id
+        {
+            return Err(LabError::Setup(format!(
+                "{} refers to the namespace of the calling thread",
+                path.display()
+            )));
         }
         ns.ip(&["link", "set", "dev", "lo", "up"])?;
         Ok(ns)

@@ -313,11 +313,8 @@ mod x86 {
     /// The AVX-512BW implementation.
     ///
     /// Its intrinsics and the `avx512bw` target feature are stable since
-    /// Rust 1.89, above the workspace's declared `rust-version` (1.87);
-    /// xdpgate's dependency tree already needs a newer compiler (aya-build's
-    /// `cargo-platform` 0.3 requires 1.91), so this does not raise the
-    /// version actually required, and clippy is told so here.
-    #[clippy::msrv = "1.89"]
+    /// Rust 1.89; the workspace declares 1.91, which its dependency tree
+    /// needs anyway (aya-build's `cargo-platform` 0.3).
     pub(super) mod avx512 {
         use core::arch::x86_64::*;
 

@@ -190,10 +190,10 @@ impl CheckSpec {
                 if !path.starts_with('/') || unsafe_in_request(path) {
                     return Err(HealthError::Path(path.clone()));
                 }
-                if let Some(host) = host {
-                    if host.is_empty() || unsafe_in_request(host) {
-                        return Err(HealthError::Host(host.clone()));
-                    }
+                if let Some(host) = host
+                    && (host.is_empty() || unsafe_in_request(host))
+                {
+                    return Err(HealthError::Host(host.clone()));
                 }
                 if !(100..=599).contains(expect_status) {
                     return Err(HealthError::Status(*expect_status));
