@@ -120,6 +120,14 @@ pub static LB_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0
 #[map(name = "XG_LB_BACKEND_STATS")]
 pub static LB_BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
+/// Per-CPU next hop by backend slot (`steer::NextHop`): the last successful
+/// `bpf_fib_lookup` to the backend, used for `steer::HOP_LIFETIME_NS`
+/// instead of a lookup per packet; never read or written by the control
+/// plane. 48 bytes per slot and possible CPU (3 MiB per CPU).
+#[map(name = "XG_LB_NEXTHOP")]
+pub static LB_NEXTHOP: PerCpuArray<crate::steer::NextHop> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
 /// Per-CPU per-service counters (`lb::service_stat_index`).
 #[map(name = "XG_LB_SERVICE_STATS")]
 pub static LB_SERVICE_STATS: PerCpuArray<Counter> =

@@ -17,17 +17,18 @@
 //!   picks from the service's Maglev ring, either encapsulated (outer header
 //!   of the backend's family, outer source varying per flow) or by L2 DSR
 //!   (Ethernet addresses rewritten). The route and next hop come from the
-//!   kernel's FIB (`bpf_fib_lookup`): the packet leaves by XDP_TX when the
-//!   egress interface is the ingress one, by XDP_REDIRECT otherwise. When the
-//!   next hop has no neighbour entry yet, the encapsulated packet is passed to
-//!   the stack, which forwards it and resolves the neighbour (counted
-//!   `slow_path`).
+//!   kernel's FIB (`bpf_fib_lookup`), cached per CPU and backend slot for
+//!   [`HOP_LIFETIME_NS`] ([`NextHop`], `maps::LB_NEXTHOP`): the packet leaves
+//!   by XDP_TX when the egress interface is the ingress one, by XDP_REDIRECT
+//!   otherwise. When the next hop has no neighbour entry yet, the
+//!   encapsulated packet is passed to the stack, which forwards it and
+//!   resolves the neighbour (counted `slow_path`).
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         bpf_fib_lookup,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     programs::XdpContext,
 };
 use xdpgate_common::{
@@ -40,7 +41,7 @@ use xdpgate_common::{
 };
 
 use crate::{
-    maps::{DECAP_DSTS, LB_BACKENDS, LB_CONFIG, LB_RINGS, LB_SERVICES},
+    maps::{DECAP_DSTS, LB_BACKENDS, LB_CONFIG, LB_NEXTHOP, LB_RINGS, LB_SERVICES},
     parse::{Frame, adjust_head},
     stats,
 };
@@ -60,8 +61,11 @@ const AF_INET6: u8 = 10;
 /// count only for TCP, UDP and SCTP with an L4 header (not later fragments).
 #[inline(always)]
 pub fn fill(s: &mut SteerCtx, f: &crate::acl::Fields) {
-    s.src = f.src;
-    s.dst = f.dst;
+    // Word by word: an array assignment between the two map values becomes
+    // a `memmove` call, a byte loop per packet.
+    let (a, b) = (&f.src, &f.dst);
+    s.src = [a[0], a[1], a[2], a[3]];
+    s.dst = [b[0], b[1], b[2], b[3]];
     s.family = if f.v4 != 0 {
         Family::Ipv4 as u32
     } else {
@@ -102,6 +106,53 @@ pub struct SteerCtx {
     pub _pad: [u8; 2],
 }
 
+/// How long a resolved next hop is used without a new FIB lookup: 1 s. The
+/// trade-off: a change of the neighbour's MAC address, of the route, or of a
+/// route's MTU (not the egress device's: that is checked on every packet)
+/// takes effect within this time instead of at once; a failed lookup is
+/// never cached.
+pub const HOP_LIFETIME_NS: u64 = 1_000_000_000;
+
+/// [`NextHop::mode`]: resolved for encapsulation (outer header of the
+/// backend's family, any next hop).
+const HOP_ENCAP: u8 = 1;
+/// [`NextHop::mode`]: resolved for L2 DSR (the backend itself on-link).
+const HOP_L2DSR: u8 = 2;
+
+/// A cached next hop: the value of `maps::LB_NEXTHOP` (per CPU, by backend
+/// slot; datapath-only), what a successful `bpf_fib_lookup` to the backend
+/// returned. Valid for a packet when it was resolved for the backend's
+/// current address and family (a reused slot never matches its previous
+/// backend's entry), the same mode and ingress interface, has not expired,
+/// and was resolved for a packet at least as long (the lookup's MTU check;
+/// the egress device's MTU is checked on every use by `bpf_check_mtu`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    /// The backend address it was resolved for: `Backend::addr` as words.
+    pub addr: [u32; 4],
+    /// `bpf_ktime_get_ns` after which it is stale; 0: never valid.
+    pub expires: u64,
+    /// The ingress interface of the lookup (the FIB lookup depends on it:
+    /// forwarding enabled, policy rules).
+    pub iif: u32,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Source MAC (the egress interface's) and destination MAC (the next
+    /// hop's), the 12 bytes as `bpf_fib_lookup` returns them (`hop_macs`).
+    pub macs: [u32; 3],
+    /// The L3 length the lookup checked against the route's MTU: packets up
+    /// to this long use the entry, longer ones are looked up again.
+    pub fits: u16,
+    /// The backend's family (`FAMILY_V4`, `FAMILY_V6`): the outer family.
+    pub family: u8,
+    /// `HOP_ENCAP` or `HOP_L2DSR`.
+    pub mode: u8,
+}
+
+// The size `maps::LB_NEXTHOP`'s memory is documented with.
+const _: () = assert!(core::mem::size_of::<NextHop>() == 48);
+
 /// How a steered packet ends; `Drop` carries its reason.
 #[derive(Clone, Copy)]
 enum Outcome {
@@ -117,10 +168,11 @@ enum Outcome {
 /// interface/family/action counters are the caller's).
 #[inline(always)]
 pub fn run(ctx: &XdpContext, s: &SteerCtx) -> Action {
-    if s.flags & IFACE_DECAP != 0 && (s.proto == IPPROTO_IPIP || s.proto == IPPROTO_IPV6) {
-        if let Some(action) = decap(ctx, s) {
-            return action;
-        }
+    if s.flags & IFACE_DECAP != 0
+        && (s.proto == IPPROTO_IPIP || s.proto == IPPROTO_IPV6)
+        && let Some(action) = decap(ctx, s)
+    {
+        return action;
     }
     if s.flags & IFACE_LB != 0 && s.ports != 0 {
         return match lb(ctx, s) {
@@ -152,8 +204,9 @@ fn decap(ctx: &XdpContext, s: &SteerCtx) -> Option<Action> {
         family: s.family,
         addr: addr_bytes(&s.dst),
     };
+    let key = &key;
     // SAFETY: presence check only.
-    unsafe { DECAP_DSTS.get(&key) }?;
+    unsafe { DECAP_DSTS.get(key) }?;
     let mut f = Frame::new(ctx);
     let eth = f.read::<14>(0)?;
     let (inner_off, proto) = if outer_v4 {
@@ -217,13 +270,16 @@ fn lb(ctx: &XdpContext, s: &SteerCtx) -> Outcome {
         proto: s.proto,
         family: s.family as u8,
     };
+    // Through references: `get(key)` would copy the key first.
+    let k = &key;
     // SAFETY: plain data, copied out.
-    let info = match unsafe { LB_SERVICES.get(&key) } {
+    let info = match unsafe { LB_SERVICES.get(k) } {
         Some(info) => *info,
         None => {
             key.port = 0;
+            let k = &key;
             // SAFETY: as above.
-            match unsafe { LB_SERVICES.get(&key) } {
+            match unsafe { LB_SERVICES.get(k) } {
                 Some(info) => *info,
                 None => return Outcome::Act(Action::Pass),
             }
@@ -291,10 +347,14 @@ fn forward(ctx: &XdpContext, s: &SteerCtx, ring_base: u32, ring_size: u32, flags
     let Some(backend) = LB_BACKENDS.get(slot) else {
         return Outcome::Drop(DropReason::LbNoBackend);
     };
+    // Same index range as `LB_BACKENDS`: present whenever the backend is.
+    let Some(hop) = LB_NEXTHOP.get_ptr_mut(slot) else {
+        return Outcome::Drop(DropReason::LbNoRoute);
+    };
     let out = if flags & SERVICE_L2DSR != 0 {
-        l2dsr(ctx, s, backend)
+        l2dsr(ctx, s, backend, hop)
     } else {
-        encap(ctx, s, backend, hash)
+        encap(ctx, s, backend, hop, hash)
     };
     if let Outcome::Act(_) = out {
         stats::count_backend(slot, s.bytes);
@@ -302,33 +362,12 @@ fn forward(ctx: &XdpContext, s: &SteerCtx, ring_base: u32, ring_size: u32, flags
     out
 }
 
-/// A zeroed FIB lookup request from `src` to `dst` (`v4`: IPv4 addresses in
-/// the first 4 bytes) for a packet of `tot_len` bytes entering on `ifindex`.
-#[inline(always)]
-fn fib_request(
-    v4: bool,
-    src: &[u8; 16],
-    dst: &[u8; 16],
-    tot_len: u16,
-    ifindex: u32,
-) -> bpf_fib_lookup {
-    // SAFETY: the struct is plain data; all-zero is a valid (empty) request.
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    p.ifindex = ifindex;
-    p.__bindgen_anon_1.tot_len = tot_len;
-    if v4 {
-        p.family = AF_INET;
-        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
-        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
-    } else {
-        p.family = AF_INET6;
-        // SAFETY: same size, plain data.
-        p.__bindgen_anon_3.ipv6_src = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*src) };
-        // SAFETY: as above.
-        p.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*dst) };
-    }
-    p
-}
+/// A `bpf_fib_lookup` request, aligned so that it can be zeroed in words.
+#[repr(C, align(8))]
+struct FibRequest(bpf_fib_lookup);
+
+/// Words of a [`FibRequest`].
+const FIB_WORDS: usize = core::mem::size_of::<FibRequest>() / 8;
 
 /// Runs a FIB lookup; the kernel's `BPF_FIB_LKUP_RET_*` code (negative on a
 /// bad request).
@@ -343,6 +382,173 @@ fn fib(ctx: &XdpContext, p: &mut bpf_fib_lookup) -> i64 {
             0,
         )
     }
+}
+
+/// A backend's address as four words, bytes in memory order (IPv4: word 0).
+#[inline(always)]
+fn backend_words(b: &Backend) -> [u32; 4] {
+    let w = b.addr.as_ptr().cast::<u32>();
+    // SAFETY: `Backend` is `repr(C)` with u32 fields, so `addr` (its first
+    // field) is 4-aligned; the four words lie inside it.
+    unsafe { [*w, *w.add(1), *w.add(2), *w.add(3)] }
+}
+
+/// An address as four words, bytes in memory order.
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+/// Whether the egress device `ifindex` takes an L3 packet of `len` bytes
+/// (`bpf_check_mtu` with `len` as the packet's length: the FIB lookup's
+/// comparison, `len` against the device's MTU).
+#[inline(always)]
+fn mtu_ok(ctx: &XdpContext, ifindex: u32, len: u16) -> bool {
+    let mut mtu_len = len as u32;
+    // SAFETY: `mtu_len` is a valid, initialised u32 the helper reads and writes.
+    unsafe { bpf_check_mtu(ctx.ctx.cast(), ifindex, &mut mtu_len, 0, 0) == 0 }
+}
+
+/// The next hop to `backend` for an L3 packet of `len` bytes from outer
+/// source `src` carrying `proto` (L2 DSR: zero and 0), in `mode`. `hop` is
+/// the backend slot's cache entry on this CPU: used when valid for the packet
+/// (see [`NextHop`]) and the egress device's MTU takes it; otherwise
+/// `bpf_fib_lookup` decides, as without the cache, and a success (for L2 DSR
+/// only an on-link backend) is written into `hop`. Returns the lookup's
+/// `BPF_FIB_LKUP_RET_*` code: on SUCCESS `hop` holds the next hop. L2 DSR to
+/// a backend behind a gateway comes back as NO_NEIGH.
+#[inline(always)]
+fn resolve(
+    ctx: &XdpContext,
+    hop: *mut NextHop,
+    backend: &Backend,
+    mode: u8,
+    src: &[u32; 4],
+    proto: u8,
+    len: u16,
+) -> i64 {
+    let v4 = backend.family == FAMILY_V4 as u32;
+    let family = backend.family as u8;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Loaded after the call, so not kept (spilled) across it.
+    let dst = backend_words(backend);
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: this CPU's entry of a per-CPU array; nothing else holds it.
+    let e = unsafe { &mut *hop };
+    if e.expires > now
+        && e.iif == ingress
+        && e.mode == mode
+        && e.family == family
+        && len <= e.fits
+        && e.addr[0] == dst[0]
+        && e.addr[1] == dst[1]
+        && e.addr[2] == dst[2]
+        && e.addr[3] == dst[3]
+        && mtu_ok(ctx, e.ifindex, len)
+    {
+        return BPF_FIB_LKUP_RET_SUCCESS as i64;
+    }
+    // The request, zeroed word by word (volatile: no `memset` call, which
+    // LLVM emits for a zeroed struct and which costs the verifier a loop).
+    let mut req = core::mem::MaybeUninit::<FibRequest>::uninit();
+    let w = req.as_mut_ptr().cast::<u64>();
+    for i in 0..FIB_WORDS {
+        // SAFETY: inside `req`, 8-aligned.
+        unsafe { core::ptr::write_volatile(w.add(i), 0) };
+    }
+    // SAFETY: all-zero is a valid (empty) request, written just above.
+    let p = unsafe { &mut (*req.as_mut_ptr()).0 };
+    p.ifindex = ingress;
+    p.__bindgen_anon_1.tot_len = len;
+    p.l4_protocol = proto;
+    // L2 DSR's source is zero: the request has it already (writing the
+    // zeros would become a `memset` call).
+    let with_src = mode == HOP_ENCAP;
+    if v4 {
+        p.family = AF_INET;
+        if with_src {
+            p.__bindgen_anon_3.ipv4_src = src[0];
+        }
+        p.__bindgen_anon_4.ipv4_dst = dst[0];
+    } else {
+        p.family = AF_INET6;
+        // SAFETY (both): writing plain-data union members.
+        unsafe {
+            if with_src {
+                p.__bindgen_anon_3.ipv6_src[0] = src[0];
+                p.__bindgen_anon_3.ipv6_src[1] = src[1];
+                p.__bindgen_anon_3.ipv6_src[2] = src[2];
+                p.__bindgen_anon_3.ipv6_src[3] = src[3];
+            }
+            p.__bindgen_anon_4.ipv6_dst[0] = dst[0];
+            p.__bindgen_anon_4.ipv6_dst[1] = dst[1];
+            p.__bindgen_anon_4.ipv6_dst[2] = dst[2];
+            p.__bindgen_anon_4.ipv6_dst[3] = dst[3];
+        }
+    }
+    let ret = fib(ctx, p);
+    if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        // Too big for the route: the entry still serves shorter packets.
+        // Anything else: the next hop is gone, look it up again next time.
+        if ret != BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+            e.expires = 0;
+        }
+        return ret;
+    }
+    // Read again rather than kept across the call (fewer spills).
+    let dst = backend_words(backend);
+    if mode == HOP_L2DSR {
+        // The lookup replaces the destination with the gateway when there is
+        // one: then the backend is not on-link and L2 DSR cannot reach it.
+        // SAFETY: reading the union member of the family requested.
+        let on_link = unsafe {
+            if v4 {
+                p.__bindgen_anon_4.ipv4_dst == dst[0]
+            } else {
+                let d = &p.__bindgen_anon_4.ipv6_dst;
+                d[0] == dst[0] && d[1] == dst[1] && d[2] == dst[2] && d[3] == dst[3]
+            }
+        };
+        if !on_link {
+            e.expires = 0;
+            return BPF_FIB_LKUP_RET_NO_NEIGH as i64;
+        }
+    }
+    // The MACs as three words: `smac` and `dmac` are adjacent, 4-aligned.
+    const { assert!(core::mem::offset_of!(bpf_fib_lookup, smac) % 4 == 0) };
+    const {
+        assert!(
+            core::mem::offset_of!(bpf_fib_lookup, dmac)
+                == core::mem::offset_of!(bpf_fib_lookup, smac) + 6
+        )
+    };
+    let m = p.smac.as_ptr().cast::<u32>();
+    // SAFETY: the 12 bytes of `smac` and `dmac`, 4-aligned (checked above;
+    // the request is 8-aligned).
+    let macs = unsafe { [*m, *m.add(1), *m.add(2)] };
+    e.addr = dst;
+    e.expires = now + HOP_LIFETIME_NS;
+    e.iif = ingress;
+    e.ifindex = p.ifindex;
+    e.macs = macs;
+    e.fits = len;
+    e.family = family;
+    e.mode = mode;
+    ret
+}
+
+/// The destination and source MAC of a resolved next hop.
+#[inline(always)]
+fn hop_macs(hop: *const NextHop) -> ([u8; 6], [u8; 6]) {
+    // SAFETY: the caller's entry, filled by `resolve`.
+    let m = unsafe { (*hop).macs };
+    let (a, b, c) = (m[0].to_ne_bytes(), m[1].to_ne_bytes(), m[2].to_ne_bytes());
+    (
+        [b[2], b[3], c[0], c[1], c[2], c[3]],
+        [a[0], a[1], a[2], a[3], b[0], b[1]],
+    )
 }
 
 /// The action that sends a frame out of `egress`: XDP_TX when it is the
@@ -363,17 +569,9 @@ fn send(ctx: &XdpContext, egress: u32) -> Outcome {
 /// L2 direct server return: the backend must be on-link; only the Ethernet
 /// addresses change.
 #[inline(always)]
-fn l2dsr(ctx: &XdpContext, s: &SteerCtx, backend: &Backend) -> Outcome {
-    let v4 = backend.family == FAMILY_V4 as u32;
+fn l2dsr(ctx: &XdpContext, s: &SteerCtx, backend: &Backend, hop: *mut NextHop) -> Outcome {
     let len = (s.bytes as u16).saturating_sub(14);
-    let mut p = fib_request(
-        v4,
-        &[0; 16],
-        &backend.addr,
-        len,
-        ctx.ingress_ifindex() as u32,
-    );
-    let ret = fib(ctx, &mut p);
+    let ret = resolve(ctx, hop, backend, HOP_L2DSR, &[0; 4], 0, len);
     if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         return Outcome::Drop(DropReason::LbNoNeighbor);
     }
@@ -383,33 +581,16 @@ fn l2dsr(ctx: &XdpContext, s: &SteerCtx, backend: &Backend) -> Outcome {
     if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Outcome::Drop(DropReason::LbNoRoute);
     }
-    // The lookup replaces the destination with the gateway when there is one:
-    // then the backend is not on-link and L2 DSR cannot reach it.
-    // SAFETY: reading the union member of the family requested.
-    let on_link = unsafe {
-        if v4 {
-            p.__bindgen_anon_4.ipv4_dst
-                == u32::from_ne_bytes([
-                    backend.addr[0],
-                    backend.addr[1],
-                    backend.addr[2],
-                    backend.addr[3],
-                ])
-        } else {
-            p.__bindgen_anon_4.ipv6_dst == core::mem::transmute::<[u8; 16], [u32; 4]>(backend.addr)
-        }
-    };
-    if !on_link {
-        return Outcome::Drop(DropReason::LbNoNeighbor);
-    }
-    let (d, m) = (p.dmac, p.smac);
+    let (d, m) = hop_macs(hop);
+    // SAFETY: `resolve` filled this CPU's entry.
+    let egress = unsafe { (*hop).ifindex };
     let macs = [
         d[0], d[1], d[2], d[3], d[4], d[5], m[0], m[1], m[2], m[3], m[4], m[5],
     ];
     if !Frame::new(ctx).write(0, &macs) {
         return Outcome::Bypass;
     }
-    send(ctx, p.ifindex)
+    send(ctx, egress)
 }
 
 /// The outer source for a flow: the configured prefix with the flow hash in
@@ -431,7 +612,13 @@ fn outer_source(cfg: &LbConfig, v4: bool, hash: u32) -> [u8; 16] {
 /// Encapsulates the packet in an outer header of the backend's family and
 /// sends it to the backend.
 #[inline(always)]
-fn encap(ctx: &XdpContext, s: &SteerCtx, backend: &Backend, hash: u32) -> Outcome {
+fn encap(
+    ctx: &XdpContext,
+    s: &SteerCtx,
+    backend: &Backend,
+    hop: *mut NextHop,
+    hash: u32,
+) -> Outcome {
     let inner_v4 = s.family == Family::Ipv4 as u32;
     let outer_v4 = backend.family == FAMILY_V4 as u32;
     let default = LbConfig::default();
@@ -474,12 +661,19 @@ fn encap(ctx: &XdpContext, s: &SteerCtx, backend: &Backend, hash: u32) -> Outcom
     }
     let proto = if inner_v4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
     let src = outer_source(cfg, outer_v4, hash);
-    let ingress = ctx.ingress_ifindex() as u32;
-    let mut p = fib_request(outer_v4, &src, &backend.addr, outer_len as u16, ingress);
-    p.l4_protocol = proto;
-    let ret = fib(ctx, &mut p);
+    let ret = resolve(
+        ctx,
+        hop,
+        backend,
+        HOP_ENCAP,
+        &words(&src),
+        proto,
+        outer_len as u16,
+    );
     let (dmac, smac, egress) = if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        (p.dmac, p.smac, p.ifindex)
+        let (d, m) = hop_macs(hop);
+        // SAFETY: `resolve` filled this CPU's entry.
+        (d, m, unsafe { (*hop).ifindex })
     } else if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         // The stack forwards it and resolves the neighbour meanwhile.
         (
