@@ -4,6 +4,7 @@
 //! runs the `xdpgate` binary inside them.
 pub mod bpf;
 pub mod lab;
+pub mod lblab;
 pub mod packet;
 pub mod traffic;
 pub mod xdpgate;
