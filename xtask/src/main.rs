@@ -47,10 +47,18 @@ enum Task {
     /// Build and run xdpgate. Without --iface: create a two-namespace dual-stack
     /// lab, attach xdpgate in it, drive traffic of both families and print live
     /// stats. With --iface: attach to those interfaces and print live stats.
+    /// With --lb: the load balancer's lab instead (client, LB, two backends).
     Demo {
-        /// Stop after this many seconds (default: run until Ctrl-C).
+        /// Stop after this many seconds (default: run until Ctrl-C). With
+        /// --lb: seconds of traffic once the lab is up, at least 12.
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
+        /// Run the load-balancer lab: a client, the LB and two `--decap`
+        /// backends; both VIPs with health-checked backends of both families,
+        /// short TCP connections, `lb list` every 2 s, backend 2 drained
+        /// halfway and restored at three quarters.
+        #[arg(long)]
+        lb: bool,
         /// Real interface(s) to attach to instead of the lab.
         #[arg(long = "iface", value_name = "IF")]
         ifaces: Vec<String>,
@@ -128,12 +136,39 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Demo {
             duration,
+            lb,
             ifaces,
             mode,
         } => {
+            if lb {
+                if !ifaces.is_empty() {
+                    bail!(
+                        "--lb runs its own lab of network namespaces and cannot attach to real \
+                         interfaces: use either --lb or --iface"
+                    );
+                }
+                if mode != "native" {
+                    bail!(
+                        "--lb runs in native mode only (the LB answers with XDP_TX); drop --mode"
+                    );
+                }
+                if let Some(d) = duration
+                    && d < demo::LB_MIN_SECS
+                {
+                    bail!(
+                        "--lb needs --duration {} or more: backend 2 is drained at half of it \
+                         and restored at three quarters, each after a few health checks",
+                        demo::LB_MIN_SECS
+                    );
+                }
+            }
             let env = bootstrap::run(&root)?;
             let bin = build(&root, &env, false)?;
-            demo::run(&bin, duration, &ifaces, &mode)?;
+            if lb {
+                demo::run_lb(&bin, duration)?;
+            } else {
+                demo::run(&bin, duration, &ifaces, &mode)?;
+            }
         }
         Task::Bench { quick, out } => {
             let env = bootstrap::run(&root)?;
