@@ -1090,8 +1090,9 @@ fn pin_to_current_cpu() {
 }
 
 /// Whether a next hop resolved after `since` is certainly still cached: its
-/// lifetime (1 s, `bpf_ktime_get_ns`, the clock of `Instant`) has not
-/// passed, with a margin.
+/// lifetime (1 s on `bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC_COARSE, which
+/// trails `Instant`'s CLOCK_MONOTONIC by at most a tick) has not passed,
+/// with a margin.
 fn within_lifetime(since: Instant) -> bool {
     since.elapsed() < Duration::from_millis(900)
 }
