@@ -292,12 +292,7 @@ pub fn print(r: &Section<CsumReport>) {
                 );
             }
             for t in [&r.target, &r.target_dispatched] {
-                let verdict = match t.met {
-                    Some(true) => "MET",
-                    Some(false) => "NOT MET",
-                    None => "not evaluated",
-                };
-                println!("   [{verdict}] {}: {}", t.goal, t.measured);
+                t.print("   ");
             }
         }
         (None, Some(e)) => println!("   not measured: {e}"),

@@ -911,13 +911,7 @@ pub fn print(r: &Section<LbReport>) {
             for m in &r.predict_mismatch {
                 println!("   WARNING: {m}");
             }
-            let t = &r.target;
-            let verdict = match t.met {
-                Some(true) => "MET",
-                Some(false) => "NOT MET",
-                None => "not evaluated",
-            };
-            println!("   [{verdict}] {}: {}", t.goal, t.measured);
+            r.target.print("   ");
         }
         (None, Some(e)) => println!("   not measured: {e}"),
         _ => {}

@@ -46,6 +46,18 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+impl Target {
+    /// Prints `[MET] goal: measured` (or NOT MET, not evaluated) after `indent`.
+    pub fn print(&self, indent: &str) {
+        let verdict = match self.met {
+            Some(true) => "MET",
+            Some(false) => "NOT MET",
+            None => "not evaluated",
+        };
+        println!("{indent}[{verdict}] {}: {}", self.goal, self.measured);
+    }
+}
+
 /// Everything one run measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -394,12 +406,7 @@ impl Report {
         println!();
         println!("Targets:");
         for t in &self.targets {
-            let verdict = match t.met {
-                Some(true) => "MET",
-                Some(false) => "NOT MET",
-                None => "not evaluated",
-            };
-            println!("  [{verdict}] {}: {}", t.goal, t.measured);
+            t.print("  ");
         }
     }
 }

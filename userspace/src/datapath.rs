@@ -958,29 +958,33 @@ impl Datapath {
         map.get(&0, 0).map_err(Self::map_err(maps::LB_CONFIG))
     }
 
-    /// Writes one ring half: `ring` (exactly `ring_size` entries) at index
-    /// `base` of the ring array, through its memory mapping.
-    pub fn write_ring(&self, base: u32, ring: &[u32]) -> Result<(), DatapathError> {
+    /// The ring array's memory mapping, after checking that `len` entries
+    /// from index `base` lie inside it. Elements are 8 bytes apart (the
+    /// kernel's layout of array maps, even of u32 values):
+    /// [`tables::elem_size`].
+    fn ring_mmap(&self, base: u32, len: usize) -> Result<tables::ArrayMmap, DatapathError> {
         let entries = ring_entries(self.sizes.ring_services, self.sizes.ring_size);
-        if base as usize + ring.len() > entries as usize {
+        if base as u64 + len as u64 > entries as u64 {
             return Err(DatapathError::Missing(format!(
-                "ring room for {} entries at {base} (array of {entries})",
-                ring.len()
+                "ring room for {len} entries at {base} (array of {entries})"
             )));
         }
         let fd = self.map_data(maps::LB_RINGS)?.fd().as_fd();
-        let mut mm =
-            tables::ArrayMmap::new(fd, entries, 4).map_err(|source| DatapathError::Io {
-                what: "cannot map",
-                path: PathBuf::from(maps::LB_RINGS),
-                source,
-            })?;
+        tables::ArrayMmap::new(fd, entries, 4).map_err(|source| DatapathError::Io {
+            what: "cannot map",
+            path: PathBuf::from(maps::LB_RINGS),
+            source,
+        })
+    }
+
+    /// Writes one ring half: `ring` (exactly `ring_size` entries) at index
+    /// `base` of the ring array, through its memory mapping.
+    pub fn write_ring(&self, base: u32, ring: &[u32]) -> Result<(), DatapathError> {
+        let mut mm = self.ring_mmap(base, ring.len())?;
         let bytes = mm.bytes();
-        // The kernel lays array elements out 8 bytes apart, even u32 ones.
         let stride = tables::elem_size(4);
-        let start = base as usize * stride;
         for (i, slot) in ring.iter().enumerate() {
-            let at = start + i * stride;
+            let at = (base as usize + i) * stride;
             bytes[at..at + 4].copy_from_slice(&slot.to_ne_bytes());
         }
         Ok(())
@@ -988,17 +992,7 @@ impl Datapath {
 
     /// Reads `len` ring entries at index `base` (for checks and tests).
     pub fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, DatapathError> {
-        let entries = ring_entries(self.sizes.ring_services, self.sizes.ring_size);
-        if base as u64 + len as u64 > entries as u64 {
-            return Err(DatapathError::Missing(format!("ring entries {base}+{len}")));
-        }
-        let fd = self.map_data(maps::LB_RINGS)?.fd().as_fd();
-        let mut mm =
-            tables::ArrayMmap::new(fd, entries, 4).map_err(|source| DatapathError::Io {
-                what: "cannot map",
-                path: PathBuf::from(maps::LB_RINGS),
-                source,
-            })?;
+        let mut mm = self.ring_mmap(base, len as usize)?;
         let bytes = mm.bytes();
         let stride = tables::elem_size(4);
         Ok((0..len as usize)
