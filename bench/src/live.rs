@@ -40,11 +40,11 @@ use crate::{
 
 /// Frames per `BPF_PROG_TEST_RUN` call; each call runs to completion, so this
 /// bounds how far a run can overshoot its time.
-const CHUNK: u32 = 250_000;
+pub(crate) const CHUNK: u32 = 250_000;
 /// Frames per live-frames batch (the kernel's default is 64).
-const BATCH: u32 = 64;
+pub(crate) const BATCH: u32 = 64;
 /// CPU the generator (and so the receive path) runs on.
-const CPU: usize = 1;
+pub(crate) const CPU: usize = 1;
 
 /// One live run.
 #[derive(Clone, Debug, Serialize)]

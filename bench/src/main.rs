@@ -2,7 +2,9 @@
 //!
 //! 1. ns/packet with `BPF_PROG_TEST_RUN` per packet class, prefix count and rule
 //!    count, beside an empty XDP program measured in the same run; then the
-//!    load-balancer path (steering program) the same way;
+//!    load-balancer path (steering program) the same way, and on live frames
+//!    beside the empty `XDP_TX` program (a copy of part 3's rig; `--only lb`,
+//!    `--only lb-live` run just these);
 //! 2. Debian's xdp-filter on the same frames, timed the same way;
 //! 3. live frames on a veth pair: Mpps dropped by xdpgate, xdp-filter and
 //!    nftables (netdev ingress) on one core;
@@ -20,6 +22,7 @@ use xdpgate_tests::bpf;
 mod bind;
 mod csum;
 mod lb;
+mod lblive;
 mod live;
 mod maglev;
 mod report;
@@ -42,7 +45,8 @@ struct Cli {
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/bench/latest.json")]
     out: PathBuf,
-    /// Skip the live-frames drop-rate comparison.
+    /// Skip the live-frames parts (drop rates, and the load-balancer path on
+    /// live frames).
     #[arg(long)]
     no_live: bool,
     /// Skip xdp-filter (test runs and live frames).
@@ -57,8 +61,8 @@ struct Cli {
     /// Skip the checksum throughput (user space).
     #[arg(long)]
     no_csum: bool,
-    /// Only this user-space part (no root, no namespaces): prints its table
-    /// and its JSON.
+    /// Only this part: prints its table and its JSON (maglev, csum: user
+    /// space, no root, no namespaces; lb, lb-live: root).
     #[arg(long, value_enum)]
     only: Option<Only>,
     /// Prefix counts per family for part 1 (comma-separated; overrides the
@@ -80,11 +84,18 @@ enum Only {
     Maglev,
     /// Internet checksum throughput: sum_naive, sum_wide, memcpy.
     Csum,
+    /// The load-balancer path: test runs (1b), then live frames (1c).
+    Lb,
+    /// The load-balancer path on live frames only (1c).
+    LbLive,
 }
 
 /// Lab subnet of the benchmark's veth pair (10.200.X.0/24); the tests and the
 /// demo use small numbers.
 const LAB_SUBNET: u8 = 231;
+
+/// Rounds of the live load-balancer comparison (1c); `--quick`: 3.
+const LB_LIVE_ROUNDS: usize = 5;
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -133,6 +144,29 @@ fn main() -> anyhow::Result<()> {
     // disturb each other's timings and namespaces.
     let _serial = lab::serial();
     let started = std::time::Instant::now();
+    // 1c: rounds of runs half as long as part 3's.
+    let lb_live_rounds = if cli.quick { 3 } else { LB_LIVE_ROUNDS };
+    let lb_live_secs = live_secs / 2.0;
+
+    if matches!(cli.only, Some(Only::Lb | Only::LbLive)) {
+        let lb_path = if cli.only == Some(Only::Lb) {
+            let ns = Netns::new("bench").context("creating the benchmark namespace")?;
+            let r = report::Section::from(Some(lb::run(&ns, repeat)));
+            drop(ns);
+            Some(r)
+        } else {
+            None
+        };
+        let lb_live = report::Section::from(Some(lblive::run(lb_live_secs, lb_live_rounds)));
+        if let Some(r) = &lb_path {
+            lb::print(r);
+            println!();
+        }
+        lblive::print(&lb_live);
+        let json = serde_json::json!({ "lb": lb_path, "lb_live": lb_live });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
 
     let bind = if cli.no_bind {
         None
@@ -176,11 +210,15 @@ fn main() -> anyhow::Result<()> {
         Some(live::run(lab, live_secs, !cli.no_xdp_filter))
     };
     drop(lab);
+    let lb_live =
+        report::Section::from((!cli.no_live).then(|| lblive::run(lb_live_secs, lb_live_rounds)));
 
     let report = report::Report::new(cli.quick, part1, filter, live, bind, started.elapsed());
     report.print();
     println!();
     lb::print(&lb_path);
+    println!();
+    lblive::print(&lb_live);
     println!();
     maglev::print(&maglev);
     println!();
@@ -190,6 +228,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut json = serde_json::to_value(&report)?;
     json["lb"] = serde_json::to_value(&lb_path)?;
+    json["lb_live"] = serde_json::to_value(&lb_live)?;
     json["maglev"] = serde_json::to_value(&maglev)?;
     json["csum"] = serde_json::to_value(&csum)?;
     std::fs::write(&cli.out, serde_json::to_string_pretty(&json)?)

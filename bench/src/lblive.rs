@@ -1,0 +1,947 @@
+//! Part 1c: the load-balancer path on live frames, against the empty
+//! `XDP_TX` program, on a veth pair of its own (one core).
+//!
+//! The rig is part 3's (see `live.rs`) turned into a loop. A generator in
+//! namespace `b` injects frames with `BPF_PROG_TEST_RUN` and
+//! `BPF_F_TEST_XDP_LIVE_FRAMES` as if received on b's veth end; its `XDP_TX`
+//! puts them on a's receive ring. In namespace `a` the device under test runs
+//! natively on a's end and sends every frame back out of the same device with
+//! `XDP_TX`: either the empty program `r0 = XDP_TX; exit`, or xdpgate with a
+//! service whose backend is on a's own subnet, reached through that veth
+//! (`bpf_fib_lookup`: egress = ingress, so `XDP_TX`). b's end runs
+//! `r0 = XDP_DROP; exit` natively: a veth accepts `ndo_xdp_xmit` frames only
+//! with NAPI on, and the returned frames are dropped there as cheaply as
+//! possible. The generator thread is pinned to one CPU, and the receive
+//! paths of both ends run in softirq on that CPU: generation, the DUT, the
+//! return hop and the drop share one core. The rate is the frames that came
+//! back to b (b's veth receive count) over the wall time; ns per frame is
+//! 1e9 / that rate, so the rig's own cost (generator, two veth hops, the
+//! drop) is in both numbers of a ratio.
+//!
+//! **The generator rewrites the Ethernet header of every frame.** Live-frames
+//! mode copies the frame into a page once, when its page pool allocates the
+//! page; a recycled page gets its pointers reset but keeps its bytes
+//! (net/bpf/test_run.c). An encapsulation writes the new Ethernet and outer
+//! IP headers in front of the frame, over its first 14 bytes: from the
+//! second pass of a page on, the generator would send a frame whose Ethernet
+//! header is the end of the last outer header. The generator is therefore
+//! the program "store the frame's 14-byte Ethernet header, then `XDP_TX`"
+//! (one per family); the inner packet behind it is never touched by
+//! xdpgate. The same generator drives the empty program's runs.
+//!
+//! Before timing, each class is checked with 10,000 frames: the service's
+//! forwarded counter and xdpgate's `tx` action counter grow by 10,000, its
+//! dropped and slow-path counters and every other action counter by 0, and
+//! b receives 10,000 frames back. The same check with the plain generator
+//! (`r0 = XDP_TX; exit`) is recorded to show the recycled-page effect.
+//!
+//! Then rounds alternate the empty program and xdpgate (ABBA: the order
+//! flips every round); the ratio of a class is the median over the rounds
+//! of (xdpgate's ns / the empty program's ns of the same family and round).
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, ensure};
+use serde::Serialize;
+use xdpgate::{
+    acl::AclState,
+    control::AclController,
+    datapath::{Datapath, Malformed},
+    lb::{BackendSpec, Forward, LbController, Proto, ServiceId, ServiceSpec, lb_config},
+    netlink::XdpMode,
+    stats,
+};
+use xdpgate_common::maps;
+use xdpgate_tests::{
+    lab::{Lab, Netns},
+    packet::{Ethernet, Ipv4, Ipv6, Transport, ethertype, pad, proto},
+};
+
+use crate::{
+    bpf::{self, XdpMd},
+    lb::TARGET_RATIO,
+    live::{BATCH, CHUNK, CPU},
+    report::{Section, Target},
+    workload,
+};
+
+/// Lab subnet of this rig (10.200.232.0/24, fd00:200:232::/64).
+pub const SUBNET: u8 = 232;
+/// Frames of a verification burst.
+const CHECK_FRAMES: u32 = 10_000;
+/// Stray packets a check tolerates: the namespaces' own stacks send the odd
+/// packet (MLD reports) out of their veth ends; b counts a's, xdpgate passes
+/// b's.
+const STRAY: u64 = 16;
+/// Warm-up before each timed run, seconds.
+const WARMUP_S: f64 = 0.3;
+/// The encapsulating IPv4 service's VIP.
+const VIP_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+/// The encapsulating IPv6 service's VIP.
+const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 0x20);
+/// The L2 DSR service's VIP.
+const VIP_DSR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 21);
+/// The service port (TCP).
+const PORT: u16 = 443;
+/// The backends, on a's subnet; their neighbour entries name b's MAC.
+const BACKEND_V4: Ipv4Addr = Ipv4Addr::new(10, 200, SUBNET, 10);
+const BACKEND_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0x232, 0, 0, 0, 0, 0x10);
+
+/// One timed run.
+#[derive(Clone, Debug, Serialize)]
+pub struct LbLiveRun {
+    /// Round (0-based).
+    pub round: usize,
+    /// `empty-tx` or `xdpgate`.
+    pub program: &'static str,
+    /// The class (`lb-v4-encap`, ...; `ipv4`/`ipv6` for the empty program).
+    pub class: &'static str,
+    /// Frames that came back to b per second, millions.
+    pub mpps: f64,
+    /// ns per frame: 1e9 / the rate.
+    pub ns: f64,
+    /// Frames injected per second, millions.
+    pub offered_mpps: f64,
+    /// Frames a's end received.
+    pub received: u64,
+    /// Frames b's end received back.
+    pub returned: u64,
+    /// The service's forwarded counter delta (xdpgate runs).
+    pub forwarded: Option<u64>,
+    /// Wall time, seconds.
+    pub secs: f64,
+}
+
+/// One class over the rounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct LbLiveClass {
+    /// Short name.
+    pub name: &'static str,
+    /// What happens to the frame.
+    pub what: String,
+    /// Frame length in, and back out, bytes.
+    pub frame_len: usize,
+    /// Frame length after xdpgate.
+    pub out_len: usize,
+    /// Median Mpps (frames back at b).
+    pub mpps: f64,
+    /// Median ns per frame.
+    pub ns: f64,
+    /// The empty `XDP_TX` program, same family: median Mpps.
+    pub empty_mpps: f64,
+    /// The empty `XDP_TX` program, same family: median ns per frame.
+    pub empty_ns: f64,
+    /// Median over the rounds of (ns / the empty program's ns of the round).
+    pub ratio: f64,
+    /// Every round's ratio.
+    pub ratios: Vec<f64>,
+    /// Median over the rounds of (ns - the empty program's ns of the round).
+    pub extra_ns: f64,
+}
+
+/// A verification burst.
+#[derive(Clone, Debug, Serialize)]
+pub struct Checked {
+    /// Class (or `empty-tx ipv4`/`ipv6`).
+    pub class: &'static str,
+    /// Frames injected.
+    pub sent: u64,
+    /// Frames b received back.
+    pub returned: u64,
+    /// The service's forwarded counter delta (xdpgate).
+    pub forwarded: Option<u64>,
+    /// The service's slow-path counter delta (xdpgate).
+    pub slow_path: Option<u64>,
+    /// The service's dropped counter delta (xdpgate).
+    pub dropped: Option<u64>,
+    /// xdpgate's action counters on a's end (deltas; non-zero only).
+    pub actions: BTreeMap<&'static str, u64>,
+    /// The same burst with the plain generator `r0 = XDP_TX; exit`: the
+    /// service's forwarded delta (recycled pages keep xdpgate's rewrite).
+    pub plain_generator_forwarded: Option<u64>,
+}
+
+/// What this part measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct LbLiveReport {
+    /// Seconds per timed run.
+    pub secs: f64,
+    /// Rounds.
+    pub rounds: usize,
+    /// The CPU of the generator (and of both receive paths).
+    pub cpu: usize,
+    /// The services.
+    pub services: Vec<String>,
+    /// The verification bursts.
+    pub checks: Vec<Checked>,
+    /// Every timed run.
+    pub runs: Vec<LbLiveRun>,
+    /// The classes.
+    pub classes: Vec<LbLiveClass>,
+    /// The LB path at most [`TARGET_RATIO`] x the empty `XDP_TX` program.
+    pub target: Target,
+}
+
+/// One eBPF instruction (`struct bpf_insn`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Insn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        regs: dst | (src << 4),
+        off,
+        imm,
+    }
+}
+
+/// The `BPF_PROG_LOAD` part of `union bpf_attr`, up to `expected_attach_type`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// Loads the generator: writes `eth` (14 bytes) at the frame's start, then
+/// `XDP_TX`.
+fn load_generator(eth: [u8; 14], name: &str) -> std::io::Result<OwnedFd> {
+    const LDX_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
+    const MOV_X: u8 = 0xbf; // BPF_ALU64 | BPF_MOV | BPF_X
+    const ADD_K: u8 = 0x07; // BPF_ALU64 | BPF_ADD | BPF_K
+    const JGT_X: u8 = 0x2d; // BPF_JMP | BPF_JGT | BPF_X
+    const ST_W: u8 = 0x62; // BPF_ST | BPF_MEM | BPF_W
+    const ST_H: u8 = 0x6a; // BPF_ST | BPF_MEM | BPF_H
+    const MOV_K: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+    const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
+    let w = |o: usize| i32::from_le_bytes([eth[o], eth[o + 1], eth[o + 2], eth[o + 3]]);
+    let h = |o: usize| i32::from(u16::from_le_bytes([eth[o], eth[o + 1]]));
+    let insns = [
+        insn(LDX_W, 2, 1, 0, 0), // r2 = ctx->data
+        insn(LDX_W, 3, 1, 4, 0), // r3 = ctx->data_end
+        insn(MOV_X, 4, 2, 0, 0), // r4 = r2
+        insn(ADD_K, 4, 0, 0, 14),
+        insn(JGT_X, 4, 3, 5, 0), // if r4 > r3: skip the stores
+        insn(ST_W, 2, 0, 0, w(0)),
+        insn(ST_H, 2, 0, 4, h(4)),
+        insn(ST_W, 2, 0, 6, w(6)),
+        insn(ST_H, 2, 0, 10, h(10)),
+        insn(ST_H, 2, 0, 12, h(12)),
+        insn(MOV_K, 0, 0, 0, bpf::XDP_TX as i32),
+        insn(EXIT, 0, 0, 0, 0),
+    ];
+    let license = c"GPL";
+    let mut attr = ProgLoadAttr {
+        prog_type: 6, // BPF_PROG_TYPE_XDP
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    for (d, s) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    // SAFETY: BPF_PROG_LOAD with a zero-padded bpf_attr prefix of
+    // size_of::<ProgLoadAttr>() bytes whose pointers outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &mut attr as *mut ProgLoadAttr as *mut libc::c_void,
+            std::mem::size_of::<ProgLoadAttr>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A live-frames generator on b's end.
+struct Generator<'a> {
+    lab: &'a Lab,
+    prog: &'a OwnedFd,
+}
+
+impl Generator<'_> {
+    fn ctx(&self, frame: &[u8]) -> XdpMd {
+        XdpMd {
+            data_end: frame.len() as u32,
+            ingress_ifindex: self.lab.b_end.ifindex,
+            ..Default::default()
+        }
+    }
+
+    /// Injects `n` frames in one call.
+    fn burst(&self, frame: &[u8], n: u32) -> anyhow::Result<()> {
+        let ctx = self.ctx(frame);
+        self.lab.b.run(|| -> anyhow::Result<()> {
+            bpf::pin_to_cpu(CPU).context("pinning the generator")?;
+            bpf::live_frames(self.prog, frame, n, BATCH, ctx)
+                .context("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES")
+        })
+    }
+
+    /// Injects frames for about `secs` (bounded by time and by count);
+    /// returns frames injected and the wall time.
+    fn run(&self, frame: &[u8], secs: f64) -> anyhow::Result<(u64, Duration)> {
+        let max_calls = 400; // 100M frames at most
+        let ctx = self.ctx(frame);
+        self.lab.b.run(|| -> anyhow::Result<(u64, Duration)> {
+            bpf::pin_to_cpu(CPU).context("pinning the generator")?;
+            let t = Instant::now();
+            let (mut sent, mut calls) = (0u64, 0);
+            while t.elapsed().as_secs_f64() < secs && calls < max_calls {
+                bpf::live_frames(self.prog, frame, CHUNK, BATCH, ctx)
+                    .context("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES")?;
+                sent += u64::from(CHUNK);
+                calls += 1;
+            }
+            Ok((sent, t.elapsed()))
+        })
+    }
+}
+
+/// Packets the veth end `ifname` in `ns` received (`ip -s link`).
+fn rx_packets(ns: &Netns, ifname: &str) -> anyhow::Result<u64> {
+    let o = ns.exec("ip", &["-j", "-s", "link", "show", "dev", ifname])?;
+    let v: serde_json::Value = serde_json::from_str(&o)?;
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no rx packet count in `ip -j -s link`: {o}"))
+}
+
+fn mac_string(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// A TCP frame b -> a from the client to `dst`.
+fn tcp_frame(lab: &Lab, dst: IpAddr) -> Vec<u8> {
+    let l4 = Transport::tcp(workload::SPORT, PORT).bytes();
+    let (et, ip) = match dst {
+        IpAddr::V4(d) => (
+            ethertype::IPV4,
+            Ipv4::new(workload::MISS_V4.octets(), d.octets(), proto::TCP).build(&l4),
+        ),
+        IpAddr::V6(d) => (
+            ethertype::IPV6,
+            Ipv6::new(workload::MISS_V6.octets(), d.octets(), proto::TCP).build(&l4),
+        ),
+    };
+    let mut eth = Ethernet::new(et);
+    eth.src = lab.b_end.mac;
+    eth.dst = lab.a_end.mac;
+    pad(eth.build(&ip), 60)
+}
+
+/// Forwarding, and permanent neighbours for the backends on a's end (b's
+/// MAC), in namespace a.
+fn setup(lab: &Lab) -> anyhow::Result<()> {
+    for key in [
+        "net.ipv4.conf.all.forwarding",
+        "net.ipv6.conf.all.forwarding",
+    ] {
+        lab.a
+            .sysctl(key, "1")
+            .with_context(|| format!("setting {key} in namespace a"))?;
+    }
+    let mac = mac_string(lab.b_end.mac);
+    for b in [IpAddr::V4(BACKEND_V4), IpAddr::V6(BACKEND_V6)] {
+        let args: [&str; 9] = [
+            "neigh",
+            "replace",
+            &b.to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            &lab.a_end.ifname,
+            "nud",
+            "permanent",
+        ];
+        lab.a
+            .exec("ip", &args)
+            .with_context(|| format!("ip {}", args.join(" ")))?;
+    }
+    Ok(())
+}
+
+/// A class: a frame, its service, its generator.
+struct Class<'a> {
+    name: &'static str,
+    what: String,
+    frame: Vec<u8>,
+    out_len: usize,
+    id: ServiceId,
+    /// Index of the empty program's class of the same family.
+    family: usize,
+    generator: Generator<'a>,
+}
+
+/// The service's (forwarded, slow path, dropped) counters.
+fn service_counters(
+    dp: &Datapath,
+    ctl: &LbController,
+    id: &ServiceId,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let s = ctl
+        .status(dp)?
+        .into_iter()
+        .find(|s| s.service == *id)
+        .with_context(|| format!("no status of service {id}"))?;
+    Ok((s.forwarded_packets, s.slow_path_packets, s.dropped_packets))
+}
+
+/// xdpgate's action counters on `ifindex`, summed over the families.
+fn actions(dp: &Datapath, ifindex: u32) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+    let map = |name: &'static str| dp.map(name).with_context(|| format!("map {name}"));
+    let r = stats::collect(map(maps::IFACES)?, map(maps::STATS)?, map(maps::REASONS)?)
+        .map_err(|e| anyhow!("reading the action counters: {e}"))?;
+    let mut out = BTreeMap::new();
+    for row in r.counters.iter().filter(|r| r.ifindex == ifindex) {
+        *out.entry(row.action).or_insert(0) += row.packets;
+    }
+    Ok(out)
+}
+
+fn delta(
+    a: &BTreeMap<&'static str, u64>,
+    b: &BTreeMap<&'static str, u64>,
+) -> BTreeMap<&'static str, u64> {
+    b.iter()
+        .map(|(k, v)| (*k, v.saturating_sub(a.get(k).copied().unwrap_or(0))))
+        .filter(|(_, v)| *v != 0)
+        .collect()
+}
+
+/// Waits for the softirq work of a burst to finish (it runs on the
+/// generator's CPU as the call returns; this is slack).
+fn settle() {
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// Checks a class with xdpgate attached: `CHECK_FRAMES` frames, all
+/// forwarded with `XDP_TX` and back at b; then the plain generator's count.
+fn check_class(
+    lab: &Lab,
+    dp: &Datapath,
+    ctl: &LbController,
+    c: &Class,
+    plain: &Generator,
+) -> anyhow::Result<Checked> {
+    let n = u64::from(CHECK_FRAMES);
+    let s0 = service_counters(dp, ctl, &c.id)?;
+    let a0 = actions(dp, lab.a_end.ifindex)?;
+    let b0 = rx_packets(&lab.b, &lab.b_end.ifname)?;
+    c.generator.burst(&c.frame, CHECK_FRAMES)?;
+    settle();
+    let s1 = service_counters(dp, ctl, &c.id)?;
+    let a1 = actions(dp, lab.a_end.ifindex)?;
+    let b1 = rx_packets(&lab.b, &lab.b_end.ifname)?;
+    let acts = delta(&a0, &a1);
+    let (fwd, slow, drop) = (s1.0 - s0.0, s1.1 - s0.1, s1.2 - s0.2);
+    let returned = b1.saturating_sub(b0);
+    eprintln!(
+        "bench: lb live check {}: {n} sent, forwarded {fwd}, slow path {slow}, dropped {drop}, actions {acts:?}, {returned} back at b",
+        c.name
+    );
+    ensure!(
+        fwd == n && slow == 0 && drop == 0,
+        "{}: of {n} frames the service forwarded {fwd}, slow path {slow}, dropped {drop}",
+        c.name
+    );
+    // b's own stack sends the odd packet too (MLD reports): passed by xdpgate.
+    let other = acts
+        .iter()
+        .filter(|(k, _)| !matches!(**k, "tx" | "pass"))
+        .count();
+    ensure!(
+        acts.get("tx") == Some(&n) && other == 0 && acts.get("pass").copied().unwrap_or(0) <= STRAY,
+        "{}: xdpgate's action counters moved by {acts:?}, expected tx {n} (and a stray pass)",
+        c.name
+    );
+    ensure!(
+        (n..=n + STRAY).contains(&returned),
+        "{}: {returned} frames came back to b for {n} sent",
+        c.name
+    );
+    let p0 = service_counters(dp, ctl, &c.id)?.0;
+    plain.burst(&c.frame, CHECK_FRAMES)?;
+    settle();
+    let p = service_counters(dp, ctl, &c.id)?.0 - p0;
+    eprintln!(
+        "bench: lb live check {}: with the plain generator (r0 = XDP_TX; exit) {p} of {n} forwarded",
+        c.name
+    );
+    Ok(Checked {
+        class: c.name,
+        sent: n,
+        returned,
+        forwarded: Some(fwd),
+        slow_path: Some(slow),
+        dropped: Some(drop),
+        actions: acts,
+        plain_generator_forwarded: Some(p),
+    })
+}
+
+/// What one timed run saw.
+struct Timed {
+    mpps: f64,
+    ns: f64,
+    offered_mpps: f64,
+    received: u64,
+    returned: u64,
+    forwarded: Option<u64>,
+    secs: f64,
+}
+
+/// Warm up, then one timed run.
+fn timed(
+    lab: &Lab,
+    g: &Generator,
+    frame: &[u8],
+    secs: f64,
+    forwarded: &dyn Fn() -> anyhow::Result<Option<u64>>,
+) -> anyhow::Result<Timed> {
+    g.run(frame, WARMUP_S)?;
+    let a0 = rx_packets(&lab.a, &lab.a_end.ifname)?;
+    let b0 = rx_packets(&lab.b, &lab.b_end.ifname)?;
+    let f0 = forwarded()?;
+    let (sent, wall) = g.run(frame, secs)?;
+    let f1 = forwarded()?;
+    let b1 = rx_packets(&lab.b, &lab.b_end.ifname)?;
+    let a1 = rx_packets(&lab.a, &lab.a_end.ifname)?;
+    let returned = b1.saturating_sub(b0);
+    let s = wall.as_secs_f64();
+    ensure!(
+        returned > 0,
+        "no frame came back ({sent} injected, a received {})",
+        a1.saturating_sub(a0)
+    );
+    let pps = returned as f64 / s;
+    Ok(Timed {
+        mpps: pps / 1e6,
+        ns: 1e9 / pps,
+        offered_mpps: sent as f64 / s / 1e6,
+        received: a1.saturating_sub(a0),
+        returned,
+        forwarded: f0.zip(f1).map(|(a, b)| b - a),
+        secs: s,
+    })
+}
+
+fn push(
+    runs: &mut Vec<LbLiveRun>,
+    round: usize,
+    program: &'static str,
+    class: &'static str,
+    t: Timed,
+) {
+    eprintln!(
+        "bench: lb live round {round} {program} {class}: {:.3} Mpps back ({:.1} ns/frame; offered {:.3}, a received {}, b {}{})",
+        t.mpps,
+        t.ns,
+        t.offered_mpps,
+        t.received,
+        t.returned,
+        t.forwarded
+            .map_or(String::new(), |f| format!(", forwarded {f}"))
+    );
+    runs.push(LbLiveRun {
+        round,
+        program,
+        class,
+        mpps: t.mpps,
+        ns: t.ns,
+        offered_mpps: t.offered_mpps,
+        received: t.received,
+        returned: t.returned,
+        forwarded: t.forwarded,
+        secs: t.secs,
+    });
+}
+
+/// Runs this part on a lab of its own (subnet [`SUBNET`]): `rounds` rounds
+/// of `secs`-second runs.
+pub fn run(secs: f64, rounds: usize) -> anyhow::Result<LbLiveReport> {
+    let lab = Lab::new("benchlb", SUBNET).context("creating the veth lab")?;
+    setup(&lab)?;
+    let sink = bpf::load_constant_xdp(bpf::XDP_DROP, "bench_sink")
+        .context("loading the XDP_DROP program for b")?;
+    let b_ifindex = lab.b_end.ifindex;
+    let sink_link = lab
+        .b
+        .run(|| bpf::attach_native(&sink, b_ifindex))
+        .context("attaching XDP_DROP natively to b's end")?;
+    let eth = |et: u16| -> [u8; 14] {
+        let mut e = [0u8; 14];
+        e[0..6].copy_from_slice(&lab.a_end.mac);
+        e[6..12].copy_from_slice(&lab.b_end.mac);
+        e[12..14].copy_from_slice(&et.to_be_bytes());
+        e
+    };
+    let gen_v4 =
+        load_generator(eth(ethertype::IPV4), "bench_gen_eth4").context("loading the generator")?;
+    let gen_v6 =
+        load_generator(eth(ethertype::IPV6), "bench_gen_eth6").context("loading the generator")?;
+    let plain_prog =
+        bpf::load_constant_xdp(bpf::XDP_TX, "bench_gen").context("loading the plain generator")?;
+    let empty = bpf::load_constant_xdp(bpf::XDP_TX, "bench_tx")
+        .context("loading the empty XDP_TX program")?;
+    let g4 = Generator {
+        lab: &lab,
+        prog: &gen_v4,
+    };
+    let g6 = Generator {
+        lab: &lab,
+        prog: &gen_v6,
+    };
+    let plain = Generator {
+        lab: &lab,
+        prog: &plain_prog,
+    };
+
+    let id = |vip: IpAddr| ServiceId {
+        vip,
+        port: PORT,
+        proto: Proto::Tcp,
+    };
+    let specs: Vec<ServiceSpec> = [
+        (id(VIP_V4.into()), Forward::Encap, IpAddr::V4(BACKEND_V4)),
+        (id(VIP_DSR.into()), Forward::L2dsr, IpAddr::V4(BACKEND_V4)),
+        (id(VIP_V6.into()), Forward::Encap, IpAddr::V6(BACKEND_V6)),
+    ]
+    .into_iter()
+    .map(|(id, forward, addr)| ServiceSpec {
+        id,
+        forward,
+        backends: vec![BackendSpec { addr, weight: 1 }],
+        health: None,
+    })
+    .collect();
+    let services: Vec<String> = specs
+        .iter()
+        .map(|s| format!("{} {}: {}", s.id, s.forward.name(), s.backends[0].addr))
+        .collect();
+    let f4 = tcp_frame(&lab, VIP_V4.into());
+    let f6 = tcp_frame(&lab, VIP_V6.into());
+    // The empty program's classes: index 0 IPv4, 1 IPv6.
+    let empties = [("ipv4", &f4, &g4), ("ipv6", &f6, &g6)];
+    let classes = [
+        Class {
+            name: "lb-v4-encap",
+            what: format!(
+                "IPv4 TCP {}:{} -> {}: IPIP to {BACKEND_V4}, XDP_TX",
+                workload::MISS_V4,
+                workload::SPORT,
+                specs[0].id
+            ),
+            out_len: f4.len() + 20,
+            frame: f4.clone(),
+            id: specs[0].id,
+            family: 0,
+            generator: Generator {
+                lab: &lab,
+                prog: &gen_v4,
+            },
+        },
+        Class {
+            name: "lb-v4-l2dsr",
+            what: format!(
+                "IPv4 TCP {}:{} -> {}: L2 DSR to {BACKEND_V4} (MACs rewritten), XDP_TX",
+                workload::MISS_V4,
+                workload::SPORT,
+                specs[1].id
+            ),
+            frame: tcp_frame(&lab, VIP_DSR.into()),
+            out_len: f4.len(),
+            id: specs[1].id,
+            family: 0,
+            generator: Generator {
+                lab: &lab,
+                prog: &gen_v4,
+            },
+        },
+        Class {
+            name: "lb-v6-encap",
+            what: format!(
+                "IPv6 TCP [{}]:{} -> {}: IP6IP6 to {BACKEND_V6}, XDP_TX",
+                workload::MISS_V6,
+                workload::SPORT,
+                specs[2].id
+            ),
+            out_len: f6.len() + 40,
+            frame: f6.clone(),
+            id: specs[2].id,
+            family: 1,
+            generator: Generator {
+                lab: &lab,
+                prog: &gen_v6,
+            },
+        },
+    ];
+
+    let (a_name, a_ifindex) = (lab.a_end.ifname.clone(), lab.a_end.ifindex);
+    let out = lab.a.run(|| -> anyhow::Result<LbLiveReport> {
+        let mut dp = Datapath::load().context("loading xdpgate")?;
+        dp.register(a_ifindex, 1, Malformed::Drop)?;
+        let mut acl = AclController::new(BTreeMap::from([(a_name.clone(), 1)]));
+        acl.install(&mut dp, AclState::default())
+            .map_err(|e| anyhow!("installing the empty rule set: {e}"))?;
+        let cfg = lb_config(
+            Ipv4Addr::new(10, 200, 233, 0),
+            24,
+            Ipv6Addr::new(0xfd00, 0x200, 0x233, 0, 0, 0, 0, 0),
+            64,
+            64,
+        )?;
+        dp.set_lb_config(&cfg)?;
+        let mut ctl = LbController::new(&dp, vec![a_ifindex]);
+        ctl.apply(&mut dp, &specs)
+            .context("installing the services")?;
+
+        // Checks: the empty program first, then xdpgate.
+        let mut checks = Vec::new();
+        {
+            let _link = bpf::attach_native(&empty, a_ifindex)
+                .context("attaching the empty XDP_TX program natively to a's end")?;
+            for (family, frame, g) in empties {
+                let b0 = rx_packets(&lab.b, &lab.b_end.ifname)?;
+                g.burst(frame, CHECK_FRAMES)?;
+                settle();
+                let returned = rx_packets(&lab.b, &lab.b_end.ifname)?.saturating_sub(b0);
+                eprintln!(
+                    "bench: lb live check empty-tx {family}: {CHECK_FRAMES} sent, {returned} back at b"
+                );
+                let n = u64::from(CHECK_FRAMES);
+                ensure!(
+                    (n..=n + STRAY).contains(&returned),
+                    "empty XDP_TX program, {family}: {returned} frames came back to b for {n} sent"
+                );
+                checks.push(Checked {
+                    class: if family == "ipv4" {
+                        "empty-tx ipv4"
+                    } else {
+                        "empty-tx ipv6"
+                    },
+                    sent: n,
+                    returned,
+                    forwarded: None,
+                    slow_path: None,
+                    dropped: None,
+                    actions: BTreeMap::new(),
+                    plain_generator_forwarded: None,
+                });
+            }
+        }
+        dp.attach(&a_name, a_ifindex, XdpMode::Native)
+            .context("attaching xdpgate natively to a's end")?;
+        for c in &classes {
+            checks.push(check_class(&lab, &dp, &ctl, c, &plain)?);
+        }
+        dp.detach_all()?;
+
+        let mut runs = Vec::new();
+        for round in 0..rounds {
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for xdpgate in order {
+                if xdpgate {
+                    dp.attach(&a_name, a_ifindex, XdpMode::Native)
+                        .context("attaching xdpgate natively to a's end")?;
+                    for c in &classes {
+                        let fwd = || -> anyhow::Result<Option<u64>> {
+                            Ok(Some(service_counters(&dp, &ctl, &c.id)?.0))
+                        };
+                        let t = timed(&lab, &c.generator, &c.frame, secs, &fwd)
+                            .with_context(|| format!("xdpgate {}", c.name))?;
+                        push(&mut runs, round, "xdpgate", c.name, t);
+                    }
+                    dp.detach_all()?;
+                } else {
+                    let _link = bpf::attach_native(&empty, a_ifindex)
+                        .context("attaching the empty XDP_TX program natively to a's end")?;
+                    for (family, frame, g) in empties {
+                        let t = timed(&lab, g, frame, secs, &|| Ok(None))
+                            .with_context(|| format!("empty XDP_TX program, {family}"))?;
+                        push(&mut runs, round, "empty-tx", family, t);
+                    }
+                }
+            }
+        }
+        dp.shutdown()?;
+        Ok(LbLiveReport {
+            secs,
+            rounds,
+            cpu: CPU,
+            services,
+            checks,
+            runs,
+            classes: Vec::new(),
+            target: Target {
+                goal: String::new(),
+                measured: String::new(),
+                met: None,
+            },
+        })
+    });
+    drop(sink_link);
+    let mut out = out?;
+
+    let run_of = |round: usize, program: &str, class: &str| {
+        out.runs
+            .iter()
+            .find(|r| r.round == round && r.program == program && r.class == class)
+    };
+    let mut results = Vec::new();
+    for c in &classes {
+        let family = empties[c.family].0;
+        let (mut ns, mut mpps, mut ens, mut empps, mut ratios, mut extra) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for round in 0..rounds {
+            let (Some(x), Some(e)) = (
+                run_of(round, "xdpgate", c.name),
+                run_of(round, "empty-tx", family),
+            ) else {
+                continue;
+            };
+            ns.push(x.ns);
+            mpps.push(x.mpps);
+            ens.push(e.ns);
+            empps.push(e.mpps);
+            ratios.push(x.ns / e.ns);
+            extra.push(x.ns - e.ns);
+        }
+        ensure!(!ratios.is_empty(), "{}: no round measured", c.name);
+        results.push(LbLiveClass {
+            name: c.name,
+            what: c.what.clone(),
+            frame_len: c.frame.len(),
+            out_len: c.out_len,
+            mpps: median(&mpps),
+            ns: median(&ns),
+            empty_mpps: median(&empps),
+            empty_ns: median(&ens),
+            ratio: median(&ratios),
+            ratios,
+            extra_ns: median(&extra),
+        });
+    }
+    let worst = results
+        .iter()
+        .max_by(|a, b| a.ratio.total_cmp(&b.ratio))
+        .context("no class")?;
+    out.target = Target {
+        goal: format!(
+            "LB path <= {TARGET_RATIO}x the empty XDP_TX program (live frames on a veth, one core, every forwarding class)"
+        ),
+        measured: format!(
+            "worst {}: {:.2}x ({:.0} vs {:.0} ns/frame); {}",
+            worst.name,
+            worst.ratio,
+            worst.ns,
+            worst.empty_ns,
+            results
+                .iter()
+                .map(|r| format!("{} {:.2}x", r.name, r.ratio))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        met: Some(worst.ratio <= TARGET_RATIO),
+    };
+    out.classes = results;
+    Ok(out)
+}
+
+/// Prints this part.
+pub fn print(r: &Section<LbLiveReport>) {
+    println!(
+        "1c. Load-balancer path on live frames (veth, XDP_TX back out of the ingress device, one core), ns/frame and ratio to the empty XDP_TX program"
+    );
+    match (&r.result, &r.error) {
+        (Some(r), _) => {
+            println!("   services: {}", r.services.join("; "));
+            for c in &r.checks {
+                println!(
+                    "   check {:<14} {} sent, {} back at b{}{}",
+                    c.class,
+                    c.sent,
+                    c.returned,
+                    c.forwarded.map_or(String::new(), |f| format!(
+                        ", forwarded {f}, slow path {}, dropped {}, actions {:?}",
+                        c.slow_path.unwrap_or(0),
+                        c.dropped.unwrap_or(0),
+                        c.actions
+                    )),
+                    c.plain_generator_forwarded
+                        .map_or(String::new(), |p| format!(
+                            "; plain generator: {p} forwarded"
+                        )),
+                );
+            }
+            println!(
+                "   {:<12} {:>7} {:>8} | {:>9} {:>8} | {:>6} {:>8} | rounds",
+                "class", "Mpps", "ns/frame", "empty Mpps", "empty ns", "ratio", "extra ns"
+            );
+            for c in &r.classes {
+                println!(
+                    "   {:<12} {:>7.3} {:>8.1} | {:>10.3} {:>8.1} | {:>5.2}x {:>+8.1} | {}",
+                    c.name,
+                    c.mpps,
+                    c.ns,
+                    c.empty_mpps,
+                    c.empty_ns,
+                    c.ratio,
+                    c.extra_ns,
+                    c.ratios
+                        .iter()
+                        .map(|x| format!("{x:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+            println!(
+                "   ({} rounds of {:.1} s runs, empty program and xdpgate alternating (ABBA); medians; ratio: median of the rounds' ratios; \
+                 the generator, both veth hops and the drop at b are in both numbers)",
+                r.rounds, r.secs
+            );
+            r.target.print("   ");
+        }
+        (None, Some(e)) => println!("   not measured: {e}"),
+        _ => {}
+    }
+}
