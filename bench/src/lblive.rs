@@ -74,8 +74,8 @@ pub const SUBNET: u8 = 232;
 /// Frames of a verification burst.
 const CHECK_FRAMES: u32 = 10_000;
 /// Stray packets a check tolerates: the namespaces' own stacks send the odd
-/// packet (MLD reports) out of their veth ends; b counts a's, xdpgate passes
-/// b's.
+/// packet out of their veth ends (1-2 seen per check); b counts a's, xdpgate
+/// passes b's.
 const STRAY: u64 = 16;
 /// Warm-up before each timed run, seconds.
 const WARMUP_S: f64 = 0.3;
@@ -480,7 +480,7 @@ fn check_class(
         "{}: of {n} frames the service forwarded {fwd}, slow path {slow}, dropped {drop}",
         c.name
     );
-    // b's own stack sends the odd packet too (MLD reports): passed by xdpgate.
+    // b's own stack sends the odd packet too: passed by xdpgate.
     let other = acts
         .iter()
         .filter(|(k, _)| !matches!(**k, "tx" | "pass"))
