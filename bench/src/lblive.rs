@@ -41,7 +41,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::OwnedFd,
     time::{Duration, Instant},
 };
 
@@ -186,43 +186,6 @@ pub struct LbLiveReport {
     pub target: Target,
 }
 
-/// One eBPF instruction (`struct bpf_insn`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code,
-        regs: dst | (src << 4),
-        off,
-        imm,
-    }
-}
-
-/// The `BPF_PROG_LOAD` part of `union bpf_attr`, up to `expected_attach_type`.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
 /// Loads the generator: writes `eth` (14 bytes) at the frame's start, then
 /// `XDP_TX`.
 fn load_generator(eth: [u8; 14], name: &str) -> std::io::Result<OwnedFd> {
@@ -236,6 +199,7 @@ fn load_generator(eth: [u8; 14], name: &str) -> std::io::Result<OwnedFd> {
     const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
     let w = |o: usize| i32::from_le_bytes([eth[o], eth[o + 1], eth[o + 2], eth[o + 3]]);
     let h = |o: usize| i32::from(u16::from_le_bytes([eth[o], eth[o + 1]]));
+    let insn = bpf::Insn::new;
     let insns = [
         insn(LDX_W, 2, 1, 0, 0), // r2 = ctx->data
         insn(LDX_W, 3, 1, 4, 0), // r3 = ctx->data_end
@@ -250,33 +214,7 @@ fn load_generator(eth: [u8; 14], name: &str) -> std::io::Result<OwnedFd> {
         insn(MOV_K, 0, 0, 0, bpf::XDP_TX as i32),
         insn(EXIT, 0, 0, 0, 0),
     ];
-    let license = c"GPL";
-    let mut attr = ProgLoadAttr {
-        prog_type: 6, // BPF_PROG_TYPE_XDP
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        ..Default::default()
-    };
-    for (d, s) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
-        *d = s;
-    }
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    // SAFETY: BPF_PROG_LOAD with a zero-padded bpf_attr prefix of
-    // size_of::<ProgLoadAttr>() bytes whose pointers outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &mut attr as *mut ProgLoadAttr as *mut libc::c_void,
-            std::mem::size_of::<ProgLoadAttr>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    bpf::load_xdp(&insns, name, 0)
 }
 
 /// A live-frames generator on b's end.

@@ -34,11 +34,24 @@ pub const XDP_TX: u32 = 3;
 /// One eBPF instruction (`struct bpf_insn`).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Insn {
+pub struct Insn {
     code: u8,
     regs: u8,
     off: i16,
     imm: i32,
+}
+
+impl Insn {
+    /// An instruction: opcode, destination and source registers, offset,
+    /// immediate.
+    pub const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+        Insn {
+            code,
+            regs: dst | (src << 4),
+            off,
+            imm,
+        }
+    }
 }
 
 /// The `BPF_PROG_LOAD` part of `union bpf_attr`, up to `expected_attach_type`.
@@ -143,20 +156,16 @@ pub fn load_constant_xdp_with_flags(
 ) -> io::Result<OwnedFd> {
     let insns = [
         // BPF_ALU64 | BPF_MOV | BPF_K, dst r0
-        Insn {
-            code: 0xb7,
-            regs: 0,
-            off: 0,
-            imm: action as i32,
-        },
+        Insn::new(0xb7, 0, 0, 0, action as i32),
         // BPF_JMP | BPF_EXIT
-        Insn {
-            code: 0x95,
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
+        Insn::new(0x95, 0, 0, 0, 0),
     ];
+    load_xdp(&insns, name, prog_flags)
+}
+
+/// Loads an XDP program of `insns` (license GPL) with `BPF_PROG_LOAD`
+/// program flags `prog_flags` and returns its fd.
+pub fn load_xdp(insns: &[Insn], name: &str, prog_flags: u32) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,

@@ -782,10 +782,11 @@ impl Datapath {
         if slots.is_empty() {
             return Ok(());
         }
-        let err = |source| DatapathError::Map {
-            map: maps::RULE_STATS,
-            source,
-        };
+        self.zero_counters(maps::RULE_STATS, slots)
+    }
+
+    /// Zeroes entries `indices` of the per-CPU counter array `name` on every CPU.
+    fn zero_counters(&mut self, name: &'static str, indices: &[u32]) -> Result<(), DatapathError> {
         let cpus = aya::util::nr_cpus().map_err(|(what, source)| DatapathError::Io {
             what,
             path: PathBuf::new(),
@@ -793,10 +794,11 @@ impl Datapath {
         })?;
         let map = self
             .ebpf
-            .map_mut(maps::RULE_STATS)
-            .ok_or_else(|| DatapathError::Missing(maps::RULE_STATS.into()))?;
-        let mut map: PerCpuArray<_, Counter> = PerCpuArray::try_from(map).map_err(err)?;
-        for slot in slots {
+            .map_mut(name)
+            .ok_or_else(|| DatapathError::Missing(format!("map {name}")))?;
+        let mut map: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)
+            .map_err(|source| DatapathError::Map { map: name, source })?;
+        for index in indices {
             let zeros =
                 PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|source| {
                     DatapathError::Io {
@@ -805,7 +807,8 @@ impl Datapath {
                         source,
                     }
                 })?;
-            map.set(*slot, zeros, 0).map_err(err)?;
+            map.set(*index, zeros, 0)
+                .map_err(|source| DatapathError::Map { map: name, source })?;
         }
         Ok(())
     }
@@ -1013,23 +1016,7 @@ impl Datapath {
 
     /// Zeroes the counters of backend slot `slot` (before it is reused).
     pub fn reset_backend_counter(&mut self, slot: u32) -> Result<(), DatapathError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Io {
-            what: "cannot count CPUs",
-            path: PathBuf::new(),
-            source,
-        })?;
-        let mut map: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.map_mut_ref(maps::LB_BACKEND_STATS)?)
-                .map_err(Self::map_err(maps::LB_BACKEND_STATS))?;
-        let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|source| {
-            DatapathError::Io {
-                what: "per-CPU values",
-                path: PathBuf::new(),
-                source,
-            }
-        })?;
-        map.set(slot, zeros, 0)
-            .map_err(Self::map_err(maps::LB_BACKEND_STATS))
+        self.zero_counters(maps::LB_BACKEND_STATS, &[slot])
     }
 
     fn per_cpu_sum(&self, name: &'static str, index: u32) -> Result<Counter, DatapathError> {
@@ -1054,27 +1041,8 @@ impl Datapath {
 
     /// Zeroes every counter of service slot `slot` (before it is reused).
     pub fn reset_service_counters(&mut self, slot: u32) -> Result<(), DatapathError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Io {
-            what: "cannot count CPUs",
-            path: PathBuf::new(),
-            source,
-        })?;
-        let mut map: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.map_mut_ref(maps::LB_SERVICE_STATS)?)
-                .map_err(Self::map_err(maps::LB_SERVICE_STATS))?;
-        for what in ServiceStat::ALL {
-            let zeros =
-                PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|source| {
-                    DatapathError::Io {
-                        what: "per-CPU values",
-                        path: PathBuf::new(),
-                        source,
-                    }
-                })?;
-            map.set(service_stat_index(slot, what), zeros, 0)
-                .map_err(Self::map_err(maps::LB_SERVICE_STATS))?;
-        }
-        Ok(())
+        let indices = ServiceStat::ALL.map(|what| service_stat_index(slot, what));
+        self.zero_counters(maps::LB_SERVICE_STATS, &indices)
     }
 
     /// Decapsulated packets on interface slot `slot` with outer family
