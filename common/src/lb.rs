@@ -297,6 +297,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        unused_qualifications,
+        reason = "the layout assertions keep their wording from before the 2024 prelude"
+    )]
     fn layout() {
         assert_eq!(core::mem::size_of::<ServiceKey>(), 20);
         assert_eq!(core::mem::size_of::<ServiceInfo>(), 16);

@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod csum;
 pub mod lb;
+pub mod wire;
 
 /// Names of the maps in the XDP object, as the loader finds them and as they are
 /// pinned under the daemon's bpffs directory.
@@ -392,24 +393,37 @@ pub mod event_cause {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: both are repr(C), contain only integers and have no padding.
-    unsafe impl aya::Pod for super::Counter {}
-    unsafe impl aya::Pod for super::IfaceConfig {}
-    unsafe impl aya::Pod for super::LocalAddrKey {}
-    unsafe impl aya::Pod for super::EventConfig {}
-    unsafe impl aya::Pod for super::lb::ServiceKey {}
-    unsafe impl aya::Pod for super::lb::ServiceInfo {}
-    unsafe impl aya::Pod for super::lb::Backend {}
-    unsafe impl aya::Pod for super::lb::LbConfig {}
-    // SAFETY: repr(C), integers and integer arrays only, sizes multiples of their alignment.
-    unsafe impl aya::Pod for super::acl::Bitmap {}
-    unsafe impl aya::Pod for super::acl::V6Bucket {}
-    unsafe impl aya::Pod for super::acl::LenSet {}
-    unsafe impl aya::Pod for super::acl::PrefixKey {}
-    unsafe impl aya::Pod for super::acl::PrefixEntry {}
-    unsafe impl aya::Pod for super::acl::PrefixBucket {}
-    unsafe impl aya::Pod for super::acl::RuleInfo {}
-    unsafe impl aya::Pod for super::acl::AclConfig {}
+    /// Implements `aya::Pod` for map keys and values.
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {
+            $(
+                // SAFETY: every type listed is `repr(C)` and holds only
+                // integers and arrays of integers, with no padding (their
+                // sizes are pinned by `tests::layout` and the acl/lb tests),
+                // so every bit pattern is a valid value.
+                unsafe impl aya::Pod for $t {}
+            )*
+        };
+    }
+
+    pod!(
+        super::Counter,
+        super::IfaceConfig,
+        super::LocalAddrKey,
+        super::EventConfig,
+        super::lb::ServiceKey,
+        super::lb::ServiceInfo,
+        super::lb::Backend,
+        super::lb::LbConfig,
+        super::acl::Bitmap,
+        super::acl::V6Bucket,
+        super::acl::LenSet,
+        super::acl::PrefixKey,
+        super::acl::PrefixEntry,
+        super::acl::PrefixBucket,
+        super::acl::RuleInfo,
+        super::acl::AclConfig,
+    );
 }
 
 #[cfg(test)]
@@ -433,6 +447,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        unused_qualifications,
+        reason = "the layout assertions keep their wording from before the 2024 prelude"
+    )]
     fn enum_values_match_kernel_and_order() {
         // XDP_ABORTED..XDP_REDIRECT from include/uapi/linux/bpf.h.
         assert_eq!(Action::Aborted as u32, 0);

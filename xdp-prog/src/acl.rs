@@ -1,6 +1,7 @@
 //! ACL classification: field lookups to classes, then the decision cache, and
 //! on a miss the first rule set in the AND of the six class bitmaps (see
-//! `docs/design/acl.md`, parts 2 and 3).
+//! `docs/design/acl.md`, parts 2 and 3). Its input goes through per-CPU
+//! memory first (`handoff::Fields` in `SCRATCH`, see [`classify`]).
 use xdpgate_common::{
     Family,
     acl::{
@@ -8,77 +9,57 @@ use xdpgate_common::{
         NO_L4_CLASS, Quad, RuleInfo, SUMMARY_WORDS, V4_EXT, V4_KEY_LEN_OFFSET, cache_stat, group,
         prefix_buckets,
     },
+    wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use aya_ebpf::maps::Array;
 
 use crate::{
     bind,
+    handoff::{Fields, NONE},
     maps::{ACL_CONFIG, DECISIONS, Gen0, Gen1, Generation, PROBE, SCRATCH},
     parse::{Frag, L4, Packet},
     stats,
 };
 
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-
-/// What classification needs from a packet, flattened to plain integers.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Fields {
-    pub src: [u32; 4],
-    pub dst: [u32; 4],
-    /// 1 for IPv4, 0 for IPv6.
-    pub v4: u32,
-    pub proto: u32,
-    /// Index into the source-port class table, or `NONE`.
-    pub sport: u32,
-    /// Index into the destination-port/ICMP class table, or `NONE`.
-    pub dport: u32,
-}
-
-/// `Fields::sport`/`dport` of a packet without that L4 field.
-pub const NONE: u32 = u32::MAX;
-
-impl Fields {
-    #[inline(always)]
-    fn of(p: &Packet) -> Self {
-        let v4 = p.family == Family::Ipv4;
-        let (sport, dport) = if p.frag == Frag::Later {
-            (NONE, NONE)
-        } else {
-            match p.l4 {
-                L4::None => (NONE, NONE),
-                L4::Ports => {
-                    let g = match p.proto {
-                        IPPROTO_TCP => group::TCP,
-                        IPPROTO_UDP => group::UDP,
-                        _ => group::SCTP,
-                    };
-                    (g * 65536 + p.sport as u32, g * 65536 + p.dport as u32)
-                }
-                L4::Icmp => {
-                    let g = if v4 { group::ICMP4 } else { group::ICMP6 };
-                    (
-                        NONE,
-                        g * 65536 + ((p.icmp_type as u32) << 8 | p.icmp_code as u32),
-                    )
-                }
+/// The classifier's view of `p` (what goes through `SCRATCH`).
+#[inline(always)]
+fn fields(p: &Packet) -> Fields {
+    let v4 = p.family == Family::Ipv4;
+    let (sport, dport) = if p.frag == Frag::Later {
+        (NONE, NONE)
+    } else {
+        match p.l4 {
+            L4::None => (NONE, NONE),
+            L4::Ports => {
+                let g = match p.proto {
+                    IPPROTO_TCP => group::TCP,
+                    IPPROTO_UDP => group::UDP,
+                    _ => group::SCTP,
+                };
+                (g * 65536 + p.sport as u32, g * 65536 + p.dport as u32)
             }
-        };
-        Fields {
-            src: p.src,
-            dst: p.dst,
-            v4: v4 as u32,
-            proto: p.proto as u32,
-            sport,
-            dport,
+            L4::Icmp => {
+                let g = if v4 { group::ICMP4 } else { group::ICMP6 };
+                (
+                    NONE,
+                    g * 65536 + ((p.icmp_type as u32) << 8 | p.icmp_code as u32),
+                )
+            }
         }
+    };
+    Fields {
+        src: p.src,
+        dst: p.dst,
+        v4: v4 as u32,
+        proto: p.proto as u32,
+        sport,
+        dport,
     }
 }
 
 /// What decides a packet.
-pub enum Decision {
+pub(crate) enum Decision {
     /// The interface drops unbound destinations and this one is not bound
     /// (see `bind`); checked before any rule.
     NotBound,
@@ -92,7 +73,7 @@ pub enum Decision {
 /// Decides `p` on interface `slot`: first, when `drop_unbound` is set, the
 /// bound-address check, then the ACL.
 #[inline(always)]
-pub fn classify(p: &Packet, slot: u32, drop_unbound: bool) -> Decision {
+pub(crate) fn classify(p: &Packet, slot: u32, drop_unbound: bool) -> Decision {
     // Launder the fields through per-CPU memory: every parser path then reaches
     // the bound-address check and the classifier with the same (unknown)
     // register state, so the verifier checks them once instead of once per
@@ -102,7 +83,7 @@ pub fn classify(p: &Packet, slot: u32, drop_unbound: bool) -> Decision {
     };
     // SAFETY: per-CPU scratch slot, written and read back by this packet only.
     let f = unsafe {
-        scratch.write_volatile(Fields::of(p));
+        scratch.write_volatile(fields(p));
         scratch.read_volatile()
     };
     if drop_unbound && bind::unbound(&f.dst, f.v4 != 0, slot) {
@@ -116,8 +97,8 @@ pub fn classify(p: &Packet, slot: u32, drop_unbound: bool) -> Decision {
     // SAFETY: pointer to the map's only element, valid for the program's run.
     let (epoch, flags) = unsafe {
         (
-            core::ptr::read_volatile(&(*cfg).epoch),
-            core::ptr::read_volatile(&(*cfg).flags),
+            core::ptr::read_volatile(&raw const (*cfg).epoch),
+            core::ptr::read_volatile(&raw const (*cfg).flags),
         )
     };
     if epoch == 0 {
@@ -243,7 +224,7 @@ fn port_class(table: &Array<Quad>, index: u32) -> Option<u16> {
 #[inline(always)]
 fn opaque(x: usize) -> usize {
     // SAFETY: reads a local through a valid pointer.
-    unsafe { core::ptr::read_volatile(&x) }
+    unsafe { core::ptr::read_volatile(&raw const x) }
 }
 
 /// The address class of an IPv4 or IPv6 address (big-endian words).

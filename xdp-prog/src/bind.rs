@@ -8,7 +8,10 @@
 //! frames never get here.
 use xdpgate_common::{LOCAL_ADDR_V4, LOCAL_ADDR_V6, LocalAddrKey};
 
-use crate::maps::{BIND_KEY, LOCAL_ADDRS};
+use crate::{
+    handoff::addr_bytes,
+    maps::{BIND_KEY, LOCAL_ADDRS},
+};
 
 /// Whether the destination `dst` (network byte order, IPv4 in word 0) is
 /// exempt from the check: multicast, limited broadcast or link-local.
@@ -28,7 +31,7 @@ fn exempt(dst: &[u32; 4], v4: bool) -> bool {
 /// the fields it laundered through per-CPU memory, so the verifier checks
 /// this once for all parser paths.
 #[inline(always)]
-pub fn unbound(dst: &[u32; 4], v4: bool, slot: u32) -> bool {
+pub(crate) fn unbound(dst: &[u32; 4], v4: bool, slot: u32) -> bool {
     if exempt(dst, v4) {
         return false;
     }
@@ -37,8 +40,7 @@ pub fn unbound(dst: &[u32; 4], v4: bool, slot: u32) -> bool {
     };
     let family = if v4 { LOCAL_ADDR_V4 } else { LOCAL_ADDR_V6 };
     // IPv4 words 1-3 are zero already (the parser's layout is the key's).
-    // SAFETY: [u32; 4] and [u8; 16] have the same size and no invalid values.
-    let addr: [u8; 16] = unsafe { core::mem::transmute(*dst) };
+    let addr = addr_bytes(dst);
     // The key is built in per-CPU memory so the lookup reads it straight from
     // the map value.
     // SAFETY: per-CPU slot, written and read by this packet only.

@@ -2,37 +2,26 @@
 //!
 //! [`dropped`] runs on the drop path only. With events off (the default) it
 //! costs one array lookup; with events on, each CPU reports one of every
-//! `sample_every` drops, and each report costs more: about 170-200 ns for
-//! this record of about 200 bytes (measured with `BPF_PROG_TEST_RUN`, see
-//! `tests/tests/events.rs`; a minimal aya-log record costs about 30 ns). The daemon reads the records, rate
-//! limits them and writes them to its log (target `EVENT_TARGET`).
+//! `sample_every` drops, and each report costs about 170-200 ns more (this
+//! record of about 200 bytes; measured with `BPF_PROG_TEST_RUN`, see the
+//! README's Datapath events). The daemon reads the records, rate limits them
+//! and writes them to its log (target `EVENT_TARGET`).
 //!
 //! The record is built in one place, [`emit`], behind one BPF-to-BPF call
 //! ([`sampled`]): the verifier checks aya-log's serialisation code there,
 //! apart from the classifier's states. The call takes no arguments; the drop
-//! (ifindex, cause, rule) goes through the per-CPU `EVENT_SAMPLE` value, and
-//! the addresses, protocol and ports come from the classifier's per-CPU copy
-//! of the packet's fields (`SCRATCH`), which holds this packet's fields for
-//! every drop except a malformed frame (those report no addresses).
+//! (ifindex, cause, rule) goes through the per-CPU `EVENT_SAMPLE` value
+//! (`handoff::Pending`), and the addresses, protocol and ports come from the
+//! classifier's per-CPU copy of the packet's fields (`SCRATCH`,
+//! `handoff::Fields`), which holds this packet's fields for every drop
+//! except a malformed frame (those report no addresses).
 use aya_log_ebpf::info;
 use xdpgate_common::{DropReason, EVENT_TARGET, event_cause};
 
 use crate::{
-    acl::NONE,
+    handoff::{Fields, NONE, Pending},
     maps::{EVENT_CONFIG, EVENT_SAMPLE, SCRATCH},
 };
-
-/// Per-CPU event state (`EVENT_SAMPLE`): the sampling count, and the drop
-/// being reported, passed to [`emit`] through memory.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Pending {
-    /// Drops seen since the last report.
-    seen: u32,
-    ifindex: u32,
-    cause: u32,
-    rule: u32,
-}
 
 /// Reports a dropped packet when events are on and this drop is sampled.
 /// `cause` is a `DropReason` index or an `event_cause` value; `rule` the rule
@@ -48,12 +37,12 @@ pub struct Pending {
 /// on, so the verifier would tell the paths apart by it (measured on 6.18:
 /// 155k instructions processed became 290k). `emit` takes it from `SCRATCH`.
 #[inline(always)]
-pub fn dropped(ifindex: u32, cause: u32, rule: u32) {
+pub(crate) fn dropped(ifindex: u32, cause: u32, rule: u32) {
     let Some(cfg) = EVENT_CONFIG.get_ptr(0) else {
         return;
     };
     // SAFETY: pointer to the map's only element, valid for the program's run.
-    if unsafe { core::ptr::read_volatile(&(*cfg).enabled) } == 0 {
+    if unsafe { core::ptr::read_volatile(&raw const (*cfg).enabled) } == 0 {
         return;
     }
     let Some(p) = EVENT_SAMPLE.get_ptr_mut(0) else {
@@ -65,9 +54,9 @@ pub fn dropped(ifindex: u32, cause: u32, rule: u32) {
     // so constant arguments would tell the paths apart.)
     // SAFETY: per-CPU value, so no other CPU writes it concurrently.
     unsafe {
-        core::ptr::write_volatile(&mut (*p).ifindex, ifindex);
-        core::ptr::write_volatile(&mut (*p).cause, cause);
-        core::ptr::write_volatile(&mut (*p).rule, rule);
+        core::ptr::write_volatile(&raw mut (*p).ifindex, ifindex);
+        core::ptr::write_volatile(&raw mut (*p).cause, cause);
+        core::ptr::write_volatile(&raw mut (*p).rule, rule);
     }
     sampled();
 }
@@ -84,7 +73,7 @@ fn sampled() {
     // SAFETY: the config's only element; a per-CPU value, so no other CPU
     // writes it concurrently.
     unsafe {
-        let every = core::ptr::read_volatile(&(*cfg).sample_every);
+        let every = core::ptr::read_volatile(&raw const (*cfg).sample_every);
         let n = (*p).seen + 1;
         if n < every {
             (*p).seen = n;
@@ -132,7 +121,7 @@ fn emit() {
     } = unsafe { p.read_volatile() };
     // Malformed frames never reach the classifier: SCRATCH is another packet's.
     let fresh = cause == DropReason::NotBound as u32 || cause >= event_cause::RULE;
-    let mut f = crate::acl::Fields {
+    let mut f = Fields {
         src: [0; 4],
         dst: [0; 4],
         v4: 0,

@@ -1,8 +1,23 @@
-//! The xdpgate XDP program.
+//! The xdpgate XDP programs: `xdpgate`, attached to the interfaces, and
+//! `xdpgate_steer`, the load balancer and decapsulator it tail-calls. This
+//! file holds the two entry points only.
 //!
-//! Module layout follows Katran's bpf/ split: `parse` owns the only raw packet
-//! pointers (one bounds-checked cursor), `maps` declares every map, `stats` counts,
-//! `bind` checks destinations against the bound addresses, `acl` classifies.
+//! The modules are layers in the manner of Katran's `bpf/` split and
+//! Cilium's header per feature; each imports only modules listed before it
+//! (no import cycles):
+//! - `wire`: the header structs (bytes and byte arrays, alignment 1); the
+//!   EtherTypes, protocol numbers and offsets are `xdpgate_common::wire`.
+//! - `cursor`: the only packet pointers: the parser's bounds-checked
+//!   `Cursor`, the steering program's rewriting `Frame`, `load`.
+//! - `handoff`: the values passed between parts through per-CPU maps.
+//! - `maps`: every map (imports only `handoff` and `xdpgate_common`).
+//! - `stats`: the counters.
+//! - `parse`: a frame to a `Packet`, or the reason it is malformed.
+//! - `bind`: the drop-unbound check.
+//! - `acl`: the classifier.
+//! - `events`: sampled drop events.
+//! - `steer`: the steering program (`decap`, `service`, `nexthop`, `encap`,
+//!   `l2dsr`).
 //!
 //! Order per frame: parse (malformed frames stop here with their reason), then
 //! on interfaces with `IFACE_DROP_UNBOUND` the bound-address check (unbound
@@ -15,25 +30,32 @@
 
 mod acl;
 mod bind;
+mod cursor;
 mod events;
+mod handoff;
 mod maps;
 mod parse;
 mod stats;
 mod steer;
+mod wire;
 
 use acl::Decision;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use xdpgate_common::{
-    Action, DropReason, Family, IFACE_DECAP, IFACE_DROP_UNBOUND, IFACE_LB, IFACE_PASS_MALFORMED,
-    acl::MAX_RULES, event_cause, lb::PROG_STEER,
+    Action, DropReason, Family, IFACE_DROP_UNBOUND, IFACE_PASS_MALFORMED, acl::MAX_RULES,
+    event_cause,
 };
 
 /// Entry point: parse, classify, count, decide.
 #[xdp]
-pub fn xdpgate(ctx: XdpContext) -> u32 {
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] macro passes the context by value"
+)]
+fn xdpgate(ctx: XdpContext) -> u32 {
     let iface = stats::iface(&ctx);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let mut cursor = parse::Cursor::new(&ctx);
+    let mut cursor = cursor::Cursor::new(&ctx);
     // Each drop goes to `events::dropped` where its cause is known, so the
     // cause is not live across the paths' joins (6.1's verifier, which keeps
     // every scalar precise here, would tell the paths apart by it).
@@ -71,7 +93,7 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
                 Decision::NoRule => Action::Pass,
             };
             if action == Action::Pass && packet.family != Family::Other {
-                handoff(&ctx, iface.slot, iface.flags, bytes);
+                steer::tail_call(&ctx, iface.slot, iface.flags, bytes);
             }
             (packet.family, action)
         }
@@ -90,39 +112,14 @@ pub fn xdpgate(ctx: XdpContext) -> u32 {
     action as u32
 }
 
-/// Hands a packet the ACL passed to the steering program when its
-/// interface steers (`IFACE_LB` or `IFACE_DECAP`): the interface's slot and
-/// flags and the frame's length go to `STEER_CTX` (the packet's fields are
-/// in the classifier's `SCRATCH` already), then a tail call. Returns only
-/// if the tail call fails (no steering program loaded): the packet then
-/// passes as usual.
-///
-/// Nothing of the packet is kept across the classifier for this: per-path
-/// values live across its calls cost the verifier half again as many
-/// instructions (measured).
-#[inline(always)]
-fn handoff(ctx: &XdpContext, slot: u32, flags: u32, bytes: u64) {
-    if flags & (IFACE_LB | IFACE_DECAP) == 0 {
-        return;
-    }
-    let Some(s) = maps::STEER_CTX.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU slot, written here and read by the tail-called program
-    // on the same CPU for the same packet; then a tail call with the
-    // program's own context.
-    unsafe {
-        (*s).bytes = bytes;
-        (*s).slot = slot;
-        (*s).flags = flags;
-        maps::PROGS.tail_call(ctx, PROG_STEER);
-    }
-}
-
 /// The steering program (load balancing and decapsulation), reached only by
 /// tail call from `xdpgate`; counts the packet like the main program would.
 #[xdp]
-pub fn xdpgate_steer(ctx: XdpContext) -> u32 {
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] macro passes the context by value"
+)]
+fn xdpgate_steer(ctx: XdpContext) -> u32 {
     let Some(s) = maps::STEER_CTX.get_ptr_mut(0) else {
         return Action::Pass as u32;
     };

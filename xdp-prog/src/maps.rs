@@ -1,10 +1,13 @@
-//! Every map of the XDP program, each with its purpose. Names come from
-//! `xdpgate_common::maps`; the control plane finds and pins them by those names.
+//! Every map of the XDP programs, each with its purpose. Names come from
+//! `xdpgate_common::maps`; the control plane finds and pins them by those
+//! names. Keys and values are `xdpgate_common` types, except the per-CPU
+//! hand-off values of `handoff` (datapath-only); nothing else is imported.
 //!
-//! The ACL tables exist twice, generation 0 and 1 (suffix `_0`/`_1`); the
-//! [`Generation`] trait gives the classifier one generation's maps as direct
-//! references, so each generation gets its own copy of the code and the
-//! verifier can inline every array lookup.
+//! The ACL tables exist twice, generation 0 and 1 (suffix `_0`/`_1`),
+//! declared once by `acl_generations!`; the [`Generation`] trait gives the
+//! classifier one generation's maps as direct references, so each
+//! generation gets its own copy of the code and the verifier can inline
+//! every array lookup.
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, ProgramArray},
@@ -23,375 +26,232 @@ use xdpgate_common::{
     },
 };
 
+use crate::handoff::{Fields, NextHop, Pending, SteerCtx};
+
 /// `BPF_F_MMAPABLE`: the control plane writes these arrays through mmap.
 const MMAP: u32 = 1 << 10;
 
 /// Interfaces the daemon attached to, by ifindex: counter slot and flags.
 #[map(name = "XG_IFACES")]
-pub static IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_IFACES, 0);
+pub(crate) static IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_IFACES, 0);
 
 /// Per-CPU packet and byte counters by interface slot, family and action.
 #[map(name = "XG_STATS")]
-pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+pub(crate) static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
 
-/// Per-CPU counters of dropped (or passed malformed) packets by interface slot
-/// and drop reason.
+/// Per-CPU drop counters by interface slot and drop reason.
+///
+/// Malformed frames an interface passes are counted here too.
 #[map(name = "XG_REASONS")]
-pub static REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_ENTRIES, 0);
+pub(crate) static REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_ENTRIES, 0);
 
 /// The live ACL generation.
 #[map(name = "XG_ACL_CONFIG")]
-pub static ACL_CONFIG: Array<AclConfig> = Array::with_max_entries(1, 0);
+pub(crate) static ACL_CONFIG: Array<AclConfig> = Array::with_max_entries(1, 0);
 
-/// Per-CPU packet and byte counters per rule counter slot (shared by both
-/// generations, so counters survive generation switches).
+/// Per-CPU packet and byte counters by rule counter slot.
+///
+/// Shared by both generations, so counters survive generation switches.
 #[map(name = "XG_RULE_STATS")]
-pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_COUNTERS, 0);
+pub(crate) static RULE_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(RULE_COUNTERS, 0);
 
-/// Per-CPU scratch slot through which the classifier's input passes (see
-/// `acl::classify`).
+/// Per-CPU copy of the classifier's input (`handoff::Fields`, `acl::classify`).
 #[map(name = "XG_SCRATCH")]
-pub static SCRATCH: PerCpuArray<crate::acl::Fields> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static SCRATCH: PerCpuArray<Fields> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU direct-mapped cache of ACL decisions by class combination and epoch
-/// (see `acl::resolve`); never read or written by the control plane.
+/// Per-CPU cache of ACL decisions (`acl::resolve`).
+///
+/// Direct-mapped, by class combination and epoch; never read or written by
+/// the control plane.
 #[map(name = "XG_DECISIONS")]
-pub static DECISIONS: PerCpuArray<CacheEntry> = PerCpuArray::with_max_entries(CACHE_ENTRIES, 0);
+pub(crate) static DECISIONS: PerCpuArray<CacheEntry> =
+    PerCpuArray::with_max_entries(CACHE_ENTRIES, 0);
 
 /// Per-CPU decision-cache hit and miss counters (`acl::cache_stat`).
 #[map(name = "XG_CACHE_STATS")]
-pub static CACHE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cache_stat::ENTRIES, 0);
+pub(crate) static CACHE_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(cache_stat::ENTRIES, 0);
 
-/// Per-CPU word through which the prefix-length search passes its probe index
-/// (see `acl::search`).
+/// Per-CPU word the prefix-length search passes its probe index through.
+///
+/// See `acl::search`.
 #[map(name = "XG_PROBE")]
-pub static PROBE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static PROBE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// `BPF_F_NO_PREALLOC`: hash entries are allocated on insert, so an unused
 /// capacity costs no memory.
 const NO_PREALLOC: u32 = 1 << 0;
 
-/// Addresses bound to each interface slot (`bind::unbound`); written by the
-/// control plane's binding manager.
+/// Addresses bound to each interface slot (`bind::unbound`).
+///
+/// Written by the control plane's binding manager.
 #[map(name = "XG_LOCAL_ADDRS")]
-pub static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> =
+pub(crate) static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> =
     HashMap::with_max_entries(LOCAL_ADDR_ENTRIES, NO_PREALLOC);
 
-/// Per-CPU slot through which the local-address key passes (see
-/// `bind::unbound`).
+/// Per-CPU slot the local-address key is built in (`bind::unbound`).
 #[map(name = "XG_BIND_KEY")]
-pub static BIND_KEY: PerCpuArray<LocalAddrKey> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static BIND_KEY: PerCpuArray<LocalAddrKey> = PerCpuArray::with_max_entries(1, 0);
 
-/// Whether drops are reported as datapath events, and one in how many
-/// (`events::dropped`); read on the drop path only.
+/// Whether drops are reported as datapath events, and one in how many.
+///
+/// Read on the drop path only (`events::dropped`).
 #[map(name = "XG_EVENT_CONFIG")]
-pub static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
+pub(crate) static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
 
-/// Per-CPU count of drops since the last sampled event, and the drop being
-/// reported (`events::dropped`); never read or written by the control plane.
+/// Per-CPU event sampling state and the drop being reported (`handoff::Pending`).
+///
+/// See `events::dropped`; never read or written by the control plane.
 #[map(name = "XG_EVENT_SAMPLE")]
-pub static EVENT_SAMPLE: PerCpuArray<crate::events::Pending> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static EVENT_SAMPLE: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
 /// Tail-call targets: `lb::PROG_STEER` is the steering program.
 #[map(name = "XG_PROGS")]
-pub static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub(crate) static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// Per-CPU slot through which the main program hands a passed packet's fields
-/// to the steering program it tail-calls.
+/// Per-CPU hand-off to the tail-called steering program (`handoff::SteerCtx`).
 #[map(name = "XG_STEER_CTX")]
-pub static STEER_CTX: PerCpuArray<crate::steer::SteerCtx> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static STEER_CTX: PerCpuArray<SteerCtx> = PerCpuArray::with_max_entries(1, 0);
 
 /// Load-balanced services by (VIP, protocol, port).
 #[map(name = "XG_LB_SERVICES")]
-pub static LB_SERVICES: HashMap<ServiceKey, ServiceInfo> =
+pub(crate) static LB_SERVICES: HashMap<ServiceKey, ServiceInfo> =
     HashMap::with_max_entries(MAX_SERVICES, 0);
 
-/// Maglev rings of backend slots, two halves per service (resized by the
-/// control plane at load time).
+/// Maglev rings of backend slots, two halves per service.
+///
+/// Resized by the control plane at load time.
 #[map(name = "XG_LB_RINGS")]
-pub static LB_RINGS: Array<u32> =
+pub(crate) static LB_RINGS: Array<u32> =
     Array::with_max_entries(ring_entries(DEFAULT_RING_SERVICES, DEFAULT_RING_SIZE), MMAP);
 
 /// Backends by slot.
 #[map(name = "XG_LB_BACKENDS")]
-pub static LB_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+pub(crate) static LB_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// Per-CPU packets and bytes sent to each backend slot.
 #[map(name = "XG_LB_BACKEND_STATS")]
-pub static LB_BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
-
-/// Per-CPU next hop by backend slot (`steer::NextHop`): the last successful
-/// `bpf_fib_lookup` to the backend, used for `steer::HOP_LIFETIME_NS`
-/// instead of a lookup per packet; never read or written by the control
-/// plane. 48 bytes per slot and possible CPU (3 MiB per CPU).
-#[map(name = "XG_LB_NEXTHOP")]
-pub static LB_NEXTHOP: PerCpuArray<crate::steer::NextHop> =
+pub(crate) static LB_BACKEND_STATS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per-CPU next-hop cache by backend slot (`handoff::NextHop`).
+///
+/// The last successful `bpf_fib_lookup` to the backend, used for
+/// `HOP_LIFETIME_NS` (`steer::nexthop`) instead of a lookup per packet;
+/// never read or written by the control plane. 48 bytes per slot and
+/// possible CPU (3 MiB per CPU).
+#[map(name = "XG_LB_NEXTHOP")]
+pub(crate) static LB_NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Per-CPU per-service counters (`lb::service_stat_index`).
 #[map(name = "XG_LB_SERVICE_STATS")]
-pub static LB_SERVICE_STATS: PerCpuArray<Counter> =
+pub(crate) static LB_SERVICE_STATS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(SERVICE_STAT_ENTRIES, 0);
 
 /// Outer source prefixes and TTL of encapsulated packets.
 #[map(name = "XG_LB_CONFIG")]
-pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+pub(crate) static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
 
 /// Outer destinations the decapsulator accepts, per interface slot.
 #[map(name = "XG_DECAP_DSTS")]
-pub static DECAP_DSTS: HashMap<LocalAddrKey, u32> = HashMap::with_max_entries(65_536, NO_PREALLOC);
+pub(crate) static DECAP_DSTS: HashMap<LocalAddrKey, u32> =
+    HashMap::with_max_entries(65_536, NO_PREALLOC);
 
 /// Per-CPU decapsulated packets per interface slot and outer/inner family.
 #[map(name = "XG_DECAP_STATS")]
-pub static DECAP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DECAP_STAT_ENTRIES, 0);
+pub(crate) static DECAP_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(DECAP_STAT_ENTRIES, 0);
 
-/// One generation of the ACL tables.
-pub trait Generation {
+/// Declares the ACL tables of both generations from one list: the
+/// [`Generation`] trait with one accessor per table, the maps of generation
+/// 0 (module `gen0`, names with `_0`) and 1 (`gen1`, `_1`), both the same
+/// type and size, and `Gen0`/`Gen1` implementing the trait.
+macro_rules! acl_generations {
+    ($(
+        $(#[doc = $doc:literal])+
+        $table:ident / $static:ident: Array<$value:ty>[$entries:expr] = $name0:literal, $name1:literal;
+    )*) => {
+        /// One generation of the ACL tables.
+        pub(crate) trait Generation {
+            $(
+                $(#[doc = $doc])+
+                fn $table() -> &'static Array<$value>;
+            )*
+        }
+
+        /// The maps of generation 0.
+        mod gen0 {
+            use super::*;
+            $(
+                #[doc = concat!("Generation 0:", $($doc, "\n"),+)]
+                #[map(name = $name0)]
+                pub(super) static $static: Array<$value> = Array::with_max_entries($entries, MMAP);
+            )*
+        }
+
+        /// The maps of generation 1.
+        mod gen1 {
+            use super::*;
+            $(
+                #[doc = concat!("Generation 1:", $($doc, "\n"),+)]
+                #[map(name = $name1)]
+                pub(super) static $static: Array<$value> = Array::with_max_entries($entries, MMAP);
+            )*
+        }
+
+        /// Generation 0.
+        pub(crate) struct Gen0;
+
+        impl Generation for Gen0 {
+            $(
+                #[inline(always)]
+                fn $table() -> &'static Array<$value> {
+                    &gen0::$static
+                }
+            )*
+        }
+
+        /// Generation 1.
+        pub(crate) struct Gen1;
+
+        impl Generation for Gen1 {
+            $(
+                #[inline(always)]
+                fn $table() -> &'static Array<$value> {
+                    &gen1::$static
+                }
+            )*
+        }
+    };
+}
+
+acl_generations! {
     /// Rule bitmap per interface slot.
-    fn bm_iface() -> &'static Array<Bitmap>;
+    bm_iface / BM_IFACE: Array<Bitmap>[MAX_IFACES] = "XG_BM_IFACE_0", "XG_BM_IFACE_1";
     /// Rule bitmap per IP protocol.
-    fn bm_proto() -> &'static Array<Bitmap>;
+    bm_proto / BM_PROTO: Array<Bitmap>[256] = "XG_BM_PROTO_0", "XG_BM_PROTO_1";
     /// Rule bitmap per source-port class.
-    fn bm_sport() -> &'static Array<Bitmap>;
+    bm_sport / BM_SPORT: Array<Bitmap>[MAX_PORT_CLASSES] = "XG_BM_SPORT_0", "XG_BM_SPORT_1";
     /// Rule bitmap per destination-port/ICMP class.
-    fn bm_dport() -> &'static Array<Bitmap>;
+    bm_dport / BM_DPORT: Array<Bitmap>[MAX_PORT_CLASSES] = "XG_BM_DPORT_0", "XG_BM_DPORT_1";
     /// Rule bitmap per address class, source side.
-    fn bm_src() -> &'static Array<Bitmap>;
+    bm_src / BM_SRC: Array<Bitmap>[MAX_ADDR_CLASSES] = "XG_BM_SRC_0", "XG_BM_SRC_1";
     /// Rule bitmap per address class, destination side.
-    fn bm_dst() -> &'static Array<Bitmap>;
+    bm_dst / BM_DST: Array<Bitmap>[MAX_ADDR_CLASSES] = "XG_BM_DST_0", "XG_BM_DST_1";
     /// Source-port class per (group, port), four per element.
-    fn sport_class() -> &'static Array<Quad>;
+    sport_class / SPORT_CLASS: Array<Quad>[SPORT_QUADS] = "XG_SPORT_CLASS_0", "XG_SPORT_CLASS_1";
     /// Destination-port/ICMP class per (group, key), four per element.
-    fn dport_class() -> &'static Array<Quad>;
+    dport_class / DPORT_CLASS: Array<Quad>[DPORT_QUADS] = "XG_DPORT_CLASS_0", "XG_DPORT_CLASS_1";
     /// IPv4 first level (top 24 bits): class or v4_entry, two per element.
-    fn v4_tbl24() -> &'static Array<Pair>;
+    v4_tbl24 / V4_TBL24: Array<Pair>[V4_TBL24_PAIRS] = "XG_V4_TBL24_0", "XG_V4_TBL24_1";
     /// IPv6 top-16 buckets.
-    fn v6_buckets() -> &'static Array<V6Bucket>;
+    v6_buckets / V6_BUCKETS: Array<V6Bucket>[65536] = "XG_V6_BUCKETS_0", "XG_V6_BUCKETS_1";
     /// Prefix-length sets of both families.
-    fn lensets() -> &'static Array<LenSet>;
+    lensets / LENSETS_MAP: Array<LenSet>[LENSETS] = "XG_LENSETS_0", "XG_LENSETS_1";
     /// Long prefixes (IPv4 > /24, IPv6 > /16) and binary-search markers, in a
     /// bucketized cuckoo table (`prefix_buckets`).
-    fn prefixes() -> &'static Array<PrefixBucket>;
+    prefixes / PREFIXES: Array<PrefixBucket>[PREFIX_BUCKETS] = "XG_PREFIXES_0", "XG_PREFIXES_1";
     /// Verdict and counter slot per rule index.
-    fn rule_info() -> &'static Array<RuleInfo>;
-}
-
-/// Generation 0.
-pub struct Gen0;
-
-/// Generation 0: rule bitmap per interface slot.
-#[map(name = "XG_BM_IFACE_0")]
-static XG_BM_IFACE_0: Array<Bitmap> = Array::with_max_entries(MAX_IFACES, MMAP);
-
-/// Generation 0: rule bitmap per IP protocol.
-#[map(name = "XG_BM_PROTO_0")]
-static XG_BM_PROTO_0: Array<Bitmap> = Array::with_max_entries(256, MMAP);
-
-/// Generation 0: rule bitmap per source-port class.
-#[map(name = "XG_BM_SPORT_0")]
-static XG_BM_SPORT_0: Array<Bitmap> = Array::with_max_entries(MAX_PORT_CLASSES, MMAP);
-
-/// Generation 0: rule bitmap per destination-port/ICMP class.
-#[map(name = "XG_BM_DPORT_0")]
-static XG_BM_DPORT_0: Array<Bitmap> = Array::with_max_entries(MAX_PORT_CLASSES, MMAP);
-
-/// Generation 0: rule bitmap per address class, source side.
-#[map(name = "XG_BM_SRC_0")]
-static XG_BM_SRC_0: Array<Bitmap> = Array::with_max_entries(MAX_ADDR_CLASSES, MMAP);
-
-/// Generation 0: rule bitmap per address class, destination side.
-#[map(name = "XG_BM_DST_0")]
-static XG_BM_DST_0: Array<Bitmap> = Array::with_max_entries(MAX_ADDR_CLASSES, MMAP);
-
-/// Generation 0: source-port class per (group, port), four per element.
-#[map(name = "XG_SPORT_CLASS_0")]
-static XG_SPORT_CLASS_0: Array<Quad> = Array::with_max_entries(SPORT_QUADS, MMAP);
-
-/// Generation 0: destination-port/ICMP class per (group, key), four per element.
-#[map(name = "XG_DPORT_CLASS_0")]
-static XG_DPORT_CLASS_0: Array<Quad> = Array::with_max_entries(DPORT_QUADS, MMAP);
-
-/// Generation 0: IPv4 first level (top 24 bits): class or v4_entry, two per element.
-#[map(name = "XG_V4_TBL24_0")]
-static XG_V4_TBL24_0: Array<Pair> = Array::with_max_entries(V4_TBL24_PAIRS, MMAP);
-
-/// Generation 0: IPv6 top-16 buckets.
-#[map(name = "XG_V6_BUCKETS_0")]
-static XG_V6_BUCKETS_0: Array<V6Bucket> = Array::with_max_entries(65536, MMAP);
-
-/// Generation 0: prefix-length sets of both families.
-#[map(name = "XG_LENSETS_0")]
-static XG_LENSETS_0: Array<LenSet> = Array::with_max_entries(LENSETS, MMAP);
-
-/// Generation 0: long prefixes (IPv4 > /24, IPv6 > /16) and binary-search markers.
-#[map(name = "XG_PREFIXES_0")]
-static XG_PREFIXES_0: Array<PrefixBucket> = Array::with_max_entries(PREFIX_BUCKETS, MMAP);
-
-/// Generation 0: verdict and counter slot per rule index.
-#[map(name = "XG_RULE_INFO_0")]
-static XG_RULE_INFO_0: Array<RuleInfo> = Array::with_max_entries(RULE_BITS, MMAP);
-
-impl Generation for Gen0 {
-    #[inline(always)]
-    fn bm_iface() -> &'static Array<Bitmap> {
-        &XG_BM_IFACE_0
-    }
-    #[inline(always)]
-    fn bm_proto() -> &'static Array<Bitmap> {
-        &XG_BM_PROTO_0
-    }
-    #[inline(always)]
-    fn bm_sport() -> &'static Array<Bitmap> {
-        &XG_BM_SPORT_0
-    }
-    #[inline(always)]
-    fn bm_dport() -> &'static Array<Bitmap> {
-        &XG_BM_DPORT_0
-    }
-    #[inline(always)]
-    fn bm_src() -> &'static Array<Bitmap> {
-        &XG_BM_SRC_0
-    }
-    #[inline(always)]
-    fn bm_dst() -> &'static Array<Bitmap> {
-        &XG_BM_DST_0
-    }
-    #[inline(always)]
-    fn sport_class() -> &'static Array<Quad> {
-        &XG_SPORT_CLASS_0
-    }
-    #[inline(always)]
-    fn dport_class() -> &'static Array<Quad> {
-        &XG_DPORT_CLASS_0
-    }
-    #[inline(always)]
-    fn v4_tbl24() -> &'static Array<Pair> {
-        &XG_V4_TBL24_0
-    }
-    #[inline(always)]
-    fn v6_buckets() -> &'static Array<V6Bucket> {
-        &XG_V6_BUCKETS_0
-    }
-    #[inline(always)]
-    fn lensets() -> &'static Array<LenSet> {
-        &XG_LENSETS_0
-    }
-    #[inline(always)]
-    fn prefixes() -> &'static Array<PrefixBucket> {
-        &XG_PREFIXES_0
-    }
-    #[inline(always)]
-    fn rule_info() -> &'static Array<RuleInfo> {
-        &XG_RULE_INFO_0
-    }
-}
-
-/// Generation 1.
-pub struct Gen1;
-
-/// Generation 1: rule bitmap per interface slot.
-#[map(name = "XG_BM_IFACE_1")]
-static XG_BM_IFACE_1: Array<Bitmap> = Array::with_max_entries(MAX_IFACES, MMAP);
-
-/// Generation 1: rule bitmap per IP protocol.
-#[map(name = "XG_BM_PROTO_1")]
-static XG_BM_PROTO_1: Array<Bitmap> = Array::with_max_entries(256, MMAP);
-
-/// Generation 1: rule bitmap per source-port class.
-#[map(name = "XG_BM_SPORT_1")]
-static XG_BM_SPORT_1: Array<Bitmap> = Array::with_max_entries(MAX_PORT_CLASSES, MMAP);
-
-/// Generation 1: rule bitmap per destination-port/ICMP class.
-#[map(name = "XG_BM_DPORT_1")]
-static XG_BM_DPORT_1: Array<Bitmap> = Array::with_max_entries(MAX_PORT_CLASSES, MMAP);
-
-/// Generation 1: rule bitmap per address class, source side.
-#[map(name = "XG_BM_SRC_1")]
-static XG_BM_SRC_1: Array<Bitmap> = Array::with_max_entries(MAX_ADDR_CLASSES, MMAP);
-
-/// Generation 1: rule bitmap per address class, destination side.
-#[map(name = "XG_BM_DST_1")]
-static XG_BM_DST_1: Array<Bitmap> = Array::with_max_entries(MAX_ADDR_CLASSES, MMAP);
-
-/// Generation 1: source-port class per (group, port), four per element.
-#[map(name = "XG_SPORT_CLASS_1")]
-static XG_SPORT_CLASS_1: Array<Quad> = Array::with_max_entries(SPORT_QUADS, MMAP);
-
-/// Generation 1: destination-port/ICMP class per (group, key), four per element.
-#[map(name = "XG_DPORT_CLASS_1")]
-static XG_DPORT_CLASS_1: Array<Quad> = Array::with_max_entries(DPORT_QUADS, MMAP);
-
-/// Generation 1: IPv4 first level (top 24 bits): class or v4_entry, two per element.
-#[map(name = "XG_V4_TBL24_1")]
-static XG_V4_TBL24_1: Array<Pair> = Array::with_max_entries(V4_TBL24_PAIRS, MMAP);
-
-/// Generation 1: IPv6 top-16 buckets.
-#[map(name = "XG_V6_BUCKETS_1")]
-static XG_V6_BUCKETS_1: Array<V6Bucket> = Array::with_max_entries(65536, MMAP);
-
-/// Generation 1: prefix-length sets of both families.
-#[map(name = "XG_LENSETS_1")]
-static XG_LENSETS_1: Array<LenSet> = Array::with_max_entries(LENSETS, MMAP);
-
-/// Generation 1: long prefixes (IPv4 > /24, IPv6 > /16) and binary-search markers.
-#[map(name = "XG_PREFIXES_1")]
-static XG_PREFIXES_1: Array<PrefixBucket> = Array::with_max_entries(PREFIX_BUCKETS, MMAP);
-
-/// Generation 1: verdict and counter slot per rule index.
-#[map(name = "XG_RULE_INFO_1")]
-static XG_RULE_INFO_1: Array<RuleInfo> = Array::with_max_entries(RULE_BITS, MMAP);
-
-impl Generation for Gen1 {
-    #[inline(always)]
-    fn bm_iface() -> &'static Array<Bitmap> {
-        &XG_BM_IFACE_1
-    }
-    #[inline(always)]
-    fn bm_proto() -> &'static Array<Bitmap> {
-        &XG_BM_PROTO_1
-    }
-    #[inline(always)]
-    fn bm_sport() -> &'static Array<Bitmap> {
-        &XG_BM_SPORT_1
-    }
-    #[inline(always)]
-    fn bm_dport() -> &'static Array<Bitmap> {
-        &XG_BM_DPORT_1
-    }
-    #[inline(always)]
-    fn bm_src() -> &'static Array<Bitmap> {
-        &XG_BM_SRC_1
-    }
-    #[inline(always)]
-    fn bm_dst() -> &'static Array<Bitmap> {
-        &XG_BM_DST_1
-    }
-    #[inline(always)]
-    fn sport_class() -> &'static Array<Quad> {
-        &XG_SPORT_CLASS_1
-    }
-    #[inline(always)]
-    fn dport_class() -> &'static Array<Quad> {
-        &XG_DPORT_CLASS_1
-    }
-    #[inline(always)]
-    fn v4_tbl24() -> &'static Array<Pair> {
-        &XG_V4_TBL24_1
-    }
-    #[inline(always)]
-    fn v6_buckets() -> &'static Array<V6Bucket> {
-        &XG_V6_BUCKETS_1
-    }
-    #[inline(always)]
-    fn lensets() -> &'static Array<LenSet> {
-        &XG_LENSETS_1
-    }
-    #[inline(always)]
-    fn prefixes() -> &'static Array<PrefixBucket> {
-        &XG_PREFIXES_1
-    }
-    #[inline(always)]
-    fn rule_info() -> &'static Array<RuleInfo> {
-        &XG_RULE_INFO_1
-    }
+    rule_info / RULE_INFO: Array<RuleInfo>[RULE_BITS] = "XG_RULE_INFO_0", "XG_RULE_INFO_1";
 }
