@@ -1,0 +1,244 @@
+//! The ACL controller: the one writer of the ACL tables. It holds the
+//! operator's state, validates every change against it, compiles the result,
+//! keeps each unchanged rule on its counter slot, and installs the new
+//! generation, all or nothing.
+//!
+//! An install, in this order (through [`AclTables`]): write every table of
+//! the idle generation (packets read only the live one), zero the counter
+//! slots of new rules (free until now), switch the live generation with one
+//! update of the configuration word, and wait until no packet can still be
+//! using the old generation (only then may the next install overwrite it).
+//! A failure before the switch leaves the live generation as it was; a
+//! failed wait after the switch switches back. In every failed case the
+//! controller's state (rules, counter slots) is unchanged.
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Instant,
+};
+
+use serde::Serialize;
+use thiserror::Error;
+use xdpgate_common::acl::MAX_RULES;
+use xdpgate_model::acl::{
+    AclError, AclState, Applied, Change, Rule,
+    compile::{Image, compile},
+};
+
+use crate::datapath::{AclTables, DatapathError};
+
+/// Why a change was not applied. In every case the running datapath and the
+/// controller's state are unchanged.
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    /// The change is invalid or exceeds a capacity.
+    #[error("rejected: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<AclError>),
+    /// Writing the new generation failed; the live generation is unchanged.
+    #[error("datapath: {0}")]
+    Datapath(#[from] DatapathError),
+    /// The wait after the switch failed, and switching back failed too: the
+    /// new generation may be live while the controller keeps the old state.
+    #[error("datapath: {cause}; switching back to the previous generation failed too: {undo}")]
+    Rollback {
+        /// The failure of the install.
+        cause: Box<DatapathError>,
+        /// The failure of switching back.
+        undo: Box<DatapathError>,
+    },
+}
+
+/// A rule with its counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleCounters {
+    /// The rule.
+    #[serde(flatten)]
+    pub rule: Rule,
+    /// Packets it matched.
+    pub packets: u64,
+    /// Bytes it matched.
+    pub bytes: u64,
+}
+
+/// The controller. See the module documentation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AclController {
+    state: AclState,
+    slots: BTreeMap<String, u32>,
+    counter_of: HashMap<Rule, u32>,
+    free: Vec<u32>,
+}
+
+impl AclController {
+    /// A controller for the interfaces in `slots` (name -> counter slot), with an
+    /// empty state: nothing is installed until the first [`AclController::install`].
+    pub fn new(slots: BTreeMap<String, u32>) -> Self {
+        AclController {
+            state: AclState::default(),
+            slots,
+            counter_of: HashMap::new(),
+            free: (0..MAX_RULES).rev().collect(),
+        }
+    }
+
+    /// The installed state.
+    pub fn state(&self) -> &AclState {
+        &self.state
+    }
+
+    /// The interfaces and their slots.
+    pub fn slots(&self) -> &BTreeMap<String, u32> {
+        &self.slots
+    }
+
+    /// Validates `change` against the installed state and installs the result.
+    pub fn apply<D: AclTables + ?Sized>(
+        &mut self,
+        dp: &mut D,
+        change: &Change,
+    ) -> Result<Applied, ApplyError> {
+        let t0 = Instant::now();
+        let next = self.state.apply(change).map_err(ApplyError::Invalid)?;
+        self.install_timed(dp, next, t0)
+    }
+
+    /// Installs a whole (already validated) state.
+    pub fn install<D: AclTables + ?Sized>(
+        &mut self,
+        dp: &mut D,
+        next: AclState,
+    ) -> Result<Applied, ApplyError> {
+        let errs = next.validate();
+        if !errs.is_empty() {
+            return Err(ApplyError::Invalid(errs));
+        }
+        self.install_timed(dp, next, Instant::now())
+    }
+
+    fn install_timed<D: AclTables + ?Sized>(
+        &mut self,
+        dp: &mut D,
+        next: AclState,
+        t0: Instant,
+    ) -> Result<Applied, ApplyError> {
+        let image = compile(&next, &self.slots).map_err(ApplyError::Invalid)?;
+        let compiled = t0.elapsed();
+
+        // Counter slots: unchanged rules keep theirs; new rules take free ones.
+        let mut free = self.free.clone();
+        let mut counter_of = HashMap::with_capacity(image.rule_ids.len());
+        let mut counters = Vec::with_capacity(image.rule_ids.len());
+        let mut fresh = Vec::new();
+        for id in &image.rule_ids {
+            let rule = &next.rules[id];
+            let slot = match self.counter_of.get(rule) {
+                Some(s) => *s,
+                None => {
+                    let s = free.pop().ok_or_else(|| {
+                        ApplyError::Invalid(vec![AclError::Capacity {
+                            what: "rule counters",
+                            have: image.rule_ids.len(),
+                            max: MAX_RULES as usize,
+                        }])
+                    })?;
+                    fresh.push(s);
+                    s
+                }
+            };
+            counter_of.insert(rule.clone(), slot);
+            counters.push(slot);
+        }
+        let t1 = Instant::now();
+        switch_generation(dp, &image, &counters, &fresh)?;
+        // Installed: release the slots of rules that are gone.
+        for (rule, slot) in &self.counter_of {
+            if !counter_of.contains_key(rule) {
+                free.push(*slot);
+            }
+        }
+        self.free = free;
+        self.counter_of = counter_of;
+        self.state = next;
+        Ok(Applied {
+            rules: self.state.rules.len(),
+            prefixes: self
+                .state
+                .sets
+                .values()
+                .map(xdpgate_model::acl::PrefixSet::len)
+                .sum(),
+            address_classes: image.stats().addr_classes,
+            compile: compiled,
+            install: t1.elapsed(),
+        })
+    }
+
+    /// Every rule in evaluation order with its counters.
+    pub fn rule_counters<D: AclTables + ?Sized>(
+        &self,
+        dp: &D,
+    ) -> Result<Vec<RuleCounters>, DatapathError> {
+        self.state
+            .ordered_rules()
+            .into_iter()
+            .map(|r| {
+                let (packets, bytes) = match self.counter_of.get(r) {
+                    Some(slot) => dp.rule_counter(*slot)?,
+                    None => (0, 0),
+                };
+                Ok(RuleCounters {
+                    rule: r.clone(),
+                    packets,
+                    bytes,
+                })
+            })
+            .collect()
+    }
+
+    /// Packets and bytes that fell to `iface`'s default policy.
+    pub fn default_counters<D: AclTables + ?Sized>(
+        &self,
+        dp: &D,
+        iface: &str,
+    ) -> Result<(u64, u64), DatapathError> {
+        match self.slots.get(iface) {
+            Some(slot) => dp.rule_counter(MAX_RULES + slot),
+            None => Ok((0, 0)),
+        }
+    }
+}
+
+/// Installs `image` as the new generation (see the module documentation for
+/// the order): `counters[i]` is the counter slot of rule `i`, `fresh` the
+/// slots to zero first. On error the live generation is the old one.
+fn switch_generation<D: AclTables + ?Sized>(
+    dp: &mut D,
+    image: &Image,
+    counters: &[u32],
+    fresh: &[u32],
+) -> Result<(), ApplyError> {
+    let cfg = dp.acl_config()?;
+    let epoch = cfg.next_epoch();
+    let t = (epoch & 1) as usize;
+    dp.write_acl_generation(t, image, counters)?;
+    dp.zero_rule_counters(fresh)?;
+    // The switch: one map update, seen atomically by the next packet.
+    let mut next = cfg;
+    next.epoch = epoch;
+    next.rules[t] = image.rule_ids.len() as u32;
+    dp.set_acl_config(next)?;
+    // Packets that read the old generation before the switch finish before
+    // this returns; only then may the next install overwrite it.
+    if let Err(cause) = dp.rcu_wait() {
+        return Err(match dp.set_acl_config(cfg) {
+            Ok(()) => ApplyError::Datapath(cause),
+            Err(undo) => ApplyError::Rollback {
+                cause: Box::new(cause),
+                undo: Box::new(undo),
+            },
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! The ACL controller against the in-memory datapath: the order of an
+//! install and what a failure at each of its steps leaves behind.
+use std::collections::BTreeMap;
+
+use xdpgate_model::acl::{AclState, Change, RuleFile};
+
+use super::{AclController, ApplyError};
+use crate::datapath::{
+    AclTables as _,
+    fake::{AclGeneration, FakeDatapath, Op},
+};
+
+fn state(text: &str) -> AclState {
+    AclState::from_file(&toml::from_str::<RuleFile>(text).expect("rule file")).expect("state")
+}
+
+/// Two rules on eth0.
+const BEFORE: &str = r#"
+    [sets]
+    bogons = ["10.0.0.0/8", "fc00::/7"]
+
+    [[rule]]
+    id = 1
+    priority = 10
+    src = "@bogons"
+    action = "deny"
+
+    [[rule]]
+    id = 2
+    priority = 20
+    proto = "tcp"
+    dport = "22"
+    iface = "eth0"
+    action = "allow"
+"#;
+
+/// Rule 1 goes, rule 3 comes, rule 2 stays.
+fn change() -> Change {
+    Change::Replace {
+        file: toml::from_str(
+            r#"
+            [[rule]]
+            id = 2
+            priority = 20
+            proto = "tcp"
+            dport = "22"
+            iface = "eth0"
+            action = "allow"
+
+            [[rule]]
+            id = 3
+            priority = 30
+            dst = "192.0.2.0/24"
+            action = "deny"
+        "#,
+        )
+        .expect("rule file"),
+    }
+}
+
+/// A datapath with `BEFORE` installed and some traffic counted on its rules.
+fn installed() -> (FakeDatapath, AclController) {
+    let mut dp = FakeDatapath::default();
+    let mut ctl = AclController::new(BTreeMap::from([("eth0".to_owned(), 1)]));
+    ctl.install(&mut dp, state(BEFORE)).expect("install");
+    for (i, slot) in ctl.counter_of.values().enumerate() {
+        dp.maps_mut()
+            .rule_counters
+            .insert(*slot, (10 + i as u64, 1000 + i as u64));
+    }
+    (dp, ctl)
+}
+
+#[test]
+fn an_install_writes_the_idle_generation_zeroes_new_counters_switches_then_waits() {
+    let (mut dp, mut ctl) = installed();
+    let (cfg, _) = dp.acl_view();
+    assert_eq!(cfg.epoch, 1, "the first install is epoch 1, generation 1");
+    assert!(matches!(
+        dp.maps().acl_generations[1],
+        AclGeneration::Written { .. }
+    ));
+    assert_eq!(
+        dp.log(),
+        [
+            Op::WriteAclGeneration,
+            Op::ZeroRuleCounters,
+            Op::SetAclConfig,
+            Op::RcuWait
+        ]
+    );
+
+    let kept = ctl.counter_of[&ctl.state.rules[&2]];
+    let counted = dp.maps().rule_counters[&kept];
+    ctl.apply(&mut dp, &change()).expect("apply");
+    let (cfg, live) = dp.acl_view();
+    assert_eq!((cfg.epoch, cfg.generation()), (2, 0));
+    let AclGeneration::Written {
+        rule_ids, counters, ..
+    } = live
+    else {
+        panic!("generation 0 is written: {live:?}");
+    };
+    assert_eq!(rule_ids, [2, 3]);
+    assert_eq!(
+        counters[0], kept,
+        "an unchanged rule keeps its counter slot"
+    );
+    assert_eq!(dp.maps().rule_counters[&kept], counted, "and its counts");
+    assert!(
+        !dp.maps().rule_counters.contains_key(&counters[1]),
+        "a new rule's counter starts at zero"
+    );
+    assert_eq!(
+        ctl.rule_counters(&dp).expect("counters")[0].packets,
+        counted.0
+    );
+}
+
+#[test]
+fn a_failed_install_leaves_the_live_generation_and_the_controller_unchanged() {
+    let cases: &[(&str, Op)] = &[
+        ("reading the configuration word", Op::AclConfig),
+        (
+            "writing the idle generation's tables",
+            Op::WriteAclGeneration,
+        ),
+        ("zeroing the new rules' counters", Op::ZeroRuleCounters),
+        ("the switch", Op::SetAclConfig),
+        ("the wait after the switch", Op::RcuWait),
+    ];
+    for (name, op) in cases {
+        let (mut dp, mut ctl) = installed();
+        let live = dp.acl_view();
+        let counts = dp.maps().rule_counters.clone();
+        let before = ctl.clone();
+
+        dp.fail_next(*op);
+        let e = ctl.apply(&mut dp, &change()).unwrap_err();
+        assert!(!dp.failures_pending(), "{name}: the failure happened");
+        assert!(matches!(e, ApplyError::Datapath(_)), "{name}: {e}");
+        assert!(e.to_string().contains("injected failure"), "{name}: {e}");
+        assert_eq!(dp.acl_view(), live, "{name}: the live generation");
+        for (slot, c) in &counts {
+            assert_eq!(
+                dp.maps().rule_counters.get(slot),
+                Some(c),
+                "{name}: the counter of a live rule"
+            );
+        }
+        assert_eq!(ctl, before, "{name}: the controller's state");
+
+        // Nothing is left half done: the same change goes through now.
+        ctl.apply(&mut dp, &change())
+            .unwrap_or_else(|e| panic!("{name}: retry: {e}"));
+        let (_, live) = dp.acl_view();
+        assert!(
+            matches!(&live, AclGeneration::Written { rule_ids, .. } if rule_ids == &[2, 3]),
+            "{name}: {live:?}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_switch_back_reports_both_errors() {
+    let (mut dp, mut ctl) = installed();
+    let before = ctl.clone();
+    dp.fail_next(Op::RcuWait);
+    // The switch is the first configuration write, the switch back the second.
+    dp.fail_call(Op::SetAclConfig, 1);
+    let e = ctl.apply(&mut dp, &change()).unwrap_err();
+    let ApplyError::Rollback { cause, undo } = &e else {
+        panic!("expected Rollback, got {e}");
+    };
+    assert!(cause.to_string().contains("RcuWait"), "{e}");
+    assert!(undo.to_string().contains("SetAclConfig"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("switching back to the previous generation failed too"),
+        "{e}"
+    );
+    assert_eq!(ctl, before, "the controller keeps the state it knows");
+    assert_eq!(
+        dp.acl_config().expect("config").epoch,
+        2,
+        "the new one is live"
+    );
+}

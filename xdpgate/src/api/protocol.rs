@@ -1,0 +1,424 @@
+//! The control API's protocol, shared by the server and the CLI: the
+//! [`Request`], the [`Response`] envelope, and one typed answer per verb.
+//!
+//! The server builds these types, the client deserializes them; nothing on
+//! either side reads a `serde_json::Value` back. This module depends only on
+//! the model crate and std: the daemon's internal types (controllers,
+//! datapath readers) are converted into these by the server, so a refactor
+//! behind the server cannot change what goes over the socket or what
+//! `-o json` prints. The tests at the bottom pin the JSON of every answer.
+//!
+//! | request            | answer          |
+//! |--------------------|-----------------|
+//! | `apply`            | [`Applied`]     |
+//! | `acl_list`         | [`AclList`]     |
+//! | `set_list` (all)   | [`SetList`]     |
+//! | `set_list` (name)  | [`SetShow`]     |
+//! | `bind_add`, `bind_del` | [`BindReport`] |
+//! | `bind_list`        | [`BindList`]    |
+//! | `lb_add`, `lb_del`, `reload` | [`Message`] |
+//! | `lb_list`          | [`LbList`]      |
+//! | `stats`            | [`Stats`]       |
+//! | `status`           | [`Status`]      |
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use xdpgate_model::{
+    acl::{Change, Rule, Verdict},
+    bind::{BindRequest, Binding},
+    iface::XdpMode,
+    lb::{ServiceEntry, health::TargetKey},
+};
+// Answers that are the model's own report types, as they are.
+pub use xdpgate_model::{
+    acl::Applied,
+    lb::{BackendStatus, ServiceStatus},
+};
+
+/// What a binding change did (the model's report, as it is on the wire).
+pub use xdpgate_model::bind::Report as BindReport;
+
+/// Largest request accepted (a rule file or a set load of a million prefixes
+/// fits comfortably).
+pub const MAX_REQUEST: usize = 256 << 20;
+/// How long a client may take to send one whole request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Apply a change (all or nothing).
+    Apply {
+        /// The change.
+        change: Change,
+    },
+    /// Rules in evaluation order with counters, and interface defaults.
+    AclList,
+    /// Sets: names and sizes, or one set's prefixes.
+    SetList {
+        /// One set, with its prefixes.
+        name: Option<String>,
+    },
+    /// Bind addresses (all or nothing).
+    BindAdd {
+        /// What to bind.
+        binds: Vec<BindRequest>,
+    },
+    /// Remove bindings (all or nothing).
+    BindDel {
+        /// What to unbind.
+        binds: Vec<BindRequest>,
+    },
+    /// The bindings, with whether xdpgate added or adopted each address.
+    BindList,
+    /// Re-read the configuration file (like SIGHUP).
+    Reload,
+    /// Packet counters.
+    Stats,
+    /// What the daemon runs: interfaces, configuration, state file, last reload.
+    Status,
+    /// Add a load-balanced service (or replace it, with `replace`).
+    LbAdd {
+        /// The service.
+        service: ServiceEntry,
+        /// Replace a service with the same VIP, protocol and port.
+        #[serde(default)]
+        replace: bool,
+    },
+    /// Remove a service by `VIP:PORT/PROTO`.
+    LbDel {
+        /// The service.
+        service: String,
+    },
+    /// The services with their backends, health and counters.
+    LbList,
+}
+
+/// A response: `ok` with a `result`, or the list of `errors`. The server
+/// sends `Response<Answer>`; a client reads `Response<T>` with `T` the
+/// answer of the verb it asked for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Response<T = Answer> {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// Errors when it did not; nothing was changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Whether the request or its input was at fault (a client exits 64).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invalid: bool,
+    /// The result when it did (absent means none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<T>,
+}
+
+impl<T> Response<T> {
+    /// A success carrying `result`.
+    pub fn answer(result: T) -> Self {
+        Response {
+            ok: true,
+            errors: Vec::new(),
+            invalid: false,
+            result: Some(result),
+        }
+    }
+
+    /// A refusal: nothing was changed; `invalid` when the caller's input was
+    /// at fault.
+    pub fn refused(errors: Vec<String>, invalid: bool) -> Self {
+        Response {
+            ok: false,
+            errors,
+            invalid,
+            result: None,
+        }
+    }
+}
+
+/// Every answer the server gives, one variant per kind of answer. It is
+/// serialized untagged: the wire carries only the answer's own object.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    /// `apply`.
+    Applied(Applied),
+    /// `acl_list`.
+    AclList(AclList),
+    /// `set_list` without a name.
+    SetList(SetList),
+    /// `set_list` with a name.
+    SetShow(SetShow),
+    /// `bind_add`, `bind_del`.
+    BindReport(BindReport),
+    /// `bind_list`.
+    BindList(BindList),
+    /// `lb_list`.
+    LbList(LbList),
+    /// `stats`.
+    Stats(Stats),
+    /// `status`.
+    Status(Status),
+    /// `lb_add`, `lb_del`, `reload`.
+    Message(Message),
+}
+
+/// Rules with their counters, and the interfaces' default policies (`acl_list`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AclList {
+    /// Rules in evaluation order.
+    pub rules: Vec<RuleRow>,
+    /// One row per interface.
+    pub defaults: Vec<DefaultRow>,
+}
+
+/// A rule with its counters: the rule's own fields, then `packets` and `bytes`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleRow {
+    /// The rule.
+    #[serde(flatten)]
+    pub rule: Rule,
+    /// Packets it matched.
+    pub packets: u64,
+    /// Bytes it matched.
+    pub bytes: u64,
+}
+
+/// One interface's default policy and what it decided.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DefaultRow {
+    /// Interface name.
+    pub iface: String,
+    /// Its default policy.
+    pub policy: Verdict,
+    /// Packets no rule matched.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Every set (`set_list` without a name).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetList {
+    /// The sets, by name.
+    pub sets: Vec<SetRow>,
+}
+
+/// One set's size and users.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetRow {
+    /// Set name.
+    pub name: String,
+    /// IPv4 prefixes.
+    pub ipv4: usize,
+    /// IPv6 prefixes.
+    pub ipv6: usize,
+    /// Ids of the rules that name it.
+    pub used_by: Vec<u32>,
+}
+
+/// One set's prefixes (`set_list` with a name).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetShow {
+    /// Set name.
+    pub name: String,
+    /// Its prefixes, IPv4 first.
+    pub prefixes: Vec<String>,
+}
+
+/// The bindings (`bind_list`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BindList {
+    /// Every bound address.
+    pub bindings: Vec<Binding>,
+    /// Interfaces that drop traffic to addresses not bound.
+    pub drop_unbound: Vec<String>,
+}
+
+/// A one-line outcome (`lb_add`, `lb_del`, `reload`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// What was done.
+    pub message: String,
+}
+
+/// The load balancer (`lb_list`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LbList {
+    /// Services installed, with their backends and counters.
+    pub services: Vec<ServiceStatus>,
+    /// Every health-checked target.
+    pub health: Vec<HealthTarget>,
+    /// Decapsulation counters of the interfaces that decapsulate.
+    pub decap: Vec<DecapRow>,
+    /// The services as they would be written in a configuration file.
+    pub specs: Vec<ServiceEntry>,
+}
+
+/// One health-checked target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthTarget {
+    /// Service and backend.
+    pub key: TargetKey,
+    /// The address it is probed at.
+    pub addr: SocketAddr,
+    /// Whether it is up.
+    pub up: bool,
+    /// Successful probes since the last failed one.
+    pub consecutive_successes: u32,
+    /// Failed probes since the last successful one.
+    pub consecutive_failures: u32,
+    /// Probes completed since the target was added (or restarted).
+    pub checks_total: u64,
+    /// Failed probes among them.
+    pub failures_total: u64,
+    /// Error of the most recent failed probe, kept after recovery.
+    pub last_error: Option<String>,
+    /// When it was added or last changed state (seconds since the epoch).
+    pub last_change: u64,
+}
+
+/// Decapsulated packets of one interface and pair of families.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecapRow {
+    /// Interface name.
+    pub interface: String,
+    /// Outer family: `ipv4` or `ipv6`.
+    pub outer: String,
+    /// Inner family: `ipv4` or `ipv6`.
+    pub inner: String,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// The packet counters (`stats`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// The counters, summed over all CPUs.
+    pub report: StatsReport,
+}
+
+/// Everything `xdpgate stats` reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// Packets and bytes per interface, family and action.
+    pub counters: Vec<CounterRow>,
+    /// Packets per interface and drop reason (every reason, not only
+    /// malformed frames; the field keeps its name for existing consumers).
+    pub malformed: Vec<ReasonRow>,
+    /// ACL decision-cache hits and misses over all interfaces.
+    pub decision_cache: CacheStats,
+}
+
+/// Packets and bytes of one interface, family and action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterRow {
+    /// Interface name (`ifindex N` if it no longer exists, `unregistered` for slot 0).
+    pub interface: String,
+    /// Interface index (0 for unregistered interfaces).
+    pub ifindex: u32,
+    /// `ipv4`, `ipv6` or `other`.
+    pub family: String,
+    /// `pass`, `drop`, `tx`, `redirect` or `aborted`.
+    pub action: String,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes, Ethernet header included.
+    pub bytes: u64,
+}
+
+/// Packets of one interface and drop reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasonRow {
+    /// Interface name, as in [`CounterRow`].
+    pub interface: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Reason name (`xdpgate_common::DropReason::name`).
+    pub reason: String,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// ACL decision-cache counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStats {
+    /// Packets decided from the cache.
+    pub hits: u64,
+    /// Packets that walked the rule bitmaps (not cached, or cache off).
+    pub misses: u64,
+}
+
+/// What the daemon runs (`status`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The daemon's process id.
+    pub pid: u32,
+    /// Seconds since it started.
+    pub uptime_seconds: u64,
+    /// Its configuration file (empty when started from flags only).
+    pub config: PathBuf,
+    /// Where runtime changes are saved.
+    pub state_file: PathBuf,
+    /// Where the state at start came from.
+    pub started_from: StartedFrom,
+    /// The interfaces it is attached to.
+    pub interfaces: Vec<AttachedIface>,
+    /// Rules installed.
+    pub rules: usize,
+    /// Sets defined.
+    pub sets: usize,
+    /// Bound addresses.
+    pub bindings: usize,
+    /// Metrics listen addresses.
+    pub metrics_listen: Vec<SocketAddr>,
+    /// The outcome of the last reload.
+    pub reload: ReloadInfo,
+}
+
+/// Where the daemon's state at start came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartedFrom {
+    /// The configuration (and command line).
+    Config,
+    /// The state file, because the configuration is unchanged since it was saved.
+    StateFile,
+}
+
+/// One interface the daemon is attached to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedIface {
+    /// Interface name.
+    pub interface: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Mode the kernel reports for the attachment.
+    pub mode: XdpMode,
+    /// Kernel program id.
+    pub prog_id: u32,
+    /// Whether traffic to unbound addresses is dropped.
+    pub drop_unbound: bool,
+}
+
+/// The outcome of the last reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadInfo {
+    /// Reloads attempted.
+    pub attempts: u64,
+    /// Whether the last reload succeeded (true before the first one).
+    pub last_ok: bool,
+    /// When the configuration in force was last loaded successfully (seconds
+    /// since the epoch; the start counts).
+    pub last_success_unix: u64,
+    /// Why the last reload failed, if it did.
+    pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+#[path = "protocol_tests.rs"]
+mod tests;

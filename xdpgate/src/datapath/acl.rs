@@ -1,0 +1,225 @@
+//! The ACL tables: writing a compiled generation (`xdpgate_model::acl::compile`)
+//! into one half of the double-buffered tables, the configuration word whose
+//! update switches generations, and the rule counters. The order of an
+//! install (idle generation, fresh counters, switch, wait) is the ACL
+//! controller's, through [`AclTables`].
+use std::{os::fd::AsFd as _, path::PathBuf};
+
+use aya::maps::{Array, PerCpuArray};
+use xdpgate_common::{
+    Action, Counter, MAX_IFACES,
+    acl::{
+        ACL_NO_CACHE, AclConfig, DPORT_QUADS, LENSETS, MAX_ADDR_CLASSES, MAX_PORT_CLASSES,
+        MAX_RULES, PREFIX_BUCKETS, Pair, Quad, RULE_BITS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS,
+    },
+    maps::{self, GEN_TABLES},
+};
+use xdpgate_model::acl::{Verdict, compile::Image};
+
+use super::{
+    Datapath, DatapathError,
+    seam::{AclTables, RcuWait},
+    stats::{self, CacheStats},
+};
+use crate::sys::bpf;
+
+impl Datapath {
+    fn write<T: Copy>(
+        &self,
+        base: &'static str,
+        generation: usize,
+        entries: u32,
+        values: &[T],
+    ) -> Result<(), DatapathError> {
+        let name = format!("{base}_{generation}");
+        let fd = self.map_data(&name)?.fd().as_fd();
+        bpf::write_array(fd, entries, values).map_err(|source| DatapathError::Io {
+            what: "cannot write table",
+            path: PathBuf::from(name),
+            source,
+        })
+    }
+
+    /// The live ACL configuration (generation, rule counts).
+    pub fn acl_config(&self) -> Result<AclConfig, DatapathError> {
+        let map: Array<_, AclConfig> = Array::try_from(
+            self.ebpf
+                .map(maps::ACL_CONFIG)
+                .ok_or_else(|| DatapathError::Missing(maps::ACL_CONFIG.into()))?,
+        )
+        .map_err(|source| DatapathError::Map {
+            map: maps::ACL_CONFIG,
+            source,
+        })?;
+        map.get(&0, 0).map_err(|source| DatapathError::Map {
+            map: maps::ACL_CONFIG,
+            source,
+        })
+    }
+
+    fn set_acl_config(&mut self, cfg: AclConfig) -> Result<(), DatapathError> {
+        let mut map: Array<_, AclConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::ACL_CONFIG)
+                .ok_or_else(|| DatapathError::Missing(maps::ACL_CONFIG.into()))?,
+        )
+        .map_err(|source| DatapathError::Map {
+            map: maps::ACL_CONFIG,
+            source,
+        })?;
+        map.set(0, cfg, 0).map_err(|source| DatapathError::Map {
+            map: maps::ACL_CONFIG,
+            source,
+        })
+    }
+
+    /// Turns the datapath's decision cache on (the default) or off. Off, every
+    /// packet walks the rule bitmaps: the worst case, for measurements and
+    /// diagnosis. Decisions are the same either way.
+    pub fn set_decision_cache(&mut self, on: bool) -> Result<(), DatapathError> {
+        let mut cfg = self.acl_config()?;
+        if on {
+            cfg.flags &= !ACL_NO_CACHE;
+        } else {
+            cfg.flags |= ACL_NO_CACHE;
+        }
+        self.set_acl_config(cfg)
+    }
+
+    /// Decision-cache hits and misses so far, summed over CPUs.
+    pub fn cache_stats(&self) -> Result<CacheStats, DatapathError> {
+        let map = self
+            .ebpf
+            .map(maps::CACHE_STATS)
+            .ok_or_else(|| DatapathError::Missing(maps::CACHE_STATS.into()))?;
+        stats::cache_stats(map).map_err(|source| DatapathError::Map {
+            map: maps::CACHE_STATS,
+            source,
+        })
+    }
+
+    /// Writes `image` into every table of generation `generation`: the
+    /// twelve classification tables in [`GEN_TABLES`] order, then the rule
+    /// information (`counters[i]` is the counter slot of rule `i`; the
+    /// per-interface default rules follow the real ones).
+    fn write_generation(
+        &self,
+        generation: usize,
+        image: &Image,
+        counters: &[u32],
+    ) -> Result<(), DatapathError> {
+        let t = generation;
+        self.write(GEN_TABLES[0], t, MAX_IFACES, &image.iface_bm)?;
+        self.write(GEN_TABLES[1], t, 256, &image.proto_bm)?;
+        self.write(GEN_TABLES[2], t, MAX_PORT_CLASSES, &image.sport_bm)?;
+        self.write(GEN_TABLES[3], t, MAX_PORT_CLASSES, &image.dport_bm)?;
+        self.write(GEN_TABLES[4], t, MAX_ADDR_CLASSES, &image.src_bm)?;
+        self.write(GEN_TABLES[5], t, MAX_ADDR_CLASSES, &image.dst_bm)?;
+        self.write(GEN_TABLES[6], t, SPORT_QUADS, quads(&image.sport_class))?;
+        self.write(GEN_TABLES[7], t, DPORT_QUADS, quads(&image.dport_class))?;
+        self.write(GEN_TABLES[8], t, V4_TBL24_PAIRS, pairs(&image.v4_tbl24))?;
+        self.write(GEN_TABLES[9], t, 65536, &image.v6_buckets)?;
+        self.write(GEN_TABLES[10], t, LENSETS, &image.lensets)?;
+        self.write(GEN_TABLES[11], t, PREFIX_BUCKETS, &image.prefix_table)?;
+
+        let n = image.rule_ids.len();
+        let mut info = Vec::with_capacity(n + MAX_IFACES as usize);
+        for (i, v) in image.rule_verdicts.iter().enumerate() {
+            info.push(RuleInfo {
+                counter: counters[i],
+                action: action_of(*v),
+                id: image.rule_ids[i],
+                _reserved: 0,
+            });
+        }
+        for (slot, v) in image.default_verdicts.iter().enumerate() {
+            info.push(RuleInfo {
+                counter: MAX_RULES + slot as u32,
+                action: action_of(*v),
+                id: 0,
+                _reserved: 0,
+            });
+        }
+        self.write(maps::RULE_INFO, t, RULE_BITS, &info)
+    }
+
+    /// Zeroes rule counter slots `slots` on every CPU.
+    fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), DatapathError> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        self.zero_counters(maps::RULE_STATS, slots)
+    }
+
+    /// Packets and bytes of rule counter `slot`, summed over CPUs.
+    pub fn rule_counter(&self, slot: u32) -> Result<(u64, u64), DatapathError> {
+        let err = |source| DatapathError::Map {
+            map: maps::RULE_STATS,
+            source,
+        };
+        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(
+            self.ebpf
+                .map(maps::RULE_STATS)
+                .ok_or_else(|| DatapathError::Missing(maps::RULE_STATS.into()))?,
+        )
+        .map_err(err)?;
+        let v = map.get(&slot, 0).map_err(err)?;
+        Ok(v.iter()
+            .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes)))
+    }
+}
+
+/// The ACL controller's view of the datapath (see [`AclTables`]).
+impl AclTables for Datapath {
+    fn acl_config(&self) -> Result<AclConfig, DatapathError> {
+        Datapath::acl_config(self)
+    }
+
+    fn write_acl_generation(
+        &mut self,
+        generation: usize,
+        image: &Image,
+        counters: &[u32],
+    ) -> Result<(), DatapathError> {
+        self.write_generation(generation, image, counters)
+    }
+
+    fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), DatapathError> {
+        Datapath::zero_rule_counters(self, slots)
+    }
+
+    fn set_acl_config(&mut self, cfg: AclConfig) -> Result<(), DatapathError> {
+        Datapath::set_acl_config(self, cfg)
+    }
+
+    fn rule_counter(&self, slot: u32) -> Result<(u64, u64), DatapathError> {
+        Datapath::rule_counter(self, slot)
+    }
+}
+
+impl RcuWait for Datapath {
+    fn rcu_wait(&mut self) -> Result<(), DatapathError> {
+        Datapath::rcu_wait(self)
+    }
+}
+
+fn action_of(v: Verdict) -> u32 {
+    match v {
+        Verdict::Allow => Action::Pass as u32,
+        Verdict::Deny => Action::Drop as u32,
+    }
+}
+
+/// Views a table of `u16` classes as the four-per-element layout of the maps.
+fn quads(v: &[u16]) -> &[Quad] {
+    assert_eq!(v.len() % 4, 0);
+    // SAFETY: [u16; 4] has the alignment of u16 and no padding.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 4) }
+}
+
+/// Views the IPv4 first level as the two-per-element layout of its map.
+fn pairs(v: &[u32]) -> &[Pair] {
+    assert_eq!(v.len() % 2, 0);
+    // SAFETY: [u32; 2] has the alignment of u32 and no padding.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 2) }
+}

@@ -1,0 +1,216 @@
+//! Interfaces in the datapath: registration in `XG_IFACES` (counter slot,
+//! flags) and the local-address map `XG_LOCAL_ADDRS` of bound addresses.
+use aya::maps::{HashMap, MapData, MapError};
+use xdpgate_common::{
+    IFACE_DECAP, IFACE_DROP_UNBOUND, IFACE_LB, IFACE_PASS_MALFORMED, IfaceConfig, LOCAL_ADDR_BOUND,
+    LocalAddrKey, MAX_IFACES, maps,
+};
+use xdpgate_model::iface::Malformed;
+
+use super::{
+    Datapath, DatapathError,
+    seam::{IfaceTable, LocalAddrs},
+};
+
+impl Datapath {
+    /// Registers interface `ifindex` under counter `slot` (1..MAX_IFACES) with
+    /// its malformed-packet policy. A drop-unbound flag set earlier
+    /// ([`Datapath::set_drop_unbound`]) is kept.
+    pub fn register(
+        &mut self,
+        ifindex: u32,
+        slot: u32,
+        malformed: Malformed,
+    ) -> Result<(), DatapathError> {
+        if slot == 0 || slot >= MAX_IFACES {
+            return Err(DatapathError::TooManyInterfaces(slot as usize));
+        }
+        let map = self
+            .ebpf
+            .map_mut(maps::IFACES)
+            .ok_or_else(|| DatapathError::Missing(format!("map {}", maps::IFACES)))?;
+        let mut map: HashMap<_, u32, IfaceConfig> =
+            HashMap::try_from(map).map_err(|source| DatapathError::Map {
+                map: maps::IFACES,
+                source,
+            })?;
+        let kept = map.get(&ifindex, 0).map_or(0, |c| {
+            c.flags & (IFACE_DROP_UNBOUND | IFACE_DECAP | IFACE_LB)
+        });
+        let flags = kept
+            | match malformed {
+                Malformed::Drop => 0,
+                Malformed::Pass => IFACE_PASS_MALFORMED,
+            };
+        map.insert(ifindex, IfaceConfig { slot, flags }, 0)
+            .map_err(|source| DatapathError::Map {
+                map: maps::IFACES,
+                source,
+            })
+    }
+
+    fn ifaces_map(&mut self) -> Result<HashMap<&mut MapData, u32, IfaceConfig>, DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::IFACES)
+            .ok_or_else(|| DatapathError::Missing(format!("map {}", maps::IFACES)))?;
+        HashMap::try_from(map).map_err(|source| DatapathError::Map {
+            map: maps::IFACES,
+            source,
+        })
+    }
+
+    /// The configuration of registered interface `ifindex` (`None` if it is
+    /// not registered).
+    pub fn iface_config(&mut self, ifindex: u32) -> Result<Option<IfaceConfig>, DatapathError> {
+        match self.ifaces_map()?.get(&ifindex, 0) {
+            Ok(c) => Ok(Some(c)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                map: maps::IFACES,
+                source,
+            }),
+        }
+    }
+
+    /// Sets or clears [`IFACE_DROP_UNBOUND`] on registered interface `ifindex`:
+    /// with it, unicast packets to addresses not in [`maps::LOCAL_ADDRS`] for
+    /// the interface's slot are dropped (reason `not_bound`).
+    pub fn set_drop_unbound(&mut self, ifindex: u32, on: bool) -> Result<(), DatapathError> {
+        self.set_iface_flag(ifindex, IFACE_DROP_UNBOUND, on)
+    }
+
+    /// Sets or clears flag bit(s) `flag` (`IFACE_*`) on registered interface
+    /// `ifindex`.
+    pub fn set_iface_flag(
+        &mut self,
+        ifindex: u32,
+        flag: u32,
+        on: bool,
+    ) -> Result<(), DatapathError> {
+        let Some(mut cfg) = self.iface_config(ifindex)? else {
+            return Err(DatapathError::Missing(format!(
+                "registered interface with ifindex {ifindex}"
+            )));
+        };
+        if on {
+            cfg.flags |= flag;
+        } else {
+            cfg.flags &= !flag;
+        }
+        self.ifaces_map()?
+            .insert(ifindex, cfg, 0)
+            .map_err(|source| DatapathError::Map {
+                map: maps::IFACES,
+                source,
+            })
+    }
+
+    fn local_addrs_map(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, LocalAddrKey, u32>, DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::LOCAL_ADDRS)
+            .ok_or_else(|| DatapathError::Missing(format!("map {}", maps::LOCAL_ADDRS)))?;
+        HashMap::try_from(map).map_err(|source| DatapathError::Map {
+            map: maps::LOCAL_ADDRS,
+            source,
+        })
+    }
+
+    /// Adds `keys` to the local-address map. All or nothing: on an error the
+    /// keys this call added are removed again. Keys already present stay.
+    pub fn insert_local_addrs(&mut self, keys: &[LocalAddrKey]) -> Result<(), DatapathError> {
+        let mut map = self.local_addrs_map()?;
+        let mut added = Vec::with_capacity(keys.len());
+        for k in keys {
+            match map.get(k, 0) {
+                Ok(_) => continue,
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    undo_inserts(&mut map, &added);
+                    return Err(DatapathError::Map {
+                        map: maps::LOCAL_ADDRS,
+                        source,
+                    });
+                }
+            }
+            if let Err(source) = map.insert(k, LOCAL_ADDR_BOUND, 0) {
+                undo_inserts(&mut map, &added);
+                return Err(DatapathError::Map {
+                    map: maps::LOCAL_ADDRS,
+                    source,
+                });
+            }
+            added.push(*k);
+        }
+        Ok(())
+    }
+
+    /// Removes `keys` from the local-address map (absent keys are fine). All
+    /// or nothing: on an error the keys this call removed are put back.
+    pub fn remove_local_addrs(&mut self, keys: &[LocalAddrKey]) -> Result<(), DatapathError> {
+        let mut map = self.local_addrs_map()?;
+        let mut removed = Vec::with_capacity(keys.len());
+        for k in keys {
+            match map.remove(k) {
+                Ok(()) => removed.push(*k),
+                Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => {
+                    for k in &removed {
+                        let _ = map.insert(k, LOCAL_ADDR_BOUND, 0);
+                    }
+                    return Err(DatapathError::Map {
+                        map: maps::LOCAL_ADDRS,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key of the local-address map.
+    pub fn local_addrs(&mut self) -> Result<Vec<LocalAddrKey>, DatapathError> {
+        let map = self.local_addrs_map()?;
+        map.keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| DatapathError::Map {
+                map: maps::LOCAL_ADDRS,
+                source,
+            })
+    }
+}
+
+/// The interface map as the controllers see it (see [`IfaceTable`]).
+impl IfaceTable for Datapath {
+    fn iface_config(&mut self, ifindex: u32) -> Result<Option<IfaceConfig>, DatapathError> {
+        Datapath::iface_config(self, ifindex)
+    }
+
+    fn set_iface_flag(&mut self, ifindex: u32, flag: u32, on: bool) -> Result<(), DatapathError> {
+        Datapath::set_iface_flag(self, ifindex, flag, on)
+    }
+}
+
+/// The binding manager's view of the datapath (see [`LocalAddrs`]).
+impl LocalAddrs for Datapath {
+    fn insert_local_addrs(&mut self, keys: &[LocalAddrKey]) -> Result<(), DatapathError> {
+        Datapath::insert_local_addrs(self, keys)
+    }
+
+    fn remove_local_addrs(&mut self, keys: &[LocalAddrKey]) -> Result<(), DatapathError> {
+        Datapath::remove_local_addrs(self, keys)
+    }
+}
+
+fn undo_inserts(map: &mut HashMap<&mut MapData, LocalAddrKey, u32>, keys: &[LocalAddrKey]) {
+    for k in keys {
+        if let Err(e) = map.remove(k) {
+            log::warn!("rolling back the local-address map: {e}");
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The load-balancer controller against the in-memory datapath: the order of
+//! its writes, and what a failure at each step of a change leaves behind.
+use std::net::IpAddr;
+
+use xdpgate_common::{
+    Counter, IFACE_LB,
+    lb::{ServiceInfo, ServiceStat, service_stat_index},
+};
+use xdpgate_model::lb::{BackendSpec, Forward, LoadOptions, ServiceId, ServiceSpec};
+
+use super::{LbController, LbError};
+use crate::datapath::fake::{FakeDatapath, Op};
+
+/// Interfaces the datapath is registered on (ifindex, slot).
+const IFACES: [(u32, u32); 2] = [(2, 1), (3, 2)];
+
+fn sizes() -> LoadOptions {
+    LoadOptions {
+        ring_services: 4,
+        ring_size: 13,
+    }
+}
+
+fn sid(s: &str) -> ServiceId {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn spec(id: &str, forward: Forward, backends: &[(&str, u32)]) -> ServiceSpec {
+    ServiceSpec {
+        id: sid(id),
+        forward,
+        backends: backends
+            .iter()
+            .map(|(a, w)| BackendSpec {
+                addr: ip(a),
+                weight: *w,
+            })
+            .collect(),
+        health: None,
+    }
+}
+
+const A: &str = "192.0.2.10:80/tcp";
+const B: &str = "[2001:db8::10]:53/udp";
+const C: &str = "192.0.2.11:443/tcp";
+
+fn a() -> ServiceSpec {
+    spec(A, Forward::Encap, &[("10.0.0.1", 1), ("10.0.0.2", 1)])
+}
+
+fn b() -> ServiceSpec {
+    spec(B, Forward::L2dsr, &[("2001:db8:1::1", 1), ("10.0.0.3", 2)])
+}
+
+fn c() -> ServiceSpec {
+    spec(C, Forward::Encap, &[("10.0.0.4", 1), ("10.0.0.5", 1)])
+}
+
+/// A datapath registered on [`IFACES`] and a controller that installed
+/// `specs`, with backends `down` marked down by health checks.
+fn installed(specs: &[ServiceSpec], down: &[(&str, &str)]) -> (FakeDatapath, LbController) {
+    let mut dp = FakeDatapath::new(sizes());
+    for (ifindex, slot) in IFACES {
+        dp.register(ifindex, slot);
+    }
+    let mut ctl = LbController::new(&dp, IFACES.iter().map(|(i, _)| *i).collect());
+    ctl.apply(&mut dp, specs)
+        .expect("install the services in force");
+    // Traffic: every live service and backend has counted something.
+    let live: Vec<ServiceInfo> = dp.maps().services.values().copied().collect();
+    for (n, info) in live.iter().enumerate() {
+        let n = n as u64 + 1;
+        for what in ServiceStat::ALL {
+            dp.maps_mut().service_counters.insert(
+                service_stat_index(info.slot, what),
+                Counter {
+                    packets: n * 10 + what as u64,
+                    bytes: n * 1000,
+                },
+            );
+        }
+        let at = info.ring_base as usize;
+        let slots: Vec<u32> = dp.maps().rings[at..at + info.ring_size as usize].to_vec();
+        for slot in slots {
+            dp.maps_mut().backend_counters.insert(
+                slot,
+                Counter {
+                    packets: u64::from(slot) * 3,
+                    bytes: u64::from(slot) * 300,
+                },
+            );
+        }
+    }
+    for (svc, addr) in down {
+        assert!(
+            ctl.set_health(&mut dp, &sid(svc), ip(addr), false)
+                .expect("mark down"),
+            "{svc} {addr}"
+        );
+    }
+    (dp, ctl)
+}
+
+/// A change from the services in force (`before`, with `down` backends) to
+/// `after`.
+struct Case {
+    name: &'static str,
+    before: Vec<ServiceSpec>,
+    down: &'static [(&'static str, &'static str)],
+    after: Vec<ServiceSpec>,
+}
+
+fn cases() -> Vec<Case> {
+    let mut a2 = a();
+    a2.backends.remove(0);
+    a2.backends.push(BackendSpec {
+        addr: ip("10.0.0.6"),
+        weight: 3,
+    });
+    let mut a_dsr = a();
+    a_dsr.forward = Forward::L2dsr;
+    a_dsr.backends[1].weight = 0;
+    vec![
+        Case {
+            name: "the first services",
+            before: vec![],
+            down: &[],
+            after: vec![a(), b()],
+        },
+        Case {
+            name: "a service added",
+            before: vec![a()],
+            down: &[],
+            after: vec![a(), b()],
+        },
+        Case {
+            name: "a backend replaced and a weight changed",
+            before: vec![a(), b()],
+            down: &[],
+            after: vec![a2, b()],
+        },
+        Case {
+            name: "a service replaced by another (slots reused)",
+            before: vec![a(), b()],
+            down: &[],
+            after: vec![b(), c()],
+        },
+        Case {
+            name: "every service removed",
+            before: vec![a(), b()],
+            down: &[],
+            after: vec![],
+        },
+        Case {
+            name: "forwarding changed and a backend drained, another one down",
+            before: vec![a(), b()],
+            down: &[(A, "10.0.0.1"), (B, "10.0.0.3")],
+            after: vec![a_dsr, b(), c()],
+        },
+    ]
+}
+
+#[test]
+fn a_change_writes_backends_then_the_ring_then_the_entry_and_frees_after_a_wait() {
+    let (mut dp, mut ctl) = installed(&[], &[]);
+    let start = dp.steps();
+    ctl.apply(&mut dp, &[a()]).expect("add");
+    assert_eq!(
+        dp.log()[start..],
+        [
+            Op::ResetServiceCounters,
+            Op::SetBackend,
+            Op::ResetBackendCounter,
+            Op::SetBackend,
+            Op::ResetBackendCounter,
+            Op::WriteRing,
+            Op::SetService,
+            Op::SetIfaceFlag,
+            Op::SetIfaceFlag,
+        ],
+        "a new service: counters, backends, ring, entry, then the interfaces"
+    );
+    for (ifindex, _) in IFACES {
+        assert_eq!(dp.maps().ifaces[&ifindex].flags & IFACE_LB, IFACE_LB);
+    }
+
+    let start = dp.steps();
+    let mut a2 = a();
+    a2.backends.remove(0);
+    ctl.apply(&mut dp, &[a2]).expect("change");
+    assert_eq!(
+        dp.log()[start..],
+        [
+            Op::WriteRing,
+            Op::SetService,
+            Op::RcuWait,
+            Op::SetIfaceFlag,
+            Op::SetIfaceFlag,
+        ],
+        "a dropped backend's slot is free only after a wait"
+    );
+
+    let start = dp.steps();
+    ctl.apply(&mut dp, &[]).expect("remove");
+    assert_eq!(
+        dp.log()[start..],
+        [
+            Op::RemoveService,
+            Op::RcuWait,
+            Op::SetIfaceFlag,
+            Op::SetIfaceFlag
+        ],
+        "a removed service: its entry, a wait, then the interfaces"
+    );
+    assert!(dp.lb_view().services.is_empty());
+    for (ifindex, _) in IFACES {
+        assert_eq!(dp.maps().ifaces[&ifindex].flags & IFACE_LB, 0);
+    }
+}
+
+#[test]
+fn a_change_that_fails_at_any_step_leaves_the_datapath_and_the_controller_as_before() {
+    for case in cases() {
+        let (dp0, ctl0) = installed(&case.before, case.down);
+        let view0 = dp0.lb_view();
+        let status0 = ctl0.status(&dp0).expect("status");
+
+        // The change without failures: how many steps it takes, and where it
+        // leads.
+        let (mut dp, mut ctl) = (dp0.clone(), ctl0.clone());
+        let start = dp.steps();
+        ctl.apply(&mut dp, &case.after).expect(case.name);
+        let steps = dp.steps() - start;
+        let log = dp.log();
+        let view1 = dp.lb_view();
+        assert!(
+            steps > 0 && view1 != view0,
+            "{}: the change does something",
+            case.name
+        );
+
+        for i in 0..steps {
+            let what = format!("{}: step {i} ({:?}) fails", case.name, log[start + i]);
+            let (mut dp, mut ctl) = (dp0.clone(), ctl0.clone());
+            dp.fail_step(i);
+            let e = ctl.apply(&mut dp, &case.after).unwrap_err();
+            assert!(!dp.failures_pending(), "{what}: the failure happened");
+            assert!(
+                matches!(&e, LbError::Datapath(_)),
+                "{what}: the error is the step's: {e}"
+            );
+            assert_eq!(dp.lb_view(), view0, "{what}: what packets see");
+            assert_eq!(ctl, ctl0, "{what}: the controller's state");
+            assert_eq!(
+                ctl.status(&dp).expect("status"),
+                status0,
+                "{what}: services, health and counters as `lb list` shows them"
+            );
+
+            // Nothing is left half done: the same change goes through now,
+            // to the same place.
+            ctl.apply(&mut dp, &case.after)
+                .unwrap_or_else(|e| panic!("{what}: retry: {e}"));
+            assert_eq!(dp.lb_view(), view1, "{what}: the change after the failure");
+        }
+    }
+}
+
+#[test]
+fn a_restore_that_fails_too_reports_both_errors() {
+    let (mut dp, mut ctl) = installed(&[a(), b()], &[]);
+    let before = ctl.clone();
+    // The last step of the change fails (the second interface's flag), and
+    // so does the first step of putting things back.
+    let (mut probe, mut probe_ctl) = (dp.clone(), ctl.clone());
+    let start = probe.steps();
+    probe_ctl.apply(&mut probe, &[b(), c()]).expect("change");
+    let steps = probe.steps() - start;
+    dp.fail_step(steps - 1);
+    dp.fail_step(steps);
+    let e = ctl.apply(&mut dp, &[b(), c()]).unwrap_err();
+    let LbError::Rollback { cause, undo } = &e else {
+        panic!("expected Rollback, got {e}");
+    };
+    assert!(matches!(**cause, LbError::Datapath(_)), "{e}");
+    assert!(!undo.is_empty(), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("SetIfaceFlag")
+            && text.contains("restoring the previous services failed too"),
+        "{text}"
+    );
+    assert_eq!(ctl, before, "the controller keeps the services it knows");
+}
+
+#[test]
+fn a_failed_health_change_leaves_the_ring_in_force() {
+    for op in [Op::WriteRing, Op::SetService] {
+        let (mut dp, mut ctl) = installed(&[a(), b()], &[]);
+        let (view, before) = (dp.lb_view(), ctl.clone());
+        dp.fail_next(op);
+        ctl.set_health(&mut dp, &sid(A), ip("10.0.0.1"), false)
+            .unwrap_err();
+        assert_eq!(dp.lb_view(), view, "{op:?} fails: what packets see");
+        assert_eq!(ctl, before, "{op:?} fails: the controller's state");
+    }
+}
+
+#[test]
+fn a_failed_change_gives_reused_slots_back_to_their_service_after_a_wait() {
+    // C takes A's service slot, ring half and backend slots; the last step
+    // (the second interface's flag) fails.
+    let (dp0, ctl0) = installed(&[a(), b()], &[]);
+    let (mut probe, mut probe_ctl) = (dp0.clone(), ctl0.clone());
+    let start = probe.steps();
+    probe_ctl.apply(&mut probe, &[b(), c()]).expect("change");
+    let steps = probe.steps() - start;
+
+    let (mut dp, mut ctl) = (dp0.clone(), ctl0.clone());
+    dp.fail_step(steps - 1);
+    ctl.apply(&mut dp, &[b(), c()]).unwrap_err();
+    let mut want = vec![Op::RemoveService, Op::RemoveService, Op::RcuWait];
+    want.extend([Op::SetServiceCounter; ServiceStat::ALL.len()]);
+    want.extend([
+        Op::SetBackend,
+        Op::SetBackendCounter,
+        Op::SetBackend,
+        Op::SetBackendCounter,
+        Op::WriteRing,
+        Op::SetService,
+        Op::SetIfaceFlag,
+        Op::SetIfaceFlag,
+    ]);
+    assert_eq!(
+        dp.log()[start + steps..],
+        want,
+        "C's entry and A's go, then A's counters, backends, ring and entry come back"
+    );
+    assert_eq!(dp.lb_view(), dp0.lb_view());
+    assert_eq!(ctl.status(&dp).unwrap(), ctl0.status(&dp0).unwrap());
+}
