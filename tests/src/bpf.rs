@@ -129,8 +129,8 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>() as libc::c_uint,
+            (attr as *mut T).cast::<libc::c_void>(),
+            size_of::<T>() as libc::c_uint,
         )
     };
     if rc < 0 {
@@ -271,8 +271,8 @@ pub fn live_frames(
         data_size_in: frame.len() as u32,
         data_in: frame.as_ptr() as u64,
         repeat,
-        ctx_size_in: std::mem::size_of::<XdpMd>() as u32,
-        ctx_in: &ctx as *const XdpMd as u64,
+        ctx_size_in: size_of::<XdpMd>() as u32,
+        ctx_in: &raw const ctx as u64,
         flags: BPF_F_TEST_XDP_LIVE_FRAMES,
         batch_size: batch,
         ..Default::default()
@@ -287,7 +287,7 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
             return Err(io::Error::last_os_error());
         }
     }

@@ -201,7 +201,9 @@ impl Daemon {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[xdpgate] {line}");
-                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
+                let mut l = sink
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 l.push_str(&line);
                 l.push('\n');
             }
@@ -229,7 +231,10 @@ impl Daemon {
 
     /// Everything the daemon wrote to stderr so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The daemon's pid.

@@ -9,14 +9,14 @@
 mod common;
 
 use common::frame_of;
-use xdpgate::{
+use xdpgate::{acl::AclController, datapath::Datapath};
+use xdpgate_model::{
     acl::{
         AclState, Verdict,
         random::{Rng, rand_packet, rand_state},
         reference::classify,
     },
-    control::AclController,
-    datapath::{Datapath, Malformed},
+    iface::Malformed,
 };
 use xdpgate_tests::{
     lab::{Netns, serial},
@@ -54,7 +54,7 @@ fn datapath_agrees_with_reference_classifier() {
         // BPF_PROG_TEST_RUN delivers on the namespace's lo (ifindex 1): it plays
         // "eth0" (slot 1) of the generated rule sets.
         dp.register(1, 1, Malformed::Drop).expect("register lo");
-        let slots = xdpgate::acl::random::slots();
+        let slots = xdpgate_model::acl::random::slots();
         let mut ctl = AclController::new(slots);
         let mut checked = 0usize;
         let mut seed = 0u64;
@@ -133,9 +133,9 @@ fn decision_cache_is_exact_and_invalidated_by_every_switch() {
         pin_to_current_cpu();
         let mut dp = Datapath::load().expect("load");
         dp.register(1, 1, Malformed::Drop).expect("register lo");
-        let mut ctl = AclController::new(xdpgate::acl::random::slots());
+        let mut ctl = AclController::new(xdpgate_model::acl::random::slots());
         let rules = |action: &str| -> AclState {
-            let file: xdpgate::acl::RuleFile = toml::from_str(&format!(
+            let file: xdpgate_model::acl::RuleFile = toml::from_str(&format!(
                 r#"
                 [[rule]]
                 id = 1
@@ -162,7 +162,7 @@ fn decision_cache_is_exact_and_invalidated_by_every_switch() {
             )
             .build(&Transport::udp(5000, 53).bytes()),
         );
-        let delta = |dp: &Datapath, before: xdpgate::stats::CacheStats| {
+        let delta = |dp: &Datapath, before: xdpgate::datapath::stats::CacheStats| {
             let now = dp.cache_stats().unwrap();
             (now.hits - before.hits, now.misses - before.misses)
         };
@@ -211,8 +211,8 @@ fn unchanged_rules_keep_their_counters_across_swaps() {
     ns.run(|| {
         let mut dp = Datapath::load().expect("load");
         dp.register(1, 1, Malformed::Drop).expect("register lo");
-        let mut ctl = AclController::new(xdpgate::acl::random::slots());
-        let file: xdpgate::acl::RuleFile = toml::from_str(
+        let mut ctl = AclController::new(xdpgate_model::acl::random::slots());
+        let file: xdpgate_model::acl::RuleFile = toml::from_str(
             r#"
             [[rule]]
             id = 1
@@ -240,10 +240,10 @@ fn unchanged_rules_keep_their_counters_across_swaps() {
         assert_eq!(dp.test_run(&dns, 10).unwrap().action, XDP_PASS);
         assert_eq!(dp.test_run(&other, 3).unwrap().action, XDP_DROP);
         // Add a rule in front (changes every rule's index) and change rule 2.
-        let change = xdpgate::acl::Change::RuleAdd {
-            rules: vec![xdpgate::acl::Rule {
+        let change = xdpgate_model::acl::Change::RuleAdd {
+            rules: vec![xdpgate_model::acl::Rule {
                 src: Some("198.51.100.0/24".parse().unwrap()),
-                ..xdpgate::acl::Rule::new(0, 1, Verdict::Deny)
+                ..xdpgate_model::acl::Rule::new(0, 1, Verdict::Deny)
             }],
         };
         ctl.apply(&mut dp, &change).unwrap();
@@ -251,19 +251,25 @@ fn unchanged_rules_keep_their_counters_across_swaps() {
         let of = |id: u32| counters.iter().find(|c| c.rule.id == id).unwrap().packets;
         assert_eq!((of(0), of(1), of(2)), (0, 10, 3));
         // Replace rule 2 by a different definition: its counters start at zero.
-        ctl.apply(&mut dp, &xdpgate::acl::Change::RuleDel { ids: vec![2] })
-            .unwrap();
+        ctl.apply(
+            &mut dp,
+            &xdpgate_model::acl::Change::RuleDel { ids: vec![2] },
+        )
+        .unwrap();
         let mut r2 = file.rules[1].clone();
         r2.action = Verdict::Allow;
-        ctl.apply(&mut dp, &xdpgate::acl::Change::RuleAdd { rules: vec![r2] })
-            .unwrap();
+        ctl.apply(
+            &mut dp,
+            &xdpgate_model::acl::Change::RuleAdd { rules: vec![r2] },
+        )
+        .unwrap();
         assert_eq!(dp.test_run(&other, 1).unwrap().action, XDP_PASS);
         let counters = ctl.rule_counters(&dp).unwrap();
         let of = |id: u32| counters.iter().find(|c| c.rule.id == id).unwrap().packets;
         assert_eq!((of(1), of(2)), (10, 1));
         // An invalid change is rejected and changes nothing.
         let before = dp.acl_config().unwrap();
-        let bad = xdpgate::acl::Change::SetAdd {
+        let bad = xdpgate_model::acl::Change::SetAdd {
             name: "x".into(),
             prefixes: vec!["10.0.0.1/33".into()],
         };

@@ -12,12 +12,14 @@ use std::{
 };
 
 use xdpgate::{
-    bind::{self, BindError, BindRequest, Bindings, Origin},
-    datapath::{Datapath, Malformed},
-    netlink::XdpMode,
-    stats,
+    bind::{BindError, Bindings},
+    datapath::{Datapath, stats},
 };
 use xdpgate_common::{DropReason, maps};
+use xdpgate_model::{
+    bind::{self, BindRequest, Origin},
+    iface::{Malformed, XdpMode},
+};
 use xdpgate_tests::{
     lab::{Lab, Netns, serial},
     packet::{Ethernet, Ipv4, Ipv6, Transport, ethertype, hex},

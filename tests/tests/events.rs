@@ -223,10 +223,10 @@ fn events_are_off_by_default_and_a_reload_turns_them_on() {
 #[test]
 #[ignore = "measurement, prints ns per packet"]
 fn measure_event_cost() {
-    use xdpgate::{
+    use xdpgate::{acl::AclController, datapath::Datapath};
+    use xdpgate_model::{
         acl::{AclState, RuleFile},
-        control::AclController,
-        datapath::{Datapath, Malformed},
+        iface::Malformed,
     };
     use xdpgate_tests::{
         lab::Netns,
@@ -240,7 +240,7 @@ fn measure_event_cost() {
             "[[rule]]\nid = {RULE}\npriority = 1\nproto = \"udp\"\ndport = {DPORT}\naction = \"deny\"\n"
         ))
         .unwrap();
-        let mut ctl = AclController::new(xdpgate::acl::random::slots());
+        let mut ctl = AclController::new(xdpgate_model::acl::random::slots());
         ctl.install(&mut dp, AclState::from_file(&rules).unwrap())
             .expect("install");
         dp.register(1, 1, Malformed::Drop).expect("register lo");

@@ -11,14 +11,14 @@ mod common;
 
 use common::frame_of;
 
-use xdpgate::{
+use xdpgate::{acl::AclController, datapath::Datapath};
+use xdpgate_model::{
     acl::{
         AclState, Verdict,
         random::{Rng, rand_packet, rand_state},
         reference::classify,
     },
-    control::AclController,
-    datapath::{Datapath, Malformed},
+    iface::Malformed,
 };
 use xdpgate_tests::{
     lab::{Netns, serial},
@@ -58,7 +58,7 @@ fn loads_and_runs_under_every_configuration() {
         }
         // BPF_PROG_TEST_RUN delivers on the namespace's lo (ifindex 1), which
         // plays "eth0" (slot 1) of the generated rule sets.
-        let mut ctl = AclController::new(xdpgate::acl::random::slots());
+        let mut ctl = AclController::new(xdpgate_model::acl::random::slots());
         let mut rng = Rng::new(7);
         let installed = rand_state(&mut rng, 4, 16, 40);
         for (acl_name, state) in [("empty", AclState::default()), ("installed", installed)] {

@@ -1,11 +1,11 @@
 //! Helpers shared by the ACL test binaries (`acl_diff.rs`, `verify.rs`).
 use std::net::IpAddr;
 
-use xdpgate::acl::reference::PacketInfo;
+use xdpgate_model::acl::reference::PacketInfo;
 use xdpgate_tests::packet::{Ethernet, Ext, Ipv4, Ipv6, Transport, ethertype};
 
 /// The frame a parser would turn into `pkt`.
-pub fn frame_of(pkt: &PacketInfo) -> Vec<u8> {
+pub(crate) fn frame_of(pkt: &PacketInfo) -> Vec<u8> {
     let l4 = match (pkt.ports, pkt.icmp) {
         (Some((s, d)), _) => match pkt.proto {
             6 => Transport::tcp(s, d),

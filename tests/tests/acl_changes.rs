@@ -1,4 +1,5 @@
-//! End-to-end: runtime `acl`, `set` and `policy` changes through the CLI take
+//! ACL changes on a running daemon (end to end): `acl`, `set` and `policy`
+//! changes through the CLI, and rule files (`--acl-file`, `acl replace`), take
 //! effect on live ping, TCP and UDP of both families while the daemon runs;
 //! invalid changes are rejected with a clear error and change nothing.
 use std::{net::IpAddr, time::Duration};

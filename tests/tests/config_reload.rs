@@ -1,8 +1,9 @@
-//! End-to-end: the daemon under a configuration file. Rules and bindings change
-//! through the CLI while ping, TCP and UDP of both families run; a restart
-//! comes back with the same state; a broken configuration sent with SIGHUP or
-//! `xdpgate reload` leaves the running one enforced; and every malformed
-//! configuration and API request gets its clear error and changes nothing.
+//! Configuration, state file and reload (end to end): the daemon under a
+//! configuration file. Rules and bindings change through the CLI while ping,
+//! TCP and UDP of both families run; a restart comes back with the same state
+//! (the state file); a broken configuration sent with SIGHUP or `xdpgate
+//! reload` leaves the running one enforced; and every malformed configuration
+//! and API request gets its clear error and changes nothing.
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::IpAddr,

@@ -1,6 +1,8 @@
-//! End-to-end: `xdpgate run` on one end of a veth pair in a lab namespace; real
-//! ping, TCP and UDP of both families cross it; `xdpgate stats` must count
-//! exactly what the peer sent; SIGTERM must leave no XDP program behind.
+//! Attach, count, detach (end to end): `xdpgate run` in native and skb mode on
+//! one end of a veth pair in a lab namespace; real ping, TCP and UDP of both
+//! families cross it; `xdpgate status` names the program and `xdpgate stats`
+//! must count exactly what the peer sent; SIGTERM, SIGINT and even SIGKILL
+//! must leave no XDP program behind.
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},

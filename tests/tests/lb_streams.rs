@@ -1,4 +1,4 @@
-//! The load balancer end to end, in the three-role lab of
+//! Load balancing of real TCP streams (end to end), in the three-role lab of
 //! [`xdpgate_tests::lblab`]: a client, the load balancer (LB) and two or
 //! three backends on one L2 segment, with real TCP streams through real
 //! daemons (topology, XDP modes and lab details there).
@@ -24,9 +24,10 @@ use std::{
 };
 
 use serde_json::Value;
-use xdpgate::{
-    lb::{Proto, packet_hash},
+use xdpgate_model::lb::{
+    Proto,
     maglev::{self, Member},
+    packet_hash,
 };
 use xdpgate_tests::{
     lab::serial,
