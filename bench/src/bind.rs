@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::{Context as _, anyhow, bail};
 use serde::Serialize;
-use xdpgate::{
-    bind::{BindRequest, Bindings},
-    datapath::{Datapath, Malformed},
-    netlink::{self, XdpMode},
+use xdpgate::{bind::Bindings, datapath::Datapath, sys::netlink};
+use xdpgate_model::{
+    bind::BindRequest,
+    iface::{Malformed, XdpMode},
 };
 use xdpgate_tests::lab::Lab;
 
@@ -20,7 +20,7 @@ const SUBNET: u8 = 232;
 
 /// What part 4 measured.
 #[derive(Clone, Debug, Serialize)]
-pub struct BindReport {
+pub(crate) struct BindReport {
     /// Addresses bound per family.
     pub per_family: usize,
     /// Seconds to bind the IPv4 addresses (one request).
@@ -42,7 +42,7 @@ pub struct BindReport {
 
 impl BindReport {
     /// Seconds to bind both families.
-    pub fn add_s(&self) -> f64 {
+    pub(crate) fn add_s(&self) -> f64 {
         self.add_v4_s + self.add_v6_s
     }
 }
@@ -58,7 +58,7 @@ fn v6_range(n: usize) -> String {
 }
 
 /// Runs part 4 with `n` addresses per family (at most 10,000).
-pub fn run(n: usize) -> anyhow::Result<BindReport> {
+pub(crate) fn run(n: usize) -> anyhow::Result<BindReport> {
     if n == 0 || n > 10_000 {
         bail!("the bind benchmark takes 1 to 10,000 addresses per family");
     }

@@ -24,11 +24,10 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use serde::Serialize;
-use xdpgate::{
+use xdpgate::{acl::AclController, datapath::Datapath};
+use xdpgate_model::{
     acl::{AclState, PrefixSet},
-    control::AclController,
-    datapath::{Datapath, Malformed},
-    netlink::XdpMode,
+    iface::{Malformed, XdpMode},
 };
 use xdpgate_tests::lab::Lab;
 
@@ -48,7 +47,7 @@ pub(crate) const CPU: usize = 1;
 
 /// One live run.
 #[derive(Clone, Debug, Serialize)]
-pub struct LiveResult {
+pub(crate) struct LiveResult {
     /// What was under test.
     pub target: String,
     /// `ipv4` or `ipv6` frames.
@@ -69,7 +68,7 @@ pub struct LiveResult {
 
 /// Part 3's results.
 #[derive(Clone, Debug, Serialize)]
-pub struct LiveReport {
+pub(crate) struct LiveReport {
     /// Frame length (bytes, without FCS).
     pub frame_len: usize,
     /// Seconds per run.
@@ -184,7 +183,7 @@ fn record(
                 dropped: m.dropped,
                 received: m.received,
                 secs: m.secs,
-            })
+            });
         }
         Err(e) => {
             let msg = format!("{target} {family} ({entries} entries): {e:#}");
@@ -276,7 +275,7 @@ fn enable_gro(ifname: &str) -> std::io::Result<()> {
     };
     let mut req = Ifreq {
         name: [0; 16],
-        data: &mut v as *mut EthtoolValue as *mut libc::c_void,
+        data: (&raw mut v).cast::<libc::c_void>(),
         _pad: [0; 16],
     };
     for (d, s) in req.name.iter_mut().zip(ifname.bytes().take(15)) {
@@ -308,8 +307,8 @@ fn nft_runs(lab: &Lab, gen_: &Generator, secs: f64, out: &mut LiveReport) -> any
         s
     };
     for (entries, set) in [(1usize, one), (100_000, big)] {
-        let v4: Vec<String> = set.v4.iter().map(|p| p.to_string()).collect();
-        let v6: Vec<String> = set.v6.iter().map(|p| p.to_string()).collect();
+        let v4: Vec<String> = set.v4.iter().map(ToString::to_string).collect();
+        let v6: Vec<String> = set.v6.iter().map(ToString::to_string).collect();
         let ruleset = format!(
             "table netdev xgbench {{\n\
              set s {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {} }} }}\n\
@@ -392,7 +391,7 @@ fn ceiling_runs(
 }
 
 /// Runs part 3.
-pub fn run(lab: &Lab, secs: f64, with_xdp_filter: bool) -> anyhow::Result<LiveReport> {
+pub(crate) fn run(lab: &Lab, secs: f64, with_xdp_filter: bool) -> anyhow::Result<LiveReport> {
     let fd = bpf::load_constant_xdp(bpf::XDP_TX, "bench_gen").context("loading the generator")?;
     let gen_ = Generator {
         fd,

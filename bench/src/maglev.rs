@@ -1,4 +1,4 @@
-//! Maglev rings (`xdpgate::maglev`), in user space only (no root, no
+//! Maglev rings (`xdpgate_model::lb::maglev`), in user space only (no root, no
 //! namespace): wall-clock time of `maglev::build` for 100 and 1,000 backends
 //! (mixed IPv4/IPv6, weights 1..4; and 1,000 with one of weight 1000 and the
 //! others 1) at the default ring size 65,537, median of [`ROUNDS`] builds; and the disruption of removing one backend: the fraction
@@ -12,17 +12,17 @@ use std::{
 
 use anyhow::Context as _;
 use serde::Serialize;
-use xdpgate::maglev::{self, MAX_RING_SIZE, Member};
+use xdpgate_model::lb::maglev::{self, MAX_RING_SIZE, Member};
 
 /// Builds timed per configuration (the median is reported).
-pub const ROUNDS: usize = 11;
+pub(crate) const ROUNDS: usize = 11;
 
 /// Ring size: the datapath's default (and largest), 65,537.
 const SIZE: u32 = MAX_RING_SIZE;
 
 /// Build time of one configuration.
 #[derive(Clone, Debug, Serialize)]
-pub struct BuildTime {
+pub(crate) struct BuildTime {
     /// Backends.
     pub members: usize,
     /// Their weights (description).
@@ -41,7 +41,7 @@ pub struct BuildTime {
 
 /// Entries moved by removing one backend.
 #[derive(Clone, Debug, Serialize)]
-pub struct Disruption {
+pub(crate) struct Disruption {
     /// Backends before the removal.
     pub members: usize,
     /// Their weights (description).
@@ -59,7 +59,7 @@ pub struct Disruption {
 
 /// What this part measured.
 #[derive(Clone, Debug, Serialize)]
-pub struct MaglevReport {
+pub(crate) struct MaglevReport {
     /// Ring entries.
     pub size: u32,
     /// Builds timed per configuration.
@@ -138,7 +138,7 @@ fn disruption(n: u32, weights: &str, weight: impl Fn(u32) -> u32) -> anyhow::Res
 }
 
 /// Runs this part.
-pub fn run() -> anyhow::Result<MaglevReport> {
+pub(crate) fn run() -> anyhow::Result<MaglevReport> {
     // One untimed build first (page faults of the first allocations).
     maglev::build(&members(1_000, |i| 1 + i % 4), SIZE)?;
     let builds = vec![
@@ -162,7 +162,7 @@ pub fn run() -> anyhow::Result<MaglevReport> {
 }
 
 /// Prints this part.
-pub fn print(r: &crate::report::Section<MaglevReport>) {
+pub(crate) fn print(r: &crate::report::Section<MaglevReport>) {
     println!("Maglev rings (user space, one thread): build time and disruption");
     match (&r.result, &r.error) {
         (Some(r), _) => {

@@ -8,7 +8,7 @@ use crate::{bind::BindReport, live::LiveReport, testrun::TestRunReport, xdpfilte
 
 /// A part that may have failed or been skipped.
 #[derive(Clone, Debug, Serialize)]
-pub struct Section<T> {
+pub(crate) struct Section<T> {
     /// The results, when the part ran.
     pub result: Option<T>,
     /// Why it did not run, or failed.
@@ -17,7 +17,7 @@ pub struct Section<T> {
 
 impl<T> Section<T> {
     /// A section from a part's outcome (`None`: skipped on request).
-    pub fn from(r: Option<anyhow::Result<T>>) -> Self {
+    pub(crate) fn from(r: Option<anyhow::Result<T>>) -> Self {
         match r {
             Some(Ok(v)) => Section {
                 result: Some(v),
@@ -37,7 +37,7 @@ impl<T> Section<T> {
 
 /// One of the targets.
 #[derive(Clone, Debug, Serialize)]
-pub struct Target {
+pub(crate) struct Target {
     /// The target as stated.
     pub goal: String,
     /// What was measured.
@@ -48,7 +48,7 @@ pub struct Target {
 
 impl Target {
     /// Prints `[MET] goal: measured` (or NOT MET, not evaluated) after `indent`.
-    pub fn print(&self, indent: &str) {
+    pub(crate) fn print(&self, indent: &str) {
         let verdict = match self.met {
             Some(true) => "MET",
             Some(false) => "NOT MET",
@@ -60,7 +60,7 @@ impl Target {
 
 /// Everything one run measured.
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// `--quick` run (not the target configuration).
     pub quick: bool,
     /// `uname -r`.
@@ -91,7 +91,7 @@ fn kernel() -> String {
 
 impl Report {
     /// Assembles the report and evaluates the targets.
-    pub fn new(
+    pub(crate) fn new(
         quick: bool,
         test_run: TestRunReport,
         xdp_filter: Option<anyhow::Result<FilterReport>>,
@@ -102,7 +102,7 @@ impl Report {
         let mut r = Report {
             quick,
             kernel: kernel(),
-            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpus: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
             finished_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -271,7 +271,7 @@ impl Report {
     }
 
     /// Prints the tables.
-    pub fn print(&self) {
+    pub(crate) fn print(&self) {
         let tr = &self.test_run;
         println!();
         println!(
@@ -412,7 +412,7 @@ impl Report {
 }
 
 /// Prints part 4.
-pub fn print_bind(bind: &Section<BindReport>) {
+pub(crate) fn print_bind(bind: &Section<BindReport>) {
     println!("4. Address bindings on a veth (rtnetlink + datapath map), wall-clock seconds");
     match (&bind.result, &bind.error) {
         (Some(b), _) => {

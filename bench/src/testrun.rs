@@ -9,10 +9,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
-use xdpgate::{
+use xdpgate::{acl::AclController, datapath::Datapath};
+use xdpgate_model::{
     acl::{compile::compile, reference::PacketInfo},
-    control::AclController,
-    datapath::{Datapath, Malformed},
+    iface::Malformed,
 };
 use xdpgate_tests::lab::Netns;
 
@@ -22,11 +22,11 @@ use crate::{
 };
 
 /// Rounds per measurement; the median is reported.
-pub const ROUNDS: usize = 3;
+pub(crate) const ROUNDS: usize = 3;
 
 /// One measurement: the median of [`ROUNDS`] kernel-reported averages.
 #[derive(Clone, Debug, Serialize)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Median ns per packet.
     pub ns: f64,
     /// Every round's ns per packet.
@@ -35,7 +35,7 @@ pub struct Sample {
 
 /// Runs `f` (which returns the kernel's average per repetition) [`ROUNDS`]
 /// times; returns the median.
-pub fn sample(mut f: impl FnMut() -> anyhow::Result<Duration>) -> anyhow::Result<Sample> {
+pub(crate) fn sample(mut f: impl FnMut() -> anyhow::Result<Duration>) -> anyhow::Result<Sample> {
     let mut rounds = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         rounds.push(f()?.as_nanos() as f64);
@@ -50,7 +50,7 @@ pub fn sample(mut f: impl FnMut() -> anyhow::Result<Duration>) -> anyhow::Result
 
 /// One installed rule set and its per-class results.
 #[derive(Clone, Debug, Serialize)]
-pub struct Config {
+pub(crate) struct Config {
     /// Prefixes per family in the deny set.
     pub prefixes: usize,
     /// Rules (filler rules plus the hit rule).
@@ -74,7 +74,7 @@ pub struct Config {
 
 /// One class under one configuration.
 #[derive(Clone, Debug, Serialize)]
-pub struct ClassResult {
+pub(crate) struct ClassResult {
     /// ns per packet (median of the rounds).
     pub ns: f64,
     /// Every round.
@@ -99,7 +99,7 @@ fn median(v: &[f64]) -> f64 {
 /// [`ROUNDS`] rounds of: the empty program on `frame`, then `test` (which
 /// returns the kernel's average per repetition and the action). Measuring the
 /// two side by side keeps the ratio meaningful on a shared, noisy machine.
-pub fn side_by_side(
+pub(crate) fn side_by_side(
     empty: &OwnedFd,
     frame: &[u8],
     repeat: u32,
@@ -131,7 +131,7 @@ pub fn side_by_side(
 
 /// Part 1's results.
 #[derive(Clone, Debug, Serialize)]
-pub struct TestRunReport {
+pub(crate) struct TestRunReport {
     /// Repetitions per test run.
     pub repeat: u32,
     /// The empty XDP program (`r0 = XDP_PASS; exit`), per class frame, measured
@@ -173,7 +173,7 @@ fn packet_info(c: &Class) -> PacketInfo {
 /// `pkt` (a TCP packet on slot 1): the words whose six summary bits are all
 /// set, up to and including the one that decides. A software replica of the
 /// classifier's loop over the compiled tables.
-fn words_visited(img: &xdpgate::acl::compile::Image, pkt: &PacketInfo) -> usize {
+fn words_visited(img: &xdpgate_model::acl::compile::Image, pkt: &PacketInfo) -> usize {
     let (sp, dp) = pkt.ports.unwrap_or_default();
     let bms = [
         &img.iface_bm[1],
@@ -203,7 +203,7 @@ fn words_visited(img: &xdpgate::acl::compile::Image, pkt: &PacketInfo) -> usize 
 }
 
 /// Runs part 1 inside `ns`.
-pub fn run(
+pub(crate) fn run(
     ns: &Netns,
     repeat: u32,
     prefix_counts: &[usize],

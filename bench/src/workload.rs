@@ -10,7 +10,7 @@ use std::{
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Serialize;
-use xdpgate::acl::{
+use xdpgate_model::acl::{
     AclState, AddrMatch, PortRange, PrefixSet, Rule, Verdict, model::proto, random::Rng,
 };
 use xdpgate_tests::packet::{Ethernet, Ext, Ipv4, Ipv6, Transport, ethertype, pad};
@@ -18,32 +18,32 @@ use xdpgate_tests::packet::{Ethernet, Ext, Ipv4, Ipv6, Transport, ethertype, pad
 use xdpgate_tests::bpf::{XDP_DROP, XDP_PASS};
 
 /// Source of the IPv4 "hit" packets (192.0.2.0/24 is in the deny set).
-pub const HIT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub(crate) const HIT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// Source of the IPv4 "miss" packets (no prefix of the set covers 198.51.100.0/24).
-pub const MISS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub(crate) const MISS_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// Source of the IPv6 "hit" packets (2001:db8:1::/48 is in the deny set).
-pub const HIT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub(crate) const HIT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 /// Source of the IPv6 "miss" packets (no prefix of the set covers 2001:db8:ffff::/48).
-pub const MISS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
+pub(crate) const MISS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
 /// The deepest member of the nested IPv4 chain 10.0.0.0/8, ..., NEST_V4/32.
-pub const NEST_V4: Ipv4Addr = Ipv4Addr::new(10, 85, 170, 85);
+pub(crate) const NEST_V4: Ipv4Addr = Ipv4Addr::new(10, 85, 170, 85);
 /// The deepest member of the nested IPv6 chain fd00::/16, ..., NEST_V6/128.
-pub const NEST_V6: Ipv6Addr = Ipv6Addr::new(
+pub(crate) const NEST_V6: Ipv6Addr = Ipv6Addr::new(
     0xfd00, 0x5555, 0xaaaa, 0x5555, 0xaaaa, 0x5555, 0xaaaa, 0x5555,
 );
 /// Destination of every test packet.
-pub const DST_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub(crate) const DST_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// Destination of every IPv6 test packet.
-pub const DST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 0x10);
+pub(crate) const DST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 0x10);
 /// Ports of every test packet (TCP).
-pub const SPORT: u16 = 40000;
+pub(crate) const SPORT: u16 = 40000;
 /// Destination port of every test packet; no filler rule's port range holds it.
-pub const DPORT: u16 = 443;
+pub(crate) const DPORT: u16 = 443;
 
 /// Name of the deny set.
-pub const SET: &str = "bench";
+pub(crate) const SET: &str = "bench";
 /// Id of the rule the hit packets hit; it is evaluated last.
-pub const HIT_RULE_ID: u32 = 1_000_000;
+pub(crate) const HIT_RULE_ID: u32 = 1_000_000;
 
 const MISS_NET_V4: (u32, u32) = (0xc633_6400, 24); // 198.51.100.0/24
 const MISS_NET_V6: (u128, u32) = (0x2001_0db8_ffff_u128 << 80, 48); // 2001:db8:ffff::/48
@@ -110,7 +110,7 @@ fn rand_v6(rng: &mut Rng) -> Ipv6Network {
 
 /// The deny set: `n` prefixes per family (random ones, the hit prefixes and the
 /// nested chains), never covering the miss addresses.
-pub fn prefix_set(n: usize, seed: u64) -> PrefixSet {
+pub(crate) fn prefix_set(n: usize, seed: u64) -> PrefixSet {
     let mut rng = Rng::new(seed);
     let mut set = PrefixSet::default();
     set.v4
@@ -174,7 +174,7 @@ fn port_pool(rng: &mut Rng) -> Vec<PortRange> {
     pool
 }
 
-fn net(s: String) -> AddrMatch {
+fn net(s: &str) -> AddrMatch {
     AddrMatch::Prefix(s.parse::<IpNetwork>().expect("valid prefix"))
 }
 
@@ -184,7 +184,7 @@ fn net(s: String) -> AddrMatch {
 /// other protocols, UDP/SCTP port rules. None matches any test packet (each
 /// fails on its destination, source, protocol or port), but many match some
 /// of a test packet's fields.
-pub fn rules(total: usize, seed: u64) -> BTreeMap<u32, Rule> {
+pub(crate) fn rules(total: usize, seed: u64) -> BTreeMap<u32, Rule> {
     let mut rng = Rng::new(seed);
     let ports = port_pool(&mut rng);
     let mut out = BTreeMap::new();
@@ -201,9 +201,9 @@ pub fn rules(total: usize, seed: u64) -> BTreeMap<u32, Rule> {
             // A service: destination prefix, protocol, port range.
             0..60 => {
                 r.dst = Some(if v6 {
-                    net(format!("fd00:64:{k:x}::/48"))
+                    net(&format!("fd00:64:{k:x}::/48"))
                 } else {
-                    net(format!("100.64.{k}.0/24"))
+                    net(&format!("100.64.{k}.0/24"))
                 });
                 r.proto = Some(if rng.chance(1, 2) {
                     proto::TCP
@@ -215,9 +215,9 @@ pub fn rules(total: usize, seed: u64) -> BTreeMap<u32, Rule> {
             // A source block.
             60..70 => {
                 r.src = Some(if v6 {
-                    net(format!("2001:db8:f{k:03x}::/48"))
+                    net(&format!("2001:db8:f{k:03x}::/48"))
                 } else {
-                    net(format!("198.18.{k}.0/24"))
+                    net(&format!("198.18.{k}.0/24"))
                 });
                 r.action = Verdict::Deny;
             }
@@ -248,7 +248,7 @@ pub fn rules(total: usize, seed: u64) -> BTreeMap<u32, Rule> {
 }
 
 /// The state: the set of `prefixes` per family and `total` rules.
-pub fn state(set: PrefixSet, total: usize, seed: u64) -> AclState {
+pub(crate) fn state(set: PrefixSet, total: usize, seed: u64) -> AclState {
     let mut s = AclState::default();
     s.sets.insert(SET.into(), set);
     s.rules = rules(total, seed);
@@ -257,7 +257,7 @@ pub fn state(set: PrefixSet, total: usize, seed: u64) -> AclState {
 
 /// A packet class and its frame.
 #[derive(Clone, Debug, Serialize)]
-pub struct Class {
+pub(crate) struct Class {
     /// Short name.
     pub name: &'static str,
     /// What it is.
@@ -294,7 +294,7 @@ fn v6_frame(src: Ipv6Addr, exts: bool) -> Vec<u8> {
 }
 
 /// Every packet class, in report order.
-pub fn classes() -> Vec<Class> {
+pub(crate) fn classes() -> Vec<Class> {
     let c = |name, what, src: std::net::IpAddr, expect, frame| Class {
         name,
         what,
@@ -364,7 +364,7 @@ pub fn classes() -> Vec<Class> {
 
 /// A live-frames test frame (IPv4 or IPv6 UDP, 64 bytes on the wire without
 /// FCS) between the two ends of the lab's veth pair.
-pub fn live_frame(src_mac: [u8; 6], dst_mac: [u8; 6], v6: bool) -> Vec<u8> {
+pub(crate) fn live_frame(src_mac: [u8; 6], dst_mac: [u8; 6], v6: bool) -> Vec<u8> {
     let l4 = Transport::udp(SPORT, 9).payload(&[0u8; 18]).bytes();
     let mut eth = Ethernet::new(if v6 { ethertype::IPV6 } else { ethertype::IPV4 });
     eth.src = src_mac;
@@ -380,7 +380,7 @@ pub fn live_frame(src_mac: [u8; 6], dst_mac: [u8; 6], v6: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xdpgate::acl::{compile::compile, reference::PacketInfo};
+    use xdpgate_model::acl::{compile::compile, reference::PacketInfo};
 
     fn slots() -> BTreeMap<String, u32> {
         [("lo".to_string(), 1)].into()

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use serde::Serialize;
-use xdpgate::acl::random::Rng;
+use xdpgate_model::acl::random::Rng;
 use xdpgate_tests::lab::{Lab, Netns};
 
 use crate::{
@@ -24,7 +24,7 @@ const PIN_DIR: &str = "/sys/fs/bpf/xdp-filter";
 const LOCK: &str = "/run/xdp-filter.lck";
 
 /// xdp-filter loaded on one interface of a namespace; unloaded on drop.
-pub struct XdpFilter<'a> {
+pub(crate) struct XdpFilter<'a> {
     ns: &'a Netns,
     iface: String,
     /// Addresses added per family.
@@ -44,7 +44,7 @@ fn xdp_filter_running() -> bool {
 
 impl<'a> XdpFilter<'a> {
     /// `xdp-filter load IFACE --mode native` inside `ns`.
-    pub fn load(ns: &'a Netns, iface: &str) -> anyhow::Result<Self> {
+    pub(crate) fn load(ns: &'a Netns, iface: &str) -> anyhow::Result<Self> {
         if Path::new(PIN_DIR).exists() {
             bail!(
                 "{PIN_DIR} exists: an xdp-filter is already loaded on this machine; \
@@ -66,7 +66,7 @@ impl<'a> XdpFilter<'a> {
     }
 
     /// `xdp-filter ip ADDR --mode src`.
-    pub fn deny_src(&mut self, addr: IpAddr) -> anyhow::Result<()> {
+    pub(crate) fn deny_src(&mut self, addr: IpAddr) -> anyhow::Result<()> {
         self.ns
             .exec("xdp-filter", &["ip", &addr.to_string(), "--mode", "src"])
             .with_context(|| format!("xdp-filter ip {addr}"))?;
@@ -78,7 +78,7 @@ impl<'a> XdpFilter<'a> {
     }
 
     /// The kernel id of the program attached to the interface.
-    pub fn prog_id(&self) -> anyhow::Result<u32> {
+    pub(crate) fn prog_id(&self) -> anyhow::Result<u32> {
         let out = self
             .ns
             .exec("ip", &["-j", "-d", "link", "show", "dev", &self.iface])?;
@@ -91,7 +91,7 @@ impl<'a> XdpFilter<'a> {
     }
 
     /// Packets xdp-filter counted as XDP_DROP (`xdp-filter status`).
-    pub fn drops(&self) -> anyhow::Result<u64> {
+    pub(crate) fn drops(&self) -> anyhow::Result<u64> {
         let out = self.ns.exec("xdp-filter", &["status"])?;
         out.lines()
             .find_map(|l| {
@@ -123,7 +123,7 @@ fn filler(i: usize, rng: &mut Rng, v6: bool) -> IpAddr {
 
 /// One deny-list size.
 #[derive(Clone, Debug, Serialize)]
-pub struct FilterConfig {
+pub(crate) struct FilterConfig {
     /// Addresses per family.
     pub entries: usize,
     /// Time to add them with one `xdp-filter ip` per address.
@@ -134,7 +134,7 @@ pub struct FilterConfig {
 
 /// Part 2's results.
 #[derive(Clone, Debug, Serialize)]
-pub struct FilterReport {
+pub(crate) struct FilterReport {
     /// The program name the kernel reports.
     pub program: String,
     /// Deny-list sizes measured.
@@ -147,7 +147,7 @@ pub struct FilterReport {
 const XDP_FILTER_CAPACITY: usize = 10_000;
 
 /// Runs part 2 in the lab's namespace `a`.
-pub fn run(
+pub(crate) fn run(
     lab: &Lab,
     repeat: u32,
     classes: &[Class],

@@ -28,40 +28,45 @@
 //! fixed cost per call cancels) is added to the empty program's
 //! N-repetition time of the same round. The repeat-invariant classes get the
 //! single-run estimate too, as a check of the method.
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::OwnedFd,
-};
+//!
+//! Files: `rig.rs` (the namespace's network, which backend a frame went to,
+//! picking flows), `case.rs` (the classes and the check of each run's
+//! output), `measure.rs` (checking a class with 1 and N repetitions, and
+//! timing it); this file holds the constants, the report and [`run`].
 
-use anyhow::{Context as _, bail, ensure};
+mod case;
+mod measure;
+mod rig;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::Context as _;
 use serde::Serialize;
-use xdpgate::{
+use xdpgate::{acl::AclController, datapath::Datapath, lb::LbController};
+use xdpgate_common::IFACE_DECAP;
+use xdpgate_model::{
     acl::AclState,
-    control::AclController,
-    datapath::{Datapath, Malformed, TestRunOutcome},
-    lb::{BackendSpec, Forward, LbController, Proto, ServiceId, ServiceSpec, default_lb_config},
+    iface::Malformed,
+    lb::{BackendSpec, Forward, Proto, ServiceId, ServiceSpec, default_lb_config},
 };
-use xdpgate_common::{IFACE_DECAP, lb::FAMILY_V4};
-use xdpgate_tests::{
-    lab::Netns,
-    packet::{Ethernet, Ipv4, Ipv6, Transport, checksum, ethertype, hex, pad, proto},
-};
+use xdpgate_tests::lab::Netns;
+
+use case::{Case, Expect, PathCounter, ipip, tcp_v4, tcp_v6};
+use measure::run_case;
+use rig::{pick_flow, setup_network};
 
 use crate::{
     bpf,
     report::{Section, Target},
-    testrun::{ClassResult, ROUNDS},
+    testrun::ClassResult,
     workload,
 };
 
 /// `XDP_REDIRECT`.
 const XDP_REDIRECT: u32 = 4;
-/// IP protocol numbers of the tunnels.
-const IPPROTO_IPIP: u8 = 4;
-const IPPROTO_IPV6: u8 = 41;
 
 /// The issue's target: the LB path at most this many times the empty program.
-pub const TARGET_RATIO: f64 = 2.5;
+pub(crate) const TARGET_RATIO: f64 = 2.5;
 
 /// The encapsulating IPv4 service's VIP.
 const VIP_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
@@ -123,7 +128,7 @@ fn action_name(a: u32) -> &'static str {
 
 /// One class as measured.
 #[derive(Clone, Debug, Serialize)]
-pub struct LbClassResult {
+pub(crate) struct LbClassResult {
     /// Short name.
     pub name: &'static str,
     /// What the frame is and what happens to it.
@@ -164,7 +169,7 @@ pub struct LbClassResult {
 
 /// Single runs: pairs of one-repetition runs (empty program, then xdpgate).
 #[derive(Clone, Debug, Serialize)]
-pub struct SingleRun {
+pub(crate) struct SingleRun {
     /// Pairs per round.
     pub calls: usize,
     /// The empty program, one repetition: median of the rounds' medians
@@ -187,7 +192,7 @@ pub struct SingleRun {
 
 /// What this part measured.
 #[derive(Clone, Debug, Serialize)]
-pub struct LbReport {
+pub(crate) struct LbReport {
     /// Repetitions per N-repetition run.
     pub repeat: u32,
     /// Ring entries per service.
@@ -207,421 +212,8 @@ pub struct LbReport {
     pub target: Target,
 }
 
-/// Which datapath counter counts a class's path.
-#[derive(Clone, Copy)]
-enum PathCounter {
-    /// The service's forwarded packets.
-    Service(ServiceId),
-    /// Decapsulated IPv4-in-IPv4 packets on slot 1.
-    Decap,
-    /// None (the packet is passed unchanged).
-    None,
-}
-
-/// What one run must do to the frame.
-#[derive(Clone, Copy)]
-enum Expect {
-    /// Encapsulated to `backend`, sent to its neighbour.
-    Encap(IpAddr),
-    /// Ethernet addresses rewritten to reach `backend`.
-    L2dsr(IpAddr),
-    /// The outer IPv4 header removed.
-    Decap,
-    /// Not changed.
-    Unchanged,
-}
-
-struct Case {
-    name: &'static str,
-    what: String,
-    frame: Vec<u8>,
-    action: u32,
-    sport: u16,
-    backend: Option<IpAddr>,
-    expect: Expect,
-    counter: PathCounter,
-}
-
-fn tcp_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16) -> Vec<u8> {
-    let l4 = Transport::tcp(sport, PORT).bytes();
-    let ip = Ipv4::new(src.octets(), dst.octets(), proto::TCP).build(&l4);
-    pad(Ethernet::new(ethertype::IPV4).build(&ip), 60)
-}
-
-fn tcp_v6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16) -> Vec<u8> {
-    let l4 = Transport::tcp(sport, PORT).bytes();
-    let ip = Ipv6::new(src.octets(), dst.octets(), proto::TCP).build(&l4);
-    Ethernet::new(ethertype::IPV6).build(&ip)
-}
-
-/// IPIP: `TUNNEL_SRC` -> `DECAP_DST`, inner IPv4 TCP from the client to
-/// `inner_dst`.
-fn ipip(inner_dst: Ipv4Addr) -> Vec<u8> {
-    let l4 = Transport::tcp(FIRST_SPORT, PORT).bytes();
-    let inner = Ipv4::new(workload::MISS_V4.octets(), inner_dst.octets(), proto::TCP).build(&l4);
-    let outer = Ipv4::new(TUNNEL_SRC.octets(), DECAP_DST.octets(), IPPROTO_IPIP).build(&inner);
-    pad(Ethernet::new(ethertype::IPV4).build(&outer), 60)
-}
-
-/// Checks one run's action and output frame against the class.
-fn verify(c: &Case, out: &TestRunOutcome) -> anyhow::Result<()> {
-    ensure!(
-        out.action == c.action,
-        "{}: xdpgate returned {} ({}), expected {} ({})",
-        c.name,
-        out.action,
-        action_name(out.action),
-        c.action,
-        action_name(c.action)
-    );
-    let (f, o) = (&c.frame, &out.frame);
-    let r = verify_frame(c, f, o);
-    r.with_context(|| format!("{}: in {}, out {}", c.name, hex(f), hex(o)))
-}
-
-/// Checks one run's output frame `o` (of the input `f`) against the class.
-fn verify_frame(c: &Case, f: &[u8], o: &[u8]) -> anyhow::Result<()> {
-    match c.expect {
-        Expect::Encap(backend) => {
-            let inner_proto = if f[12..14] == [0x08, 0x00] {
-                IPPROTO_IPIP
-            } else {
-                IPPROTO_IPV6
-            };
-            ensure!(
-                o[0..6] == backend_mac(backend) && o[6..12] == VETH_MAC,
-                "{}: Ethernet addresses {:02x?} are not those of {backend}'s neighbour",
-                c.name,
-                &o[0..12]
-            );
-            match backend {
-                IpAddr::V4(b) => {
-                    ensure!(o.len() == f.len() + 20, "{}: length {}", c.name, o.len());
-                    ensure!(
-                        o[12..14] == [0x08, 0x00]
-                            && o[14] == 0x45
-                            && o[23] == inner_proto
-                            && o[30..34] == b.octets()
-                            && checksum(&o[14..34]) == 0
-                            && o[34..] == f[14..],
-                        "{}: not an IPv4 encapsulation to {b}",
-                        c.name
-                    );
-                }
-                IpAddr::V6(b) => {
-                    ensure!(o.len() == f.len() + 40, "{}: length {}", c.name, o.len());
-                    ensure!(
-                        o[12..14] == [0x86, 0xdd]
-                            && o[14] >> 4 == 6
-                            && o[20] == inner_proto
-                            && o[38..54] == b.octets()
-                            && o[54..] == f[14..],
-                        "{}: not an IPv6 encapsulation to {b}",
-                        c.name
-                    );
-                }
-            }
-        }
-        Expect::L2dsr(backend) => {
-            ensure!(
-                o.len() == f.len()
-                    && o[0..6] == backend_mac(backend)
-                    && o[6..12] == VETH_MAC
-                    && o[12..] == f[12..],
-                "{}: not the frame readdressed to {backend}'s neighbour",
-                c.name
-            );
-        }
-        Expect::Decap => {
-            ensure!(
-                o.len() + 20 == f.len()
-                    && o[0..12] == f[0..12]
-                    && o[12..14] == [0x08, 0x00]
-                    && o[14..] == f[34..],
-                "{}: not the inner packet",
-                c.name
-            );
-        }
-        Expect::Unchanged => ensure!(o == f, "{}: the frame was changed", c.name),
-    }
-    Ok(())
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
-/// The packets counted on the class's path so far.
-fn path_count(dp: &Datapath, ctl: &LbController, c: PathCounter) -> anyhow::Result<Option<u64>> {
-    Ok(match c {
-        PathCounter::Service(id) => Some(
-            ctl.status(dp)?
-                .iter()
-                .find(|s| s.service == id)
-                .with_context(|| format!("no status of service {id}"))?
-                .forwarded_packets,
-        ),
-        PathCounter::Decap => Some(dp.decap_counter(1, FAMILY_V4, FAMILY_V4)?.packets),
-        PathCounter::None => None,
-    })
-}
-
-/// Sets up forwarding, the veth pair and the backends' neighbours in `ns`.
-fn setup_network(ns: &Netns) -> anyhow::Result<()> {
-    for key in [
-        "net.ipv4.conf.all.forwarding",
-        "net.ipv6.conf.all.forwarding",
-    ] {
-        ns.sysctl(key, "1")
-            .with_context(|| format!("setting {key} in the benchmark namespace"))?;
-    }
-    let ip = |args: &[&str]| -> anyhow::Result<()> {
-        ns.exec("ip", args)
-            .with_context(|| format!("ip {}", args.join(" ")))?;
-        Ok(())
-    };
-    let mac = mac_string(VETH_MAC);
-    ip(&[
-        "link", "add", VETH, "address", &mac, "type", "veth", "peer", "name", PEER,
-    ])?;
-    ip(&["addr", "add", "10.200.9.1/24", "dev", VETH])?;
-    ip(&["addr", "add", "fd00:200:9::1/64", "dev", VETH, "nodad"])?;
-    ip(&["link", "set", VETH, "up"])?;
-    ip(&["link", "set", PEER, "up"])?;
-    for b in backends() {
-        ip(&[
-            "neigh",
-            "replace",
-            &b.to_string(),
-            "lladdr",
-            &mac_string(backend_mac(b)),
-            "dev",
-            VETH,
-            "nud",
-            "permanent",
-        ])?;
-    }
-    Ok(())
-}
-
-/// The backend a forwarded frame went to: the outer destination of an
-/// encapsulation, or (`dsr`) the backend whose neighbour MAC is the
-/// destination MAC; `None` if it is not one of [`backends`].
-fn sent_to(o: &[u8], dsr: bool) -> Option<IpAddr> {
-    let a = if dsr {
-        match o.get(0..6)? {
-            [0x02, 0, 0, 0, 0x09, n] => IpAddr::V4(Ipv4Addr::new(10, 200, 9, *n)),
-            [0x02, 0, 0, 0x06, 0x09, n] => {
-                let net = u128::from(Ipv6Addr::new(0xfd00, 0x200, 9, 0, 0, 0, 0, 0));
-                IpAddr::V6((net + u128::from(*n)).into())
-            }
-            _ => return None,
-        }
-    } else if o.get(12..14)? == [0x08, 0x00] && matches!(o.get(23)?, 4 | 41) {
-        let d: [u8; 4] = o.get(30..34)?.try_into().ok()?;
-        IpAddr::V4(d.into())
-    } else if o.get(12..14)? == [0x86, 0xdd] && matches!(o.get(20)?, 4 | 41) {
-        let d: [u8; 16] = o.get(38..54)?.try_into().ok()?;
-        IpAddr::V6(d.into())
-    } else {
-        return None;
-    };
-    backends().contains(&a).then_some(a)
-}
-
-/// A flow of a service: its source port, the backend the datapath sends it
-/// to, and the one `LbController::predict` names.
-struct Flow {
-    sport: u16,
-    backend: IpAddr,
-    predicted: Option<IpAddr>,
-}
-
-/// The first source port from [`FIRST_SPORT`] whose frame (`frame(sport)`)
-/// the datapath forwards to a backend of the wanted family. Asked of the
-/// datapath itself (one run per port), not of the controller's prediction.
-fn pick_flow(
-    dp: &mut Datapath,
-    ctl: &LbController,
-    id: &ServiceId,
-    src: IpAddr,
-    want_v4: bool,
-    dsr: bool,
-    frame: impl Fn(u16) -> Vec<u8>,
-) -> anyhow::Result<Flow> {
-    for sport in FIRST_SPORT..FIRST_SPORT + 1000 {
-        let o = dp.test_run(&frame(sport), 1)?;
-        if o.action != XDP_REDIRECT {
-            continue;
-        }
-        if let Some(backend) = sent_to(&o.frame, dsr)
-            && backend.is_ipv4() == want_v4
-        {
-            return Ok(Flow {
-                sport,
-                backend,
-                predicted: ctl.predict(id, src, sport, PORT),
-            });
-        }
-    }
-    bail!("{id}: no source port of 1,000 is forwarded to a backend of the wanted family")
-}
-
-/// Times one class: [`ROUNDS`] rounds of (empty program with `repeat`
-/// repetitions, xdpgate with `repeat`, then `calls` pairs of single runs).
-fn measure(
-    empty: &OwnedFd,
-    dp: &mut Datapath,
-    c: &Case,
-    repeat: u32,
-    calls: usize,
-) -> anyhow::Result<(ClassResult, SingleRun)> {
-    let (mut rounds, mut empty_rounds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut deltas, mut estimates, mut est_ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut e1_meds, mut x1_meds) = (Vec::new(), Vec::new());
-    let mut action = 0;
-    for _ in 0..ROUNDS {
-        let e = bpf::test_run(empty, &c.frame, repeat)?;
-        ensure!(
-            e.retval == bpf::XDP_PASS,
-            "the empty program returned {}",
-            e.retval
-        );
-        let x = dp.test_run(&c.frame, repeat)?;
-        action = x.action;
-        let (e, x) = (e.duration.as_nanos() as f64, x.duration.as_nanos() as f64);
-        empty_rounds.push(e);
-        rounds.push(x);
-        ratios.push(x / e.max(1.0));
-        let (mut d, mut e1s, mut x1s) = (
-            Vec::with_capacity(calls),
-            Vec::with_capacity(calls),
-            Vec::with_capacity(calls),
-        );
-        for _ in 0..calls {
-            let e1 = bpf::test_run(empty, &c.frame, 1)?;
-            let x1 = dp.test_run(&c.frame, 1)?;
-            if x1.action != c.action {
-                bail!(
-                    "{}: a single run returned {}, expected {}",
-                    c.name,
-                    action_name(x1.action),
-                    action_name(c.action)
-                );
-            }
-            let (e1, x1) = (e1.duration.as_nanos() as f64, x1.duration.as_nanos() as f64);
-            d.push(x1 - e1);
-            e1s.push(e1);
-            x1s.push(x1);
-        }
-        let delta = median(&d);
-        deltas.push(delta);
-        estimates.push(e + delta);
-        est_ratios.push((e + delta) / e.max(1.0));
-        e1_meds.push(median(&e1s));
-        x1_meds.push(median(&x1s));
-    }
-    Ok((
-        ClassResult {
-            ns: median(&rounds),
-            rounds,
-            empty_ns: median(&empty_rounds),
-            empty_rounds,
-            ratio: median(&ratios),
-            action,
-        },
-        SingleRun {
-            calls,
-            empty_single_ns: median(&e1_meds),
-            xdpgate_single_ns: median(&x1_meds),
-            delta_ns: median(&deltas),
-            delta_rounds: deltas,
-            ns: median(&estimates),
-            rounds: estimates,
-            ratio: median(&est_ratios),
-        },
-    ))
-}
-
-/// Checks a class with one and with `repeat` repetitions, then times it.
-fn run_case(
-    empty: &OwnedFd,
-    dp: &mut Datapath,
-    ctl: &LbController,
-    c: &Case,
-    repeat: u32,
-    calls: usize,
-) -> anyhow::Result<LbClassResult> {
-    let before = path_count(dp, ctl, c.counter)?;
-    let one = dp.test_run(&c.frame, 1)?;
-    verify(c, &one)?;
-    let mid = path_count(dp, ctl, c.counter)?;
-    if let (Some(a), Some(b)) = (before, mid) {
-        ensure!(
-            b - a == 1,
-            "{}: one run counted {} packets on its path",
-            c.name,
-            b - a
-        );
-    }
-    let many = dp.test_run(&c.frame, repeat)?;
-    let after = path_count(dp, ctl, c.counter)?;
-    let path = mid.zip(after).map(|(a, b)| b - a);
-    let invariant = many.action == one.action
-        && many.frame == one.frame
-        && path.is_none_or(|n| n == u64::from(repeat));
-    eprintln!(
-        "bench: lb {}: {} ({} -> {} bytes); {} repetitions: {}, {} of them on the path, {}",
-        c.name,
-        action_name(one.action),
-        c.frame.len(),
-        one.frame.len(),
-        repeat,
-        action_name(many.action),
-        path.map_or("-".to_string(), |n| n.to_string()),
-        if invariant {
-            "repeat-invariant"
-        } else {
-            "NOT repeat-invariant"
-        }
-    );
-    let (repeated, single) = measure(empty, dp, c, repeat, calls)?;
-    if invariant && repeated.action != c.action {
-        bail!(
-            "{}: {} repetitions returned {}",
-            c.name,
-            repeat,
-            action_name(repeated.action)
-        );
-    }
-    let (method, ns, ratio) = if invariant {
-        ("repeat", repeated.ns, repeated.ratio)
-    } else {
-        ("single", single.ns, single.ratio)
-    };
-    Ok(LbClassResult {
-        name: c.name,
-        what: c.what.clone(),
-        frame_len: c.frame.len(),
-        out_len: one.frame.len(),
-        expect: c.action,
-        sport: c.sport,
-        backend: c.backend,
-        repeat_invariant: invariant,
-        repeat_action: many.action,
-        repeat_path_count: path,
-        method,
-        ns,
-        ratio,
-        repeated,
-        single,
-    })
-}
-
 /// Runs this part inside `ns` (part 1's namespace, after part 1).
-pub fn run(ns: &Netns, repeat: u32) -> anyhow::Result<LbReport> {
+pub(crate) fn run(ns: &Netns, repeat: u32) -> anyhow::Result<LbReport> {
     setup_network(ns)?;
     let calls = (repeat as usize / 50).clamp(1_000, 20_000);
     ns.run(|| -> anyhow::Result<LbReport> {
@@ -694,7 +286,7 @@ pub fn run(ns: &Netns, repeat: u32) -> anyhow::Result<LbReport> {
         ctl.apply(&mut dp, &specs)
             .context("installing the services")?;
         dp.set_iface_flag(1, IFACE_DECAP, true)?;
-        dp.set_decap_dsts(&[xdpgate::bind::key(1, DECAP_DST.into())])?;
+        dp.set_decap_dsts(&[xdpgate_model::bind::key(1, DECAP_DST.into())])?;
         let services = specs
             .iter()
             .map(|s| {
@@ -852,7 +444,7 @@ pub fn run(ns: &Netns, repeat: u32) -> anyhow::Result<LbReport> {
 }
 
 /// Prints this part.
-pub fn print(r: &Section<LbReport>) {
+pub(crate) fn print(r: &Section<LbReport>) {
     println!(
         "1b. Load-balancer path (steering program by tail call), BPF_PROG_TEST_RUN ns/packet and ratio to the empty XDP program"
     );
@@ -897,7 +489,7 @@ pub fn print(r: &Section<LbReport>) {
                     c.single.ratio,
                     c.backend
                         .map_or("-".to_string(), |b| format!("{b} (sport {})", c.sport)),
-                )
+                );
             }
             println!(
                 "   (method repeat: {} repetitions per run, as part 1; single: {} pairs of one-repetition runs per round, \

@@ -38,39 +38,47 @@
 //! Then rounds alternate the empty program and xdpgate (ABBA: the order
 //! flips every round); the ratio of a class is the median over the rounds
 //! of (xdpgate's ns / the empty program's ns of the same family and round).
+//!
+//! Files: `generator.rs` (the live-frames generator), `rig.rs` (the lab's
+//! forwarding and neighbours, the frames, receive counts), `check.rs` (the
+//! classes and their 10,000-frame check), `timing.rs` (one timed run); this
+//! file holds the constants, the report, [`run`] and [`print`].
+
+mod check;
+mod generator;
+mod rig;
+mod timing;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::OwnedFd,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, ensure};
 use serde::Serialize;
-use xdpgate::{
+use xdpgate::{acl::AclController, datapath::Datapath, lb::LbController};
+use xdpgate_model::{
     acl::AclState,
-    control::AclController,
-    datapath::{Datapath, Malformed},
-    lb::{BackendSpec, Forward, LbController, Proto, ServiceId, ServiceSpec, lb_config},
-    netlink::XdpMode,
-    stats,
+    iface::{Malformed, XdpMode},
+    lb::{BackendSpec, Forward, Proto, ServiceId, ServiceSpec, lb_config},
 };
-use xdpgate_common::maps;
-use xdpgate_tests::{
-    lab::{Lab, Netns},
-    packet::{Ethernet, Ipv4, Ipv6, Transport, ethertype, pad, proto},
-};
+use xdpgate_tests::{lab::Lab, packet::ethertype};
+
+use check::{Class, check_class, service_counters, settle};
+use generator::{Generator, load_generator};
+use rig::{rx_packets, setup, tcp_frame};
+use timing::{push, timed};
 
 use crate::{
-    bpf::{self, XdpMd},
+    bpf,
     lb::TARGET_RATIO,
-    live::{BATCH, CHUNK, CPU},
+    live::CPU,
     report::{Section, Target},
     workload,
 };
 
 /// Lab subnet of this rig (10.200.232.0/24, fd00:200:232::/64).
-pub const SUBNET: u8 = 232;
+pub(crate) const SUBNET: u8 = 232;
 /// Frames of a verification burst.
 const CHECK_FRAMES: u32 = 10_000;
 /// Stray packets a check tolerates: the namespaces' own stacks send the odd
@@ -93,7 +101,7 @@ const BACKEND_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0x232, 0, 0, 0, 0, 0x1
 
 /// One timed run.
 #[derive(Clone, Debug, Serialize)]
-pub struct LbLiveRun {
+pub(crate) struct LbLiveRun {
     /// Round (0-based).
     pub round: usize,
     /// `empty-tx` or `xdpgate`.
@@ -118,7 +126,7 @@ pub struct LbLiveRun {
 
 /// One class over the rounds.
 #[derive(Clone, Debug, Serialize)]
-pub struct LbLiveClass {
+pub(crate) struct LbLiveClass {
     /// Short name.
     pub name: &'static str,
     /// What happens to the frame.
@@ -145,7 +153,7 @@ pub struct LbLiveClass {
 
 /// A verification burst.
 #[derive(Clone, Debug, Serialize)]
-pub struct Checked {
+pub(crate) struct Checked {
     /// Class (or `empty-tx ipv4`/`ipv6`).
     pub class: &'static str,
     /// Frames injected.
@@ -167,7 +175,7 @@ pub struct Checked {
 
 /// What this part measured.
 #[derive(Clone, Debug, Serialize)]
-pub struct LbLiveReport {
+pub(crate) struct LbLiveReport {
     /// Seconds per timed run.
     pub secs: f64,
     /// Rounds.
@@ -186,353 +194,15 @@ pub struct LbLiveReport {
     pub target: Target,
 }
 
-/// Loads the generator: writes `eth` (14 bytes) at the frame's start, then
-/// `XDP_TX`.
-fn load_generator(eth: [u8; 14], name: &str) -> std::io::Result<OwnedFd> {
-    const LDX_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
-    const MOV_X: u8 = 0xbf; // BPF_ALU64 | BPF_MOV | BPF_X
-    const ADD_K: u8 = 0x07; // BPF_ALU64 | BPF_ADD | BPF_K
-    const JGT_X: u8 = 0x2d; // BPF_JMP | BPF_JGT | BPF_X
-    const ST_W: u8 = 0x62; // BPF_ST | BPF_MEM | BPF_W
-    const ST_H: u8 = 0x6a; // BPF_ST | BPF_MEM | BPF_H
-    const MOV_K: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
-    const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
-    let w = |o: usize| i32::from_le_bytes([eth[o], eth[o + 1], eth[o + 2], eth[o + 3]]);
-    let h = |o: usize| i32::from(u16::from_le_bytes([eth[o], eth[o + 1]]));
-    let insn = bpf::Insn::new;
-    let insns = [
-        insn(LDX_W, 2, 1, 0, 0), // r2 = ctx->data
-        insn(LDX_W, 3, 1, 4, 0), // r3 = ctx->data_end
-        insn(MOV_X, 4, 2, 0, 0), // r4 = r2
-        insn(ADD_K, 4, 0, 0, 14),
-        insn(JGT_X, 4, 3, 5, 0), // if r4 > r3: skip the stores
-        insn(ST_W, 2, 0, 0, w(0)),
-        insn(ST_H, 2, 0, 4, h(4)),
-        insn(ST_W, 2, 0, 6, w(6)),
-        insn(ST_H, 2, 0, 10, h(10)),
-        insn(ST_H, 2, 0, 12, h(12)),
-        insn(MOV_K, 0, 0, 0, bpf::XDP_TX as i32),
-        insn(EXIT, 0, 0, 0, 0),
-    ];
-    bpf::load_xdp(&insns, name, 0)
-}
-
-/// A live-frames generator on b's end.
-struct Generator<'a> {
-    lab: &'a Lab,
-    prog: &'a OwnedFd,
-}
-
-impl Generator<'_> {
-    fn ctx(&self, frame: &[u8]) -> XdpMd {
-        XdpMd {
-            data_end: frame.len() as u32,
-            ingress_ifindex: self.lab.b_end.ifindex,
-            ..Default::default()
-        }
-    }
-
-    /// Injects `n` frames in one call.
-    fn burst(&self, frame: &[u8], n: u32) -> anyhow::Result<()> {
-        let ctx = self.ctx(frame);
-        self.lab.b.run(|| -> anyhow::Result<()> {
-            bpf::pin_to_cpu(CPU).context("pinning the generator")?;
-            bpf::live_frames(self.prog, frame, n, BATCH, ctx)
-                .context("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES")
-        })
-    }
-
-    /// Injects frames for about `secs` (bounded by time and by count);
-    /// returns frames injected and the wall time.
-    fn run(&self, frame: &[u8], secs: f64) -> anyhow::Result<(u64, Duration)> {
-        let max_calls = 400; // 100M frames at most
-        let ctx = self.ctx(frame);
-        self.lab.b.run(|| -> anyhow::Result<(u64, Duration)> {
-            bpf::pin_to_cpu(CPU).context("pinning the generator")?;
-            let t = Instant::now();
-            let (mut sent, mut calls) = (0u64, 0);
-            while t.elapsed().as_secs_f64() < secs && calls < max_calls {
-                bpf::live_frames(self.prog, frame, CHUNK, BATCH, ctx)
-                    .context("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES")?;
-                sent += u64::from(CHUNK);
-                calls += 1;
-            }
-            Ok((sent, t.elapsed()))
-        })
-    }
-}
-
-/// Packets the veth end `ifname` in `ns` received (`ip -s link`).
-fn rx_packets(ns: &Netns, ifname: &str) -> anyhow::Result<u64> {
-    let o = ns.exec("ip", &["-j", "-s", "link", "show", "dev", ifname])?;
-    let v: serde_json::Value = serde_json::from_str(&o)?;
-    v[0]["stats64"]["rx"]["packets"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("no rx packet count in `ip -j -s link`: {o}"))
-}
-
-fn mac_string(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s[s.len() / 2]
 }
 
-/// A TCP frame b -> a from the client to `dst`.
-fn tcp_frame(lab: &Lab, dst: IpAddr) -> Vec<u8> {
-    let l4 = Transport::tcp(workload::SPORT, PORT).bytes();
-    let (et, ip) = match dst {
-        IpAddr::V4(d) => (
-            ethertype::IPV4,
-            Ipv4::new(workload::MISS_V4.octets(), d.octets(), proto::TCP).build(&l4),
-        ),
-        IpAddr::V6(d) => (
-            ethertype::IPV6,
-            Ipv6::new(workload::MISS_V6.octets(), d.octets(), proto::TCP).build(&l4),
-        ),
-    };
-    let mut eth = Ethernet::new(et);
-    eth.src = lab.b_end.mac;
-    eth.dst = lab.a_end.mac;
-    pad(eth.build(&ip), 60)
-}
-
-/// Forwarding, and permanent neighbours for the backends on a's end (b's
-/// MAC), in namespace a.
-fn setup(lab: &Lab) -> anyhow::Result<()> {
-    for key in [
-        "net.ipv4.conf.all.forwarding",
-        "net.ipv6.conf.all.forwarding",
-    ] {
-        lab.a
-            .sysctl(key, "1")
-            .with_context(|| format!("setting {key} in namespace a"))?;
-    }
-    let mac = mac_string(lab.b_end.mac);
-    for b in [IpAddr::V4(BACKEND_V4), IpAddr::V6(BACKEND_V6)] {
-        let args: [&str; 9] = [
-            "neigh",
-            "replace",
-            &b.to_string(),
-            "lladdr",
-            &mac,
-            "dev",
-            &lab.a_end.ifname,
-            "nud",
-            "permanent",
-        ];
-        lab.a
-            .exec("ip", &args)
-            .with_context(|| format!("ip {}", args.join(" ")))?;
-    }
-    Ok(())
-}
-
-/// A class: a frame, its service, its generator.
-struct Class<'a> {
-    name: &'static str,
-    what: String,
-    frame: Vec<u8>,
-    out_len: usize,
-    id: ServiceId,
-    /// Index of the empty program's class of the same family.
-    family: usize,
-    generator: Generator<'a>,
-}
-
-/// The service's (forwarded, slow path, dropped) counters.
-fn service_counters(
-    dp: &Datapath,
-    ctl: &LbController,
-    id: &ServiceId,
-) -> anyhow::Result<(u64, u64, u64)> {
-    let s = ctl
-        .status(dp)?
-        .into_iter()
-        .find(|s| s.service == *id)
-        .with_context(|| format!("no status of service {id}"))?;
-    Ok((s.forwarded_packets, s.slow_path_packets, s.dropped_packets))
-}
-
-/// xdpgate's action counters on `ifindex`, summed over the families.
-fn actions(dp: &Datapath, ifindex: u32) -> anyhow::Result<BTreeMap<&'static str, u64>> {
-    let map = |name: &'static str| dp.map(name).with_context(|| format!("map {name}"));
-    let r = stats::collect(map(maps::IFACES)?, map(maps::STATS)?, map(maps::REASONS)?)
-        .map_err(|e| anyhow!("reading the action counters: {e}"))?;
-    let mut out = BTreeMap::new();
-    for row in r.counters.iter().filter(|r| r.ifindex == ifindex) {
-        *out.entry(row.action).or_insert(0) += row.packets;
-    }
-    Ok(out)
-}
-
-fn delta(
-    a: &BTreeMap<&'static str, u64>,
-    b: &BTreeMap<&'static str, u64>,
-) -> BTreeMap<&'static str, u64> {
-    b.iter()
-        .map(|(k, v)| (*k, v.saturating_sub(a.get(k).copied().unwrap_or(0))))
-        .filter(|(_, v)| *v != 0)
-        .collect()
-}
-
-/// Waits for the softirq work of a burst to finish (it runs on the
-/// generator's CPU as the call returns; this is slack).
-fn settle() {
-    std::thread::sleep(Duration::from_millis(50));
-}
-
-/// Checks a class with xdpgate attached: `CHECK_FRAMES` frames, all
-/// forwarded with `XDP_TX` and back at b; then the plain generator's count.
-fn check_class(
-    lab: &Lab,
-    dp: &Datapath,
-    ctl: &LbController,
-    c: &Class,
-    plain: &Generator,
-) -> anyhow::Result<Checked> {
-    let n = u64::from(CHECK_FRAMES);
-    let s0 = service_counters(dp, ctl, &c.id)?;
-    let a0 = actions(dp, lab.a_end.ifindex)?;
-    let b0 = rx_packets(&lab.b, &lab.b_end.ifname)?;
-    c.generator.burst(&c.frame, CHECK_FRAMES)?;
-    settle();
-    let s1 = service_counters(dp, ctl, &c.id)?;
-    let a1 = actions(dp, lab.a_end.ifindex)?;
-    let b1 = rx_packets(&lab.b, &lab.b_end.ifname)?;
-    let acts = delta(&a0, &a1);
-    let (fwd, slow, drop) = (s1.0 - s0.0, s1.1 - s0.1, s1.2 - s0.2);
-    let returned = b1.saturating_sub(b0);
-    eprintln!(
-        "bench: lb live check {}: {n} sent, forwarded {fwd}, slow path {slow}, dropped {drop}, actions {acts:?}, {returned} back at b",
-        c.name
-    );
-    ensure!(
-        fwd == n && slow == 0 && drop == 0,
-        "{}: of {n} frames the service forwarded {fwd}, slow path {slow}, dropped {drop}",
-        c.name
-    );
-    // b's own stack sends the odd packet too: passed by xdpgate.
-    let other = acts
-        .iter()
-        .filter(|(k, _)| !matches!(**k, "tx" | "pass"))
-        .count();
-    ensure!(
-        acts.get("tx") == Some(&n) && other == 0 && acts.get("pass").copied().unwrap_or(0) <= STRAY,
-        "{}: xdpgate's action counters moved by {acts:?}, expected tx {n} (and a stray pass)",
-        c.name
-    );
-    ensure!(
-        (n..=n + STRAY).contains(&returned),
-        "{}: {returned} frames came back to b for {n} sent",
-        c.name
-    );
-    let p0 = service_counters(dp, ctl, &c.id)?.0;
-    plain.burst(&c.frame, CHECK_FRAMES)?;
-    settle();
-    let p = service_counters(dp, ctl, &c.id)?.0 - p0;
-    eprintln!(
-        "bench: lb live check {}: with the plain generator (r0 = XDP_TX; exit) {p} of {n} forwarded",
-        c.name
-    );
-    Ok(Checked {
-        class: c.name,
-        sent: n,
-        returned,
-        forwarded: Some(fwd),
-        slow_path: Some(slow),
-        dropped: Some(drop),
-        actions: acts,
-        plain_generator_forwarded: Some(p),
-    })
-}
-
-/// What one timed run saw.
-struct Timed {
-    mpps: f64,
-    ns: f64,
-    offered_mpps: f64,
-    received: u64,
-    returned: u64,
-    forwarded: Option<u64>,
-    secs: f64,
-}
-
-/// Warm up, then one timed run.
-fn timed(
-    lab: &Lab,
-    g: &Generator,
-    frame: &[u8],
-    secs: f64,
-    forwarded: &dyn Fn() -> anyhow::Result<Option<u64>>,
-) -> anyhow::Result<Timed> {
-    g.run(frame, WARMUP_S)?;
-    let a0 = rx_packets(&lab.a, &lab.a_end.ifname)?;
-    let b0 = rx_packets(&lab.b, &lab.b_end.ifname)?;
-    let f0 = forwarded()?;
-    let (sent, wall) = g.run(frame, secs)?;
-    let f1 = forwarded()?;
-    let b1 = rx_packets(&lab.b, &lab.b_end.ifname)?;
-    let a1 = rx_packets(&lab.a, &lab.a_end.ifname)?;
-    let returned = b1.saturating_sub(b0);
-    let s = wall.as_secs_f64();
-    ensure!(
-        returned > 0,
-        "no frame came back ({sent} injected, a received {})",
-        a1.saturating_sub(a0)
-    );
-    let pps = returned as f64 / s;
-    Ok(Timed {
-        mpps: pps / 1e6,
-        ns: 1e9 / pps,
-        offered_mpps: sent as f64 / s / 1e6,
-        received: a1.saturating_sub(a0),
-        returned,
-        forwarded: f0.zip(f1).map(|(a, b)| b - a),
-        secs: s,
-    })
-}
-
-fn push(
-    runs: &mut Vec<LbLiveRun>,
-    round: usize,
-    program: &'static str,
-    class: &'static str,
-    t: Timed,
-) {
-    eprintln!(
-        "bench: lb live round {round} {program} {class}: {:.3} Mpps back ({:.1} ns/frame; offered {:.3}, a received {}, b {}{})",
-        t.mpps,
-        t.ns,
-        t.offered_mpps,
-        t.received,
-        t.returned,
-        t.forwarded
-            .map_or(String::new(), |f| format!(", forwarded {f}"))
-    );
-    runs.push(LbLiveRun {
-        round,
-        program,
-        class,
-        mpps: t.mpps,
-        ns: t.ns,
-        offered_mpps: t.offered_mpps,
-        received: t.received,
-        returned: t.returned,
-        forwarded: t.forwarded,
-        secs: t.secs,
-    });
-}
-
 /// Runs this part on a lab of its own (subnet [`SUBNET`]): `rounds` rounds
 /// of `secs`-second runs.
-pub fn run(secs: f64, rounds: usize) -> anyhow::Result<LbLiveReport> {
+pub(crate) fn run(secs: f64, rounds: usize) -> anyhow::Result<LbLiveReport> {
     let lab = Lab::new("benchlb", SUBNET).context("creating the veth lab")?;
     setup(&lab)?;
     let sink = bpf::load_constant_xdp(bpf::XDP_DROP, "bench_sink")
@@ -727,7 +397,7 @@ pub fn run(secs: f64, rounds: usize) -> anyhow::Result<LbLiveReport> {
                         };
                         let t = timed(&lab, &c.generator, &c.frame, secs, &fwd)
                             .with_context(|| format!("xdpgate {}", c.name))?;
-                        push(&mut runs, round, "xdpgate", c.name, t);
+                        push(&mut runs, round, "xdpgate", c.name, &t);
                     }
                     dp.detach_all()?;
                 } else {
@@ -736,7 +406,7 @@ pub fn run(secs: f64, rounds: usize) -> anyhow::Result<LbLiveReport> {
                     for (family, frame, g) in empties {
                         let t = timed(&lab, g, frame, secs, &|| Ok(None))
                             .with_context(|| format!("empty XDP_TX program, {family}"))?;
-                        push(&mut runs, round, "empty-tx", family, t);
+                        push(&mut runs, round, "empty-tx", family, &t);
                     }
                 }
             }
@@ -826,7 +496,7 @@ pub fn run(secs: f64, rounds: usize) -> anyhow::Result<LbLiveReport> {
 }
 
 /// Prints this part.
-pub fn print(r: &Section<LbLiveReport>) {
+pub(crate) fn print(r: &Section<LbLiveReport>) {
     println!(
         "1c. Load-balancer path on live frames (veth, XDP_TX back out of the ingress device, one core), ns/frame and ratio to the empty XDP_TX program"
     );

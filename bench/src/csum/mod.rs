@@ -1,8 +1,8 @@
 //! The Internet checksum (`xdpgate_common::csum`), in user space only (no
 //! root, no namespace): throughput of the plain 16-bit loop `sum_naive`, of
-//! the portable 64-bit-word `sum_wide`, of `xdpgate::csum::sum` (the
-//! control plane's sum, dispatched at run time to the best vector
-//! implementation for the CPU, labelled with `xdpgate::csum::implementation`)
+//! the portable 64-bit-word `sum_wide`, of `dispatch::sum` (the
+//! sum dispatched at run time to the best vector implementation for the
+//! CPU, labelled with `dispatch::implementation`)
 //! and of `copy_from_slice` (memcpy, the memory bandwidth ceiling of one pass
 //! over the buffer), over buffers of 64 B, 1,500 B and 64 KiB.
 //!
@@ -16,29 +16,31 @@
 use std::hint::black_box;
 
 use anyhow::ensure;
+use dispatch::{implementation, sum as sum_dispatched};
 use serde::Serialize;
-use xdpgate::csum::{implementation, sum as sum_dispatched};
 use xdpgate_common::csum::{fold, sum_naive, sum_wide};
+
+mod dispatch;
 
 use crate::report::{Section, Target};
 
 /// Timed rounds per buffer size (the median is reported).
-pub const ROUNDS: usize = 15;
+pub(crate) const ROUNDS: usize = 15;
 
 /// Bytes processed per function per round: 64 MiB.
-pub const BYTES_PER_SAMPLE: usize = 64 << 20;
+pub(crate) const BYTES_PER_SAMPLE: usize = 64 << 20;
 
 /// Buffer sizes: a minimal frame, an Ethernet MTU, a large (GSO/GRO) buffer.
-pub const SIZES: [usize; 3] = [64, 1_500, 65_536];
+pub(crate) const SIZES: [usize; 3] = [64, 1_500, 65_536];
 
 /// The target: the checksum at least this many times as fast as
 /// `sum_naive`, evaluated for both `sum_wide` (portable) and the dispatched
-/// `xdpgate::csum::sum`.
-pub const TARGET_RATIO: f64 = 8.0;
+/// `dispatch::sum`.
+pub(crate) const TARGET_RATIO: f64 = 8.0;
 
 /// One buffer size.
 #[derive(Clone, Debug, Serialize)]
-pub struct SizeResult {
+pub(crate) struct SizeResult {
     /// Buffer length, bytes.
     pub bytes: usize,
     /// Calls per function per round.
@@ -47,7 +49,7 @@ pub struct SizeResult {
     pub naive_gbps: f64,
     /// `sum_wide`, GB/s, median.
     pub wide_gbps: f64,
-    /// `xdpgate::csum::sum` (run-time dispatch), GB/s, median.
+    /// `dispatch::sum` (run-time dispatch), GB/s, median.
     pub dispatched_gbps: f64,
     /// `copy_from_slice`, GB/s (bytes copied), median.
     pub memcpy_gbps: f64,
@@ -71,18 +73,18 @@ pub struct SizeResult {
 
 /// What this part measured.
 #[derive(Clone, Debug, Serialize)]
-pub struct CsumReport {
+pub(crate) struct CsumReport {
     /// Timed rounds per size.
     pub rounds: usize,
     /// Bytes per function per round.
     pub bytes_per_sample: usize,
-    /// The implementation `xdpgate::csum::sum` chose on this machine.
+    /// The implementation `dispatch::sum` chose on this machine.
     pub implementation: String,
     /// Per buffer size.
     pub sizes: Vec<SizeResult>,
     /// `sum_wide` (portable) >= [`TARGET_RATIO`] x `sum_naive` at every size.
     pub target: Target,
-    /// `xdpgate::csum::sum` (dispatched) >= [`TARGET_RATIO`] x `sum_naive`
+    /// `dispatch::sum` (dispatched) >= [`TARGET_RATIO`] x `sum_naive`
     /// at every size.
     pub target_dispatched: Target,
 }
@@ -94,7 +96,7 @@ fn thread_cpu_s() -> f64 {
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
@@ -128,7 +130,7 @@ fn measure(len: usize) -> anyhow::Result<SizeResult> {
     );
     ensure!(
         fold(sum_dispatched(0, &src)) == fold(sum_naive(0, &src)),
-        "xdpgate::csum::sum ({}) and sum_naive disagree over {len} bytes",
+        "dispatch::sum ({}) and sum_naive disagree over {len} bytes",
         implementation()
     );
     let calls = BYTES_PER_SAMPLE / len;
@@ -194,7 +196,7 @@ fn measure(len: usize) -> anyhow::Result<SizeResult> {
 }
 
 /// Runs this part.
-pub fn run() -> anyhow::Result<CsumReport> {
+pub(crate) fn run() -> anyhow::Result<CsumReport> {
     let sizes = SIZES
         .iter()
         .map(|&len| measure(len))
@@ -204,7 +206,7 @@ pub fn run() -> anyhow::Result<CsumReport> {
         s.wide_over_naive
     });
     let target_dispatched = ratio_target(
-        &format!("xdpgate::csum::sum ({name}, run-time dispatch)"),
+        &format!("dispatch::sum ({name}, run-time dispatch)"),
         &sizes,
         |s| s.dispatched_over_naive,
     );
@@ -251,7 +253,7 @@ fn ratio_target(what: &str, sizes: &[SizeResult], ratio: impl Fn(&SizeResult) ->
 }
 
 /// Prints this part.
-pub fn print(r: &Section<CsumReport>) {
+pub(crate) fn print(r: &Section<CsumReport>) {
     println!("Internet checksum (user space, one thread): GB/s, median of the rounds");
     match (&r.result, &r.error) {
         (Some(r), _) => {
@@ -261,7 +263,7 @@ pub fn print(r: &Section<CsumReport>) {
                 r.bytes_per_sample >> 20
             );
             println!(
-                "   sum[{0}]: xdpgate::csum::sum, dispatched at run time to {0}",
+                "   sum[{0}]: dispatch::sum, dispatched at run time to {0}",
                 r.implementation
             );
             let disp = format!("sum[{}]", r.implementation);
