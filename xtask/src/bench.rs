@@ -14,7 +14,7 @@ use crate::{bootstrap, cargo};
 const BENCH_PACKAGES: &[&str] = &["xdp-tools", "nftables"];
 
 /// Runs the benchmark; `args` go to the benchmark binary.
-pub fn run(
+pub(crate) fn run(
     root: &Path,
     env: &bootstrap::Env,
     quick: bool,

@@ -29,13 +29,13 @@ const APT_PACKAGES: &[&str] = &["iputils-ping", "iproute2", "prometheus"];
 const NIGHTLY: &str = "nightly";
 
 /// Environment for the cargo runs that follow bootstrap.
-pub struct Env {
+pub(crate) struct Env {
     /// PATH with the project's bpf-linker first.
     pub path: OsString,
 }
 
 /// Runs every bootstrap step; returns the environment to build with.
-pub fn run(root: &Path) -> anyhow::Result<Env> {
+pub(crate) fn run(root: &Path) -> anyhow::Result<Env> {
     rust_src()?;
     let linker_bin = bpf_linker(root)?;
     bpffs()?;
@@ -211,9 +211,10 @@ fn is_root() -> bool {
 
 fn bpffs() -> anyhow::Result<()> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    // SAFETY: statfs is plain data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid NUL-terminated path and a zeroed out-struct.
-    let rc = unsafe { libc::statfs(c"/sys/fs/bpf".as_ptr(), &mut st) };
+    let rc = unsafe { libc::statfs(c"/sys/fs/bpf".as_ptr(), &raw mut st) };
     if rc == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         say("bpffs: mounted at /sys/fs/bpf");
         return Ok(());
@@ -257,7 +258,7 @@ fn installed(package: &str) -> bool {
 /// Installs the Debian `packages` that are not installed yet (apt-get,
 /// non-interactive, `--no-install-recommends`), saying what it does; `what`
 /// names them in the messages. Idempotent: nothing runs when all are present.
-pub fn apt_install(packages: &[&str], what: &str) -> anyhow::Result<()> {
+pub(crate) fn apt_install(packages: &[&str], what: &str) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         say(&format!("{what}: present ({})", packages.join(", ")));

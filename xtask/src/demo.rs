@@ -43,7 +43,12 @@ fn prepare(bin: &Path) {
 }
 
 /// Runs the demo until `duration` elapses or Ctrl-C.
-pub fn run(bin: &Path, duration: Option<u64>, ifaces: &[String], mode: &str) -> anyhow::Result<()> {
+pub(crate) fn run(
+    bin: &Path,
+    duration: Option<u64>,
+    ifaces: &[String],
+    mode: &str,
+) -> anyhow::Result<()> {
     prepare(bin);
     let deadline = duration.map(|d| Instant::now() + Duration::from_secs(d));
     let done = || STOP.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d);
@@ -235,7 +240,7 @@ fn nic_demo(
 /// Shortest `--duration` with `--lb`: the drain and the restore each get a
 /// quarter, at least 3 s for health checks of 0.5 s (fall 2, rise 2).
 /// Checked before the build.
-pub const LB_MIN_SECS: u64 = 12;
+pub(crate) const LB_MIN_SECS: u64 = 12;
 /// The schedule without `--duration`: be2 drained at half of it, restored at
 /// three quarters; traffic goes on until Ctrl-C.
 const LB_DEFAULT_SECS: u64 = 20;
@@ -266,7 +271,7 @@ const LB_HEALTH: [&str; 10] = [
 
 /// Runs the load-balancer demo (`--lb`) until `duration` seconds of traffic
 /// passed or Ctrl-C.
-pub fn run_lb(bin: &Path, duration: Option<u64>) -> anyhow::Result<()> {
+pub(crate) fn run_lb(bin: &Path, duration: Option<u64>) -> anyhow::Result<()> {
     prepare(bin);
     // The lab's helpers panic (they are test helpers); what they built is
     // removed while the panic unwinds, which ends here.

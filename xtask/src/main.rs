@@ -2,6 +2,7 @@
 //!
 //! Every command first runs [`bootstrap::run`], which installs whatever the build
 //! and the tests need on a fresh machine, idempotently, saying what it does.
+mod arch;
 mod bench;
 mod bootstrap;
 mod demo;
@@ -78,6 +79,10 @@ enum Task {
         #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
     },
+    /// Architecture checks: each crate's dependencies between sibling
+    /// modules, import cycles, and source files over the length limit (the
+    /// same checks run as unit tests in `cargo xtask test`).
+    Arch,
     /// Kernel-compatibility matrix: boot Debian's cloud kernels of each series
     /// in QEMU (TCG) and run the kernel-touching tests inside (verifier, parser
     /// fixtures, differential ACL test, veth end-to-end, CLI). Default: 6.1 and
@@ -170,6 +175,7 @@ fn main() -> anyhow::Result<()> {
                 demo::run(&bin, duration, &ifaces, &mode)?;
             }
         }
+        Task::Arch => arch::run(&root)?,
         Task::Bench { quick, out } => {
             let env = bootstrap::run(&root)?;
             bench::run(&root, &env, quick, out.as_deref())?;
@@ -267,7 +273,61 @@ fn test(root: &Path, env: &bootstrap::Env) -> anyhow::Result<()> {
     // SAFETY: single-threaded at this point; the tests read XDPGATE_BIN.
     unsafe { std::env::set_var("XDPGATE_BIN", &bin) };
     cargo(root, env, &["test", "--no-fail-fast"])?;
+    model_on_stable(root)?;
     say("all host tests passed");
+    Ok(())
+}
+
+/// Runs the model crate's tests the way a machine without the nightly
+/// toolchain or bpf-linker would: rustup sees only the stable toolchain (a
+/// private RUSTUP_HOME that links just that one), PATH has no bpf-linker, and
+/// the build has its own target directory. Proves that `xdpgate-model` needs
+/// neither aya nor the eBPF build.
+fn model_on_stable(root: &Path) -> anyhow::Result<()> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let rustup = std::env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&home).join(".rustup"));
+    let out = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context("running rustup")?;
+    let stable = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+        .find(|t| t.starts_with("stable-"))
+        .context("no stable toolchain installed")?;
+    let only = root.join("target/stable-only-rustup");
+    let _ = std::fs::remove_dir_all(&only);
+    std::fs::create_dir_all(only.join("toolchains"))?;
+    std::os::unix::fs::symlink(
+        rustup.join("toolchains").join(&stable),
+        only.join("toolchains").join(&stable),
+    )?;
+    std::fs::write(
+        only.join("settings.toml"),
+        format!(
+            "version = \"12\"\ndefault_toolchain = \"{stable}\"\nprofile = \"default\"\nauto_self_update = \"disable\"\n"
+        ),
+    )?;
+    // PATH without the project's tools: rustup's proxies and the system.
+    let path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .filter(|d| !d.starts_with(root))
+        .collect::<Vec<_>>();
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .args(["test", "--package", "xdpgate-model"])
+        .env("RUSTUP_HOME", &only)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env("PATH", std::env::join_paths(path)?)
+        .env("CARGO_TARGET_DIR", root.join("target/stable-only"));
+    say(&format!(
+        "cargo test --package xdpgate-model, with only {stable} visible to rustup and no bpf-linker on PATH"
+    ));
+    let status = cmd.status().context("running cargo")?;
+    if !status.success() {
+        bail!("the model crate's tests failed with stable Rust alone ({status})");
+    }
     Ok(())
 }
 
