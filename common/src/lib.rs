@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod csum;
 pub mod lb;
+pub mod pins;
 pub mod wire;
 
 /// Names of the maps in the XDP object, as the loader finds them and as they are
@@ -423,6 +424,7 @@ mod pod {
         super::acl::PrefixBucket,
         super::acl::RuleInfo,
         super::acl::AclConfig,
+        super::pins::Meta,
     );
 }
 

@@ -14,6 +14,8 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
 const BPF_XDP: u32 = 37;
 /// `XDP_FLAGS_SKB_MODE`: generic XDP.
 pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
@@ -223,6 +225,30 @@ pub fn attach(prog: &impl AsRawFd, ifindex: u32, flags: u32) -> io::Result<Owned
     let fd = sys_bpf(BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: as above.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Detaches the bpf_link pinned at `path` now (`BPF_OBJ_GET`, then
+/// `BPF_LINK_DETACH`), as `xdpgate down` does; the pin stays until removed.
+pub fn detach_pinned_link(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    #[repr(C)]
+    #[derive(Default)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let mut get = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        ..Default::default()
+    };
+    let fd = sys_bpf(BPF_OBJ_GET, &mut get)?;
+    // SAFETY: the kernel returned a fresh descriptor that we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let mut detach = [fd.as_raw_fd() as u32, 0];
+    sys_bpf(BPF_LINK_DETACH, &mut detach).map(|_| ())
 }
 
 /// What a test run returned.

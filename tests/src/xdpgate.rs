@@ -142,6 +142,12 @@ impl Drop for StateDirs {
         }
         let _ = std::fs::remove_file(&self.state_file);
         let _ = std::fs::remove_dir_all(&self.run);
+        // The datapath outlives its daemon: detach its pinned links now (as
+        // `xdpgate down` does), then remove the pins.
+        let links = self.bpffs.join(xdpgate_common::pins::LINKS_DIR);
+        for e in std::fs::read_dir(&links).into_iter().flatten().flatten() {
+            let _ = crate::bpf::detach_pinned_link(&e.path());
+        }
         let _ = std::fs::remove_dir_all(&self.bpffs);
     }
 }

@@ -1,8 +1,8 @@
 //! Attach, count, detach (end to end): `xdpgate run` in native and skb mode on
 //! one end of a veth pair in a lab namespace; real ping, TCP and UDP of both
 //! families cross it; `xdpgate status` names the program and `xdpgate stats`
-//! must count exactly what the peer sent; SIGTERM, SIGINT and even SIGKILL
-//! must leave no XDP program behind.
+//! must count exactly what the peer sent; SIGTERM, SIGINT and SIGKILL leave
+//! the program enforcing (pinned), and `xdpgate down` leaves nothing behind.
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -194,13 +194,14 @@ fn attach_count_detach(mode: &str, subnet: u8) {
     assert_eq!(delta(&before, &after, None, Some("pass")), (all_p, all_b));
     assert_eq!(sum(&after, &iface, None, Some("drop")), (0, 0));
 
-    let dirs = daemon.dirs.clone();
-    assert!(dirs.bpffs.join("XG_STATS").exists());
-    let status = daemon.stop_with(libc::SIGTERM);
+    assert!(daemon.dirs.bpffs.join("maps/XG_STATS").exists());
+    let (status, dirs) = daemon.stop_keeping_state(libc::SIGTERM);
     assert!(
         status.success(),
         "xdpgate exit status after SIGTERM: {status}"
     );
+    assert!(xdp_on(&lab.a, &iface), "SIGTERM leaves {iface} enforcing");
+    dirs.run_ok(&lab.a, &["down"]);
     assert!(!xdp_on(&lab.a, &iface), "XDP program left on {iface}");
     assert!(
         !dirs.bpffs.exists(),
@@ -210,36 +211,38 @@ fn attach_count_detach(mode: &str, subnet: u8) {
 }
 
 #[test]
-fn native_mode_counts_both_families_and_detaches() {
+fn native_mode_counts_both_families_and_down_detaches() {
     attach_count_detach("native", 20);
 }
 
 #[test]
-fn skb_mode_counts_both_families_and_detaches() {
+fn skb_mode_counts_both_families_and_down_detaches() {
     attach_count_detach("skb", 21);
 }
 
 #[test]
-fn sigint_detaches_too() {
+fn sigint_leaves_the_program_enforcing() {
     let _g = serial();
     let lab = Lab::new("sigint", 22).expect("lab");
     let iface = lab.a_end.ifname.clone();
     let daemon = Daemon::start(&lab.a, &[&iface], "native").expect("xdpgate run");
     assert!(xdp_on(&lab.a, &iface));
-    let status = daemon.stop_with(libc::SIGINT);
+    let (status, _dirs) = daemon.stop_keeping_state(libc::SIGINT);
     assert!(status.success(), "{status}");
-    assert!(!xdp_on(&lab.a, &iface));
+    assert!(xdp_on(&lab.a, &iface));
 }
 
 #[test]
-fn killed_daemon_leaves_no_program_attached() {
-    // bpf_link attachments die with the process: even SIGKILL cleans up.
+fn killed_daemon_leaves_the_program_enforcing() {
+    // The links are pinned: they outlive the process.
     let _g = serial();
     let lab = Lab::new("kill", 23).expect("lab");
     let iface = lab.a_end.ifname.clone();
     let daemon = Daemon::start(&lab.a, &[&iface], "native").expect("xdpgate run");
     assert!(xdp_on(&lab.a, &iface));
-    let status = daemon.stop_with(libc::SIGKILL);
+    let (status, dirs) = daemon.stop_keeping_state(libc::SIGKILL);
     assert!(!status.success());
+    assert!(xdp_on(&lab.a, &iface));
+    drop(dirs); // removing the pins detaches
     assert!(!xdp_on(&lab.a, &iface));
 }

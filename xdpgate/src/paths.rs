@@ -21,7 +21,9 @@ pub struct Paths {
 impl Paths {
     /// Path at which map `name` is pinned.
     pub fn map_pin(&self, name: &str) -> PathBuf {
-        self.bpffs_dir.join(name)
+        self.bpffs_dir
+            .join(xdpgate_common::pins::MAPS_DIR)
+            .join(name)
     }
 
     /// The daemon's lock file; holds the daemon's pid while it runs.

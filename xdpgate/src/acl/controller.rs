@@ -80,6 +80,31 @@ impl AclController {
         }
     }
 
+    /// Takes over the rule counters of a running datapath whose live
+    /// generation holds `previous` (the state an earlier daemon saved): each
+    /// rule of `previous` found in the live generation by id keeps its
+    /// counter slot, so the next [`AclController::install`] does not zero the
+    /// counters of rules it keeps. Changes nothing in the datapath.
+    pub fn adopt_counters<D: AclTables + ?Sized>(
+        &mut self,
+        dp: &D,
+        previous: &AclState,
+    ) -> Result<usize, DatapathError> {
+        let live: HashMap<u32, u32> = dp.live_rule_slots()?.into_iter().collect();
+        let mut taken = 0;
+        for (id, rule) in &previous.rules {
+            if let Some(slot) = live.get(id)
+                && *slot < MAX_RULES
+                && !self.counter_of.values().any(|s| s == slot)
+            {
+                self.counter_of.insert(rule.clone(), *slot);
+                self.free.retain(|s| s != slot);
+                taken += 1;
+            }
+        }
+        Ok(taken)
+    }
+
     /// The installed state.
     pub fn state(&self) -> &AclState {
         &self.state

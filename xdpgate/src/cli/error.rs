@@ -55,6 +55,18 @@ pub enum CliError {
     /// The interfaces could not be listed (`status`).
     #[error("listing interfaces")]
     Links(#[source] NetlinkError),
+    /// `down` while a daemon runs.
+    #[error(
+        "a daemon is running{}: stop it first (`systemctl stop xdpgate`, or SIGTERM), then run `xdpgate down`; stopping it leaves the datapath enforcing",
+        .pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    DaemonRunning {
+        /// Its pid, when the lock file tells.
+        pid: Option<u32>,
+    },
+    /// The pinned datapath cannot be changed (`down`).
+    #[error(transparent)]
+    Pins(#[from] crate::datapath::PinError),
     /// The output could not be serialized.
     #[error("cannot write the output: {0}")]
     Output(#[from] serde_json::Error),
@@ -76,6 +88,8 @@ impl CliError {
             | CliError::Sys(_)
             | CliError::Read { .. }
             | CliError::Links(_)
+            | CliError::DaemonRunning { .. }
+            | CliError::Pins(_)
             | CliError::Output(_) => false,
         }
     }
@@ -231,8 +245,13 @@ mod tests {
                 false,
             ),
             (
-                "Run(Detach)",
-                RunError::Detach(crate::datapath::DatapathError::Missing("m".into())).into(),
+                "DaemonRunning",
+                CliError::DaemonRunning { pid: Some(7) },
+                false,
+            ),
+            (
+                "Pins",
+                CliError::Pins(crate::datapath::PinError::Busy("/p".into())),
                 false,
             ),
         ];

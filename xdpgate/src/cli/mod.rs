@@ -20,6 +20,7 @@ use crate::{
 
 pub mod acl;
 pub mod bind;
+pub mod down;
 pub mod error;
 pub mod lb;
 pub mod policy;
@@ -131,7 +132,17 @@ pub enum Command {
         #[command(subcommand)]
         cmd: LbCmd,
     },
-    /// Show which interfaces carry xdpgate or another XDP program, in which mode, with which program id.
+    /// Take xdpgate off the interfaces: detach its pinned links and remove its
+    /// pins. Stopping the daemon does not do this: the datapath goes on
+    /// enforcing the last committed state until `down`. Stop the daemon first.
+    Down {
+        /// Only this interface (its link; the maps and the other interfaces stay).
+        #[arg(long = "iface", short = 'i', value_name = "IF")]
+        iface: Option<String>,
+    },
+    /// Show which interfaces carry xdpgate or another XDP program, in which
+    /// mode, with which program id; whether xdpgate enforces with or without a
+    /// running daemon, its schema, program tag and since when.
     Status {
         /// Output format.
         #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
@@ -293,6 +304,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Acl { cmd } => acl::acl_cmd(&paths, cmd),
         Command::Set { cmd } => set::set_cmd(&paths, cmd),
         Command::Policy { iface, verdict } => policy::policy(&paths, iface, verdict),
+        Command::Down { iface } => down::down(&paths, iface.as_deref()),
         Command::Status { output } => status::status(&paths, output),
         Command::Stats { output } => status::stats(&paths, output),
     }

@@ -60,6 +60,25 @@ pub struct XdpRow {
     pub program: Option<String>,
     /// Whether the program is xdpgate's.
     pub xdpgate: bool,
+    /// Whether this is xdpgate's pinned link, enforcing with or without a
+    /// running daemon (`None`: not a pinned link of this bpffs directory).
+    pub enforcing: Option<Enforcing>,
+    /// The schema of the pinned datapath.
+    pub schema: Option<u32>,
+    /// The kernel's tag of the program, in hex.
+    pub prog_tag: Option<String>,
+    /// Since when the interface is enforcing (its link was pinned), Unix seconds.
+    pub since_unix: Option<u64>,
+}
+
+/// Who keeps an interface's policy in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcing {
+    /// The pinned datapath, with a daemon managing it.
+    WithDaemon,
+    /// The pinned datapath alone: the last committed state, health checks stopped.
+    WithoutDaemon,
 }
 
 /// A duration in milliseconds, one decimal.
@@ -355,19 +374,28 @@ pub fn status(v: &StatusView) -> String {
         .max(9);
     let _ = writeln!(
         out,
-        "{:<w$}  {:>7}  {:<6}  {:>7}  {:<16}  OWNER",
-        "INTERFACE", "IFINDEX", "MODE", "PROG_ID", "PROGRAM"
+        "{:<w$}  {:>7}  {:<6}  {:>7}  {:<16}  {:<7}  {:<18}  {:>6}  {:<16}  SINCE",
+        "INTERFACE", "IFINDEX", "MODE", "PROG_ID", "PROGRAM", "OWNER", "ENFORCING", "SCHEMA", "TAG"
     );
     for r in &v.interfaces {
         let _ = writeln!(
             out,
-            "{:<w$}  {:>7}  {:<6}  {:>7}  {:<16}  {}",
+            "{:<w$}  {:>7}  {:<6}  {:>7}  {:<16}  {:<7}  {:<18}  {:>6}  {:<16}  {}",
             r.interface,
             r.ifindex,
             r.mode.name(),
             r.prog_id,
             r.program.as_deref().unwrap_or("?"),
-            if r.xdpgate { "xdpgate" } else { "other" }
+            if r.xdpgate { "xdpgate" } else { "other" },
+            match r.enforcing {
+                Some(Enforcing::WithDaemon) => "yes, daemon",
+                Some(Enforcing::WithoutDaemon) => "yes, no daemon",
+                None => "-",
+            },
+            r.schema.map_or("-".to_string(), |s| s.to_string()),
+            r.prog_tag.as_deref().unwrap_or("-"),
+            r.since_unix
+                .map_or("-".to_string(), |s| format!("unix {s}")),
         );
     }
     out

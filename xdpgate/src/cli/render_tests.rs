@@ -248,6 +248,10 @@ fn rows() -> Vec<XdpRow> {
             prog_id: 285,
             program: Some("xdpgate".into()),
             xdpgate: true,
+            enforcing: Some(Enforcing::WithoutDaemon),
+            schema: Some(1),
+            prog_tag: Some("0123456789abcdef".into()),
+            since_unix: Some(1_764_892_800),
         },
         XdpRow {
             interface: "a-long-interface".into(),
@@ -256,6 +260,10 @@ fn rows() -> Vec<XdpRow> {
             prog_id: 9,
             program: None,
             xdpgate: false,
+            enforcing: None,
+            schema: None,
+            prog_tag: None,
+            since_unix: None,
         },
     ]
 }
@@ -277,9 +285,9 @@ no interface in this network namespace has an XDP program
         "daemon: running (pid 42), maps pinned in /sys/fs/bpf/xdpgate
 config: /etc/xdpgate.toml; state file: /var/lib/xdpgate/state.json; started from the state file
 4 rules, 3 sets, 2 bound addresses; last reload ok
-INTERFACE         IFINDEX  MODE    PROG_ID  PROGRAM           OWNER
-vb                      2  skb         285  xdpgate           xdpgate
-a-long-interface       14  native        9  ?                 other
+INTERFACE         IFINDEX  MODE    PROG_ID  PROGRAM           OWNER    ENFORCING           SCHEMA  TAG               SINCE
+vb                      2  skb         285  xdpgate           xdpgate  yes, no daemon           1  0123456789abcdef  unix 1764892800
+a-long-interface       14  native        9  ?                 other    -                        -  -                 -
 "
     );
     // Started from flags, last reload failed; the daemon did not answer.
@@ -358,11 +366,15 @@ fn status_json() {
   },
   "interfaces": [
     {
+      "enforcing": "without_daemon",
       "ifindex": 2,
       "interface": "vb",
       "mode": "skb",
       "prog_id": 285,
+      "prog_tag": "0123456789abcdef",
       "program": "xdpgate",
+      "schema": 1,
+      "since_unix": 1764892800,
       "xdpgate": true
     }
   ]

@@ -5,6 +5,7 @@
 //! state file when it succeeds. [`run`] is the process around it: listeners,
 //! tasks, signals, shutdown.
 use std::{
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -15,6 +16,7 @@ use xdpgate_model::{
     acl::{AclState, Change},
     bind::{BindRequest, Report},
     config::{Config, ConfigError},
+    iface::XdpMode,
     lb::ServiceEntry,
     state::{self, Saved, StateError},
 };
@@ -377,6 +379,46 @@ fn apply_events(dp: &mut Datapath, cfg: &Config, reader: &mut bool) -> Result<()
     Ok(())
 }
 
+/// The counter slot of each configured interface: the slot the running
+/// datapath gave it, if it has one, else the lowest free one.
+fn keep_slots(
+    dp: &mut Datapath,
+    cfg: &Config,
+    resolved: &[u32],
+) -> Result<BTreeMap<String, u32>, DaemonError> {
+    let known: HashMap<u32, u32> = dp
+        .registered()?
+        .into_iter()
+        .map(|(ifindex, c)| (ifindex, c.slot))
+        .collect();
+    let wanted: HashSet<u32> = resolved.iter().copied().collect();
+    let mut used: HashSet<u32> = known
+        .iter()
+        .filter(|(ifindex, _)| wanted.contains(ifindex))
+        .map(|(_, slot)| *slot)
+        .collect();
+    let mut slots = BTreeMap::new();
+    for (i, ifindex) in cfg.interfaces.iter().zip(resolved) {
+        let slot = match known.get(ifindex) {
+            Some(s) => *s,
+            None => {
+                let s = (1..xdpgate_common::MAX_IFACES)
+                    .find(|s| !used.contains(s))
+                    .ok_or(DatapathError::TooManyInterfaces(resolved.len()))?;
+                used.insert(s);
+                s
+            }
+        };
+        slots.insert(i.name.clone(), slot);
+    }
+    Ok(slots)
+}
+
+/// Bytes as lowercase hex (program tags).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -385,29 +427,41 @@ fn now_unix() -> u64 {
 }
 
 impl Daemon {
-    /// Loads and attaches the datapath for `cfg`, then installs either the
-    /// saved state (when the state file grew from this same configuration) or
-    /// the configuration's rules and bindings. On any error everything is
-    /// undone (the datapath detaches when dropped).
+    /// Opens the pinned datapath (adopting the one an earlier run left
+    /// enforcing, or loading a new one), installs either the saved state (when
+    /// the state file grew from this same configuration) or the
+    /// configuration's rules, bindings and services, and only then makes the
+    /// program enforce on the configured interfaces: the first packet of a
+    /// cold start is judged by the whole policy, and an adopted datapath
+    /// changes program in one step per interface. On an error before that
+    /// step, an adopted datapath goes on enforcing what it enforced.
     pub fn start(paths: &Paths, cfg: Config, overrides: Overrides) -> Result<Daemon, DaemonError> {
         let saved = state::load(&cfg.state_file)?;
         let mut resolved = Vec::new();
         for i in &cfg.interfaces {
             resolved.push(sys::ifindex(&i.name).map_err(DatapathError::from)?);
         }
-        let mut dp = Datapath::load_with(cfg.lb.load_options())?;
-        dp.set_lb_config(&cfg.lb.lb_config().map_err(LbError::from)?)?;
-        for (slot, ifindex) in resolved.iter().enumerate() {
-            dp.register(*ifindex, slot as u32 + 1, cfg.malformed)?;
+        let (mut dp, adopted) = Datapath::open(paths, cfg.lb.load_options())?;
+        if let Some(meta) = &adopted {
+            log::info!(
+                "adopting the datapath pinned in {} (schema {}, program tag {}, enforcing on {} interface(s))",
+                paths.bpffs_dir.display(),
+                meta.schema,
+                hex(&meta.prog_tag),
+                dp.adopted().count()
+            );
         }
-        dp.pin(paths)?;
+        // Interfaces the running datapath knows keep their slot (and with it
+        // their counters and bindings); new ones take free slots.
+        let slots = keep_slots(&mut dp, &cfg, &resolved)?;
+        dp.set_lb_config(&cfg.lb.lb_config().map_err(LbError::from)?)?;
         for (i, ifindex) in cfg.interfaces.iter().zip(&resolved) {
-            dp.attach(&i.name, *ifindex, i.mode)?;
+            dp.register(*ifindex, slots[&i.name], cfg.malformed)?;
         }
         dp.set_decision_cache(cfg.decision_cache)?;
         let mut events_reader = false;
         apply_events(&mut dp, &cfg, &mut events_reader)?;
-        let mut ctl = AclController::new(cfg.slots());
+        let mut ctl = AclController::new(slots.clone());
         let mut binds = Bindings::new(cfg.bind_limit);
         let mut lb = LbController::new(&dp, resolved.clone());
         let ring_services = cfg.lb.max_services;
@@ -429,6 +483,9 @@ impl Daemon {
                         .collect::<Vec<_>>()
                         .join("; "),
                 })?;
+                if adopted.is_some() {
+                    ctl.adopt_counters(&dp, &acl)?;
+                }
                 ctl.install(&mut dp, acl)?;
                 binds.restore(&mut dp, s.bindings)?;
                 lb.apply(&mut dp, &specs_of(&s.services)?)?;
@@ -457,9 +514,8 @@ impl Daemon {
             .interfaces
             .iter()
             .zip(&resolved)
-            .enumerate()
-            .filter(|(_, (i, _))| i.decap)
-            .map(|(slot, (_, ifindex))| (*ifindex, slot as u32 + 1))
+            .filter(|(i, _)| i.decap)
+            .map(|(i, ifindex)| (*ifindex, slots[&i.name]))
             .collect();
         for (ifindex, _) in &decap_ifaces {
             dp.set_iface_flag(*ifindex, xdpgate_common::IFACE_DECAP, true)?;
@@ -485,6 +541,25 @@ impl Daemon {
             events_reader,
         };
         d.refresh_decap()?;
+        // Everything is in the maps: now the program enforces.
+        let ifaces: Vec<(String, u32, XdpMode)> = d
+            .config
+            .interfaces
+            .iter()
+            .zip(&resolved)
+            .map(|(i, ifindex)| (i.name.clone(), *ifindex, i.mode))
+            .collect();
+        let done = d.dp.enforce(&ifaces)?;
+        for name in &done.retired {
+            log::info!("{name} is no longer in the configuration: detached");
+        }
+        let known: HashSet<u32> = resolved.iter().copied().collect();
+        for (ifindex, _) in d.dp.registered()? {
+            if !known.contains(&ifindex) {
+                d.dp.unregister(ifindex)?;
+            }
+        }
+        d.dp.commit()?;
         d.manage_neighbours();
         d.persist()?;
         Ok(d)

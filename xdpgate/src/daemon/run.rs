@@ -26,7 +26,6 @@ use xdpgate_model::{
 use super::{Daemon, DaemonError, Origin, Overrides, apply_overrides};
 use crate::{
     api::{self, ApiError},
-    datapath::DatapathError,
     lb::health::HealthEvent,
     metrics,
     paths::Paths,
@@ -64,9 +63,6 @@ pub enum RunError {
     /// The API socket could not be set up.
     #[error(transparent)]
     Api(#[from] ApiError),
-    /// Detaching at shutdown failed.
-    #[error("detaching")]
-    Detach(#[source] DatapathError),
 }
 
 impl RunError {
@@ -81,8 +77,7 @@ impl RunError {
             | RunError::Runtime(_)
             | RunError::Signal(..)
             | RunError::Metrics { .. }
-            | RunError::Api(_)
-            | RunError::Detach(_) => false,
+            | RunError::Api(_) => false,
         }
     }
 }
@@ -106,8 +101,8 @@ pub fn run(
         .build()
         .map_err(RunError::Runtime)?;
     rt.block_on(async {
-        // Signal handlers before attaching, so a signal that arrives right
-        // after the program is attached still detaches it cleanly.
+        // Signal handlers before attaching, so a signal during the start
+        // stops it cleanly.
         let signals = Signals::install()?;
         let app = App::start(paths, cfg, overrides)?;
         app.spawn(signals).wait().await
@@ -265,7 +260,10 @@ struct Running {
 
 impl Running {
     /// Waits until SIGINT or SIGTERM cancelled the root token, gives the
-    /// tasks the grace period to finish, removes the socket and detaches.
+    /// tasks the grace period to finish and removes the socket. The datapath
+    /// stays attached and enforcing the last committed state (its links and
+    /// maps are pinned): the next start adopts it, and only `xdpgate down`
+    /// removes it.
     async fn wait(self) -> Result<(), RunError> {
         self.root.cancelled().await;
         if tokio::time::timeout(self.grace, self.tracker.wait())
@@ -278,12 +276,12 @@ impl Running {
             );
         }
         let _ = std::fs::remove_file(&self.socket);
-        let mut d = lock_daemon(&self.shared);
-        let n = d.dp.attached().len();
-        d.dp.detach_all().map_err(RunError::Detach)?;
+        let d = lock_daemon(&self.shared);
         log::info!(
-            "detached from {n} interface(s), maps unpinned; {} bound address(es) stay on their interfaces",
-            d.binds.list().len()
+            "stopped; the datapath stays enforcing on {} interface(s) (pinned in {}), health checks stop and the rings keep their last state; `xdpgate down` removes it",
+            d.dp.attached().len(),
+            d.dp.pin_dir()
+                .map_or_else(String::new, |p| p.display().to_string())
         );
         Ok(())
     }

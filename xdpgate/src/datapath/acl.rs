@@ -144,6 +144,36 @@ impl Datapath {
     }
 
     /// Zeroes rule counter slots `slots` on every CPU.
+    /// See [`AclTables::live_rule_slots`].
+    pub fn live_rule_slots(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
+        let cfg = self.acl_config()?;
+        if !cfg.enabled() {
+            return Ok(Vec::new());
+        }
+        let t = cfg.generation();
+        let name = format!("{}_{t}", maps::RULE_INFO);
+        let n = cfg.rules[t].min(MAX_RULES);
+        let info: Array<_, RuleInfo> = Array::try_from(
+            self.ebpf
+                .map(&name)
+                .ok_or_else(|| DatapathError::Missing(name.clone()))?,
+        )
+        .map_err(|source| DatapathError::Map {
+            map: maps::RULE_INFO,
+            source,
+        })?;
+        (0..n)
+            .map(|i| {
+                info.get(&i, 0)
+                    .map(|r| (r.id, r.counter))
+                    .map_err(|source| DatapathError::Map {
+                        map: maps::RULE_INFO,
+                        source,
+                    })
+            })
+            .collect()
+    }
+
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), DatapathError> {
         if slots.is_empty() {
             return Ok(());
@@ -182,6 +212,10 @@ impl AclTables for Datapath {
         counters: &[u32],
     ) -> Result<(), DatapathError> {
         self.write_generation(generation, image, counters)
+    }
+
+    fn live_rule_slots(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
+        Datapath::live_rule_slots(self)
     }
 
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), DatapathError> {

@@ -425,6 +425,23 @@ impl AclTables for FakeDatapath {
         Ok(())
     }
 
+    fn live_rule_slots(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
+        let cfg = self.maps.acl_config;
+        if !cfg.enabled() {
+            return Ok(Vec::new());
+        }
+        Ok(match &self.maps.acl_generations[cfg.generation()] {
+            AclGeneration::Written {
+                rule_ids, counters, ..
+            } => rule_ids
+                .iter()
+                .copied()
+                .zip(counters.iter().copied())
+                .collect(),
+            _ => Vec::new(),
+        })
+    }
+
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), DatapathError> {
         let result = self.call(Op::ZeroRuleCounters);
         // A failure stops halfway.

@@ -60,6 +60,27 @@ impl Datapath {
         })
     }
 
+    /// Every registered interface: ifindex and configuration.
+    pub fn registered(&mut self) -> Result<Vec<(u32, IfaceConfig)>, DatapathError> {
+        let map = self.ifaces_map()?;
+        let keys: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| map.get(&k, 0).ok().map(|c| (k, c)))
+            .collect())
+    }
+
+    /// Removes interface `ifindex` from the interface map (after its link is gone).
+    pub fn unregister(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        match self.ifaces_map()?.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DatapathError::Map {
+                map: maps::IFACES,
+                source,
+            }),
+        }
+    }
+
     /// The configuration of registered interface `ifindex` (`None` if it is
     /// not registered).
     pub fn iface_config(&mut self, ifindex: u32) -> Result<Option<IfaceConfig>, DatapathError> {

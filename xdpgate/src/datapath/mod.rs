@@ -11,27 +11,31 @@
 //! for the kernel's addresses), which `Datapath` implements and which the
 //! in-memory fake of unit tests (`fake`, `cfg(test)`) implements with
 //! failure injection.
-use std::{collections::HashSet, io, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    io,
+    os::fd::{AsFd as _, OwnedFd},
+    path::PathBuf,
+    time::SystemTime,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, MapError},
-    programs::{ProgramError, Xdp, XdpMode as AyaMode, xdp::XdpLinkId},
+    programs::{ProgramError, Xdp},
 };
 use thiserror::Error;
 use xdpgate_common::{
     EventConfig, MAX_IFACES, PROGRAM_NAME,
     lb::{MAX_SERVICES, ring_entries},
     maps,
+    pins::Meta,
 };
-use xdpgate_model::{
-    iface::{Malformed, XdpMode},
-    lb::LoadOptions,
-};
+use xdpgate_model::{iface::XdpMode, lb::LoadOptions};
 
 use crate::{
     paths::Paths,
-    sys::{self, SysError, bpf::RcuBarrier, netlink},
+    sys::{self, SysError, bpf::RcuBarrier, netlink, object},
 };
 
 mod acl;
@@ -41,9 +45,11 @@ mod decap;
 pub(crate) mod fake;
 mod ifaces;
 mod lb;
+pub mod pins;
 pub mod seam;
 pub mod stats;
 
+pub use pins::{Found, PinDir, PinError, PinnedLink};
 pub use seam::{AclTables, AddrKernel, IfaceTable, LbMaps, LocalAddrs, RcuWait, SystemKernel};
 
 /// Name of the steering program in the object (tail-called by the main one).
@@ -94,16 +100,20 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
-    /// Pinning a map failed.
-    #[error("cannot pin map {map} at {path}: {source}")]
-    Pin {
-        /// The map's name.
-        map: &'static str,
-        /// The pin path.
-        path: PathBuf,
-        /// The failure.
-        #[source]
-        source: aya::pin::PinError,
+    /// The pinned datapath cannot be used as it is; nothing was changed.
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    /// The interface is attached in another mode than the configured one.
+    #[error(
+        "{iface} is enforcing in {found} mode and the configuration asks for {wanted}: changing the mode would leave it unfiltered for a moment, so xdpgate does not do it by itself. Keep --mode {found}, or run `xdpgate down --iface {iface}` and start again"
+    )]
+    ModeChange {
+        /// The interface.
+        iface: String,
+        /// The mode it runs in.
+        found: &'static str,
+        /// The mode configured.
+        wanted: &'static str,
     },
     /// Attaching in the requested mode failed. xdpgate never falls back silently.
     #[error("cannot attach XDP to {iface} in {mode} mode: {reason}\n{hint}",
@@ -152,11 +162,12 @@ fn mode_hint(mode: XdpMode) -> &'static str {
     }
 }
 
-fn aya_mode(mode: XdpMode) -> AyaMode {
+/// `XDP_FLAGS_*` for `mode`.
+fn mode_flags(mode: XdpMode) -> u32 {
     match mode {
-        XdpMode::Native => AyaMode::Driver,
-        XdpMode::Skb => AyaMode::Skb,
-        XdpMode::Hw => AyaMode::Hardware,
+        XdpMode::Skb => 1 << 1,
+        XdpMode::Native => 1 << 2,
+        XdpMode::Hw => 1 << 3,
     }
 }
 
@@ -171,18 +182,39 @@ pub struct Attached {
     pub mode: XdpMode,
     /// Kernel program id.
     pub prog_id: u32,
-    link: XdpLinkId,
+    /// Since when the interface is enforcing (when its link was pinned).
+    pub since: SystemTime,
+    link: OwnedFd,
 }
 
-/// The loaded (and, once started, attached) datapath. Dropping it detaches every
-/// interface and removes the pinned maps; [`Datapath::shutdown`] does the same
-/// and reports errors.
+/// What [`Datapath::enforce`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Enforced {
+    /// Interfaces attached now, with a new pinned link.
+    pub attached: Vec<String>,
+    /// Interfaces whose pinned link now runs this program (`BPF_LINK_UPDATE`).
+    pub updated: Vec<String>,
+    /// Interfaces pinned by an earlier run that the configuration no longer
+    /// names: detached, their pins removed.
+    pub retired: Vec<String>,
+}
+
+/// The loaded (and, once started, attached) datapath.
+///
+/// Opened on pins ([`Datapath::open`]), its maps and links live on bpffs and
+/// outlive it: dropping it leaves every interface enforcing, and only
+/// [`Datapath::detach_all`] (`xdpgate down`) removes them. Loaded without
+/// pins ([`Datapath::load`], for test runs and benchmarks), its links die
+/// with it.
 #[derive(Debug)]
 pub struct Datapath {
     ebpf: Ebpf,
-    paths: Option<Paths>,
+    pins: Option<PinDir>,
+    /// Links pinned by an earlier run, not yet taken over by `enforce`.
+    adopted: Vec<PinnedLink>,
+    /// A cold start on pins not yet committed: dropped, it removes its pins.
+    uncommitted: bool,
     attached: Vec<Attached>,
-    pinned: Vec<PathBuf>,
     barrier: RcuBarrier,
     sizes: LoadOptions,
 }
@@ -199,35 +231,41 @@ pub struct TestRunOutcome {
 }
 
 impl Datapath {
-    /// Loads the program, registers `ifaces` in its interface map, pins its maps
-    /// under `paths.bpffs_dir` and attaches it to every interface in `mode`.
-    /// On any error everything done so far is undone.
-    pub fn start(
-        paths: &Paths,
-        ifaces: &[String],
-        mode: XdpMode,
-        malformed: Malformed,
-    ) -> Result<Self, DatapathError> {
-        if ifaces.len() >= MAX_IFACES as usize {
-            return Err(DatapathError::TooManyInterfaces(ifaces.len()));
+    /// Opens the pinned datapath under `paths.bpffs_dir` for a daemon: judges
+    /// what is pinned there ([`PinDir::inspect`]; pins this build cannot use
+    /// are refused and left as they are), then loads the object on the pinned
+    /// maps (reused as they are, counters included) or, on a cold start, on
+    /// new maps pinned there. Nothing is attached or detached: install the
+    /// state, then call [`Datapath::enforce`]. Returns the `meta` record of the
+    /// datapath it adopted, if it found one.
+    pub fn open(paths: &Paths, sizes: LoadOptions) -> Result<(Self, Option<Meta>), DatapathError> {
+        check_kernel()?;
+        let pins = PinDir::open(&paths.bpffs_dir)?;
+        let specs = map_specs(sizes)?;
+        let found = pins.inspect(&specs)?;
+        if matches!(found, Found::Empty) {
+            pins.prepare()?;
         }
-        let mut seen = HashSet::new();
-        let mut resolved = Vec::with_capacity(ifaces.len());
-        for name in ifaces {
-            if !seen.insert(name.as_str()) {
-                return Err(DatapathError::DuplicateInterface(name.clone()));
+        let paths_of: Vec<(String, PathBuf)> = specs
+            .keys()
+            .map(|name| (name.clone(), pins.map_path(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths_of {
+            loader.map_pin_path(name.as_str(), path.as_path());
+        }
+        let mut dp = Self::load_object(&mut loader, sizes)?;
+        dp.pins = Some(pins);
+        Ok(match found {
+            Found::Empty => {
+                dp.uncommitted = true;
+                (dp, None)
             }
-            resolved.push(sys::ifindex(name)?);
-        }
-        let mut dp = Self::load()?;
-        for (i, ifindex) in resolved.iter().enumerate() {
-            dp.register(*ifindex, i as u32 + 1, malformed)?;
-        }
-        dp.pin(paths)?;
-        for (name, ifindex) in ifaces.iter().zip(resolved) {
-            dp.attach(name, ifindex, mode)?;
-        }
-        Ok(dp)
+            Found::Ours { meta, links } => {
+                dp.adopted = links;
+                (dp, Some(meta))
+            }
+        })
     }
 
     /// Loads the object and has the kernel verify the program, without
@@ -238,19 +276,20 @@ impl Datapath {
 
     /// [`Datapath::load`] with the ring storage sized by `sizes`.
     pub fn load_with(sizes: LoadOptions) -> Result<Self, DatapathError> {
-        // Refuse unsupported kernels with a clear message, not a verifier dump.
-        if let Some((release, version)) = sys::kernel_release()
-            && version < MIN_KERNEL
-        {
-            return Err(DatapathError::Kernel { release });
-        }
+        check_kernel()?;
+        let mut dp = Self::load_object(&mut EbpfLoader::new(), sizes)?;
+        dp.set_lb_config(&xdpgate_model::lb::default_lb_config())?;
+        Ok(dp)
+    }
+
+    fn load_object(loader: &mut EbpfLoader<'_>, sizes: LoadOptions) -> Result<Self, DatapathError> {
         if !sizes.is_valid() {
             return Err(DatapathError::Missing(format!(
                 "valid ring sizing ({} services x ring {}: services 1..={MAX_SERVICES}, ring size a prime)",
                 sizes.ring_services, sizes.ring_size
             )));
         }
-        let ebpf = EbpfLoader::new()
+        let ebpf = loader
             .map_max_entries(
                 maps::LB_RINGS,
                 ring_entries(sizes.ring_services, sizes.ring_size),
@@ -264,16 +303,22 @@ impl Datapath {
         })?;
         let mut dp = Datapath {
             ebpf,
-            paths: None,
+            pins: None,
+            adopted: Vec::new(),
+            uncommitted: false,
             attached: Vec::new(),
-            pinned: Vec::new(),
             barrier,
             sizes,
         };
         dp.program()?.load().map_err(DatapathError::Verify)?;
         dp.load_steering()?;
-        dp.set_lb_config(&xdpgate_model::lb::default_lb_config())?;
         Ok(dp)
+    }
+
+    /// The interfaces an earlier run left enforcing (pinned links not yet
+    /// taken over by [`Datapath::enforce`]).
+    pub fn adopted(&self) -> impl Iterator<Item = &PinnedLink> {
+        self.adopted.iter()
     }
 
     /// Instructions the verifier processed to accept the program (its limit is
@@ -315,6 +360,11 @@ impl Datapath {
     ) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, DatapathError> {
         aya_log::EbpfLogger::init(&mut self.ebpf)
             .map_err(|e| DatapathError::Missing(format!("aya-log ring buffer ({e})")))
+    }
+
+    /// The pin directory, when the datapath runs on pins.
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        self.pins.as_ref().map(PinDir::root)
     }
 
     /// The interfaces attached, in the order given.
@@ -359,83 +409,231 @@ impl Datapath {
         })
     }
 
-    /// Pins the maps under `paths.bpffs_dir`, replacing stale pins (the caller
-    /// holds the daemon lock, so anything pinned there is stale).
-    pub fn pin(&mut self, paths: &Paths) -> Result<(), DatapathError> {
-        let dir = &paths.bpffs_dir;
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|source| DatapathError::Io {
-                what: "cannot remove stale pins in",
-                path: dir.clone(),
+    /// Makes the program enforce on exactly `ifaces` (name, ifindex, mode):
+    /// an interface with a pinned link from an earlier run gets this program
+    /// in one step (`BPF_LINK_UPDATE`, no packet unjudged); a new one gets a
+    /// new link, pinned; pinned links of interfaces not in `ifaces` are
+    /// detached last. Call it once the state is installed: the first packet
+    /// is judged by the whole policy. Then [`Datapath::commit`].
+    pub fn enforce(
+        &mut self,
+        ifaces: &[(String, u32, XdpMode)],
+    ) -> Result<Enforced, DatapathError> {
+        let mut done = Enforced::default();
+        let kernel = netlink::links().unwrap_or_default();
+        let mut adopted: BTreeMap<String, PinnedLink> = std::mem::take(&mut self.adopted)
+            .into_iter()
+            .map(|l| (l.iface.clone(), l))
+            .collect();
+        // Refuse mode changes before anything is touched.
+        for (name, ifindex, mode) in ifaces {
+            if let Some(l) = adopted.get(name)
+                && l.info.ifindex == *ifindex
+                && let Some(found) = kernel
+                    .iter()
+                    .find(|k| k.ifindex == *ifindex)
+                    .and_then(|k| k.xdp.iter().find(|a| a.prog_id == l.info.prog_id))
+                && found.mode != *mode
+            {
+                self.adopted = adopted.into_values().collect();
+                return Err(DatapathError::ModeChange {
+                    iface: name.clone(),
+                    found: found.mode.name(),
+                    wanted: mode.name(),
+                });
+            }
+        }
+        // New links first: a failure here leaves every adopted link as it was,
+        // and the links made so far are detached again.
+        let before = self.attached.len();
+        let mut updates = Vec::new();
+        for (name, ifindex, mode) in ifaces {
+            match adopted.remove(name) {
+                Some(l) if l.info.ifindex == *ifindex => {
+                    updates.push((name.clone(), *ifindex, *mode, l));
+                }
+                stale => {
+                    if let Some(l) = &stale {
+                        // The interface was deleted and made again: its old
+                        // link enforces nothing any more.
+                        log::info!(
+                            "{name}: the pinned link was for ifindex {}, the interface is now {ifindex}; attaching anew",
+                            l.info.ifindex
+                        );
+                    }
+                    if let Err(e) = self.attach_replacing(name, *ifindex, *mode, stale.is_some()) {
+                        self.undo_attached(before);
+                        self.adopted = adopted
+                            .into_values()
+                            .chain(updates.into_iter().map(|u| u.3))
+                            .collect();
+                        return Err(e);
+                    }
+                    done.attached.push(name.clone());
+                }
+            }
+        }
+        // Then each adopted link gets this program in one step; a failure
+        // puts the previous program back on the links already switched.
+        let prog = self
+            .program()?
+            .fd()
+            .map_err(DatapathError::Verify)?
+            .try_clone()
+            .map_err(|source| DatapathError::Io {
+                what: "cannot duplicate the program descriptor",
+                path: PathBuf::new(),
                 source,
             })?;
+        let prog_id = self.prog_id()?;
+        let mut switched: Vec<Attached> = Vec::new();
+        let mut old_progs: Vec<Option<OwnedFd>> = Vec::new();
+        for (name, ifindex, mode, l) in updates {
+            let old = object::prog_by_id(l.info.prog_id).ok();
+            if let Err(e) = object::link_update(l.fd.as_fd(), prog.as_fd()) {
+                for (a, old) in switched.iter().zip(&old_progs) {
+                    if let Some(old) = old {
+                        let _ = object::link_update(a.link.as_fd(), old.as_fd());
+                    }
+                }
+                self.undo_attached(before);
+                return Err(DatapathError::Attach {
+                    iface: name,
+                    mode,
+                    reason: format!("BPF_LINK_UPDATE of {}: {e}", l.path.display()),
+                });
+            }
+            old_progs.push(old);
+            done.updated.push(name.clone());
+            switched.push(Attached {
+                iface: name,
+                ifindex,
+                mode,
+                prog_id,
+                since: l.since,
+                link: l.fd,
+            });
         }
-        std::fs::create_dir_all(dir).map_err(|source| DatapathError::Io {
-            what: "cannot create",
-            path: dir.clone(),
-            source,
-        })?;
-        self.paths = Some(paths.clone());
-        for name in [
-            maps::IFACES,
-            maps::STATS,
-            maps::REASONS,
-            maps::RULE_STATS,
-            maps::CACHE_STATS,
-        ] {
-            let map = self
-                .ebpf
-                .map(name)
-                .ok_or_else(|| DatapathError::Missing(format!("map {name}")))?;
-            let path = paths.map_pin(name);
-            map.pin(&path).map_err(|source| DatapathError::Pin {
-                map: name,
-                path: path.clone(),
-                source,
-            })?;
-            self.pinned.push(path);
+        self.attached.extend(switched);
+        for (name, l) in adopted {
+            let _ = object::link_detach(l.fd.as_fd());
+            if let Err(e) = std::fs::remove_file(&l.path) {
+                log::warn!("removing {}: {e}", l.path.display());
+            }
+            done.retired.push(name);
         }
+        Ok(done)
+    }
+
+    /// [`Datapath::attach`], first removing the pin of a dead link of the
+    /// same name when `replace`.
+    fn attach_replacing(
+        &mut self,
+        name: &str,
+        ifindex: u32,
+        mode: XdpMode,
+        replace: bool,
+    ) -> Result<(), DatapathError> {
+        if replace && let Some(p) = &self.pins {
+            let _ = std::fs::remove_file(p.link_path(name));
+        }
+        self.attach(name, ifindex, mode)
+    }
+
+    /// Detaches (and unpins) the links attached after the first `keep`.
+    fn undo_attached(&mut self, keep: usize) {
+        for a in self.attached.drain(keep..) {
+            let _ = object::link_detach(a.link.as_fd());
+            if let Some(p) = &self.pins {
+                let _ = std::fs::remove_file(p.link_path(&a.iface));
+            }
+        }
+    }
+
+    /// Records in the pinned `meta` record that the running program and the
+    /// state in the maps are committed.
+    pub fn commit(&mut self) -> Result<(), DatapathError> {
+        let tag = self.prog_tag()?;
+        if let Some(p) = &self.pins {
+            p.commit(tag)?;
+        }
+        self.uncommitted = false;
         Ok(())
     }
 
-    /// Attaches the program to `iface` in `mode` and checks with the kernel that
-    /// it is attached in that mode.
+    fn prog_id(&mut self) -> Result<u32, DatapathError> {
+        self.program()?
+            .info()
+            .map(|i| i.id())
+            .map_err(DatapathError::Verify)
+    }
+
+    /// The kernel's tag of the main program.
+    pub fn prog_tag(&mut self) -> Result<[u8; 8], DatapathError> {
+        let prog = self.program()?.fd().map_err(DatapathError::Verify)?;
+        object::prog_info(prog.as_fd())
+            .map(|i| i.tag)
+            .map_err(|source| DatapathError::Io {
+                what: "cannot read the program's info",
+                path: PathBuf::new(),
+                source,
+            })
+    }
+
+    /// Attaches the program to `iface` in `mode` through a new bpf_link
+    /// (pinned when the datapath runs on pins) and checks with the kernel
+    /// that it is attached in that mode.
     pub fn attach(
         &mut self,
         iface: &str,
         ifindex: u32,
         mode: XdpMode,
     ) -> Result<(), DatapathError> {
-        let link = self
-            .program()?
-            .attach_to_if_index(ifindex, aya_mode(mode))
-            .map_err(|e| DatapathError::Attach {
-                iface: iface.to_owned(),
-                mode,
-                reason: attach_reason(&e),
+        let prog = self.program()?.fd().map_err(DatapathError::Verify)?;
+        let link =
+            object::xdp_link_create(prog.as_fd(), ifindex, mode_flags(mode)).map_err(|e| {
+                DatapathError::Attach {
+                    iface: iface.to_owned(),
+                    mode,
+                    reason: attach_reason(&e),
+                }
             })?;
         // Ask the kernel what it actually attached, rather than trusting the request.
+        let prog_id = self.prog_id()?;
         let got = netlink::links()
             .ok()
             .and_then(|links| links.into_iter().find(|l| l.ifindex == ifindex))
-            .and_then(|l| l.xdp.into_iter().find(|a| a.mode == mode));
-        let prog_id = match got {
-            Some(a) => a.prog_id,
-            None => {
-                let _ = self.program()?.detach(link);
-                return Err(DatapathError::Attach {
-                    iface: iface.to_owned(),
-                    mode,
-                    reason: "the kernel does not report the program in that mode after attaching"
-                        .into(),
+            .and_then(|l| {
+                l.xdp
+                    .into_iter()
+                    .find(|a| a.mode == mode && a.prog_id == prog_id)
+            });
+        if got.is_none() {
+            let _ = object::link_detach(link.as_fd());
+            return Err(DatapathError::Attach {
+                iface: iface.to_owned(),
+                mode,
+                reason: "the kernel does not report the program in that mode after attaching"
+                    .into(),
+            });
+        }
+        if let Some(p) = &self.pins {
+            let path = p.link_path(iface);
+            if let Err(source) = object::obj_pin(link.as_fd(), &path) {
+                let _ = object::link_detach(link.as_fd());
+                return Err(DatapathError::Io {
+                    what: "cannot pin the link at",
+                    path,
+                    source,
                 });
             }
-        };
+        }
         self.attached.push(Attached {
             iface: iface.to_owned(),
             ifindex,
             mode,
             prog_id,
+            since: SystemTime::now(),
             link,
         });
         Ok(())
@@ -448,47 +646,85 @@ impl Datapath {
         }
     }
 
-    /// Detaches every interface and removes the pinned maps.
+    /// Detaches every interface and, on pins, removes every pin
+    /// (`xdpgate down`).
     pub fn shutdown(mut self) -> Result<(), DatapathError> {
-        self.teardown()
+        self.detach_all()
     }
 
     /// Like [`Datapath::shutdown`], in place (the value stays loaded but
-    /// detached; dropping it later does nothing more).
+    /// detached).
     pub fn detach_all(&mut self) -> Result<(), DatapathError> {
-        self.teardown()
-    }
-
-    fn teardown(&mut self) -> Result<(), DatapathError> {
         let mut first_err = None;
-        let attached = std::mem::take(&mut self.attached);
-        for a in attached {
-            match self.program() {
-                Ok(prog) => {
-                    if let Err(e) = prog.detach(a.link) {
-                        log::warn!("detaching from {}: {e}", a.iface);
-                        first_err.get_or_insert(DatapathError::Attach {
-                            iface: a.iface,
-                            mode: a.mode,
-                            reason: format!("detach failed: {e}"),
-                        });
-                    }
-                }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
+        for a in std::mem::take(&mut self.attached) {
+            if let Err(e) = object::link_detach(a.link.as_fd()) {
+                log::warn!("detaching from {}: {e}", a.iface);
+                first_err.get_or_insert(DatapathError::Attach {
+                    iface: a.iface,
+                    mode: a.mode,
+                    reason: format!("detach failed: {e}"),
+                });
             }
         }
-        for path in self.pinned.drain(..) {
-            if let Err(e) = std::fs::remove_file(&path) {
-                log::warn!("removing pin {}: {e}", path.display());
-            }
-        }
-        if let Some(paths) = self.paths.take() {
-            let _ = std::fs::remove_dir(&paths.bpffs_dir);
+        self.adopted.clear();
+        if let Some(p) = self.pins.take()
+            && let Err(e) = p.remove_all()
+        {
+            first_err.get_or_insert(e.into());
         }
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// A cold start that failed before its commit leaves nothing behind: its
+/// links are detached and its pins removed. Anything else stays pinned.
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        if self.uncommitted
+            && let Err(e) = self.detach_all()
+        {
+            log::warn!("removing the pins of a failed start: {e}");
+        }
+    }
+}
+
+/// Refuses kernels older than [`MIN_KERNEL`] with a clear message, not a verifier dump.
+fn check_kernel() -> Result<(), DatapathError> {
+    if let Some((release, version)) = sys::kernel_release()
+        && version < MIN_KERNEL
+    {
+        return Err(DatapathError::Kernel { release });
+    }
+    Ok(())
+}
+
+/// The maps of the object as this build makes them (`XG_*` only: not the
+/// log ring or the data sections), by name, with the rings sized by `sizes`.
+fn map_specs(sizes: LoadOptions) -> Result<BTreeMap<String, pins::MapSpec>, DatapathError> {
+    let obj = aya_obj::Object::parse(OBJECT)
+        .map_err(|e| DatapathError::Missing(format!("a readable object ({e})")))?;
+    Ok(obj
+        .maps
+        .iter()
+        .filter(|(name, _)| name.starts_with("XG_"))
+        .map(|(name, m)| {
+            let max_entries = if name == maps::LB_RINGS {
+                ring_entries(sizes.ring_services, sizes.ring_size)
+            } else {
+                m.max_entries()
+            };
+            (
+                name.clone(),
+                pins::MapSpec {
+                    map_type: m.map_type(),
+                    key_size: m.key_size(),
+                    value_size: m.value_size(),
+                    max_entries,
+                    flags: m.map_flags(),
+                },
+            )
+        })
+        .collect())
 }
 
 /// Load balancing and decapsulation maps (see `xdpgate_common::lb`).
@@ -519,27 +755,11 @@ impl Datapath {
     }
 }
 
-impl Drop for Datapath {
-    fn drop(&mut self) {
-        if let Err(e) = self.teardown() {
-            log::warn!("teardown: {e}");
-        }
-    }
-}
-
 /// The most useful sentence out of an attach error: the OS error and, for the
 /// common cases, what it means.
-fn attach_reason(e: &ProgramError) -> String {
-    let mut msg = e.to_string();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    let mut errno = None;
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            errno = io.raw_os_error();
-        }
-        msg = format!("{msg}: {s}");
-        src = s.source();
-    }
+fn attach_reason(e: &io::Error) -> String {
+    let msg = format!("BPF_LINK_CREATE: {e}");
+    let errno = e.raw_os_error();
     let meaning = match errno {
         Some(libc::EBUSY) | Some(libc::EEXIST) => {
             Some("another XDP program is already attached (see `xdpgate status`)")

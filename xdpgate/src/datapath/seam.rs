@@ -71,6 +71,11 @@ pub trait AclTables: RcuWait {
         counters: &[u32],
     ) -> Result<(), DatapathError>;
 
+    /// The rules of the live generation: each rule's id and counter slot, in
+    /// evaluation order (empty when no generation is live). A daemon that
+    /// adopts a running datapath learns from it which counter each rule has.
+    fn live_rule_slots(&self) -> Result<Vec<(u32, u32)>, DatapathError>;
+
     /// Zeroes rule counter slots `slots` (slots about to be given to new rules).
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), DatapathError>;
 

@@ -12,7 +12,7 @@ const BPF_MAP_UPDATE_ELEM: u32 = 2;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
-fn sys_bpf(cmd: u32, attr: &mut [u8; 128]) -> io::Result<i64> {
+pub(super) fn sys_bpf(cmd: u32, attr: &mut [u8; 128]) -> io::Result<i64> {
     // SAFETY: `attr` is a zero-initialised bpf_attr-sized buffer the kernel reads
     // (and for some commands writes) within its 128 bytes.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
@@ -23,15 +23,15 @@ fn sys_bpf(cmd: u32, attr: &mut [u8; 128]) -> io::Result<i64> {
     }
 }
 
-fn put_u32(attr: &mut [u8; 128], off: usize, v: u32) {
+pub(super) fn put_u32(attr: &mut [u8; 128], off: usize, v: u32) {
     attr[off..off + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
-fn put_u64(attr: &mut [u8; 128], off: usize, v: u64) {
+pub(super) fn put_u64(attr: &mut [u8; 128], off: usize, v: u64) {
     attr[off..off + 8].copy_from_slice(&v.to_ne_bytes());
 }
 
-fn create_map(
+pub(super) fn create_map(
     ty: u32,
     key: u32,
     value: u32,

@@ -8,6 +8,7 @@
 pub mod bpf;
 pub mod listen;
 pub mod netlink;
+pub mod object;
 
 use std::{
     ffi::{CStr, CString},

@@ -1,0 +1,462 @@
+//! The pinned datapath on bpffs (layout in `xdpgate_common::pins`): the
+//! directory checked and locked, what a start finds there judged before
+//! anything is touched, the `meta` record, and the removal of everything
+//! (`xdpgate down`).
+//!
+//! Rules: pins this build did not make are never modified. A directory
+//! owned by another user or writable by others, a `meta` record of another
+//! schema or none at all beside other pins, a map whose type, key, value,
+//! capacity or flags differ from the object's, a link that runs a program
+//! not named `xdpgate` or is no XDP link: each is refused with its path, and
+//! nothing is changed.
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        unix::fs::{DirBuilderExt as _, MetadataExt as _},
+    },
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use thiserror::Error;
+use xdpgate_common::{
+    PROGRAM_NAME,
+    pins::{LINKS_DIR, MAPS_DIR, META_MAGIC, META_PIN, Meta, SCHEMA_VERSION},
+};
+
+use crate::sys::object::{self, BPF_LINK_TYPE_XDP, LinkInfo, MapInfo};
+
+/// Why the pins cannot be used. Nothing was changed.
+#[derive(Debug, Error)]
+pub enum PinError {
+    /// The directory is not safe to trust.
+    #[error(
+        "{path} is {why}; xdpgate keeps its pins only in a directory owned by root and writable by no one else (fix: chown root and chmod 0700 it, or remove it)"
+    )]
+    Unsafe {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// Another process holds the pins.
+    #[error(
+        "another process is using the pins in {0} (a second daemon, or `xdpgate down`); only one may change them at a time"
+    )]
+    Busy(PathBuf),
+    /// The pins are of another schema.
+    #[error("{path} holds a datapath of schema {found}, this build has schema {ours}: {way_out}")]
+    Schema {
+        /// The meta record.
+        path: PathBuf,
+        /// Its schema.
+        found: u32,
+        /// [`SCHEMA_VERSION`].
+        ours: u32,
+        /// What to do.
+        way_out: &'static str,
+    },
+    /// Something under the directory is not what this build would have left.
+    #[error(
+        "{path}: {why}; it is not xdpgate's (or was changed by hand), so it is left alone: remove it by hand, or with `xdpgate down` if it is xdpgate's"
+    )]
+    Foreign {
+        /// The pin.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A filesystem or bpf(2) call failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PinError + 'a {
+    move |source| PinError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What one map of the object must look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    /// `BPF_MAP_TYPE_*`.
+    pub map_type: u32,
+    /// Key size.
+    pub key_size: u32,
+    /// Value size.
+    pub value_size: u32,
+    /// Capacity.
+    pub max_entries: u32,
+    /// Creation flags.
+    pub flags: u32,
+}
+
+impl MapSpec {
+    fn differs(&self, info: &MapInfo) -> Option<String> {
+        let mut diffs = Vec::new();
+        let mut check = |what: &str, want: u32, got: u32| {
+            if want != got {
+                diffs.push(format!("{what} {got} (expected {want})"));
+            }
+        };
+        check("type", self.map_type, info.map_type);
+        check("key size", self.key_size, info.key_size);
+        check("value size", self.value_size, info.value_size);
+        check("capacity", self.max_entries, info.max_entries);
+        check("flags", self.flags, info.flags);
+        (!diffs.is_empty()).then(|| diffs.join(", "))
+    }
+}
+
+/// A pinned XDP link of xdpgate's.
+#[derive(Debug)]
+pub struct PinnedLink {
+    /// The interface name it is pinned under.
+    pub iface: String,
+    /// The pin.
+    pub path: PathBuf,
+    /// The link.
+    pub fd: OwnedFd,
+    /// What the kernel says about it.
+    pub info: LinkInfo,
+    /// When it was pinned (first attached).
+    pub since: SystemTime,
+}
+
+/// What a start found under the directory.
+#[derive(Debug)]
+pub enum Found {
+    /// Nothing (or the remains of a cold start that never attached, removed).
+    Empty,
+    /// A datapath of this schema: its record and its links.
+    Ours {
+        /// The `meta` record.
+        meta: Meta,
+        /// The links, by interface name.
+        links: Vec<PinnedLink>,
+    },
+}
+
+/// The pin directory, locked (`flock` on the directory) while this lives.
+#[derive(Debug)]
+pub struct PinDir {
+    root: PathBuf,
+    _lock: OwnedFd,
+}
+
+impl PinDir {
+    /// Creates `root` (mode 0700) if needed, checks that it is owned by us and
+    /// writable by no one else, and locks it without waiting.
+    pub fn open(root: &Path) -> Result<PinDir, PinError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(io_err("cannot create", root))?;
+        let meta = fs::symlink_metadata(root).map_err(io_err("cannot stat", root))?;
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        let why = if !meta.is_dir() {
+            Some("not a directory".to_owned())
+        } else if meta.uid() != euid {
+            Some(format!("owned by uid {}", meta.uid()))
+        } else if meta.mode() & 0o022 != 0 {
+            Some(format!(
+                "writable by others (mode {:o})",
+                meta.mode() & 0o7777
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(PinError::Unsafe {
+                path: root.to_path_buf(),
+                why,
+            });
+        }
+        let dir = fs::File::open(root).map_err(io_err("cannot open", root))?;
+        let fd: OwnedFd = dir.into();
+        // SAFETY: a valid descriptor we own; a non-blocking exclusive lock.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(PinError::Busy(root.to_path_buf()));
+        }
+        Ok(PinDir {
+            root: root.to_path_buf(),
+            _lock: fd,
+        })
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where map `name` is pinned.
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.root.join(MAPS_DIR).join(name)
+    }
+
+    /// Where the link of `iface` is pinned.
+    pub fn link_path(&self, iface: &str) -> PathBuf {
+        self.root.join(LINKS_DIR).join(iface)
+    }
+
+    fn meta_path(&self) -> PathBuf {
+        self.root.join(META_PIN)
+    }
+
+    /// Judges what is pinned (see the module documentation), changing
+    /// nothing, except that the remains of a cold start that never attached
+    /// (a record never committed and no link) are removed.
+    pub fn inspect(&self, specs: &BTreeMap<String, MapSpec>) -> Result<Found, PinError> {
+        let meta_path = self.meta_path();
+        let maps = list(&self.root.join(MAPS_DIR))?;
+        let links = list(&self.root.join(LINKS_DIR))?;
+        let others: Vec<_> = list(&self.root)?
+            .into_iter()
+            .filter(|n| n != META_PIN && n != MAPS_DIR && n != LINKS_DIR)
+            .collect();
+        if let Some(n) = others.first() {
+            return Err(PinError::Foreign {
+                path: self.root.join(n),
+                why: "an unexpected entry".into(),
+            });
+        }
+        if !meta_path.exists() {
+            if maps.is_empty() && links.is_empty() {
+                return Ok(Found::Empty);
+            }
+            return Err(PinError::Foreign {
+                path: self.root.clone(),
+                why: format!(
+                    "pins without a {META_PIN} record ({} maps, {} links)",
+                    maps.len(),
+                    links.len()
+                ),
+            });
+        }
+        let meta = read_meta(&meta_path)?;
+        if meta.schema != SCHEMA_VERSION {
+            return Err(PinError::Schema {
+                path: meta_path,
+                found: meta.schema,
+                ours: SCHEMA_VERSION,
+                way_out: if meta.schema > SCHEMA_VERSION {
+                    "it was installed by a newer xdpgate, and a downgrade cannot reuse it. Run the newer binary, or remove it with `xdpgate down` (this detaches the interfaces) and start this one"
+                } else {
+                    "this build cannot yet migrate it in place. Run `xdpgate down` (this detaches the interfaces) and start this build"
+                },
+            });
+        }
+        for name in &maps {
+            let path = self.map_path(name);
+            let Some(spec) = specs.get(name) else {
+                return Err(PinError::Foreign {
+                    path,
+                    why: "no map of that name in this build's datapath".into(),
+                });
+            };
+            let fd = object::obj_get(&path).map_err(io_err("cannot open the pin", &path))?;
+            let info = object::map_info(fd.as_fd()).map_err(|_| PinError::Foreign {
+                path: path.clone(),
+                why: "not a BPF map".into(),
+            })?;
+            if let Some(why) = spec.differs(&info) {
+                return Err(PinError::Foreign {
+                    path,
+                    why: format!("a map of the wrong shape: {why}"),
+                });
+            }
+        }
+        let mut found = Vec::new();
+        for iface in links {
+            found.push(self.judge_link(&iface)?);
+        }
+        if meta.committed_unix_ns == 0 && found.is_empty() {
+            log::info!(
+                "removing the remains of a start that never attached in {}",
+                self.root.display()
+            );
+            self.remove_all()?;
+            return Ok(Found::Empty);
+        }
+        Ok(Found::Ours { meta, links: found })
+    }
+
+    fn judge_link(&self, iface: &str) -> Result<PinnedLink, PinError> {
+        let path = self.link_path(iface);
+        let fd = object::obj_get(&path).map_err(io_err("cannot open the pin", &path))?;
+        let foreign = |why: String| PinError::Foreign {
+            path: path.clone(),
+            why,
+        };
+        let info = object::link_info(fd.as_fd()).map_err(|_| foreign("not a BPF link".into()))?;
+        if info.link_type != BPF_LINK_TYPE_XDP {
+            return Err(foreign(format!(
+                "a link of type {}, not XDP",
+                info.link_type
+            )));
+        }
+        let prog = object::prog_by_id(info.prog_id)
+            .and_then(|p| object::prog_info(p.as_fd()))
+            .map_err(io_err("cannot read the program of", &path))?;
+        if prog.name != PROGRAM_NAME {
+            return Err(foreign(format!(
+                "its program is {:?} (id {}), not xdpgate's",
+                prog.name, prog.id
+            )));
+        }
+        let since = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Ok(PinnedLink {
+            iface: iface.to_owned(),
+            path,
+            fd,
+            info,
+            since,
+        })
+    }
+
+    /// Creates the `maps/` and `links/` folders and the `meta` record of a
+    /// cold start, not yet committed (`committed_unix_ns` 0).
+    pub fn prepare(&self) -> Result<(), PinError> {
+        for d in [MAPS_DIR, LINKS_DIR] {
+            let p = self.root.join(d);
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .map_err(io_err("cannot create", &p))?;
+        }
+        let path = self.meta_path();
+        if path.exists() {
+            return Ok(());
+        }
+        let fd = object::create_record(size_of::<Meta>() as u32)
+            .map_err(io_err("cannot create the record for", &path))?;
+        let meta = Meta {
+            magic: META_MAGIC,
+            schema: SCHEMA_VERSION,
+            created_unix_ns: unix_ns(),
+            ..Meta::default()
+        };
+        object::write_record(fd.as_fd(), bytes_of(&meta))
+            .map_err(io_err("cannot write the record", &path))?;
+        object::obj_pin(fd.as_fd(), &path).map_err(io_err("cannot pin", &path))
+    }
+
+    /// Marks the datapath committed: the program with `prog_tag` runs the
+    /// state now in the maps.
+    pub fn commit(&self, prog_tag: [u8; 8]) -> Result<Meta, PinError> {
+        let path = self.meta_path();
+        let fd = object::obj_get(&path).map_err(io_err("cannot open the pin", &path))?;
+        let mut meta = read_meta(&path)?;
+        meta.prog_tag = prog_tag;
+        meta.committed_unix_ns = unix_ns();
+        object::write_record(fd.as_fd(), bytes_of(&meta))
+            .map_err(io_err("cannot write the record", &path))?;
+        Ok(meta)
+    }
+
+    /// Detaches every pinned link and removes every pin and the directory.
+    /// Goes on past errors and reports the first.
+    pub fn remove_all(&self) -> Result<(), PinError> {
+        let mut first = None;
+        let links = self.root.join(LINKS_DIR);
+        for iface in list(&links).unwrap_or_default() {
+            let path = links.join(&iface);
+            if let Ok(fd) = object::obj_get(&path) {
+                // Detach now, whatever else holds the link.
+                let _ = object::link_detach(fd.as_fd());
+            }
+            if let Err(e) = fs::remove_file(&path) {
+                first.get_or_insert(PinError::Io {
+                    what: "cannot remove",
+                    path,
+                    source: e,
+                });
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&self.root)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            first.get_or_insert(PinError::Io {
+                what: "cannot remove",
+                path: self.root.clone(),
+                source: e,
+            });
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Detaches the link of `iface` and removes its pin.
+    pub fn remove_link(&self, iface: &str) -> Result<(), PinError> {
+        let path = self.link_path(iface);
+        let fd = object::obj_get(&path).map_err(io_err("cannot open the pin", &path))?;
+        object::link_detach(fd.as_fd()).map_err(io_err("cannot detach", &path))?;
+        fs::remove_file(&path).map_err(io_err("cannot remove", &path))
+    }
+}
+
+/// Reads the `meta` record pinned at `path`, checking that it is one.
+pub fn read_meta(path: &Path) -> Result<Meta, PinError> {
+    let fd = object::obj_get(path).map_err(io_err("cannot open the pin", path))?;
+    let foreign = |why: &str| PinError::Foreign {
+        path: path.to_path_buf(),
+        why: why.into(),
+    };
+    let info = object::map_info(fd.as_fd()).map_err(|_| foreign("not a BPF map"))?;
+    if info.key_size != 4 || info.value_size as usize != size_of::<Meta>() || info.max_entries != 1
+    {
+        return Err(foreign("not an xdpgate meta record (wrong shape)"));
+    }
+    let mut meta = Meta::default();
+    // SAFETY: Meta is repr(C) plain integers; any bytes are a valid value.
+    let buf =
+        unsafe { std::slice::from_raw_parts_mut((&raw mut meta).cast::<u8>(), size_of::<Meta>()) };
+    object::read_record(fd.as_fd(), buf).map_err(io_err("cannot read", path))?;
+    if meta.magic != META_MAGIC {
+        return Err(foreign("not an xdpgate meta record (wrong magic)"));
+    }
+    Ok(meta)
+}
+
+fn bytes_of(meta: &Meta) -> &[u8] {
+    // SAFETY: Meta is repr(C) plain integers without padding.
+    unsafe { std::slice::from_raw_parts((meta as *const Meta).cast::<u8>(), size_of::<Meta>()) }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The names in `dir`, sorted; none when it does not exist.
+fn list(dir: &Path) -> Result<Vec<String>, PinError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("cannot list", dir)(e)),
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
