@@ -171,8 +171,11 @@ fn lab_demo(mode: &str, half: Duration, done: &dyn Fn() -> bool) -> anyhow::Resu
         report.push((family, p1.saturating_sub(p0), p1, b1));
     }
     let (dropped, _) = sum(&end, iface, Some("ipv4"), Some("drop"));
-    say("stopping xdpgate (SIGTERM)");
-    let status = daemon.stop_with(libc::SIGTERM);
+    say("stopping xdpgate (SIGTERM): the datapath stays enforcing without it");
+    let (status, dirs) = daemon.stop_keeping_state(libc::SIGTERM);
+    say("xdpgate down: detaching and removing the pins");
+    dirs.run_ok(&lab.a, &["down"]);
+    drop(dirs);
     let names = (lab.a.name().to_owned(), lab.b.name().to_owned());
     drop(lab);
     say(&format!("removed the lab ({} and {})", names.0, names.1));
@@ -229,6 +232,12 @@ fn nic_demo(
     let status = child.wait()?;
     if !status.success() {
         bail!("xdpgate exited with {status}");
+    }
+    // SIGTERM leaves the datapath enforcing; the demo takes it off again.
+    say("xdpgate down: detaching and removing the pins");
+    let down = Command::new(bin).arg("down").status()?;
+    if !down.success() {
+        bail!("xdpgate down exited with {down}");
     }
     Ok(())
 }

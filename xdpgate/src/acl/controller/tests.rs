@@ -186,3 +186,41 @@ fn a_failed_switch_back_reports_both_errors() {
         "the new one is live"
     );
 }
+
+#[test]
+fn a_new_controller_adopting_a_running_datapath_keeps_the_counters_of_kept_rules() {
+    // A daemon installed BEFORE and counted traffic, then died; the datapath
+    // (here the fake's maps) stayed. A new controller adopts it.
+    let (mut dp, old) = installed();
+    let counted: Vec<_> = old
+        .state
+        .rules
+        .values()
+        .map(|r| (r.clone(), dp.maps().rule_counters[&old.counter_of[r]]))
+        .collect();
+    let mut ctl = AclController::new(BTreeMap::from([("eth0".to_owned(), 1)]));
+    assert_eq!(ctl.adopt_counters(&dp, &state(BEFORE)).expect("adopt"), 2);
+    ctl.install(&mut dp, state(BEFORE)).expect("install");
+    for (rule, (packets, bytes)) in &counted {
+        let slot = ctl.counter_of[rule];
+        assert_eq!(
+            slot, old.counter_of[rule],
+            "rule {} keeps its slot",
+            rule.id
+        );
+        assert_eq!(dp.maps().rule_counters[&slot], (*packets, *bytes));
+    }
+    // Then a change: the kept rule 2 still keeps its counts, rule 3 starts at 0.
+    let kept = ctl.counter_of[&ctl.state.rules[&2]];
+    let before = dp.maps().rule_counters[&kept];
+    ctl.apply(&mut dp, &change()).expect("apply");
+    assert_eq!(dp.maps().rule_counters[&kept], before);
+}
+
+#[test]
+fn adopting_a_datapath_without_a_live_generation_takes_no_counters() {
+    let dp = FakeDatapath::default();
+    let mut ctl = AclController::new(BTreeMap::from([("eth0".to_owned(), 1)]));
+    assert_eq!(ctl.adopt_counters(&dp, &state(BEFORE)).expect("adopt"), 0);
+    assert!(ctl.counter_of.is_empty());
+}
