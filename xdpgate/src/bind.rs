@@ -531,6 +531,22 @@ impl<K: AddrKernel> Bindings<K> {
             .collect();
     }
 
+    /// Removes from the local-address map every key no binding in force
+    /// makes (left by an earlier daemon whose state this one did not take
+    /// over): an address the configuration no longer binds must not pass an
+    /// interface that drops unbound traffic. Returns how many were removed.
+    pub fn sweep<D: LocalAddrs + ?Sized>(&self, dp: &mut D) -> Result<usize, BindError> {
+        let keep: HashSet<LocalAddrKey> = self.keys_of(dp, &self.list).into_iter().collect();
+        let stale: Vec<LocalAddrKey> = dp
+            .local_addr_keys()
+            .map_err(BindError::Datapath)?
+            .into_iter()
+            .filter(|k| !keep.contains(k))
+            .collect();
+        dp.remove_local_addrs(&stale).map_err(BindError::Datapath)?;
+        Ok(stale.len())
+    }
+
     /// Sets or clears the drop-unbound flag of attached interface `iface`.
     pub fn set_drop_unbound<D: LocalAddrs + ?Sized>(
         &mut self,

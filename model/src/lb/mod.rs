@@ -174,6 +174,16 @@ pub enum Proto {
 }
 
 impl Proto {
+    /// The protocol of IP protocol number `n`, if it is one of these.
+    pub const fn from_number(n: u8) -> Option<Proto> {
+        match n {
+            xdpgate_common::wire::IPPROTO_TCP => Some(Proto::Tcp),
+            xdpgate_common::wire::IPPROTO_UDP => Some(Proto::Udp),
+            xdpgate_common::wire::IPPROTO_SCTP => Some(Proto::Sctp),
+            _ => None,
+        }
+    }
+
     /// The IP protocol number.
     pub const fn number(self) -> u8 {
         match self {
@@ -471,6 +481,25 @@ pub fn addr_key(a: IpAddr) -> ([u8; 16], u8) {
         }
         IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
     }
+}
+
+/// The address [`addr_key`] made `(addr, family)` from; `None` for an unknown family.
+pub fn addr_of(addr: [u8; 16], family: u8) -> Option<IpAddr> {
+    match family {
+        FAMILY_V4 => Some(IpAddr::from([addr[0], addr[1], addr[2], addr[3]])),
+        FAMILY_V6 => Some(IpAddr::from(addr)),
+        _ => None,
+    }
+}
+
+/// The service whose datapath key is `key` ([`service_key`] inverted);
+/// `None` for a key no service makes.
+pub fn service_id(key: &ServiceKey) -> Option<ServiceId> {
+    Some(ServiceId {
+        vip: addr_of(key.addr, key.family)?,
+        port: u16::from_be(key.port),
+        proto: Proto::from_number(key.proto)?,
+    })
 }
 
 /// The datapath key of a service.

@@ -101,3 +101,20 @@ fn outer_source_config() {
     );
     assert!(lb_config("10.0.0.0".parse().unwrap(), 8, "::".parse().unwrap(), 64, 0).is_err());
 }
+
+#[test]
+fn a_service_key_reads_back_as_its_service() {
+    for text in [
+        "192.0.2.10:80/tcp",
+        "[2001:db8::10]:443/udp",
+        "192.0.2.10:*/sctp",
+    ] {
+        let id: ServiceId = text.parse().unwrap();
+        assert_eq!(service_id(&service_key(&id)), Some(id), "{text}");
+    }
+    let mut foreign = service_key(&"192.0.2.10:80/tcp".parse().unwrap());
+    foreign.proto = 1;
+    assert_eq!(service_id(&foreign), None, "ICMP is no service protocol");
+    foreign.family = 7;
+    assert_eq!(addr_of(foreign.addr, foreign.family), None);
+}

@@ -293,3 +293,16 @@ fn binding_on_an_interface_that_is_not_attached_is_refused_before_any_change() {
     assert_eq!(world(&dp, &b), before);
     assert!(b.kernel().log().is_empty());
 }
+
+#[test]
+fn a_sweep_removes_the_keys_no_binding_makes_and_keeps_the_rest() {
+    let (mut dp, mut b) = lab();
+    b.add(&mut dp, &four()).expect("bind");
+    let kept = dp.maps().local_addrs.clone();
+    // An earlier daemon bound 10.1.0.9 and saved no state: its key is in the map.
+    let stale = xdpgate_model::bind::key(1, ip("10.1.0.9"));
+    dp.maps_mut().local_addrs.insert(stale);
+    assert_eq!(b.sweep(&mut dp).expect("sweep"), 1);
+    assert_eq!(dp.maps().local_addrs, kept);
+    assert_eq!(b.sweep(&mut dp).expect("sweep again"), 0);
+}

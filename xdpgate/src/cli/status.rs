@@ -16,7 +16,7 @@ use crate::{
         Request,
         protocol::{Stats, Status},
     },
-    datapath::pins::read_meta,
+    datapath::pins::{read_meta, tag_hex},
     paths::Paths,
     sys::{
         self, DaemonLock, netlink,
@@ -108,9 +108,7 @@ fn pinned(paths: &Paths) -> Pinned {
 /// The kernel's tag of program `id`, in hex.
 fn tag_of(id: u32) -> Option<String> {
     let fd = object::prog_by_id(id).ok()?;
-    object::prog_info(fd.as_fd())
-        .ok()
-        .map(|i| crate::daemon::hex(&i.tag))
+    object::prog_info(fd.as_fd()).ok().map(|i| tag_hex(&i.tag))
 }
 
 /// `xdpgate stats`: the packet counters.

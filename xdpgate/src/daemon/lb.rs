@@ -18,6 +18,9 @@ impl Daemon {
     /// on reload).
     pub fn refresh_decap(&mut self) -> Result<(), DaemonError> {
         if self.decap_ifaces.is_empty() {
+            // No interface decapsulates: none of its outer destinations may
+            // stay (an adopted datapath may hold an earlier configuration's).
+            self.dp.set_decap_dsts(&[])?;
             return Ok(());
         }
         let addrs = netlink::addresses(None).map_err(|source| DaemonError::Netlink {

@@ -414,11 +414,6 @@ fn keep_slots(
     Ok(slots)
 }
 
-/// Bytes as lowercase hex (program tags).
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -447,7 +442,7 @@ impl Daemon {
                 "adopting the datapath pinned in {} (schema {}, program tag {}, enforcing on {} interface(s))",
                 paths.bpffs_dir.display(),
                 meta.schema,
-                hex(&meta.prog_tag),
+                crate::datapath::pins::tag_hex(&meta.prog_tag),
                 dp.adopted().count()
             );
         }
@@ -468,6 +463,23 @@ impl Daemon {
         let specs_of = |entries: &[ServiceEntry]| {
             xdpgate_model::lb::specs_of(entries, ring_services).map_err(LbError::Invalid)
         };
+        if adopted.is_some() {
+            // Take over what the running datapath holds, as the earlier
+            // daemon saved it, so that the install below changes only what
+            // differs (and removes what is no longer configured).
+            let previous = saved.as_ref();
+            if let Some(acl) = previous.and_then(|s| AclState::from_file(&s.acl).ok()) {
+                let n = ctl.adopt_counters(&dp, &acl)?;
+                log::info!("adopted the counters of {n} rule(s)");
+            }
+            let specs = previous
+                .and_then(|s| specs_of(&s.services).ok())
+                .unwrap_or_default();
+            let n = lb.adopt(&mut dp, &specs)?;
+            if n > 0 {
+                log::info!("adopted {n} load-balanced service(s)");
+            }
+        }
         let origin = match saved {
             Some(s) if s.config_digest == cfg.digest => {
                 log::info!(
@@ -483,9 +495,6 @@ impl Daemon {
                         .collect::<Vec<_>>()
                         .join("; "),
                 })?;
-                if adopted.is_some() {
-                    ctl.adopt_counters(&dp, &acl)?;
-                }
                 ctl.install(&mut dp, acl)?;
                 binds.restore(&mut dp, s.bindings)?;
                 lb.apply(&mut dp, &specs_of(&s.services)?)?;
@@ -517,8 +526,18 @@ impl Daemon {
             .filter(|(i, _)| i.decap)
             .map(|(i, ifindex)| (*ifindex, slots[&i.name]))
             .collect();
-        for (ifindex, _) in &decap_ifaces {
-            dp.set_iface_flag(*ifindex, xdpgate_common::IFACE_DECAP, true)?;
+        // Every interface's decapsulation flag as configured: an adopted
+        // datapath may have it from an earlier configuration.
+        for (i, ifindex) in cfg.interfaces.iter().zip(&resolved) {
+            dp.set_iface_flag(*ifindex, xdpgate_common::IFACE_DECAP, i.decap)?;
+        }
+        if adopted.is_some() {
+            let n = binds.sweep(&mut dp)?;
+            if n > 0 {
+                log::info!(
+                    "removed {n} bound address(es) the running datapath had and no binding makes"
+                );
+            }
         }
         let mut d = Daemon {
             dp,

@@ -575,6 +575,23 @@ impl LbMaps for FakeDatapath {
         self.maps.backend_counters.insert(slot, value);
         Ok(())
     }
+
+    fn live_services(&self) -> Result<Vec<(ServiceKey, ServiceInfo)>, DatapathError> {
+        Ok(self.maps.services.iter().map(|(k, i)| (*k, *i)).collect())
+    }
+
+    fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, DatapathError> {
+        let at = base as usize;
+        self.maps
+            .rings
+            .get(at..at + len as usize)
+            .map(<[u32]>::to_vec)
+            .ok_or_else(|| DatapathError::Missing(format!("ring entries {at}+{len}")))
+    }
+
+    fn backend(&self, slot: u32) -> Result<Backend, DatapathError> {
+        Ok(self.maps.backends.get(&slot).copied().unwrap_or_default())
+    }
 }
 
 impl LocalAddrs for FakeDatapath {
@@ -591,6 +608,10 @@ impl LocalAddrs for FakeDatapath {
             self.maps.local_addrs.remove(k);
         }
         Ok(())
+    }
+
+    fn local_addr_keys(&mut self) -> Result<Vec<LocalAddrKey>, DatapathError> {
+        Ok(self.maps.local_addrs.iter().copied().collect())
     }
 }
 

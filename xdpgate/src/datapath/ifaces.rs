@@ -226,6 +226,10 @@ impl LocalAddrs for Datapath {
     fn remove_local_addrs(&mut self, keys: &[LocalAddrKey]) -> Result<(), DatapathError> {
         Datapath::remove_local_addrs(self, keys)
     }
+
+    fn local_addr_keys(&mut self) -> Result<Vec<LocalAddrKey>, DatapathError> {
+        Datapath::local_addrs(self)
+    }
 }
 
 fn undo_inserts(map: &mut HashMap<&mut MapData, LocalAddrKey, u32>, keys: &[LocalAddrKey]) {

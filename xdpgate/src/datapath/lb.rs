@@ -135,6 +135,13 @@ impl Datapath {
             .map_err(Self::map_err(maps::LB_BACKENDS))
     }
 
+    /// Backend slot `slot`.
+    pub fn backend(&self, slot: u32) -> Result<Backend, DatapathError> {
+        let map: Array<_, Backend> = Array::try_from(self.map_ref(maps::LB_BACKENDS)?)
+            .map_err(Self::map_err(maps::LB_BACKENDS))?;
+        map.get(&slot, 0).map_err(Self::map_err(maps::LB_BACKENDS))
+    }
+
     /// Zeroes the counters of backend slot `slot` (before it is reused).
     pub fn reset_backend_counter(&mut self, slot: u32) -> Result<(), DatapathError> {
         self.zero_counters(maps::LB_BACKEND_STATS, &[slot])
@@ -250,5 +257,17 @@ impl LbMaps for Datapath {
 
     fn set_backend_counter(&mut self, slot: u32, value: Counter) -> Result<(), DatapathError> {
         self.set_counter(maps::LB_BACKEND_STATS, slot, value)
+    }
+
+    fn live_services(&self) -> Result<Vec<(ServiceKey, ServiceInfo)>, DatapathError> {
+        Datapath::services(self)
+    }
+
+    fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, DatapathError> {
+        Datapath::read_ring(self, base, len)
+    }
+
+    fn backend(&self, slot: u32) -> Result<Backend, DatapathError> {
+        Datapath::backend(self, slot)
     }
 }

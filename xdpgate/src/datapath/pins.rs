@@ -346,17 +346,15 @@ impl PinDir {
         if path.exists() {
             return Ok(());
         }
-        let fd = object::create_record(size_of::<Meta>() as u32)
-            .map_err(io_err("cannot create the record for", &path))?;
-        let meta = Meta {
-            magic: META_MAGIC,
-            schema: SCHEMA_VERSION,
-            created_unix_ns: unix_ns(),
-            ..Meta::default()
-        };
-        object::write_record(fd.as_fd(), bytes_of(&meta))
-            .map_err(io_err("cannot write the record", &path))?;
-        object::obj_pin(fd.as_fd(), &path).map_err(io_err("cannot pin", &path))
+        pin_meta(
+            &path,
+            &Meta {
+                magic: META_MAGIC,
+                schema: SCHEMA_VERSION,
+                created_unix_ns: unix_ns(),
+                ..Meta::default()
+            },
+        )
     }
 
     /// Marks the datapath committed: the program with `prog_tag` runs the
@@ -410,6 +408,20 @@ impl PinDir {
         object::link_detach(fd.as_fd()).map_err(io_err("cannot detach", &path))?;
         fs::remove_file(&path).map_err(io_err("cannot remove", &path))
     }
+}
+
+/// Creates a `meta` record holding `meta` and pins it at `path`.
+pub fn pin_meta(path: &Path, meta: &Meta) -> Result<(), PinError> {
+    let fd = object::create_record(size_of::<Meta>() as u32)
+        .map_err(io_err("cannot create the record for", path))?;
+    object::write_record(fd.as_fd(), bytes_of(meta))
+        .map_err(io_err("cannot write the record", path))?;
+    object::obj_pin(fd.as_fd(), path).map_err(io_err("cannot pin", path))
+}
+
+/// A program tag as `status` and the log show it: 16 hex digits.
+pub fn tag_hex(tag: &[u8; 8]) -> String {
+    tag.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads the `meta` record pinned at `path`, checking that it is one.

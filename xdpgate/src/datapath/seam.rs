@@ -129,6 +129,15 @@ pub trait LbMaps: IfaceTable + RcuWait {
 
     /// Sets backend slot `slot`'s counter so that it sums to `value`.
     fn set_backend_counter(&mut self, slot: u32, value: Counter) -> Result<(), DatapathError>;
+
+    /// Every service entry (what a running datapath steers).
+    fn live_services(&self) -> Result<Vec<(ServiceKey, ServiceInfo)>, DatapathError>;
+
+    /// `len` ring entries at index `base`.
+    fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, DatapathError>;
+
+    /// Backend slot `slot`.
+    fn backend(&self, slot: u32) -> Result<Backend, DatapathError>;
 }
 
 /// What the binding manager writes in the datapath: the local-address map
@@ -142,6 +151,9 @@ pub trait LocalAddrs: IfaceTable {
     /// Removes `keys` (absent keys are fine). All or nothing: on an error the
     /// keys this call removed are put back.
     fn remove_local_addrs(&mut self, keys: &[LocalAddrKey]) -> Result<(), DatapathError>;
+
+    /// Every key of the map (what a running datapath lets through).
+    fn local_addr_keys(&mut self) -> Result<Vec<LocalAddrKey>, DatapathError>;
 }
 
 /// The kernel's interfaces and addresses as the binding manager sees them:

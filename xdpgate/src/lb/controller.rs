@@ -42,10 +42,11 @@ use xdpgate_common::{
     },
 };
 use xdpgate_model::lb::{
-    BackendStatus, Forward, ParseError, ServiceId, ServiceSpec, ServiceStatus, addr_key,
+    BackendSpec, BackendStatus, Forward, ParseError, ServiceId, ServiceSpec, ServiceStatus,
+    addr_key, addr_of,
     health::{CheckSpec, TargetKey},
     maglev::{self, Member},
-    normalise, packet_hash, service_key, validate,
+    normalise, packet_hash, service_id, service_key, validate,
 };
 
 use crate::datapath::{DatapathError, LbMaps};
@@ -290,6 +291,132 @@ impl LbController {
             next_backend: 1,
             ifindexes,
         }
+    }
+
+    /// Takes over the services of a running datapath an earlier daemon left,
+    /// before the first [`LbController::apply`]; `previous` are the specs that
+    /// daemon saved. Each live entry becomes an installed service as packets
+    /// see it: its slot, live ring half and ring, and the backend slots its
+    /// ring names. Its spec is `previous`'s of the same id when the ring names
+    /// only that spec's backends, else one made from the entry (which the next
+    /// apply replaces or removes). The next apply then changes only what
+    /// differs, all or nothing as always: unchanged services are not written
+    /// (their counters continue), changed ones keep their slot and get their
+    /// new ring in the idle half, and entries no longer configured are removed.
+    ///
+    /// Health starts from "up", as at any start (the monitor's targets start
+    /// up): a service whose live ring leaves out a weighted backend (one the
+    /// earlier daemon had seen down) gets a ring with it, in the idle half,
+    /// and its checks take it out again if it is still down. Backend slots no
+    /// live ring names are free; configured backends without a slot get one
+    /// no ring names yet. Returns how many services were taken over.
+    pub fn adopt<D: LbMaps + ?Sized>(
+        &mut self,
+        dp: &mut D,
+        previous: &[ServiceSpec],
+    ) -> Result<usize, LbError> {
+        let sizes = dp.ring_sizes();
+        let previous: HashMap<ServiceId, ServiceSpec> =
+            previous.iter().map(|s| (s.id, normalise(s))).collect();
+        let corrupt = |why: String| {
+            LbError::Invalid(vec![format!(
+                "the running datapath's services cannot be taken over: {why}"
+            )])
+        };
+        let mut adopted = Vec::new();
+        let mut named = BTreeSet::new();
+        for (key, info) in dp.live_services()? {
+            let id = service_id(&key).ok_or_else(|| {
+                corrupt(format!(
+                    "an entry of protocol {} and family {}",
+                    key.proto, key.family
+                ))
+            })?;
+            let half = (0..2)
+                .find(|h| ring_base(info.slot, *h, sizes.ring_size) == info.ring_base)
+                .filter(|_| self.free_services.contains(&info.slot))
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "{id}: slot {} (ring at {}) is out of range, not the slot's, or taken twice",
+                        info.slot, info.ring_base
+                    ))
+                })?;
+            let ring = dp.read_ring(info.ring_base, info.ring_size)?;
+            let mut backends = BTreeMap::new();
+            for slot in ring.iter().copied().collect::<BTreeSet<u32>>() {
+                let b = dp.backend(slot)?;
+                let addr = addr_of(b.addr, b.family as u8).ok_or_else(|| {
+                    corrupt(format!("{id}: backend slot {slot} holds no address"))
+                })?;
+                backends.insert(addr, slot);
+                named.insert(slot);
+            }
+            let spec = match previous.get(&id) {
+                Some(p)
+                    if backends
+                        .keys()
+                        .all(|a| p.backends.iter().any(|b| b.addr == *a)) =>
+                {
+                    p.clone()
+                }
+                _ => ServiceSpec {
+                    id,
+                    forward: if info.flags & SERVICE_L2DSR != 0 {
+                        Forward::L2dsr
+                    } else {
+                        Forward::Encap
+                    },
+                    backends: backends
+                        .keys()
+                        .map(|a| BackendSpec {
+                            addr: *a,
+                            weight: 1,
+                        })
+                        .collect(),
+                    health: None,
+                },
+            };
+            self.free_services.remove(&info.slot);
+            adopted.push(Installed {
+                spec,
+                slot: info.slot,
+                half,
+                backends,
+                down: BTreeSet::new(),
+                ring: ring.into(),
+                info,
+            });
+        }
+        let top = named.last().map_or(1, |s| s + 1);
+        self.next_backend = top;
+        self.free_backends = (1..top).filter(|s| !named.contains(s)).collect();
+        let n = adopted.len();
+        for mut inst in adopted {
+            for b in inst.spec.backends.clone() {
+                if inst.backends.contains_key(&b.addr) {
+                    continue;
+                }
+                let slot = self.alloc_backend().ok_or_else(|| {
+                    LbError::Invalid(vec![format!("no free backend slot for {}", b.addr)])
+                })?;
+                dp.set_backend(slot, &backend_entry(b.addr))?;
+                dp.reset_backend_counter(slot)?;
+                inst.backends.insert(b.addr, slot);
+            }
+            let members: BTreeSet<u32> = inst
+                .spec
+                .backends
+                .iter()
+                .filter(|b| b.weight > 0)
+                .map(|b| inst.backends[&b.addr])
+                .collect();
+            let live: BTreeSet<u32> = inst.ring.iter().copied().collect();
+            if members != live {
+                self.switch_ring(dp, &mut inst, &mut Journal::default())?;
+            }
+            self.services.insert(inst.spec.id, inst);
+        }
+        Ok(n)
     }
 
     /// The services as configured, in order.

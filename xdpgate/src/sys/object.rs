@@ -105,10 +105,6 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from(u32_at(b, off)) | (u64::from(u32_at(b, off + 4)) << 32)
-}
-
 fn name_at(b: &[u8], off: usize) -> String {
     let raw = &b[off..off + 16];
     let end = raw.iter().position(|c| *c == 0).unwrap_or(raw.len());
@@ -178,14 +174,10 @@ pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
 /// What the kernel says about a program (`struct bpf_prog_info`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgInfo {
-    /// `BPF_PROG_TYPE_*`.
-    pub prog_type: u32,
     /// Kernel id.
     pub id: u32,
     /// The kernel's tag (a hash of the instructions, map references zeroed).
     pub tag: [u8; 8],
-    /// When it was loaded, nanoseconds since boot.
-    pub load_time_ns: u64,
     /// The name, cut by the kernel at 15 bytes.
     pub name: String,
 }
@@ -197,10 +189,8 @@ pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<ProgInfo> {
     let mut tag = [0u8; 8];
     tag.copy_from_slice(&b[8..16]);
     Ok(ProgInfo {
-        prog_type: u32_at(&b, 0),
         id: u32_at(&b, 4),
         tag,
-        load_time_ns: u64_at(&b, 40),
         name: name_at(&b, 64),
     })
 }
@@ -228,15 +218,4 @@ pub fn write_record(fd: BorrowedFd<'_>, value: &[u8]) -> io::Result<()> {
     put_u64(&mut attr, 8, &raw const key as u64);
     put_u64(&mut attr, 16, value.as_ptr() as u64);
     sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
-}
-
-/// Nanoseconds since boot (`CLOCK_BOOTTIME`), the clock of [`ProgInfo::load_time_ns`].
-pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

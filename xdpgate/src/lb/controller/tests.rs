@@ -343,3 +343,109 @@ fn a_failed_change_gives_reused_slots_back_to_their_service_after_a_wait() {
     assert_eq!(dp.lb_view(), dp0.lb_view());
     assert_eq!(ctl.status(&dp).unwrap(), ctl0.status(&dp0).unwrap());
 }
+
+/// A new controller (a restarted daemon) on the maps `installed` left.
+fn adopting(dp: &mut FakeDatapath, previous: &[ServiceSpec]) -> LbController {
+    let mut ctl = LbController::new(dp, IFACES.iter().map(|(i, _)| *i).collect());
+    ctl.adopt(dp, previous).expect("adopt");
+    ctl
+}
+
+#[test]
+fn adopting_the_same_services_writes_nothing_and_keeps_every_counter() {
+    let (mut dp, old) = installed(&[a(), b()], &[]);
+    let view = dp.lb_view();
+    let counters = (
+        dp.maps().service_counters.clone(),
+        dp.maps().backend_counters.clone(),
+    );
+    let steps = dp.steps();
+    let mut ctl = adopting(&mut dp, &old.specs());
+    ctl.apply(&mut dp, &[a(), b()]).expect("apply");
+    assert_eq!(
+        &dp.log()[steps..],
+        [Op::SetIfaceFlag, Op::SetIfaceFlag],
+        "only the interfaces' flags are written again"
+    );
+    assert_eq!(dp.lb_view(), view);
+    assert_eq!(
+        (
+            dp.maps().service_counters.clone(),
+            dp.maps().backend_counters.clone()
+        ),
+        counters
+    );
+    assert_eq!(ctl.specs(), old.specs());
+}
+
+#[test]
+fn adopting_then_a_changed_configuration_replaces_changed_and_removes_dropped_services() {
+    let (mut dp, old) = installed(&[a(), b()], &[]);
+    let a_slot = dp.maps().services[&xdpgate_model::lb::service_key(&sid(A))].slot;
+    // The configuration changed while no daemon ran: A gets a third backend,
+    // B is gone, C is new.
+    let mut a2 = a();
+    a2.backends.push(BackendSpec {
+        addr: ip("10.0.0.9"),
+        weight: 1,
+    });
+    let mut ctl = adopting(&mut dp, &old.specs());
+    ctl.apply(&mut dp, &[a2.clone(), c()]).expect("apply");
+    let keys: Vec<ServiceId> = dp
+        .maps()
+        .services
+        .keys()
+        .map(|k| xdpgate_model::lb::service_id(k).unwrap())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.contains(&sid(A)) && keys.contains(&sid(C)), "{keys:?}");
+    assert_eq!(
+        dp.maps().services[&xdpgate_model::lb::service_key(&sid(A))].slot,
+        a_slot,
+        "A keeps its slot (and its counters)"
+    );
+    // What packets see is what a fresh controller would install.
+    let mut fresh_dp = FakeDatapath::new(sizes());
+    for (ifindex, slot) in IFACES {
+        fresh_dp.register(ifindex, slot);
+    }
+    let mut fresh = LbController::new(&fresh_dp, IFACES.iter().map(|(i, _)| *i).collect());
+    fresh.apply(&mut fresh_dp, &[a2, c()]).unwrap();
+    assert_eq!(ctl.specs(), fresh.specs());
+    for id in [A, C] {
+        assert_eq!(
+            ctl.predict(&sid(id), ip("198.51.100.7"), 40000, 80),
+            fresh.predict(&sid(id), ip("198.51.100.7"), 40000, 80),
+            "{id} steers the same flow to the same backend"
+        );
+    }
+}
+
+#[test]
+fn adopting_without_a_saved_state_removes_what_the_configuration_lacks() {
+    let (mut dp, _) = installed(&[a(), b()], &[]);
+    let mut ctl = adopting(&mut dp, &[]);
+    ctl.apply(&mut dp, &[b()]).expect("apply");
+    let key_a = xdpgate_model::lb::service_key(&sid(A));
+    assert!(
+        !dp.maps().services.contains_key(&key_a),
+        "A no longer steered"
+    );
+    assert_eq!(ctl.specs(), [b()]);
+}
+
+#[test]
+fn adopting_puts_backends_the_earlier_daemon_saw_down_back_in_the_ring() {
+    // Health starts up at every start: the down backend is in the ring again
+    // until its checks take it out.
+    let (mut dp, old) = installed(&[a()], &[(A, "10.0.0.2")]);
+    let ctl = adopting(&mut dp, &old.specs());
+    let info = dp.maps().services[&xdpgate_model::lb::service_key(&sid(A))];
+    let at = info.ring_base as usize;
+    let slots: std::collections::BTreeSet<u32> = dp.maps().rings[at..at + info.ring_size as usize]
+        .iter()
+        .copied()
+        .collect();
+    assert_eq!(slots.len(), 2, "both backends are in the live ring");
+    assert_eq!(ctl.specs(), [a()]);
+}
