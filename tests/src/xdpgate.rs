@@ -3,7 +3,8 @@
 //! Every [`Daemon`] gets its own bpffs and run directories, so daemons of
 //! different tests (or a real daemon on the host) never share maps or locks.
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
@@ -344,4 +345,26 @@ pub fn xdp_on(ns: &Netns, ifname: &str) -> bool {
         .expect("ip link");
     let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j JSON");
     !v[0]["xdp"].is_null()
+}
+
+/// One HTTP/1.0 GET to 127.0.0.1:`port` inside `ns`: (status, body).
+pub fn http_get(ns: &Netns, port: u16, target: &str) -> std::io::Result<(u16, String)> {
+    let target = target.to_owned();
+    ns.run(move || {
+        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {target} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok((status, body.to_owned()))
+    })
 }

@@ -7,8 +7,7 @@
 //! Everything (daemon, metrics listener, Prometheus) lives in the lab's
 //! namespaces: nothing is bound or sent on the host.
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -16,7 +15,7 @@ use std::{
 
 use xdpgate_tests::{
     lab::{Lab, Netns, serial},
-    xdpgate::{Daemon, StateDirs},
+    xdpgate::{Daemon, StateDirs, http_get},
 };
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -86,28 +85,6 @@ fn start_prometheus(ns: &Netns, target: u16) -> Prometheus {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {PROMETHEUS}: {e}"));
     Prometheus { child, dir }
-}
-
-/// One HTTP/1.0 GET to 127.0.0.1:`port` inside `ns`: (status, body).
-fn http_get(ns: &Netns, port: u16, target: &str) -> std::io::Result<(u16, String)> {
-    let target = target.to_owned();
-    ns.run(move || {
-        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.set_write_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {target} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let raw = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        Ok((status, body.to_owned()))
-    })
 }
 
 fn urlencode(s: &str) -> String {

@@ -32,6 +32,26 @@ impl Daemon {
                 .map(HealthMonitor::status)
                 .unwrap_or_default(),
             decap: self.decap_counters().map_err(|e| e.to_string())?,
+            datapath: metrics::DatapathInfo {
+                schema: xdpgate_common::pins::SCHEMA_VERSION,
+                prog_tag: self
+                    .dp
+                    .committed_tag()
+                    .map(|t| crate::datapath::pins::tag_hex(&t))
+                    .unwrap_or_default(),
+                attached: self
+                    .dp
+                    .attached()
+                    .iter()
+                    .map(|a| {
+                        let since = a
+                            .since
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        (a.iface.clone(), since)
+                    })
+                    .collect(),
+            },
         };
         metrics::gather(&self.dp, &self.ctl, &self.paths, &status)
             .map(|s| metrics::render(&s))

@@ -214,6 +214,8 @@ pub struct Datapath {
     adopted: Vec<PinnedLink>,
     /// A cold start on pins not yet committed: dropped, it removes its pins.
     uncommitted: bool,
+    /// The program's tag as last committed to the pins.
+    committed_tag: Option<[u8; 8]>,
     attached: Vec<Attached>,
     barrier: RcuBarrier,
     sizes: LoadOptions,
@@ -306,6 +308,7 @@ impl Datapath {
             pins: None,
             adopted: Vec::new(),
             uncommitted: false,
+            committed_tag: None,
             attached: Vec::new(),
             barrier,
             sizes,
@@ -558,7 +561,13 @@ impl Datapath {
             p.commit(tag)?;
         }
         self.uncommitted = false;
+        self.committed_tag = Some(tag);
         Ok(())
+    }
+
+    /// The program's tag as last committed to the pins ([`Datapath::commit`]).
+    pub fn committed_tag(&self) -> Option<[u8; 8]> {
+        self.committed_tag
     }
 
     fn prog_id(&mut self) -> Result<u32, DatapathError> {

@@ -199,6 +199,18 @@ pub fn render(s: &Snapshot) -> String {
         "Always 1; labels carry the xdpgate version and the running kernel's release.",
         &["version", "kernel"],
     );
+    let dp_info = gauge(
+        &r,
+        "xdpgate_datapath_info",
+        "Always 1; labels carry the schema of the pinned datapath and the tag of the program it runs.",
+        &["schema", "prog_tag"],
+    );
+    let dp_since = gauge(
+        &r,
+        "xdpgate_datapath_attached_timestamp_seconds",
+        "Unix time since which xdpgate enforces on the interface (its link was pinned); restarts and upgrades keep it.",
+        &["interface"],
+    );
     let reload_ts = Gauge::new(
         "xdpgate_config_last_reload_success_timestamp_seconds",
         "Unix time of the last successful configuration load (start-up or reload); 0 if none yet.",
@@ -283,6 +295,17 @@ pub fn render(s: &Snapshot) -> String {
     build
         .with_label_values(&[s.build.version.as_str(), s.build.kernel.as_str()])
         .set(1);
+    dp_info
+        .with_label_values(&[
+            s.datapath.schema.to_string().as_str(),
+            s.datapath.prog_tag.as_str(),
+        ])
+        .set(1);
+    for (iface, since) in &s.datapath.attached {
+        dp_since
+            .with_label_values(&[iface.as_str()])
+            .set(clamp(*since));
+    }
     reload_ts.set(s.last_reload_success_unix as f64);
     reload_ok.set(i64::from(s.last_reload_ok));
 

@@ -82,6 +82,20 @@ pub struct DaemonStatus {
     /// Decapsulated packets and bytes per (interface, outer family, inner
     /// family), for every interface that decapsulates.
     pub decap: Vec<(String, &'static str, &'static str, u64, u64)>,
+    /// The running datapath: schema, program, since when each interface enforces.
+    pub datapath: DatapathInfo,
+}
+
+/// The pinned datapath in force (`docs/design/lifecycle.md`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatapathInfo {
+    /// Its schema (`xdpgate_common::pins::SCHEMA_VERSION`).
+    pub schema: u32,
+    /// The kernel's tag of the program running, in hex.
+    pub prog_tag: String,
+    /// (interface, Unix time in seconds since which it enforces: its link
+    /// was pinned; an adopted link keeps its time across restarts).
+    pub attached: Vec<(String, u64)>,
 }
 
 /// Version of the daemon and of the kernel it runs on.
@@ -130,6 +144,8 @@ pub struct Snapshot {
     pub health: Vec<crate::lb::health::TargetStatus>,
     /// Decapsulation counters.
     pub decap: Vec<(String, &'static str, &'static str, u64, u64)>,
+    /// The running datapath.
+    pub datapath: DatapathInfo,
 }
 
 /// Reads every counter and gauge. The daemon calls this under its lock; it
@@ -175,6 +191,7 @@ pub fn gather(
         lb_services: status.lb_services.clone(),
         health: status.health.clone(),
         decap: status.decap.clone(),
+        datapath: status.datapath.clone(),
     })
 }
 

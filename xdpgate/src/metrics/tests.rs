@@ -10,7 +10,7 @@ use xdpgate_model::lb::Forward;
 
 use super::{
     UNREGISTERED, render,
-    snapshot::{BuildInfo, DefaultRow, RuleRow, Snapshot, TableFill},
+    snapshot::{BuildInfo, DatapathInfo, DefaultRow, RuleRow, Snapshot, TableFill},
 };
 use crate::{
     datapath::stats::{CacheStats, ReasonRow, Report, Row},
@@ -125,6 +125,14 @@ fn snapshot() -> Snapshot {
         }],
         health: Vec::new(),
         decap: vec![("eth0".into(), "ipv4", "ipv6", 3, 300)],
+        datapath: DatapathInfo {
+            schema: 1,
+            prog_tag: "5c0154887c3c18c7".into(),
+            attached: vec![
+                ("eth0".into(), 1_796_430_359),
+                ("eth1".into(), 1_796_430_360),
+            ],
+        },
     }
 }
 
@@ -227,6 +235,14 @@ fn render_has_every_series_with_bounded_labels() {
             ("gauge", &["interface", "family"][..]),
         ),
         ("xdpgate_build_info", ("gauge", &["version", "kernel"][..])),
+        (
+            "xdpgate_datapath_info",
+            ("gauge", &["schema", "prog_tag"][..]),
+        ),
+        (
+            "xdpgate_datapath_attached_timestamp_seconds",
+            ("gauge", &["interface"][..]),
+        ),
         (
             "xdpgate_config_last_reload_success_timestamp_seconds",
             ("gauge", &[][..]),
@@ -483,4 +499,25 @@ fn promtool_accepts_the_exposition() {
     );
     assert!(out.status.success(), "promtool: {report}\n{text}");
     assert!(report.trim().is_empty(), "promtool lint: {report}");
+}
+
+#[test]
+fn the_datapath_series_name_the_schema_the_program_and_since_when() {
+    let (samples, _) = parse(&render(&snapshot()));
+    assert_eq!(
+        value(
+            &samples,
+            "xdpgate_datapath_info",
+            &[("schema", "1"), ("prog_tag", "5c0154887c3c18c7")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "xdpgate_datapath_attached_timestamp_seconds",
+            &[("interface", "eth1")]
+        ),
+        Some(1_796_430_360.0)
+    );
 }
