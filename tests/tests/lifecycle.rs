@@ -570,3 +570,44 @@ fn a_restart_that_turns_decapsulation_off_decapsulates_nothing_more() {
         "decapsulation is off: the tunnel packet is not opened"
     );
 }
+
+#[test]
+fn a_second_daemon_or_down_on_the_same_pins_is_refused_and_changes_nothing() {
+    let _g = serial();
+    let lab = Lab::new("lcrace", 126).expect("lab");
+    let iface = lab.a_end.ifname.clone();
+    let d = Daemon::start(&lab.a, &[&iface], "native").expect("start");
+    let prog = |lab: &Lab| {
+        let (_, rows) = d.dirs.status(&lab.a, &iface);
+        rows.first().map(|r| r["prog_id"].clone())
+    };
+    let before = prog(&lab);
+    // Another run directory (so the daemon lock does not stop it), the same pins.
+    let mut other = StateDirs::unique("lcrace2");
+    other.bpffs = d.dirs.bpffs.clone();
+    for args in [
+        &[
+            "run",
+            "--iface",
+            iface.as_str(),
+            "--mode",
+            "native",
+            "--no-metrics",
+        ][..],
+        &["down"][..],
+    ] {
+        let out = other.run(&lab.a, args, Duration::from_secs(60));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("another process is using the pins"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(prog(&lab), before, "{args:?}: the attachment changed");
+    }
+    // `other` must not remove the pins it shares with the running daemon.
+    other.bpffs = std::env::temp_dir().join("xdpgate-lcrace-none");
+    drop(other);
+    assert!(d.dirs.bpffs.join("links").join(&iface).exists());
+    d.dirs.run_ok(&lab.a, &["status"]);
+}

@@ -81,6 +81,7 @@ const TEST_BINARIES: &[&str] = &[
     "lb_not_steered",
     "lb_decap",
     "cli",
+    "lifecycle",
     "vm_probe",
 ];
 
@@ -201,6 +202,14 @@ fn groups(probe_broken: bool) -> Vec<Group> {
             name: "cli",
             binary: "cli",
             args: &[],
+            env: &[],
+            loads_program: true,
+        },
+        Group {
+            name: "lifecycle",
+            binary: "lifecycle",
+            // Prints what leaked and what arrived across each restart.
+            args: &["--nocapture"],
             env: &[],
             loads_program: true,
         },
