@@ -126,6 +126,33 @@ impl AclController {
         self.install_timed(dp, next, t0)
     }
 
+    /// Installs a whole (already validated) state for the interfaces in
+    /// `slots` (name -> counter slot; a reload that adds or removes
+    /// interfaces). The default-policy counters of slots that are new are
+    /// zeroed with the switch. On error nothing changed, slots included.
+    pub fn install_for<D: AclTables + ?Sized>(
+        &mut self,
+        dp: &mut D,
+        next: AclState,
+        slots: BTreeMap<String, u32>,
+    ) -> Result<Applied, ApplyError> {
+        let old = std::mem::replace(&mut self.slots, slots);
+        let fresh: Vec<u32> = self
+            .slots
+            .values()
+            .filter(|s| !old.values().any(|o| o == *s))
+            .map(|s| MAX_RULES + s)
+            .collect();
+        let result = dp
+            .zero_rule_counters(&fresh)
+            .map_err(ApplyError::Datapath)
+            .and_then(|()| self.install(dp, next));
+        if result.is_err() {
+            self.slots = old;
+        }
+        result
+    }
+
     /// Installs a whole (already validated) state.
     pub fn install<D: AclTables + ?Sized>(
         &mut self,

@@ -380,7 +380,8 @@ fn apply_events(dp: &mut Datapath, cfg: &Config, reader: &mut bool) -> Result<()
 }
 
 /// The counter slot of each configured interface: the slot the running
-/// datapath gave it, if it has one, else the lowest free one.
+/// datapath gave it, if it has one, else the lowest slot no registered
+/// interface has.
 fn keep_slots(
     dp: &mut Datapath,
     cfg: &Config,
@@ -391,12 +392,9 @@ fn keep_slots(
         .into_iter()
         .map(|(ifindex, c)| (ifindex, c.slot))
         .collect();
-    let wanted: HashSet<u32> = resolved.iter().copied().collect();
-    let mut used: HashSet<u32> = known
-        .iter()
-        .filter(|(ifindex, _)| wanted.contains(ifindex))
-        .map(|(_, slot)| *slot)
-        .collect();
+    // A registered interface's slot is never given to another while it is
+    // registered (it may still be attached, its counters and bindings on it).
+    let mut used: HashSet<u32> = known.values().copied().collect();
     let mut slots = BTreeMap::new();
     for (i, ifindex) in cfg.interfaces.iter().zip(resolved) {
         let slot = match known.get(ifindex) {

@@ -528,6 +528,55 @@ impl Datapath {
         Ok(done)
     }
 
+    /// Makes a running datapath enforce on exactly `ifaces` (a reload): new
+    /// interfaces get a new pinned link, interfaces no longer listed are
+    /// detached and their pins removed, the others are left alone. A mode or
+    /// ifindex change of a kept interface is refused before anything is done;
+    /// a failed attach detaches the links this call made. Call it once the
+    /// state of the new interfaces is installed.
+    pub fn set_interfaces(
+        &mut self,
+        ifaces: &[(String, u32, XdpMode)],
+    ) -> Result<Enforced, DatapathError> {
+        for (name, ifindex, mode) in ifaces {
+            if let Some(a) = self.attached.iter().find(|a| a.iface == *name)
+                && (a.ifindex != *ifindex || a.mode != *mode)
+            {
+                return Err(DatapathError::ModeChange {
+                    iface: name.clone(),
+                    found: a.mode.name(),
+                    wanted: mode.name(),
+                });
+            }
+        }
+        let mut done = Enforced::default();
+        let before = self.attached.len();
+        for (name, ifindex, mode) in ifaces {
+            if self.attached.iter().any(|a| a.iface == *name) {
+                continue;
+            }
+            if let Err(e) = self.attach(name, *ifindex, *mode) {
+                self.undo_attached(before);
+                return Err(e);
+            }
+            done.attached.push(name.clone());
+        }
+        let (keep, gone): (Vec<Attached>, Vec<Attached>) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|a| ifaces.iter().any(|(name, ..)| *name == a.iface));
+        self.attached = keep;
+        for a in gone {
+            if let Err(e) = object::link_detach(a.link.as_fd()) {
+                log::warn!("detaching from {}: {e}", a.iface);
+            }
+            if let Some(p) = &self.pins {
+                let _ = std::fs::remove_file(p.link_path(&a.iface));
+            }
+            done.retired.push(a.iface);
+        }
+        Ok(done)
+    }
+
     /// [`Datapath::attach`], first removing the pin of a dead link of the
     /// same name when `replace`.
     fn attach_replacing(

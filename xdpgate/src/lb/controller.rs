@@ -419,6 +419,12 @@ impl LbController {
         Ok(n)
     }
 
+    /// The interfaces that get `IFACE_LB` while any service exists (from the
+    /// next apply on); returns the previous list.
+    pub fn set_ifindexes(&mut self, ifindexes: Vec<u32>) -> Vec<u32> {
+        std::mem::replace(&mut self.ifindexes, ifindexes)
+    }
+
     /// The services as configured, in order.
     pub fn specs(&self) -> Vec<ServiceSpec> {
         self.services.values().map(|i| i.spec.clone()).collect()
