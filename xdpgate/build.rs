@@ -19,6 +19,8 @@ fn main() -> anyhow::Result<()> {
         "cargo:rerun-if-changed={}",
         workspace.join("common").display()
     );
+    // The upgrade test's second build of the program (see xdp-prog's VARIANT).
+    println!("cargo:rerun-if-env-changed=XDPGATE_PROG_VARIANT");
 
     let path = env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = vec![tools_bin.clone()];

@@ -16,6 +16,19 @@ use std::{
 
 use crate::lab::Netns;
 
+/// Path of the second build of `xdpgate` whose program differs in its tag
+/// only (`$XDPGATE_BIN_VARIANT`, built by `cargo xtask test`), for the
+/// upgrade test. Panics with what to do when it is not there.
+pub fn variant_binary() -> PathBuf {
+    let p = std::env::var_os("XDPGATE_BIN_VARIANT").map(PathBuf::from);
+    match p {
+        Some(p) if p.is_absolute() && p.is_file() => p,
+        _ => panic!(
+            "XDPGATE_BIN_VARIANT must name the variant build of xdpgate (`cargo xtask test` builds it; by hand: XDPGATE_PROG_VARIANT=1 cargo build -p xdpgate, copy target/debug/xdpgate aside)"
+        ),
+    }
+}
+
 /// Path of the `xdpgate` binary under test: `$XDPGATE_BIN` (set by `cargo xtask
 /// test`), else `target/debug/xdpgate` of this workspace.
 pub fn binary() -> PathBuf {
@@ -88,7 +101,12 @@ impl StateDirs {
 
     /// An `xdpgate` command in `ns` using these directories.
     pub fn command(&self, ns: &Netns) -> Command {
-        let mut cmd = ns.command(binary());
+        self.command_of(ns, &binary())
+    }
+
+    /// [`StateDirs::command`] of the binary `bin` (another build).
+    pub fn command_of(&self, ns: &Netns, bin: &Path) -> Command {
+        let mut cmd = ns.command(bin);
         cmd.env("XDPGATE_BPFFS_DIR", &self.bpffs)
             .env("XDPGATE_RUN_DIR", &self.run)
             .env("XDPGATE_STATE_FILE", &self.state_file)
@@ -189,7 +207,19 @@ impl Daemon {
         mode: &str,
         extra: &[&std::ffi::OsStr],
     ) -> Result<Daemon, String> {
-        let mut cmd = dirs.command(ns);
+        Self::start_binary(ns, dirs, &binary(), ifaces, mode, extra)
+    }
+
+    /// Like [`Daemon::start_in`], of the binary `bin` (another build).
+    pub fn start_binary(
+        ns: &Netns,
+        dirs: StateDirs,
+        bin: &Path,
+        ifaces: &[&str],
+        mode: &str,
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<Daemon, String> {
+        let mut cmd = dirs.command_of(ns, bin);
         cmd.arg("run").args(extra);
         if !mode.is_empty() {
             cmd.args(["--mode", mode]);

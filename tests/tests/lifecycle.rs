@@ -24,7 +24,7 @@ use xdpgate_common::pins::{META_MAGIC, Meta, SCHEMA_VERSION};
 use xdpgate_tests::{
     bpf,
     lab::{Lab, serial},
-    xdpgate::{Daemon, StateDirs, http_get, xdp_on},
+    xdpgate::{Daemon, StateDirs, binary, http_get, variant_binary, xdp_on},
 };
 
 const ALLOWED: u16 = 7000;
@@ -204,8 +204,9 @@ fn rule_packets(d: &Daemon, lab: &Lab) -> u64 {
         .sum()
 }
 
-/// Kill or stop the daemon under traffic, wait, start it again: 0 leaked.
-fn restart_under_traffic(signal: i32, subnet: u8, tag: &str) {
+/// Kill or stop the daemon under traffic, wait, start `next` (this build or
+/// another) on the same pins: 0 leaked.
+fn restart_under_traffic(signal: i32, subnet: u8, tag: &str, next: &Path) {
     let _g = serial();
     let lab = Lab::new(tag, subnet).expect("lab");
     let iface = lab.a_end.ifname.clone();
@@ -236,9 +237,17 @@ fn restart_under_traffic(signal: i32, subnet: u8, tag: &str) {
     );
     let out = dirs.run_ok(&lab.a, &["status", "--output", "json"]);
     assert!(out.contains("\"without_daemon\""), "{out}");
+    let tag_before = dirs.status(&lab.a, &iface).1[0]["prog_tag"].clone();
     std::thread::sleep(Duration::from_secs(2));
-    let d = Daemon::start_in(&lab.a, dirs, &[&iface], "native", &args).expect("restart");
+    let d = Daemon::start_binary(&lab.a, dirs, next, &[&iface], "native", &args).expect("restart");
     assert!(d.log().contains("adopting the datapath"), "{}", d.log());
+    let tag_after = d.dirs.status(&lab.a, &iface).1[0]["prog_tag"].clone();
+    assert_eq!(
+        tag_before != tag_after,
+        next != binary(),
+        "program tag {tag_before} -> {tag_after}"
+    );
+    eprintln!("program tag {tag_before} -> {tag_after}");
     std::thread::sleep(Duration::from_millis(800));
     let after = rule_packets(&d, &lab);
     let drops_after = metric(&lab, "xdpgate_packets_total", &dropped);
@@ -274,12 +283,19 @@ fn restart_under_traffic(signal: i32, subnet: u8, tag: &str) {
 
 #[test]
 fn sigkill_and_restart_leak_no_denied_packet() {
-    restart_under_traffic(libc::SIGKILL, 120, "lckill");
+    restart_under_traffic(libc::SIGKILL, 120, "lckill", &binary());
 }
 
 #[test]
 fn sigterm_and_restart_leak_no_denied_packet() {
-    restart_under_traffic(libc::SIGTERM, 121, "lcterm");
+    restart_under_traffic(libc::SIGTERM, 121, "lcterm", &binary());
+}
+
+#[test]
+fn an_upgrade_to_a_build_with_another_program_leaks_no_denied_packet() {
+    // Same schema, another program (its tag differs): each link gets the new
+    // program in one BPF_LINK_UPDATE.
+    restart_under_traffic(libc::SIGTERM, 128, "lcupgr", &variant_binary());
 }
 
 #[test]

@@ -214,6 +214,16 @@ fn workspace_root() -> PathBuf {
 
 /// Runs `cmd` with the bootstrap environment, echoing it; fails on non-zero exit.
 fn cargo(root: &Path, env: &bootstrap::Env, args: &[&str]) -> anyhow::Result<()> {
+    cargo_with(root, env, args, &[])
+}
+
+/// [`cargo`] with more environment variables.
+fn cargo_with(
+    root: &Path,
+    env: &bootstrap::Env,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> anyhow::Result<()> {
     // `cargo +nightly` needs the rustup proxy, not the cargo binary running us.
     let program = if args.first().is_some_and(|a| a.starts_with('+')) {
         "cargo".into()
@@ -221,8 +231,12 @@ fn cargo(root: &Path, env: &bootstrap::Env, args: &[&str]) -> anyhow::Result<()>
         std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
     };
     let mut cmd = Command::new(program);
-    cmd.current_dir(root).args(args).env("PATH", &env.path);
-    say(&format!("cargo {}", args.join(" ")));
+    cmd.current_dir(root)
+        .args(args)
+        .env("PATH", &env.path)
+        .envs(vars.iter().copied());
+    let shown: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    say(&format!("{}cargo {}", shown.concat(), args.join(" ")));
     let status = cmd.status().context("running cargo")?;
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
@@ -240,6 +254,24 @@ fn build(root: &Path, env: &bootstrap::Env, release: bool) -> anyhow::Result<Pat
         .join("target")
         .join(if release { "release" } else { "debug" })
         .join("xdpgate"))
+}
+
+/// A second build of the daemon whose XDP program differs in its tag only
+/// (`XDPGATE_PROG_VARIANT`, see xdp-prog's `VARIANT`), for the upgrade test:
+/// built, then copied aside as `target/debug/xdpgate-variant` (the next
+/// normal build puts the normal program back).
+fn build_variant(root: &Path, env: &bootstrap::Env) -> anyhow::Result<PathBuf> {
+    cargo_with(
+        root,
+        env,
+        &["build", "--package", "xdpgate"],
+        &[("XDPGATE_PROG_VARIANT", "1")],
+    )?;
+    let built = root.join("target/debug/xdpgate");
+    let aside = root.join("target/debug/xdpgate-variant");
+    std::fs::copy(&built, &aside)
+        .with_context(|| format!("copying {} to {}", built.display(), aside.display()))?;
+    Ok(aside)
 }
 
 fn test(root: &Path, env: &bootstrap::Env) -> anyhow::Result<()> {
@@ -269,9 +301,14 @@ fn test(root: &Path, env: &bootstrap::Env) -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
+    let variant = build_variant(root, env)?;
     let bin = build(root, env, false)?;
-    // SAFETY: single-threaded at this point; the tests read XDPGATE_BIN.
-    unsafe { std::env::set_var("XDPGATE_BIN", &bin) };
+    // SAFETY: single-threaded at this point; the tests read XDPGATE_BIN and
+    // (the upgrade test) XDPGATE_BIN_VARIANT.
+    unsafe {
+        std::env::set_var("XDPGATE_BIN", &bin);
+        std::env::set_var("XDPGATE_BIN_VARIANT", &variant);
+    }
     cargo(root, env, &["test", "--no-fail-fast"])?;
     model_on_stable(root)?;
     say("all host tests passed");
