@@ -21,6 +21,8 @@ fn main() -> anyhow::Result<()> {
     );
     // The upgrade test's second build of the program (see xdp-prog's VARIANT).
     println!("cargo:rerun-if-env-changed=XDPGATE_PROG_VARIANT");
+    // And the schema-upgrade test's (see xdpgate_common::pins::SCHEMA_VERSION).
+    println!("cargo:rerun-if-env-changed=XDPGATE_SCHEMA_VARIANT");
 
     let path = env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = vec![tools_bin.clone()];

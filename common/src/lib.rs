@@ -377,7 +377,13 @@ pub struct EventConfig {
     pub enabled: u32,
     /// Report one of every this many drops per CPU (0 and 1: every drop).
     pub sample_every: u32,
+    /// Zero. Two words in the schema-upgrade test's build (the field its
+    /// schema adds, see [`pins::SCHEMA_VERSION`]), none otherwise.
+    pub _variant: [u32; EVENT_VARIANT_WORDS],
 }
+
+/// Words of [`EventConfig::_variant`].
+pub const EVENT_VARIANT_WORDS: usize = if pins::SCHEMA_VARIANT { 2 } else { 0 };
 
 /// The `log` target of datapath event records (the eBPF program's aya-log
 /// records carry it; the daemon rate-limits records with this target).

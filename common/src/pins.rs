@@ -5,14 +5,18 @@
 //! ```text
 //! <bpffs_dir>/            mode 0700, owned by root
 //!   meta                  array map, 1 entry: `Meta` (this layout never changes)
-//!   maps/XG_*             every map of the XDP object, by its full name
+//!   maps-<schema>/XG_*    every map of the XDP object, by its full name, in a
+//!                         folder per schema ([`MAPS_DIR_PREFIX`])
 //!   links/<ifname>        one XDP bpf_link per enforcing interface
 //! ```
 //!
 //! The links keep the program attached when no daemon runs; the maps keep
 //! the policy, the bindings, the services and the counters. A daemon that
 //! finds pins of its own [`SCHEMA_VERSION`] reuses the maps and replaces the
-//! program in each link atomically (`BPF_LINK_UPDATE`).
+//! program in each link atomically (`BPF_LINK_UPDATE`). One of an older
+//! schema fills the maps of its own schema beside the old ones, switches each
+//! link to its program, and commits by writing its schema into `meta` (one
+//! map update); only then are the old maps removed.
 
 /// The datapath's schema: changes whenever any map's key or value layout,
 /// size or type, any map's meaning, or the program's contract (attach type,
@@ -20,15 +24,23 @@
 /// as they are.
 ///
 /// History: 1 = the first pinned datapath (issue 13).
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// A build made with `XDPGATE_SCHEMA_VARIANT` set (only `cargo xtask test`
+/// makes one, for its schema-upgrade test) has the next schema, whose
+/// [`crate::EventConfig`] has one field more.
+pub const SCHEMA_VERSION: u32 = if SCHEMA_VARIANT { 2 } else { 1 };
+
+/// Whether this is the schema-upgrade test's build (see [`SCHEMA_VERSION`]).
+pub const SCHEMA_VARIANT: bool = option_env!("XDPGATE_SCHEMA_VARIANT").is_some();
 
 /// [`Meta::magic`]: `b"XDPGATE\0"` read as a little-endian `u64`.
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"XDPGATE\0");
 
 /// The pin of the [`Meta`] record, under the bpffs directory.
 pub const META_PIN: &str = "meta";
-/// The folder of the pinned maps, under the bpffs directory.
-pub const MAPS_DIR: &str = "maps";
+/// The folders of the pinned maps, under the bpffs directory: this prefix and
+/// the schema number (`maps-1`). bpffs refuses names with a dot (EPERM).
+pub const MAPS_DIR_PREFIX: &str = "maps-";
 /// The folder of the pinned links (one per interface name), under the bpffs directory.
 pub const LINKS_DIR: &str = "links";
 
@@ -40,7 +52,8 @@ pub const LINKS_DIR: &str = "links";
 pub struct Meta {
     /// [`META_MAGIC`].
     pub magic: u64,
-    /// The [`SCHEMA_VERSION`] of the maps under `maps/`.
+    /// The [`SCHEMA_VERSION`] of the datapath committed: its maps are under
+    /// `maps-<schema>/`.
     pub schema: u32,
     /// Zero.
     pub flags: u32,

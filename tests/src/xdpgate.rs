@@ -20,11 +20,21 @@ use crate::lab::Netns;
 /// only (`$XDPGATE_BIN_VARIANT`, built by `cargo xtask test`), for the
 /// upgrade test. Panics with what to do when it is not there.
 pub fn variant_binary() -> PathBuf {
-    let p = std::env::var_os("XDPGATE_BIN_VARIANT").map(PathBuf::from);
-    match p {
+    built_aside("XDPGATE_BIN_VARIANT", "XDPGATE_PROG_VARIANT")
+}
+
+/// Path of the build of `xdpgate` with the next schema (`$XDPGATE_BIN_SCHEMA`,
+/// built by `cargo xtask test` with `XDPGATE_SCHEMA_VARIANT`), for the
+/// schema-upgrade test. Panics with what to do when it is not there.
+pub fn schema_variant_binary() -> PathBuf {
+    built_aside("XDPGATE_BIN_SCHEMA", "XDPGATE_SCHEMA_VARIANT")
+}
+
+fn built_aside(var: &str, build_var: &str) -> PathBuf {
+    match std::env::var_os(var).map(PathBuf::from) {
         Some(p) if p.is_absolute() && p.is_file() => p,
         _ => panic!(
-            "XDPGATE_BIN_VARIANT must name the variant build of xdpgate (`cargo xtask test` builds it; by hand: XDPGATE_PROG_VARIANT=1 cargo build -p xdpgate, copy target/debug/xdpgate aside)"
+            "{var} must name a second build of xdpgate (`cargo xtask test` makes it; by hand: {build_var}=1 cargo build -p xdpgate, then copy target/debug/xdpgate aside)"
         ),
     }
 }

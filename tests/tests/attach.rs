@@ -194,7 +194,8 @@ fn attach_count_detach(mode: &str, subnet: u8) {
     assert_eq!(delta(&before, &after, None, Some("pass")), (all_p, all_b));
     assert_eq!(sum(&after, &iface, None, Some("drop")), (0, 0));
 
-    assert!(daemon.dirs.bpffs.join("maps/XG_STATS").exists());
+    let maps = xdpgate::paths::maps_dir(xdpgate_common::pins::SCHEMA_VERSION);
+    assert!(daemon.dirs.bpffs.join(maps).join("XG_STATS").exists());
     let (status, dirs) = daemon.stop_keeping_state(libc::SIGTERM);
     assert!(
         status.success(),

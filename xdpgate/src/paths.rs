@@ -22,7 +22,7 @@ impl Paths {
     /// Path at which map `name` is pinned.
     pub fn map_pin(&self, name: &str) -> PathBuf {
         self.bpffs_dir
-            .join(xdpgate_common::pins::MAPS_DIR)
+            .join(maps_dir(xdpgate_common::pins::SCHEMA_VERSION))
             .join(name)
     }
 
@@ -40,4 +40,10 @@ impl Paths {
     pub fn bpffs_mount(&self) -> &Path {
         Path::new("/sys/fs/bpf")
     }
+}
+
+/// The folder of the pinned maps of `schema`, under the bpffs directory
+/// (`maps-1`; see `xdpgate_common::pins`).
+pub fn maps_dir(schema: u32) -> String {
+    format!("{}{schema}", xdpgate_common::pins::MAPS_DIR_PREFIX)
 }

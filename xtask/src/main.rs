@@ -256,19 +256,20 @@ fn build(root: &Path, env: &bootstrap::Env, release: bool) -> anyhow::Result<Pat
         .join("xdpgate"))
 }
 
-/// A second build of the daemon whose XDP program differs in its tag only
-/// (`XDPGATE_PROG_VARIANT`, see xdp-prog's `VARIANT`), for the upgrade test:
-/// built, then copied aside as `target/debug/xdpgate-variant` (the next
-/// normal build puts the normal program back).
-fn build_variant(root: &Path, env: &bootstrap::Env) -> anyhow::Result<PathBuf> {
-    cargo_with(
-        root,
-        env,
-        &["build", "--package", "xdpgate"],
-        &[("XDPGATE_PROG_VARIANT", "1")],
-    )?;
+/// Another build of the daemon for the upgrade tests, made with `var` set:
+/// `XDPGATE_PROG_VARIANT` (the XDP program differs in its tag only, see
+/// xdp-prog's `VARIANT`) or `XDPGATE_SCHEMA_VARIANT` (the next schema, see
+/// `xdpgate_common::pins::SCHEMA_VERSION`). Built, then copied aside as
+/// `target/debug/NAME` (the next normal build puts the normal one back).
+fn build_variant(
+    root: &Path,
+    env: &bootstrap::Env,
+    var: &str,
+    name: &str,
+) -> anyhow::Result<PathBuf> {
+    cargo_with(root, env, &["build", "--package", "xdpgate"], &[(var, "1")])?;
     let built = root.join("target/debug/xdpgate");
-    let aside = root.join("target/debug/xdpgate-variant");
+    let aside = root.join("target/debug").join(name);
     std::fs::copy(&built, &aside)
         .with_context(|| format!("copying {} to {}", built.display(), aside.display()))?;
     Ok(aside)
@@ -301,13 +302,15 @@ fn test(root: &Path, env: &bootstrap::Env) -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
-    let variant = build_variant(root, env)?;
+    let variant = build_variant(root, env, "XDPGATE_PROG_VARIANT", "xdpgate-variant")?;
+    let schema = build_variant(root, env, "XDPGATE_SCHEMA_VARIANT", "xdpgate-schema-next")?;
     let bin = build(root, env, false)?;
     // SAFETY: single-threaded at this point; the tests read XDPGATE_BIN and
-    // (the upgrade test) XDPGATE_BIN_VARIANT.
+    // (the upgrade tests) XDPGATE_BIN_VARIANT and XDPGATE_BIN_SCHEMA.
     unsafe {
         std::env::set_var("XDPGATE_BIN", &bin);
         std::env::set_var("XDPGATE_BIN_VARIANT", &variant);
+        std::env::set_var("XDPGATE_BIN_SCHEMA", &schema);
     }
     cargo(root, env, &["test", "--no-fail-fast"])?;
     model_on_stable(root)?;

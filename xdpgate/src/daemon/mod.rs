@@ -24,7 +24,7 @@ use xdpgate_model::{
 use crate::{
     acl::{AclController, Applied, ApplyError},
     bind::{BindError, Bindings},
-    datapath::{Datapath, DatapathError, stats::StatsError},
+    datapath::{Datapath, DatapathError, Opened, stats::StatsError},
     lb::{LbController, LbError, health::HealthMonitor},
     paths::Paths,
     sys::{self, netlink},
@@ -434,16 +434,26 @@ impl Daemon {
         for i in &cfg.interfaces {
             resolved.push(sys::ifindex(&i.name).map_err(DatapathError::from)?);
         }
-        let (mut dp, adopted) = Datapath::open(paths, cfg.lb.load_options())?;
-        if let Some(meta) = &adopted {
-            log::info!(
+        let (mut dp, opened) = Datapath::open(paths, cfg.lb.load_options())?;
+        match &opened {
+            Opened::Cold => {}
+            Opened::Adopted(meta) => log::info!(
                 "adopting the datapath pinned in {} (schema {}, program tag {}, enforcing on {} interface(s))",
                 paths.bpffs_dir.display(),
                 meta.schema,
                 crate::datapath::pins::tag_hex(&meta.prog_tag),
                 dp.adopted().count()
-            );
+            ),
+            Opened::Migrating(meta) => log::info!(
+                "migrating the datapath pinned in {} from schema {} to {}: new maps beside the old, filled, then each of its {} link(s) switched in one step; counters start from zero",
+                paths.bpffs_dir.display(),
+                meta.schema,
+                xdpgate_common::pins::SCHEMA_VERSION,
+                dp.adopted().count()
+            ),
         }
+        // Only a datapath of this schema has state to take over.
+        let adopted = matches!(opened, Opened::Adopted(_));
         // Interfaces the running datapath knows keep their slot (and with it
         // their counters and bindings); new ones take free slots.
         let slots = keep_slots(&mut dp, &cfg, &resolved)?;
@@ -461,7 +471,7 @@ impl Daemon {
         let specs_of = |entries: &[ServiceEntry]| {
             xdpgate_model::lb::specs_of(entries, ring_services).map_err(LbError::Invalid)
         };
-        if adopted.is_some() {
+        if adopted {
             // Take over what the running datapath holds, as the earlier
             // daemon saved it, so that the install below changes only what
             // differs (and removes what is no longer configured).
@@ -529,7 +539,7 @@ impl Daemon {
         for (i, ifindex) in cfg.interfaces.iter().zip(&resolved) {
             dp.set_iface_flag(*ifindex, xdpgate_common::IFACE_DECAP, i.decap)?;
         }
-        if adopted.is_some() {
+        if adopted {
             let n = binds.sweep(&mut dp)?;
             if n > 0 {
                 log::info!(

@@ -242,8 +242,10 @@ impl Datapath {
         let tag = self.prog_tag()?;
         if let Some(p) = &self.pins {
             p.commit(tag)?;
+            // A migration's last step: no program uses the older maps now.
+            p.remove_older()?;
         }
-        self.uncommitted = false;
+        self.uncommitted = super::Uncommitted::Nothing;
         self.committed_tag = Some(tag);
         Ok(())
     }

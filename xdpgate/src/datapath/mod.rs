@@ -45,6 +45,7 @@ pub mod seam;
 pub mod stats;
 
 pub use links::{Attached, Enforced};
+pub use pins::maps_dir;
 pub use pins::{Found, PinDir, PinError, PinnedLink};
 pub use seam::{AclTables, AddrKernel, IfaceTable, LbMaps, LocalAddrs, RcuWait, SystemKernel};
 
@@ -171,13 +172,38 @@ pub struct Datapath {
     pins: Option<PinDir>,
     /// Links pinned by an earlier run, not yet taken over by `enforce`.
     adopted: Vec<PinnedLink>,
-    /// A cold start on pins not yet committed: dropped, it removes its pins.
-    uncommitted: bool,
+    /// What dropping it before [`Datapath::commit`] removes.
+    uncommitted: Uncommitted,
     /// The program's tag as last committed to the pins.
     committed_tag: Option<[u8; 8]>,
     attached: Vec<Attached>,
     barrier: RcuBarrier,
     sizes: LoadOptions,
+}
+
+/// What [`Datapath::open`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// Nothing pinned: new maps, to fill before the first attach.
+    Cold,
+    /// A datapath of this schema (its `meta` record): its maps reused.
+    Adopted(Meta),
+    /// A datapath of an older schema (its `meta` record): new maps of this
+    /// schema beside the old ones, to fill; [`Datapath::enforce`] switches its
+    /// links, [`Datapath::commit`] commits and removes the old maps.
+    Migrating(Meta),
+}
+
+/// What a datapath on pins removes when it is dropped before its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Uncommitted {
+    /// Nothing (committed, adopted, or not on pins).
+    Nothing,
+    /// A cold start: every link and pin.
+    ColdStart,
+    /// A migration: the new maps (links it switched were switched back by
+    /// `enforce`, or run the new program, which keeps its maps alive).
+    Migration,
 }
 
 /// The result of one `BPF_PROG_TEST_RUN` of the program on a frame.
@@ -195,16 +221,16 @@ impl Datapath {
     /// Opens the pinned datapath under `paths.bpffs_dir` for a daemon: judges
     /// what is pinned there ([`PinDir::inspect`]; pins this build cannot use
     /// are refused and left as they are), then loads the object on the pinned
-    /// maps (reused as they are, counters included) or, on a cold start, on
-    /// new maps pinned there. Nothing is attached or detached: install the
-    /// state, then call [`Datapath::enforce`]. Returns the `meta` record of the
-    /// datapath it adopted, if it found one.
-    pub fn open(paths: &Paths, sizes: LoadOptions) -> Result<(Self, Option<Meta>), DatapathError> {
+    /// maps of this schema (reused as they are, counters included) or, on a
+    /// cold start or a migration from an older schema, on new maps pinned
+    /// there. Nothing is attached or detached: install the state, then call
+    /// [`Datapath::enforce`] and [`Datapath::commit`].
+    pub fn open(paths: &Paths, sizes: LoadOptions) -> Result<(Self, Opened), DatapathError> {
         check_kernel()?;
         let pins = PinDir::open(&paths.bpffs_dir)?;
         let specs = map_specs(sizes)?;
         let found = pins.inspect(&specs)?;
-        if matches!(found, Found::Empty) {
+        if !matches!(found, Found::Ours { .. }) {
             pins.prepare()?;
         }
         let paths_of: Vec<(String, PathBuf)> = specs
@@ -215,16 +241,32 @@ impl Datapath {
         for (name, path) in &paths_of {
             loader.map_pin_path(name.as_str(), path.as_path());
         }
-        let mut dp = Self::load_object(&mut loader, sizes)?;
+        let mut dp = match Self::load_object(&mut loader, sizes) {
+            Ok(dp) => dp,
+            Err(e) => {
+                // Maps a cold start or a migration pinned for nothing.
+                match found {
+                    Found::Empty => pins.remove_all()?,
+                    Found::Older { .. } => pins.abandon_migration()?,
+                    Found::Ours { .. } => {}
+                }
+                return Err(e);
+            }
+        };
         dp.pins = Some(pins);
         Ok(match found {
             Found::Empty => {
-                dp.uncommitted = true;
-                (dp, None)
+                dp.uncommitted = Uncommitted::ColdStart;
+                (dp, Opened::Cold)
             }
             Found::Ours { meta, links } => {
                 dp.adopted = links;
-                (dp, Some(meta))
+                (dp, Opened::Adopted(meta))
+            }
+            Found::Older { meta, links } => {
+                dp.adopted = links;
+                dp.uncommitted = Uncommitted::Migration;
+                (dp, Opened::Migrating(meta))
             }
         })
     }
@@ -266,7 +308,7 @@ impl Datapath {
             ebpf,
             pins: None,
             adopted: Vec::new(),
-            uncommitted: false,
+            uncommitted: Uncommitted::Nothing,
             committed_tag: None,
             attached: Vec::new(),
             barrier,
@@ -310,6 +352,7 @@ impl Datapath {
         let cfg = EventConfig {
             enabled: on as u32,
             sample_every: sample_every.max(1),
+            _variant: [0; xdpgate_common::EVENT_VARIANT_WORDS],
         };
         map.set(0, cfg, 0).map_err(err)
     }
@@ -409,12 +452,19 @@ impl Datapath {
 }
 
 /// A cold start that failed before its commit leaves nothing behind: its
-/// links are detached and its pins removed. Anything else stays pinned.
+/// links are detached and its pins removed. A migration that failed leaves
+/// the older datapath as it was. Anything else stays pinned.
 impl Drop for Datapath {
     fn drop(&mut self) {
-        if self.uncommitted
-            && let Err(e) = self.detach_all()
-        {
+        let result = match self.uncommitted {
+            Uncommitted::Nothing => Ok(()),
+            Uncommitted::ColdStart => self.detach_all(),
+            Uncommitted::Migration => self
+                .pins
+                .as_ref()
+                .map_or(Ok(()), |p| p.abandon_migration().map_err(Into::into)),
+        };
+        if let Err(e) = result {
             log::warn!("removing the pins of a failed start: {e}");
         }
     }

@@ -23,7 +23,7 @@ use std::{
 use thiserror::Error;
 use xdpgate_common::{
     PROGRAM_NAME,
-    pins::{LINKS_DIR, MAPS_DIR, META_MAGIC, META_PIN, Meta, SCHEMA_VERSION},
+    pins::{LINKS_DIR, MAPS_DIR_PREFIX, META_MAGIC, META_PIN, Meta, SCHEMA_VERSION},
 };
 
 use crate::sys::object::{self, BPF_LINK_TYPE_XDP, LinkInfo, MapInfo};
@@ -148,7 +148,17 @@ pub enum Found {
         /// The links, by interface name.
         links: Vec<PinnedLink>,
     },
+    /// A datapath of an older schema, to migrate: new maps beside its maps,
+    /// its links switched to this build's program, then the commit.
+    Older {
+        /// The `meta` record.
+        meta: Meta,
+        /// The links, by interface name.
+        links: Vec<PinnedLink>,
+    },
 }
+
+pub use crate::paths::maps_dir;
 
 /// The pin directory, locked (`flock` on the directory) while this lives.
 #[derive(Debug)]
@@ -204,9 +214,9 @@ impl PinDir {
         &self.root
     }
 
-    /// Where map `name` is pinned.
+    /// Where map `name` of this build's schema is pinned.
     pub fn map_path(&self, name: &str) -> PathBuf {
-        self.root.join(MAPS_DIR).join(name)
+        self.root.join(maps_dir(SCHEMA_VERSION)).join(name)
     }
 
     /// Where the link of `iface` is pinned.
@@ -219,71 +229,75 @@ impl PinDir {
     }
 
     /// Judges what is pinned (see the module documentation), changing
-    /// nothing, except that the remains of a cold start that never attached
-    /// (a record never committed and no link) are removed.
+    /// nothing it cannot use, and tidies what an interrupted step of its own
+    /// left: the remains of a cold start that never attached (a record never
+    /// committed, no link) are removed; so are the maps of older schemas once
+    /// this schema is committed (a migration's last step), and, before a
+    /// migration, maps of this schema that an earlier attempt never committed
+    /// (a program still running on them keeps them alive).
     pub fn inspect(&self, specs: &BTreeMap<String, MapSpec>) -> Result<Found, PinError> {
         let meta_path = self.meta_path();
-        let maps = list(&self.root.join(MAPS_DIR))?;
-        let links = list(&self.root.join(LINKS_DIR))?;
-        let others: Vec<_> = list(&self.root)?
-            .into_iter()
-            .filter(|n| n != META_PIN && n != MAPS_DIR && n != LINKS_DIR)
-            .collect();
-        if let Some(n) = others.first() {
-            return Err(PinError::Foreign {
-                path: self.root.join(n),
-                why: "an unexpected entry".into(),
-            });
+        let mut schemas = BTreeMap::new();
+        for n in list(&self.root)? {
+            if n == META_PIN || n == LINKS_DIR {
+                continue;
+            }
+            match n
+                .strip_prefix(MAPS_DIR_PREFIX)
+                .and_then(|v| v.parse::<u32>().ok())
+            {
+                Some(schema) => {
+                    schemas.insert(schema, list(&self.root.join(&n))?);
+                }
+                None => {
+                    return Err(PinError::Foreign {
+                        path: self.root.join(n),
+                        why: "an unexpected entry".into(),
+                    });
+                }
+            }
         }
+        let links = list(&self.root.join(LINKS_DIR))?;
         if !meta_path.exists() {
-            if maps.is_empty() && links.is_empty() {
+            let maps: usize = schemas.values().map(Vec::len).sum();
+            if maps == 0 && links.is_empty() {
                 return Ok(Found::Empty);
             }
             return Err(PinError::Foreign {
                 path: self.root.clone(),
                 why: format!(
-                    "pins without a {META_PIN} record ({} maps, {} links)",
-                    maps.len(),
+                    "pins without a {META_PIN} record ({maps} maps, {} links)",
                     links.len()
                 ),
             });
         }
         let meta = read_meta(&meta_path)?;
-        if meta.schema != SCHEMA_VERSION {
+        if meta.schema > SCHEMA_VERSION {
             return Err(PinError::Schema {
                 path: meta_path,
                 found: meta.schema,
                 ours: SCHEMA_VERSION,
-                way_out: if meta.schema > SCHEMA_VERSION {
-                    "it was installed by a newer xdpgate, and a downgrade cannot reuse it. Run the newer binary, or remove it with `xdpgate down` (this detaches the interfaces) and start this one"
-                } else {
-                    "this build cannot yet migrate it in place. Run `xdpgate down` (this detaches the interfaces) and start this build"
-                },
+                way_out: "it was installed by a newer xdpgate, and a downgrade cannot reuse it. Run the newer binary, or remove it with `xdpgate down` (this detaches the interfaces) and start this one",
             });
         }
-        for name in &maps {
-            let path = self.map_path(name);
-            let Some(spec) = specs.get(name) else {
-                return Err(PinError::Foreign {
-                    path,
-                    why: "no map of that name in this build's datapath".into(),
-                });
-            };
-            let fd = object::obj_get(&path).map_err(io_err("cannot open the pin", &path))?;
-            let info = object::map_info(fd.as_fd()).map_err(|_| PinError::Foreign {
-                path: path.clone(),
-                why: "not a BPF map".into(),
-            })?;
-            if let Some(why) = spec.differs(&info) {
-                return Err(PinError::Foreign {
-                    path,
-                    why: format!("a map of the wrong shape: {why}"),
-                });
+        if meta.schema == SCHEMA_VERSION {
+            for name in schemas.get(&SCHEMA_VERSION).into_iter().flatten() {
+                self.judge_map(name, specs)?;
             }
         }
         let mut found = Vec::new();
         for iface in links {
             found.push(self.judge_link(&iface)?);
+        }
+        if meta.schema < SCHEMA_VERSION {
+            if schemas.contains_key(&SCHEMA_VERSION) {
+                log::info!(
+                    "removing the maps of schema {SCHEMA_VERSION} an earlier migration left uncommitted in {}",
+                    self.root.display()
+                );
+                self.remove_maps(SCHEMA_VERSION)?;
+            }
+            return Ok(Found::Older { meta, links: found });
         }
         if meta.committed_unix_ns == 0 && found.is_empty() {
             log::info!(
@@ -293,7 +307,65 @@ impl PinDir {
             self.remove_all()?;
             return Ok(Found::Empty);
         }
+        self.remove_older()?;
         Ok(Found::Ours { meta, links: found })
+    }
+
+    /// Checks that map `name` of this schema has the shape this build makes.
+    fn judge_map(&self, name: &str, specs: &BTreeMap<String, MapSpec>) -> Result<(), PinError> {
+        let path = self.map_path(name);
+        let Some(spec) = specs.get(name) else {
+            return Err(PinError::Foreign {
+                path,
+                why: "no map of that name in this build's datapath".into(),
+            });
+        };
+        let fd = object::obj_get(&path).map_err(io_err("cannot open the pin", &path))?;
+        let info = object::map_info(fd.as_fd()).map_err(|_| PinError::Foreign {
+            path: path.clone(),
+            why: "not a BPF map".into(),
+        })?;
+        match spec.differs(&info) {
+            Some(why) => Err(PinError::Foreign {
+                path,
+                why: format!("a map of the wrong shape: {why}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes the maps of `schema` (their pins: maps a program uses live on).
+    fn remove_maps(&self, schema: u32) -> Result<(), PinError> {
+        let dir = self.root.join(maps_dir(schema));
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("cannot remove", &dir)(e)),
+        }
+    }
+
+    /// Removes the maps of every schema older than this one (after a
+    /// migration committed: no program uses them any more).
+    pub fn remove_older(&self) -> Result<(), PinError> {
+        for n in list(&self.root)? {
+            if let Some(schema) = n
+                .strip_prefix(MAPS_DIR_PREFIX)
+                .and_then(|v| v.parse::<u32>().ok())
+                && schema < SCHEMA_VERSION
+            {
+                log::info!(
+                    "removing the maps of schema {schema}, replaced by schema {SCHEMA_VERSION}"
+                );
+                self.remove_maps(schema)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the maps of this schema that a migration made and did not
+    /// commit (the datapath in force is the older one).
+    pub fn abandon_migration(&self) -> Result<(), PinError> {
+        self.remove_maps(SCHEMA_VERSION)
     }
 
     fn judge_link(&self, iface: &str) -> Result<PinnedLink, PinError> {
@@ -331,10 +403,11 @@ impl PinDir {
         })
     }
 
-    /// Creates the `maps/` and `links/` folders and the `meta` record of a
-    /// cold start, not yet committed (`committed_unix_ns` 0).
+    /// Creates the maps folder of this schema and the `links/` folder, and
+    /// the `meta` record of a cold start, not yet committed
+    /// (`committed_unix_ns` 0); a migration keeps the record it found.
     pub fn prepare(&self) -> Result<(), PinError> {
-        for d in [MAPS_DIR, LINKS_DIR] {
+        for d in [maps_dir(SCHEMA_VERSION), LINKS_DIR.to_owned()] {
             let p = self.root.join(d);
             fs::DirBuilder::new()
                 .recursive(true)
@@ -357,12 +430,14 @@ impl PinDir {
         )
     }
 
-    /// Marks the datapath committed: the program with `prog_tag` runs the
-    /// state now in the maps.
+    /// Marks the datapath committed, in one update of the `meta` record: the
+    /// program with `prog_tag` runs the state now in the maps of this
+    /// schema (a migration's commit point).
     pub fn commit(&self, prog_tag: [u8; 8]) -> Result<Meta, PinError> {
         let path = self.meta_path();
         let fd = object::obj_get(&path).map_err(io_err("cannot open the pin", &path))?;
         let mut meta = read_meta(&path)?;
+        meta.schema = SCHEMA_VERSION;
         meta.prog_tag = prog_tag;
         meta.committed_unix_ns = unix_ns();
         object::write_record(fd.as_fd(), bytes_of(&meta))
