@@ -8,6 +8,7 @@
 //! pins this build cannot use are refused with their path, untouched.
 
 mod adopt;
+mod cold;
 mod pins;
 mod reload;
 mod restart;
