@@ -23,6 +23,7 @@ mod bind;
 mod csum;
 mod lb;
 mod lblive;
+mod lifecycle;
 mod live;
 mod maglev;
 mod report;
@@ -88,6 +89,8 @@ enum Only {
     Lb,
     /// The load-balancer path on live frames only (1c).
     LbLive,
+    /// The enforcement gap across restarts and upgrades, and the cold start (5).
+    Lifecycle,
 }
 
 /// Lab subnet of the benchmark's veth pair (10.200.X.0/24); the tests and the
@@ -148,6 +151,12 @@ fn main() -> anyhow::Result<()> {
     let lb_live_rounds = if cli.quick { 3 } else { LB_LIVE_ROUNDS };
     let lb_live_secs = live_secs / 2.0;
 
+    if cli.only == Some(Only::Lifecycle) {
+        let r = report::Section::from(Some(lifecycle::run(cli.quick)));
+        lifecycle::print(&r);
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
     if matches!(cli.only, Some(Only::Lb | Only::LbLive)) {
         let lb_path = if cli.only == Some(Only::Lb) {
             let ns = Netns::new("bench").context("creating the benchmark namespace")?;
@@ -212,6 +221,7 @@ fn main() -> anyhow::Result<()> {
     drop(lab);
     let lb_live =
         report::Section::from((!cli.no_live).then(|| lblive::run(lb_live_secs, lb_live_rounds)));
+    let gap = report::Section::from(Some(lifecycle::run(cli.quick)));
 
     let report = report::Report::new(cli.quick, part1, filter, live, bind, started.elapsed());
     report.print();
@@ -223,6 +233,8 @@ fn main() -> anyhow::Result<()> {
     maglev::print(&maglev);
     println!();
     csum::print(&csum);
+    println!();
+    lifecycle::print(&gap);
     if let Some(dir) = cli.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -231,6 +243,7 @@ fn main() -> anyhow::Result<()> {
     json["lb_live"] = serde_json::to_value(&lb_live)?;
     json["maglev"] = serde_json::to_value(&maglev)?;
     json["csum"] = serde_json::to_value(&csum)?;
+    json["lifecycle"] = serde_json::to_value(&gap)?;
     std::fs::write(&cli.out, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", cli.out.display()))?;
     eprintln!("bench: wrote {}", cli.out.display());

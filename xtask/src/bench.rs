@@ -7,7 +7,7 @@
 //! Never part of `cargo xtask test`.
 use std::path::Path;
 
-use crate::{bootstrap, cargo};
+use crate::{bootstrap, build, build_variant, cargo};
 
 /// Debian packages only the benchmark needs: `xdp-filter` (xdp-tools) and
 /// `nft` (nftables).
@@ -21,6 +21,23 @@ pub(crate) fn run(
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
     bootstrap::apt_install(BENCH_PACKAGES, "benchmark packages")?;
+    // Part 5 runs the daemon: this build, another build of the program and a
+    // build of the next schema (release builds, as the benchmark is).
+    let variant = build_variant(root, env, "XDPGATE_PROG_VARIANT", "xdpgate-variant", true)?;
+    let schema = build_variant(
+        root,
+        env,
+        "XDPGATE_SCHEMA_VARIANT",
+        "xdpgate-schema-next",
+        true,
+    )?;
+    let bin = build(root, env, true)?;
+    // SAFETY: single-threaded at this point; the benchmark reads them.
+    unsafe {
+        std::env::set_var("XDPGATE_BIN", &bin);
+        std::env::set_var("XDPGATE_BIN_VARIANT", &variant);
+        std::env::set_var("XDPGATE_BIN_SCHEMA", &schema);
+    }
     let mut args: Vec<String> = ["run", "--release", "--package", "xdpgate-bench", "--"]
         .map(String::from)
         .to_vec();

@@ -244,7 +244,7 @@ fn cargo_with(
     Ok(())
 }
 
-fn build(root: &Path, env: &bootstrap::Env, release: bool) -> anyhow::Result<PathBuf> {
+pub(crate) fn build(root: &Path, env: &bootstrap::Env, release: bool) -> anyhow::Result<PathBuf> {
     let mut args = vec!["build", "--package", "xdpgate"];
     if release {
         args.push("--release");
@@ -261,15 +261,23 @@ fn build(root: &Path, env: &bootstrap::Env, release: bool) -> anyhow::Result<Pat
 /// xdp-prog's `VARIANT`) or `XDPGATE_SCHEMA_VARIANT` (the next schema, see
 /// `xdpgate_common::pins::SCHEMA_VERSION`). Built, then copied aside as
 /// `target/debug/NAME` (the next normal build puts the normal one back).
-fn build_variant(
+pub(crate) fn build_variant(
     root: &Path,
     env: &bootstrap::Env,
     var: &str,
     name: &str,
+    release: bool,
 ) -> anyhow::Result<PathBuf> {
-    cargo_with(root, env, &["build", "--package", "xdpgate"], &[(var, "1")])?;
-    let built = root.join("target/debug/xdpgate");
-    let aside = root.join("target/debug").join(name);
+    let mut args = vec!["build", "--package", "xdpgate"];
+    if release {
+        args.push("--release");
+    }
+    cargo_with(root, env, &args, &[(var, "1")])?;
+    let profile = root
+        .join("target")
+        .join(if release { "release" } else { "debug" });
+    let built = profile.join("xdpgate");
+    let aside = profile.join(name);
     std::fs::copy(&built, &aside)
         .with_context(|| format!("copying {} to {}", built.display(), aside.display()))?;
     Ok(aside)
@@ -302,8 +310,14 @@ fn test(root: &Path, env: &bootstrap::Env) -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
-    let variant = build_variant(root, env, "XDPGATE_PROG_VARIANT", "xdpgate-variant")?;
-    let schema = build_variant(root, env, "XDPGATE_SCHEMA_VARIANT", "xdpgate-schema-next")?;
+    let variant = build_variant(root, env, "XDPGATE_PROG_VARIANT", "xdpgate-variant", false)?;
+    let schema = build_variant(
+        root,
+        env,
+        "XDPGATE_SCHEMA_VARIANT",
+        "xdpgate-schema-next",
+        false,
+    )?;
     let bin = build(root, env, false)?;
     // SAFETY: single-threaded at this point; the tests read XDPGATE_BIN and
     // (the upgrade tests) XDPGATE_BIN_VARIANT and XDPGATE_BIN_SCHEMA.
