@@ -23,12 +23,21 @@
 /// frags, tail-call slots) changes. Pins of another schema are never reused
 /// as they are.
 ///
-/// History: 1 = the first pinned datapath (issue 13).
+/// History: 1 = the first pinned datapath; 2 = the programs load with
+/// multi-buffer support (`xdp.frags`, jumbo MTUs in native mode). Both
+/// issue 13.
 ///
 /// A build made with `XDPGATE_SCHEMA_VARIANT` set (only `cargo xtask test`
-/// makes one, for its schema-upgrade test) has the next schema, whose
-/// [`crate::EventConfig`] has one field more.
-pub const SCHEMA_VERSION: u32 = if SCHEMA_VARIANT { 2 } else { 1 };
+/// and `cargo xtask bench` make one, for their schema-upgrade runs) has the
+/// next schema, whose [`crate::EventConfig`] has one field more.
+pub const SCHEMA_VERSION: u32 = if SCHEMA_VARIANT {
+    SCHEMA_RELEASED + 1
+} else {
+    SCHEMA_RELEASED
+};
+
+/// The schema of this source tree's own builds.
+const SCHEMA_RELEASED: u32 = 2;
 
 /// Whether this is the schema-upgrade test's build (see [`SCHEMA_VERSION`]).
 pub const SCHEMA_VARIANT: bool = option_env!("XDPGATE_SCHEMA_VARIANT").is_some();

@@ -247,3 +247,102 @@ fn killed_daemon_leaves_the_program_enforcing() {
     drop(dirs); // removing the pins detaches
     assert!(!xdp_on(&lab.a, &iface));
 }
+
+#[test]
+fn jumbo_frames_of_both_families_are_classified_in_native_mode() {
+    // MTU 9000 on both ends: native XDP attaches only with a program that
+    // takes multi-buffer frames, and 8,900-byte datagrams of both families
+    // are judged like small ones.
+    let _g = serial();
+    let lab = Lab::new("jumbo", 24).expect("lab");
+    let iface = lab.a_end.ifname.clone();
+    lab.a
+        .exec("ip", &["link", "set", &iface, "mtu", "9000"])
+        .unwrap();
+    lab.b
+        .exec("ip", &["link", "set", &lab.b_end.ifname, "mtu", "9000"])
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("xdpgate-jumbo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nid = 1\npriority = 1\nproto = \"udp\"\ndport = 7001\naction = \"deny\"\n",
+    )
+    .unwrap();
+    let d = Daemon::start_with(
+        &lab.a,
+        &[&iface],
+        "native",
+        &[
+            "--acl-file".as_ref(),
+            rules.as_os_str(),
+            "--no-metrics".as_ref(),
+        ],
+    )
+    .expect("native mode attaches at MTU 9000");
+    let (allowed, denied) = lab.a.run(|| {
+        let bind = |port| {
+            let s = UdpSocket::bind(SocketAddr::from(([0u16; 8], port))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            s
+        };
+        (bind(7000), bind(7001))
+    });
+    // Receivers run while the datagrams are sent: 40 jumbo datagrams would
+    // overflow a default receive buffer.
+    let drain = |s: UdpSocket| {
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 9000];
+            let mut sizes = Vec::new();
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
+                sizes.push(n);
+            }
+            sizes
+        })
+    };
+    let (allowed, denied) = (drain(allowed), drain(denied));
+    let payload = vec![0x5a_u8; 8900];
+    const EACH: usize = 20;
+    for dst in [IpAddr::V4(lab.a_end.ipv4), IpAddr::V6(lab.a_end.ipv6)] {
+        let sock = lab
+            .b
+            .run(|| UdpSocket::bind(if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap());
+        for _ in 0..EACH {
+            sock.send_to(&payload, SocketAddr::new(dst, 7000)).unwrap();
+            sock.send_to(&payload, SocketAddr::new(dst, 7001)).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let got = allowed.join().unwrap();
+    assert_eq!(
+        got.len(),
+        2 * EACH,
+        "allowed jumbo datagrams arrive: {got:?}"
+    );
+    assert!(got.iter().all(|n| *n == payload.len()), "whole: {got:?}");
+    assert!(
+        denied.join().unwrap().is_empty(),
+        "denied jumbo datagrams are dropped"
+    );
+    let rows = d.stats(&lab.a);
+    for family in ["ipv4", "ipv6"] {
+        let (p, b) = sum(&rows, &iface, Some(family), Some("pass"));
+        assert_eq!(p, EACH as u64, "{family} passed");
+        // Ethernet + IP + UDP headers + payload: the whole frame, all buffers.
+        let ip = if family == "ipv4" { 20 } else { 40 };
+        assert_eq!(b, EACH as u64 * (14 + ip + 8 + 8900), "{family} bytes");
+    }
+    let out = d.dirs.run_ok(&lab.a, &["acl", "list", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let rule = v["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == 1)
+        .cloned()
+        .unwrap();
+    assert_eq!(rule["packets"], 2 * EACH as u64, "{rule}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -50,11 +50,31 @@ pub(crate) fn load<T: Word, const N: usize>(field: &[u8; N]) -> T {
     unsafe { field.as_ptr().cast::<T>().read() }
 }
 
+/// Longest frame [`frame_len`] reports: the verifier accepts a packet
+/// pointer plus a scalar below 64 KiB only. A longer frame (multi-buffer
+/// frames of more than 64 KiB) is seen as this long, so its IP length field
+/// exceeds it and it is dropped as malformed (`bad_ipv4_length`,
+/// `bad_ipv6_header`).
+const MAX_FRAME: usize = 0xffff;
+
+/// The frame's length in all its buffers (`bpf_xdp_get_buff_len`), at most
+/// [`MAX_FRAME`]: with multi-buffer frames (`xdp.frags`), `data_end` ends
+/// the first buffer only.
+#[inline(always)]
+pub(crate) fn frame_len(ctx: &XdpContext) -> usize {
+    // SAFETY: `ctx.ctx` is this program's own context; the helper only reads it.
+    let len = unsafe { aya_ebpf::helpers::bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+    if len > MAX_FRAME { MAX_FRAME } else { len }
+}
+
 /// A bounds-checked read position in the frame.
 ///
-/// Two bounds: `end` is the frame's `data_end`, the bound the verifier knows;
-/// `limit` is where the IP packet ends according to its own length field (once
-/// known), so Ethernet padding after the packet is never read as headers.
+/// Two bounds: `end` is the first buffer's `data_end`, the bound the verifier
+/// knows and the end of what can be read; `limit` is where the frame ends
+/// (all its buffers: a multi-buffer frame's `data_end` ends its first buffer
+/// only), then where the IP packet ends according to its own length field
+/// (once known), so Ethernet padding after the packet is never read as
+/// headers and lengths are checked against the whole frame.
 pub(crate) struct Cursor<'a> {
     pos: usize,
     end: usize,
@@ -64,13 +84,14 @@ pub(crate) struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    /// A cursor at the start of the frame.
+    /// A cursor at the start of a frame of `len` bytes in all its buffers
+    /// ([`frame_len`]).
     #[inline(always)]
-    pub(crate) fn new(ctx: &'a XdpContext) -> Self {
+    pub(crate) fn new(ctx: &'a XdpContext, len: usize) -> Self {
         Cursor {
             pos: ctx.data(),
             end: ctx.data_end(),
-            limit: ctx.data_end(),
+            limit: ctx.data() + len,
             _frame: PhantomData,
         }
     }

@@ -53,7 +53,14 @@ use xdpgate_common::{
 const VARIANT: bool = option_env!("XDPGATE_PROG_VARIANT").is_some();
 
 /// Entry point: parse, classify, count, decide.
-#[xdp]
+///
+/// Loaded with multi-buffer support (`xdp.frags`), so that native mode
+/// attaches on interfaces with jumbo MTUs. The parser reads only the first
+/// buffer (`ctx.data..ctx.data_end`): headers that do not fit it are
+/// malformed (the `truncated_*` reason of the header cut off); lengths are
+/// checked, and bytes counted, over the whole frame (`cursor::frame_len`). The flag is part of the schema (the pinned
+/// tail-call map keeps its owner's), so it never changes within one.
+#[xdp(frags)]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the #[xdp] macro passes the context by value"
@@ -64,8 +71,9 @@ fn xdpgate(ctx: XdpContext) -> u32 {
         let _ = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     }
     let iface = stats::iface(&ctx);
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let mut cursor = cursor::Cursor::new(&ctx);
+    let len = cursor::frame_len(&ctx);
+    let bytes = len as u64;
+    let mut cursor = cursor::Cursor::new(&ctx, len);
     // Each drop goes to `events::dropped` where its cause is known, so the
     // cause is not live across the paths' joins (6.1's verifier, which keeps
     // every scalar precise here, would tell the paths apart by it).
@@ -124,7 +132,7 @@ fn xdpgate(ctx: XdpContext) -> u32 {
 
 /// The steering program (load balancing and decapsulation), reached only by
 /// tail call from `xdpgate`; counts the packet like the main program would.
-#[xdp]
+#[xdp(frags)]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the #[xdp] macro passes the context by value"
