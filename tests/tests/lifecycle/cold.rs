@@ -58,10 +58,15 @@ fn a_cold_start_with_a_million_prefixes_judges_the_first_packet_by_the_whole_pol
     let (passed, _) = sum(&rows, &iface, Some("ipv4"), Some("pass"));
     let (passed6, _) = sum(&rows, &iface, Some("ipv6"), Some("pass"));
     let (dropped, _) = sum(&rows, &iface, None, Some("drop"));
-    let _ = traffic.stop();
+    let counted = traffic.stop();
     eprintln!(
-        "1,000,000 prefixes: enforcing {:.1} s after the start; the program passed {passed} IPv4 and {passed6} IPv6 packets, dropped {dropped}",
-        ready.as_secs_f64()
+        "1,000,000 prefixes: enforcing {:.1} s after the start; the program passed {passed} IPv4 and {passed6} IPv6 packets, dropped {dropped}; before it was attached {} pings were answered",
+        ready.as_secs_f64(),
+        counted.ping_replies
+    );
+    assert!(
+        counted.ping_replies > 0,
+        "before the attach nothing stops the pings (this checks the counting)"
     );
     assert_eq!(
         (passed, passed6),

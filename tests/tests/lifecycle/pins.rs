@@ -157,6 +157,13 @@ fn pins_it_cannot_use_are_refused_and_left_alone() {
     );
     // (`refused` checked that the foreign program stayed attached; removing
     // the test's directory detached it.)
+    // A directory owned by another user.
+    refused(
+        &lab,
+        "lcowner",
+        |root| std::os::unix::fs::chown(root, Some(65534), Some(65534)).unwrap(),
+        &["owned by uid 65534"],
+    );
     // A directory others may write to.
     refused(
         &lab,

@@ -8,7 +8,7 @@ use xdpgate_tests::{
     xdpgate::{Daemon, StateDirs, binary, schema_variant_binary, variant_binary, xdp_on},
 };
 
-use super::traffic::{METRICS, Traffic, metric, rule_packets, rules};
+use super::traffic::{Counted, METRICS, Traffic, metric, rule_packets, rules};
 
 /// What starts after the daemon is stopped under traffic.
 enum Next {
@@ -118,12 +118,22 @@ fn restart_under_traffic(signal: i32, subnet: u8, tag: &str, next: &Next) {
     } else {
         kept_daemon = Some(d);
     }
-    let (denied_udp, denied_tcp, allowed, sent) = traffic.stop();
+    let Counted {
+        denied_udp,
+        denied_tcp,
+        ping_replies,
+        allowed,
+        sent,
+    } = traffic.stop();
     drop((kept, kept_daemon));
     eprintln!(
-        "signal {signal}: leaked {denied_udp} UDP + {denied_tcp} TCP; allowed {allowed} of {sent} received; rule 1 counter {before} -> {after}; dropped {drops_before} -> {drops_after}"
+        "signal {signal}: leaked {denied_udp} UDP + {denied_tcp} TCP + {ping_replies} pings; allowed {allowed} of {sent} received; rule 1 counter {before} -> {after}; dropped {drops_before} -> {drops_after}"
     );
-    assert_eq!((denied_udp, denied_tcp), (0, 0), "denied packets leaked");
+    assert_eq!(
+        (denied_udp, denied_tcp, ping_replies),
+        (0, 0, 0),
+        "denied packets leaked"
+    );
     assert!(sent > 1000, "too little traffic: {sent}");
     // The allowed flow never stopped (a few in flight at the end may be lost).
     assert!(

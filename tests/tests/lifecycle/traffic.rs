@@ -43,12 +43,31 @@ pub(crate) struct Seen {
     denied_tcp: AtomicU64,
 }
 
-/// Live traffic from `b` to `a` until stopped (bounded: at most 60 s).
+/// Live traffic from `b` to `a` until stopped (bounded: at most 60 s):
+/// UDP to the allowed and the denied port and TCP connection attempts to a
+/// denied port, both families, and `ping` of both families (denied unless a
+/// rule allows ICMP: every echo reply is an echo request that got through).
 pub(crate) struct Traffic {
     stop: Arc<AtomicBool>,
     seen: Arc<Seen>,
     sent_allowed: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
+    pings: Vec<std::process::Child>,
+}
+
+/// What [`Traffic::stop`] counted behind XDP.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counted {
+    /// Denied UDP datagrams that arrived.
+    pub denied_udp: u64,
+    /// Denied TCP connections that were accepted.
+    pub denied_tcp: u64,
+    /// Echo replies `ping` received (echo requests that got through).
+    pub ping_replies: u64,
+    /// Allowed UDP datagrams that arrived.
+    pub allowed: u64,
+    /// Allowed UDP datagrams sent.
+    pub sent: u64,
 }
 
 impl Traffic {
@@ -143,26 +162,54 @@ impl Traffic {
                 }
             }));
         }
+        // ping of both families, 100 echo requests/s each, at most 60 s.
+        let pings = targets
+            .iter()
+            .map(|dst| {
+                lab.b
+                    .command("ping")
+                    .args(["-i", "0.01", "-w", "60", "-q", &dst.to_string()])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("ping")
+            })
+            .collect();
         Traffic {
             stop,
             seen,
             sent_allowed,
             threads,
+            pings,
         }
     }
 
     /// Stops the senders, lets the last packets land, stops the receivers.
-    pub(crate) fn stop(self) -> (u64, u64, u64, u64) {
+    pub(crate) fn stop(self) -> Counted {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             t.join().unwrap();
         }
-        (
-            self.seen.denied_udp.load(Ordering::Relaxed),
-            self.seen.denied_tcp.load(Ordering::Relaxed),
-            self.seen.allowed.load(Ordering::Relaxed),
-            self.sent_allowed.load(Ordering::Relaxed),
-        )
+        let mut ping_replies = 0;
+        for p in self.pings {
+            // SAFETY: kill(2) on our own child; SIGINT makes ping print its summary.
+            unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+            let out = p.wait_with_output().expect("ping");
+            let text = String::from_utf8_lossy(&out.stdout);
+            // "N packets transmitted, M received, ..."
+            ping_replies += text
+                .split(',')
+                .find_map(|part| part.trim().strip_suffix(" received"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no ping summary in {text:?}"));
+        }
+        Counted {
+            denied_udp: self.seen.denied_udp.load(Ordering::Relaxed),
+            denied_tcp: self.seen.denied_tcp.load(Ordering::Relaxed),
+            ping_replies,
+            allowed: self.seen.allowed.load(Ordering::Relaxed),
+            sent: self.sent_allowed.load(Ordering::Relaxed),
+        }
     }
 }
 
