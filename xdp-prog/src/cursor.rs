@@ -50,21 +50,22 @@ pub(crate) fn load<T: Word, const N: usize>(field: &[u8; N]) -> T {
     unsafe { field.as_ptr().cast::<T>().read() }
 }
 
-/// Longest frame [`frame_len`] reports: the verifier accepts a packet
-/// pointer plus a scalar below 64 KiB only. A longer frame (multi-buffer
-/// frames of more than 64 KiB) is seen as this long, so its IP length field
-/// exceeds it and it is dropped as malformed (`bad_ipv4_length`,
+/// Mask of a frame length: the verifier accepts a packet pointer plus a
+/// scalar below 64 KiB only, and 6.1's loses the bounds of a clamped length
+/// that the compiler spilled to the stack before clamping ("math between pkt
+/// pointer and register with unbounded min value", measured in the VM
+/// matrix), so [`Cursor::new`] masks the length right where it adds it. A
+/// multi-buffer frame of 64 KiB or more is then seen shorter than its IP
+/// length field and dropped as malformed (`bad_ipv4_length`,
 /// `bad_ipv6_header`).
-const MAX_FRAME: usize = 0xffff;
+const FRAME_MASK: usize = 0xffff;
 
-/// The frame's length in all its buffers (`bpf_xdp_get_buff_len`), at most
-/// [`MAX_FRAME`]: with multi-buffer frames (`xdp.frags`), `data_end` ends
-/// the first buffer only.
+/// The frame's length in all its buffers (`bpf_xdp_get_buff_len`): with
+/// multi-buffer frames (`xdp.frags`), `data_end` ends the first buffer only.
 #[inline(always)]
 pub(crate) fn frame_len(ctx: &XdpContext) -> usize {
     // SAFETY: `ctx.ctx` is this program's own context; the helper only reads it.
-    let len = unsafe { aya_ebpf::helpers::bpf_xdp_get_buff_len(ctx.ctx) } as usize;
-    if len > MAX_FRAME { MAX_FRAME } else { len }
+    unsafe { aya_ebpf::helpers::bpf_xdp_get_buff_len(ctx.ctx) as usize }
 }
 
 /// A bounds-checked read position in the frame.
@@ -91,7 +92,7 @@ impl<'a> Cursor<'a> {
         Cursor {
             pos: ctx.data(),
             end: ctx.data_end(),
-            limit: ctx.data() + len,
+            limit: ctx.data() + (len & FRAME_MASK),
             _frame: PhantomData,
         }
     }
