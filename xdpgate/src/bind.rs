@@ -25,9 +25,15 @@ use xdpgate_common::{IFACE_DROP_UNBOUND, LOCAL_ADDR_ENTRIES, LocalAddrKey};
 use xdpgate_model::bind::{BindRequest, Binding, Origin, Report, RequestError, expand, key};
 
 use crate::{
+    cancel::{self, Cancelled},
     datapath::{AddrKernel, DatapathError, LocalAddrs, SystemKernel},
     sys::netlink::{AddrOpKind, AddrReq, NetlinkError},
 };
+
+/// Addresses added to the kernel per netlink batch, between cancellation
+/// points (about 0.1 s of kernel work at the slowest rate measured, 10,000
+/// IPv6 addresses in 55 s).
+const ADD_BATCH: usize = 16;
 
 /// Errors of the binding manager.
 #[derive(Debug, Error)]
@@ -49,6 +55,10 @@ pub enum BindError {
     /// A datapath map operation failed; what the change did so far was undone.
     #[error("{0} (nothing was changed)")]
     Datapath(#[source] DatapathError),
+    /// The change stopped at a cancellation point (the daemon shuts down or
+    /// the client went away); what it did so far was undone.
+    #[error("{0} (nothing was changed)")]
+    Cancelled(#[from] Cancelled),
     /// Undoing a failed change failed too: the state may be inconsistent.
     #[error("{cause}; undoing the change failed too: {undo}")]
     Rollback {
@@ -719,10 +729,24 @@ fn add_kernel<K: AddrKernel + ?Sized>(
         Some(n) if n < reqs.len() => (&reqs[..n], Some(reqs[n])),
         _ => (reqs, None),
     };
-    let outcomes = kernel.address_batch(AddrOpKind::Add, reqs);
     let mut added = Vec::new();
     let mut raced = HashSet::new();
     let mut failure = None;
+    // In batches, with a cancellation point before each: a stopped add is
+    // undone like a failed one (the journal holds what was added).
+    let mut outcomes = Vec::with_capacity(reqs.len());
+    for (i, chunk) in reqs.chunks(ADD_BATCH).enumerate() {
+        cancel::progress(
+            "adding addresses",
+            (i * ADD_BATCH) as u64,
+            reqs.len() as u64,
+        );
+        if let Err(c) = cancel::checkpoint() {
+            failure = Some(BindError::Cancelled(c));
+            break;
+        }
+        outcomes.extend(kernel.address_batch(AddrOpKind::Add, chunk));
+    }
     for (r, out) in reqs.iter().zip(outcomes) {
         match out {
             Ok(()) => added.push(*r),
@@ -733,24 +757,30 @@ fn add_kernel<K: AddrKernel + ?Sized>(
             // No answer: the add may have happened; undo deletes it if so.
             Err(e) if e.raw_os_error().is_none() => {
                 added.push(*r);
-                failure.get_or_insert(address_error(kernel, AddrOpKind::Add, r, e));
+                failure.get_or_insert_with(|| {
+                    BindError::Netlink(address_error(kernel, AddrOpKind::Add, r, e))
+                });
             }
             Err(e) => {
-                failure.get_or_insert(address_error(kernel, AddrOpKind::Add, r, e));
+                failure.get_or_insert_with(|| {
+                    BindError::Netlink(address_error(kernel, AddrOpKind::Add, r, e))
+                });
             }
         }
     }
     journal.0.push(Step::Added(added));
     if let Some(r) = injected {
-        failure.get_or_insert(address_error(
-            kernel,
-            AddrOpKind::Add,
-            &r,
-            std::io::Error::other("injected failure (test hook)"),
-        ));
+        failure.get_or_insert_with(|| {
+            BindError::Netlink(address_error(
+                kernel,
+                AddrOpKind::Add,
+                &r,
+                std::io::Error::other("injected failure (test hook)"),
+            ))
+        });
     }
     match failure {
-        Some(e) => Err(BindError::Netlink(e)),
+        Some(e) => Err(e),
         None => Ok(raced),
     }
 }

@@ -20,6 +20,7 @@
 pub mod acl;
 pub mod api;
 pub mod bind;
+pub mod cancel;
 pub mod cli;
 pub mod daemon;
 pub mod datapath;

@@ -13,6 +13,7 @@
 //! controller's state (rules, counter slots) is unchanged.
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::Instant,
 };
 
@@ -24,7 +25,10 @@ use xdpgate_model::acl::{
     compile::{Image, compile},
 };
 
-use crate::datapath::{AclTables, DatapathError};
+use crate::{
+    cancel::{self, Cancelled},
+    datapath::{AclTables, DatapathError},
+};
 
 /// Why a change was not applied. In every case the running datapath and the
 /// controller's state are unchanged.
@@ -36,6 +40,10 @@ pub enum ApplyError {
     /// Writing the new generation failed; the live generation is unchanged.
     #[error("datapath: {0}")]
     Datapath(#[from] DatapathError),
+    /// The write stopped at a cancellation point before the switch (the
+    /// daemon shuts down or the client went away).
+    #[error("{0} (nothing was changed)")]
+    Cancelled(#[from] Cancelled),
     /// The wait after the switch failed, and switching back failed too: the
     /// new generation may be live while the controller keeps the old state.
     #[error("datapath: {cause}; switching back to the previous generation failed too: {undo}")]
@@ -62,7 +70,8 @@ pub struct RuleCounters {
 /// The controller. See the module documentation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AclController {
-    state: AclState,
+    /// Shared with the snapshots reads are answered from while a change runs.
+    state: Arc<AclState>,
     slots: BTreeMap<String, u32>,
     counter_of: HashMap<Rule, u32>,
     free: Vec<u32>,
@@ -73,7 +82,7 @@ impl AclController {
     /// empty state: nothing is installed until the first [`AclController::install`].
     pub fn new(slots: BTreeMap<String, u32>) -> Self {
         AclController {
-            state: AclState::default(),
+            state: Arc::default(),
             slots,
             counter_of: HashMap::new(),
             free: (0..MAX_RULES).rev().collect(),
@@ -108,6 +117,11 @@ impl AclController {
     /// The installed state.
     pub fn state(&self) -> &AclState {
         &self.state
+    }
+
+    /// The installed state, shared (for a snapshot; no copy).
+    pub fn shared_state(&self) -> Arc<AclState> {
+        self.state.clone()
     }
 
     /// The interfaces and their slots.
@@ -172,8 +186,14 @@ impl AclController {
         next: AclState,
         t0: Instant,
     ) -> Result<Applied, ApplyError> {
+        let prefixes: u64 = next.sets.values().map(|s| s.len() as u64).sum();
+        cancel::progress("compiling prefixes", 0, prefixes);
+        cancel::checkpoint()?;
         let image = compile(&next, &self.slots).map_err(ApplyError::Invalid)?;
         let compiled = t0.elapsed();
+        // The last point where stopping leaves everything as it was.
+        cancel::progress("installing prefixes", 0, prefixes);
+        cancel::checkpoint()?;
 
         // Counter slots: unchanged rules keep theirs; new rules take free ones.
         let mut free = self.free.clone();
@@ -209,7 +229,7 @@ impl AclController {
         }
         self.free = free;
         self.counter_of = counter_of;
-        self.state = next;
+        self.state = Arc::new(next);
         Ok(Applied {
             rules: self.state.rules.len(),
             prefixes: self

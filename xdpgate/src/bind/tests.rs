@@ -306,3 +306,28 @@ fn a_sweep_removes_the_keys_no_binding_makes_and_keeps_the_rest() {
     assert_eq!(dp.maps().local_addrs, kept);
     assert_eq!(b.sweep(&mut dp).expect("sweep again"), 0);
 }
+
+#[test]
+fn a_bind_stopped_at_a_cancellation_point_adds_nothing_and_reports_why() {
+    let (mut dp, mut b) = lab();
+    let before = world(&dp, &b);
+    let work = crate::cancel::Work::new("bind add", tokio_util::sync::CancellationToken::new());
+    work.client_gone();
+    let e = crate::cancel::scope(&work, || {
+        b.add(&mut dp, &[req("eth0", "10.1.0.16-10.1.0.55")])
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BindError::Cancelled(crate::cancel::Cancelled::ClientGone)
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "stopped: the client went away (nothing was changed)"
+    );
+    assert_eq!(world(&dp, &b), before);
+    assert!(requests(&b, 0, AddrOpKind::Add).is_empty());
+}

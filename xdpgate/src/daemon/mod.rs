@@ -36,6 +36,7 @@ mod overrides;
 mod reload;
 pub mod run;
 mod scrape;
+mod shared;
 
 pub use overrides::{Overrides, apply_overrides, bind_requests};
 
@@ -112,9 +113,12 @@ impl DaemonError {
             | DaemonError::Lb(LbError::Invalid(_) | LbError::Parse(_) | LbError::NoService(_)) => {
                 true
             }
-            DaemonError::Acl(ApplyError::Datapath(_) | ApplyError::Rollback { .. })
+            DaemonError::Acl(
+                ApplyError::Datapath(_) | ApplyError::Rollback { .. } | ApplyError::Cancelled(_),
+            )
             | DaemonError::Bind(
                 BindError::Capacity { .. }
+                | BindError::Cancelled(_)
                 | BindError::Netlink(_)
                 | BindError::Datapath(_)
                 | BindError::Rollback { .. },
@@ -214,6 +218,16 @@ mod classification {
                     undo: Box::new(datapath()),
                 }
                 .into(),
+                false,
+            ),
+            (
+                "Acl(Cancelled)",
+                ApplyError::Cancelled(crate::cancel::Cancelled::ClientGone).into(),
+                false,
+            ),
+            (
+                "Bind(Cancelled)",
+                BindError::Cancelled(crate::cancel::Cancelled::Shutdown).into(),
                 false,
             ),
             (

@@ -224,3 +224,25 @@ fn adopting_a_datapath_without_a_live_generation_takes_no_counters() {
     assert_eq!(ctl.adopt_counters(&dp, &state(BEFORE)).expect("adopt"), 0);
     assert!(ctl.counter_of.is_empty());
 }
+
+#[test]
+fn a_change_stopped_at_its_cancellation_point_leaves_everything_as_it_was() {
+    let (mut dp, mut ctl) = installed();
+    let live = dp.acl_view();
+    let before = ctl.clone();
+    let work = crate::cancel::Work::new("acl replace", tokio_util::sync::CancellationToken::new());
+    work.client_gone();
+    let e = crate::cancel::scope(&work, || ctl.apply(&mut dp, &change())).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApplyError::Cancelled(crate::cancel::Cancelled::ClientGone)
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("nothing was changed"), "{e}");
+    assert_eq!(dp.acl_view(), live);
+    assert_eq!(ctl, before);
+    // Outside the scope the same change goes through.
+    ctl.apply(&mut dp, &change()).expect("apply");
+}
