@@ -15,6 +15,7 @@
 //! - [`client`]: one request, one typed answer.
 
 pub mod client;
+mod limits;
 pub mod protocol;
 pub mod server;
 

@@ -38,9 +38,22 @@ pub use xdpgate_model::{
 /// What a binding change did (the model's report, as it is on the wire).
 pub use xdpgate_model::bind::Report as BindReport;
 
-/// Largest request accepted (a rule file or a set load of a million prefixes
-/// fits comfortably).
-pub const MAX_REQUEST: usize = 256 << 20;
+/// Largest request accepted: sized to the largest legitimate one, a set at
+/// the model's capacity (2^20 prefixes of each family, 1,048,576) written at
+/// the longest text of each (`255.255.255.255/32`, 21 bytes in JSON;
+/// `ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0/124`, 46 bytes), about 70 MB.
+/// Such a set travels in one request, so that it is applied all or nothing.
+pub const MAX_REQUEST: usize = 80 << 20;
+/// What all connections together may hold of requests still arriving: one
+/// request of the largest size in flight and another arriving. A request
+/// that would exceed it is refused and its connection closed (the others
+/// continue), so the daemon's memory stays bounded whatever clients send.
+pub const MAX_BUFFERED: usize = 2 * MAX_REQUEST;
+/// API connections open at once at most (fewer when the open-file limit is
+/// low: see `api::server::serve`). When every one is taken, the connection
+/// idle the longest (at least a second) is closed to make room; when none is
+/// idle, the new connection is refused with a message.
+pub const MAX_CONNECTIONS: usize = 512;
 /// How long a client may take to send one whole request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -93,6 +106,46 @@ pub enum Request {
     },
     /// The services with their backends, health and counters.
     LbList,
+}
+
+impl Request {
+    /// The verb as it appears on the wire (`cmd`), for the log and `status`.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Apply { .. } => "apply",
+            Request::AclList => "acl_list",
+            Request::SetList { .. } => "set_list",
+            Request::BindAdd { .. } => "bind_add",
+            Request::BindDel { .. } => "bind_del",
+            Request::BindList => "bind_list",
+            Request::Reload => "reload",
+            Request::Stats => "stats",
+            Request::Status => "status",
+            Request::LbAdd { .. } => "lb_add",
+            Request::LbDel { .. } => "lb_del",
+            Request::LbList => "lb_list",
+        }
+    }
+
+    /// Whether the request changes anything. Changes run one at a time;
+    /// reads never wait for them (they are answered from the state as of the
+    /// running change's start).
+    pub fn is_write(&self) -> bool {
+        match self {
+            Request::Apply { .. }
+            | Request::BindAdd { .. }
+            | Request::BindDel { .. }
+            | Request::Reload
+            | Request::LbAdd { .. }
+            | Request::LbDel { .. } => true,
+            Request::AclList
+            | Request::SetList { .. }
+            | Request::BindList
+            | Request::Stats
+            | Request::Status
+            | Request::LbList => false,
+        }
+    }
 }
 
 /// A response: `ok` with a `result`, or the list of `errors`. The server
@@ -378,6 +431,24 @@ pub struct Status {
     pub metrics_listen: Vec<SocketAddr>,
     /// The outcome of the last reload.
     pub reload: ReloadInfo,
+    /// The change running now, if one is (the counts above are as of its start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<Busy>,
+}
+
+/// A change in progress (`status` while it runs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Busy {
+    /// The verb (`apply`, `bind_add`, `reload`, ...).
+    pub what: String,
+    /// Seconds it has been running.
+    pub seconds: f64,
+    /// Its phase.
+    pub phase: String,
+    /// Items done in the phase.
+    pub done: u64,
+    /// Items in the phase (0 when unknown).
+    pub total: u64,
 }
 
 /// Where the daemon's state at start came from.

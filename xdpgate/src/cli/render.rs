@@ -351,6 +351,18 @@ pub fn status(v: &StatusView) -> String {
                         format!("FAILED: {}", s.reload.last_error.as_deref().unwrap_or("?"))
                     }
                 );
+                if let Some(b) = &s.busy {
+                    let of = if b.total > 0 {
+                        format!(" {}/{}", b.done, b.total)
+                    } else {
+                        String::new()
+                    };
+                    let _ = writeln!(
+                        out,
+                        "busy: {} running for {:.1} s ({}{of}); the counts above are as of its start",
+                        b.what, b.seconds, b.phase
+                    );
+                }
             }
         }
         _ => {

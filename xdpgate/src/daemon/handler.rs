@@ -4,30 +4,36 @@
 //! was at fault ([`DaemonError::is_invalid_input`]).
 use std::time::UNIX_EPOCH;
 
-use xdpgate_model::{acl::Change, config::ConfigError};
+use xdpgate_model::{
+    acl::{AclState, Change},
+    config::ConfigError,
+};
 
 use super::{Daemon, DaemonError, Origin};
 use crate::{
     acl::ApplyError,
-    api::{
-        protocol::{
-            AclList, Answer, AttachedIface, BindList, CacheStats, CounterRow, DecapRow, DefaultRow,
-            HealthTarget, LbList, Message, ReasonRow, ReloadInfo, Request, Response, RuleRow,
-            SetList, SetRow, SetShow, StartedFrom, Stats, StatsReport, Status,
-        },
-        server::Handler,
+    api::protocol::{
+        AclList, Answer, AttachedIface, BindList, CacheStats, CounterRow, DecapRow, DefaultRow,
+        HealthTarget, LbList, Message, ReasonRow, ReloadInfo, Request, Response, RuleRow, SetList,
+        SetRow, SetShow, StartedFrom, Stats, StatsReport, Status,
     },
     bind::BindError,
     datapath::stats,
     lb::{self, LbError, health::TargetStatus},
+    paths::Paths,
 };
 
-impl Handler for Daemon {
-    fn execute(&mut self, req: Request) -> Response {
-        match answer(self, req) {
-            Ok(a) => Response::answer(a),
-            Err(e) => Response::refused(messages(&e), e.is_invalid_input()),
-        }
+/// Executes `req` against the daemon (`shared` decides when: changes one at
+/// a time, reads live or from a snapshot).
+pub(super) fn execute(d: &mut Daemon, req: Request) -> Response {
+    respond(answer(d, req))
+}
+
+/// The response to an answer or an error.
+pub(super) fn respond(r: Result<Answer, DaemonError>) -> Response {
+    match r {
+        Ok(a) => Response::answer(a),
+        Err(e) => Response::refused(messages(&e), e.is_invalid_input()),
     }
 }
 
@@ -91,9 +97,7 @@ fn answer(d: &mut Daemon, req: Request) -> Result<Answer, DaemonError> {
                 return Err(e);
             }
         },
-        Request::Stats => Answer::Stats(Stats {
-            report: stats_report(stats::read(&d.paths)?),
-        }),
+        Request::Stats => stats_answer(&d.paths)?,
         Request::Status => Answer::Status(status(d)),
         Request::Apply { change } => match d.apply(&change) {
             Ok(applied) => {
@@ -115,25 +119,27 @@ fn answer(d: &mut Daemon, req: Request) -> Result<Answer, DaemonError> {
             }
         },
         Request::AclList => Answer::AclList(acl_list(d)?),
-        Request::SetList { name: None } => {
-            let state = d.ctl.state();
-            Answer::SetList(SetList {
-                sets: state
-                    .sets
-                    .iter()
-                    .map(|(n, s)| SetRow {
-                        name: n.clone(),
-                        ipv4: s.v4.len(),
-                        ipv6: s.v6.len(),
-                        used_by: state.set_users(n),
-                    })
-                    .collect(),
-            })
-        }
-        Request::SetList { name: Some(name) } => {
-            let s = d
-                .ctl
-                .state()
+        Request::SetList { name } => set_list(d.ctl.state(), name)?,
+    })
+}
+
+/// `set_list`: every set, or one set's prefixes.
+pub(super) fn set_list(state: &AclState, name: Option<String>) -> Result<Answer, DaemonError> {
+    Ok(match name {
+        None => Answer::SetList(SetList {
+            sets: state
+                .sets
+                .iter()
+                .map(|(n, s)| SetRow {
+                    name: n.clone(),
+                    ipv4: s.v4.len(),
+                    ipv6: s.v6.len(),
+                    used_by: state.set_users(n),
+                })
+                .collect(),
+        }),
+        Some(name) => {
+            let s = state
                 .sets
                 .get(&name)
                 .ok_or_else(|| DaemonError::NoSet(name.clone()))?;
@@ -145,6 +151,14 @@ fn answer(d: &mut Daemon, req: Request) -> Result<Answer, DaemonError> {
             Answer::SetShow(SetShow { name, prefixes })
         }
     })
+}
+
+/// `stats`: read from the pinned maps, so it needs nothing of the daemon
+/// but its paths (and never waits for a change).
+pub(super) fn stats_answer(paths: &Paths) -> Result<Answer, DaemonError> {
+    Ok(Answer::Stats(Stats {
+        report: stats_report(stats::read(paths)?),
+    }))
 }
 
 fn message(message: String) -> Answer {
@@ -262,7 +276,7 @@ fn stats_report(r: stats::Report) -> StatsReport {
     }
 }
 
-fn status(d: &Daemon) -> Status {
+pub(super) fn status(d: &Daemon) -> Status {
     Status {
         pid: std::process::id(),
         uptime_seconds: d.started.elapsed().as_secs(),
@@ -298,6 +312,7 @@ fn status(d: &Daemon) -> Status {
             last_success_unix: d.reload.last_success_unix,
             last_error: d.reload.last_error.clone(),
         },
+        busy: None,
     }
 }
 

@@ -7,7 +7,7 @@
 //! tasks within the grace period and detaches.
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     time::Duration,
 };
 
@@ -16,6 +16,7 @@ use tokio::{
     net::{TcpListener, UnixListener},
     signal::unix::{Signal, SignalKind, signal},
     sync::mpsc::UnboundedReceiver,
+    task::JoinHandle,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use xdpgate_model::{
@@ -23,9 +24,10 @@ use xdpgate_model::{
     iface::{Malformed, XdpMode},
 };
 
-use super::{Daemon, DaemonError, Origin, Overrides, apply_overrides};
+use super::{Daemon, DaemonError, Origin, Overrides, apply_overrides, shared::Shared};
 use crate::{
-    api::{self, ApiError},
+    api::{self, ApiError, protocol::MAX_CONNECTIONS},
+    cancel::{Cancelled, Work},
     lb::health::HealthEvent,
     metrics,
     paths::Paths,
@@ -96,6 +98,7 @@ pub fn run(
     let cfg = apply_overrides(cfg, &overrides)?;
     sys::require_root("xdpgate run")?;
     sys::require_bpffs(paths.bpffs_mount())?;
+    let max_connections = api_connections(sys::raise_nofile_limit());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -104,7 +107,7 @@ pub fn run(
         // Signal handlers before attaching, so a signal during the start
         // stops it cleanly.
         let signals = Signals::install()?;
-        let app = App::start(paths, cfg, overrides)?;
+        let app = App::start(paths, cfg, overrides, max_connections)?;
         app.spawn(signals).wait().await
     })
 }
@@ -136,13 +139,31 @@ struct App {
     api: UnixListener,
     metrics: Vec<TcpListener>,
     grace: Duration,
+    max_connections: usize,
+}
+
+/// File descriptors kept for everything but API connections (maps, links,
+/// netlink, health probes, metrics connections).
+const RESERVED_FDS: u64 = 256;
+
+/// API connections allowed with `nofile` open files at most: at most
+/// [`MAX_CONNECTIONS`], and never so many that they could exhaust the
+/// descriptors the rest of the daemon needs.
+fn api_connections(nofile: u64) -> usize {
+    let spare = nofile.saturating_sub(RESERVED_FDS);
+    usize::try_from(spare).map_or(MAX_CONNECTIONS, |n| n.clamp(16, MAX_CONNECTIONS))
 }
 
 impl App {
     /// Takes the daemon lock, opens the metrics listeners and the API socket
     /// (a port in use fails the start before the datapath is touched), and
     /// starts the [`Daemon`].
-    fn start(paths: &Paths, cfg: Config, overrides: Overrides) -> Result<Self, RunError> {
+    fn start(
+        paths: &Paths,
+        cfg: Config,
+        overrides: Overrides,
+        max_connections: usize,
+    ) -> Result<Self, RunError> {
         let lock = DaemonLock::acquire(&paths.run_dir, &paths.lock_file())?;
         let mut metrics = Vec::new();
         for &addr in &cfg.metrics_listen {
@@ -167,6 +188,7 @@ impl App {
             api,
             metrics,
             grace,
+            max_connections,
         };
         app.log_ready();
         Ok(app)
@@ -222,16 +244,22 @@ impl App {
             api,
             metrics,
             grace,
+            max_connections,
         } = self;
         let root = CancellationToken::new();
         let tracker = TaskTracker::new();
         let health = daemon.start_health(tracker.clone(), root.child_token());
-        let shared = Arc::new(Mutex::new(daemon));
-        tracker.spawn(api::serve(api, shared.clone(), root.child_token()));
+        let shared = Shared::new(daemon);
+        tracker.spawn(api::serve(
+            api,
+            shared.clone(),
+            max_connections,
+            root.child_token(),
+        ));
         tracker.spawn(health_events(health, shared.clone(), root.child_token()));
         if !metrics.is_empty() {
             let source = shared.clone();
-            let gather: metrics::GatherFn = Arc::new(move || lock_daemon(&source).metrics());
+            let gather: metrics::GatherFn = Arc::new(move || source.metrics());
             tracker.spawn(metrics::serve(metrics, gather, root.child_token()));
         }
         tracker.spawn(signal_loop(signals, shared.clone(), root.clone()));
@@ -254,7 +282,7 @@ struct Running {
     _lock: DaemonLock,
     root: CancellationToken,
     tracker: TaskTracker,
-    shared: Arc<Mutex<Daemon>>,
+    shared: Arc<Shared>,
     grace: Duration,
 }
 
@@ -276,57 +304,83 @@ impl Running {
             );
         }
         let _ = std::fs::remove_file(&self.socket);
-        let d = lock_daemon(&self.shared);
+        // A change still running stops at its next cancellation point.
+        let shared = self.shared.clone();
+        let (attached, pins) = tokio::task::spawn_blocking(move || {
+            let d = shared.lock();
+            (d.dp.attached().len(), d.dp.pin_dir().map(Path::to_path_buf))
+        })
+        .await
+        .map_err(|e| RunError::Runtime(std::io::Error::other(e)))?;
         log::info!(
-            "stopped; the datapath stays enforcing on {} interface(s) (pinned in {}), health checks stop and the rings keep their last state; `xdpgate down` removes it",
-            d.dp.attached().len(),
-            d.dp.pin_dir()
-                .map_or_else(String::new, |p| p.display().to_string())
+            "stopped; the datapath stays enforcing on {attached} interface(s) (pinned in {}), health checks stop and the rings keep their last state; `xdpgate down` removes it",
+            pins.map_or_else(String::new, |p| p.display().to_string())
         );
         Ok(())
     }
 }
 
-/// The daemon behind its mutex (a task that panicked while holding it left
-/// nothing half-changed: every change is all or nothing).
-fn lock_daemon(shared: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Health state changes move backends out of and into the rings.
+/// Health state changes move backends out of and into the rings, one at a
+/// time on a blocking thread (a long change holds the daemon meanwhile; the
+/// probes keep running on the runtime and their events wait here).
 async fn health_events(
     mut events: UnboundedReceiver<HealthEvent>,
-    shared: Arc<Mutex<Daemon>>,
+    shared: Arc<Shared>,
     token: CancellationToken,
 ) {
     loop {
         tokio::select! {
             () = token.cancelled() => break,
             ev = events.recv() => match ev {
-                Some(ev) => lock_daemon(&shared).on_health(&ev),
+                Some(ev) => {
+                    let shared = shared.clone();
+                    if let Err(e) =
+                        tokio::task::spawn_blocking(move || shared.lock().on_health(&ev)).await
+                    {
+                        log::error!("health event task failed: {e}");
+                    }
+                }
                 None => break,
             },
         }
     }
 }
 
-/// SIGHUP reloads the configuration (on a blocking thread: a reload may
-/// install a million prefixes); SIGINT or SIGTERM cancel `root`.
-async fn signal_loop(mut signals: Signals, shared: Arc<Mutex<Daemon>>, root: CancellationToken) {
+/// SIGHUP reloads the configuration as a change (on a blocking thread,
+/// stopped at its cancellation points by shutdown; a SIGHUP during a reload
+/// starts one more after it); SIGINT or SIGTERM cancel `root`.
+async fn signal_loop(mut signals: Signals, shared: Arc<Shared>, root: CancellationToken) {
+    let mut running: Option<ReloadTask> = None;
+    let mut again = false;
     let name = loop {
         tokio::select! {
             _ = signals.term.recv() => break "SIGTERM",
             _ = signals.int.recv() => break "SIGINT",
             _ = signals.hup.recv() => {
-                log::info!("SIGHUP received, reloading the configuration");
-                let d = shared.clone();
-                let r = tokio::task::spawn_blocking(move || lock_daemon(&d).reload()).await;
+                if running.is_some() {
+                    log::info!("SIGHUP received during a reload: reloading again after it");
+                    again = true;
+                } else {
+                    running = Some(start_reload(&shared, &root));
+                }
+            }
+            r = async {
+                match running.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            }, if running.is_some() => {
+                running = None;
                 match r {
-                    Ok(Ok(msg)) => log::info!("{msg}"),
-                    Ok(Err(e)) => log::error!(
+                    Ok(Ok(Ok(msg))) => log::info!("{msg}"),
+                    Ok(Ok(Err(e))) => log::error!(
                         "reload failed, the running configuration stays in force: {e}"
                     ),
+                    Ok(Err(why)) => log::warn!("reload {why} (nothing was changed)"),
                     Err(e) => log::error!("reload task failed: {e}"),
+                }
+                if std::mem::take(&mut again) {
+                    running = Some(start_reload(&shared, &root));
                 }
             }
             () = root.cancelled() => return,
@@ -334,4 +388,15 @@ async fn signal_loop(mut signals: Signals, shared: Arc<Mutex<Daemon>>, root: Can
     };
     log::info!("{name} received, draining");
     root.cancel();
+}
+
+/// A reload running on a blocking thread: its message or error, or why it
+/// stopped before it began.
+type ReloadTask = JoinHandle<Result<Result<String, DaemonError>, Cancelled>>;
+
+fn start_reload(shared: &Arc<Shared>, root: &CancellationToken) -> ReloadTask {
+    log::info!("SIGHUP received, reloading the configuration");
+    let shared = shared.clone();
+    let work = Work::new("reload (SIGHUP)", root.child_token());
+    tokio::task::spawn_blocking(move || shared.change(&work, Daemon::reload))
 }

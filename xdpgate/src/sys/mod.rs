@@ -9,6 +9,9 @@ pub mod bpf;
 pub mod listen;
 pub mod netlink;
 pub mod object;
+mod rlimit;
+
+pub use rlimit::raise_nofile_limit;
 
 use std::{
     ffi::{CStr, CString},

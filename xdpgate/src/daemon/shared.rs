@@ -1,0 +1,208 @@
+//! The daemon shared by its tasks, so that nothing on the runtime thread ever
+//! waits for a long operation.
+//!
+//! - Changes (API writes, SIGHUP reloads) run one at a time on blocking
+//!   threads, holding the daemon, inside a `cancel::scope`: they stop
+//!   (undone) at their cancellation points when the daemon shuts down or the
+//!   client goes away, and report their progress.
+//! - Before a change starts, it takes a [`Snapshot`] of every read's answer.
+//!   Reads (`status`, `acl list`, `set list`, `bind list`, `lb list`,
+//!   `/metrics`) take the daemon when it is free and are answered from that
+//!   snapshot while a change runs (as of the change's start, with the
+//!   change's progress in `status`). `stats` reads the pinned maps and needs
+//!   no daemon at all.
+//! - Health events take the daemon on a blocking thread too, one at a time,
+//!   so that the probes (async tasks) keep their timing during a change.
+use std::{
+    sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError},
+    time::{Duration, Instant},
+};
+
+use xdpgate_model::acl::AclState;
+
+use super::{Daemon, handler};
+use crate::{
+    api::{
+        Handler, Request, Response,
+        protocol::{Answer, Busy, Status},
+    },
+    cancel::{self, Cancelled, Work},
+    paths::Paths,
+};
+
+/// How long a read waits for a daemon that is held without a change
+/// running (another read, a health event, a change taking its snapshot)
+/// before it gives up with an error.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
+/// Every read's answer as of the start of the running change.
+struct Snapshot {
+    status: Status,
+    acl_list: Response,
+    set_list: Response,
+    bind_list: Response,
+    lb_list: Response,
+    acl: Arc<AclState>,
+    metrics: Result<String, String>,
+}
+
+impl Snapshot {
+    fn take(d: &mut Daemon) -> Self {
+        Snapshot {
+            status: handler::status(d),
+            acl_list: handler::execute(d, Request::AclList),
+            set_list: handler::execute(d, Request::SetList { name: None }),
+            bind_list: handler::execute(d, Request::BindList),
+            lb_list: handler::execute(d, Request::LbList),
+            acl: d.ctl.shared_state(),
+            metrics: d.metrics(),
+        }
+    }
+}
+
+/// The daemon and what reads need while it is busy.
+pub(super) struct Shared {
+    daemon: Mutex<Daemon>,
+    paths: Paths,
+    /// The running change and the snapshot taken at its start.
+    busy: Mutex<Option<(Arc<Work>, Arc<Snapshot>)>>,
+}
+
+/// Where a read is answered.
+enum Source<'a> {
+    Live(MutexGuard<'a, Daemon>),
+    Snapshot(Arc<Work>, Arc<Snapshot>),
+}
+
+impl Shared {
+    pub(super) fn new(daemon: Daemon) -> Arc<Self> {
+        Arc::new(Shared {
+            paths: daemon.paths.clone(),
+            daemon: Mutex::new(daemon),
+            busy: Mutex::new(None),
+        })
+    }
+
+    /// The daemon, waiting for the running change (blocking threads only).
+    pub(super) fn lock(&self) -> MutexGuard<'_, Daemon> {
+        self.daemon.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs the change `f` as `work`: after the change before it, with a
+    /// snapshot for the reads meanwhile, inside `work`'s cancellation scope.
+    /// `Err` when `work` was cancelled while it waited (nothing was done).
+    pub(super) fn change<R>(
+        &self,
+        work: &Arc<Work>,
+        f: impl FnOnce(&mut Daemon) -> R,
+    ) -> Result<R, Cancelled> {
+        let mut d = self.lock();
+        if let Some(why) = work.cancelled() {
+            return Err(why);
+        }
+        let snapshot = Arc::new(Snapshot::take(&mut d));
+        *self.busy_slot() = Some((work.clone(), snapshot));
+        let r = cancel::scope(work, || f(&mut d));
+        *self.busy_slot() = None;
+        Ok(r)
+    }
+
+    fn busy_slot(&self) -> MutexGuard<'_, Option<(Arc<Work>, Arc<Snapshot>)>> {
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The daemon if it is free, else the running change's snapshot; waits
+    /// (briefly, polling) only while the daemon is held by something else.
+    fn source(&self) -> Option<Source<'_>> {
+        let t0 = Instant::now();
+        loop {
+            match self.daemon.try_lock() {
+                Ok(d) => return Some(Source::Live(d)),
+                Err(TryLockError::Poisoned(p)) => return Some(Source::Live(p.into_inner())),
+                Err(TryLockError::WouldBlock) => {}
+            }
+            if let Some((w, s)) = self.busy_slot().as_ref() {
+                return Some(Source::Snapshot(w.clone(), s.clone()));
+            }
+            if t0.elapsed() >= READ_WAIT {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Answers a read.
+    fn read(&self, req: Request) -> Response {
+        if let Request::Stats = req {
+            return handler::respond(handler::stats_answer(&self.paths));
+        }
+        match self.source() {
+            None => Response::refused(
+                vec![format!(
+                    "the daemon did not become available for reading within {READ_WAIT:?}; retry"
+                )],
+                false,
+            ),
+            Some(Source::Live(mut d)) => handler::execute(&mut d, req),
+            Some(Source::Snapshot(work, s)) => match req {
+                Request::Status => Response::answer(Answer::Status(Status {
+                    busy: Some(busy(&work)),
+                    uptime_seconds: s.status.uptime_seconds + work.elapsed().as_secs(),
+                    ..s.status.clone()
+                })),
+                Request::AclList => s.acl_list.clone(),
+                Request::SetList { name: None } => s.set_list.clone(),
+                Request::SetList { name } => handler::respond(handler::set_list(&s.acl, name)),
+                Request::BindList => s.bind_list.clone(),
+                Request::LbList => s.lb_list.clone(),
+                // Changes never come here; stats above.
+                req => Response::refused(vec![format!("{} is not a read", req.verb())], false),
+            },
+        }
+    }
+
+    /// The metrics exposition: live, or the running change's snapshot.
+    pub(super) fn metrics(&self) -> Result<String, String> {
+        match self.source() {
+            None => Err(format!(
+                "the daemon did not become available within {READ_WAIT:?}"
+            )),
+            Some(Source::Live(d)) => d.metrics(),
+            Some(Source::Snapshot(_, s)) => s.metrics.clone(),
+        }
+    }
+}
+
+fn busy(work: &Work) -> Busy {
+    let p = work.progress();
+    Busy {
+        what: work.what().to_owned(),
+        seconds: work.elapsed().as_secs_f64(),
+        phase: p.phase.to_owned(),
+        done: p.done,
+        total: p.total,
+    }
+}
+
+impl Handler for Shared {
+    fn execute(&self, req: Request, work: &Arc<Work>) -> Response {
+        if !req.is_write() {
+            return self.read(req);
+        }
+        let verb = req.verb();
+        match self.change(work, |d| handler::execute(d, req)) {
+            Ok(r) => {
+                if !r.ok && work.cancelled().is_some() {
+                    log::warn!("{verb}: {}", r.errors.join("; "));
+                }
+                r
+            }
+            Err(why) => Response::refused(
+                vec![format!(
+                    "{why} before the change began (nothing was changed)"
+                )],
+                false,
+            ),
+        }
+    }
+}
