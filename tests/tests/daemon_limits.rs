@@ -91,8 +91,14 @@ fn raise_own_nofile() {
 /// One API request on `stream`; the answer, or `None` when the connection
 /// was closed without one (bounded by `timeout`).
 fn ask(stream: &UnixStream, req: &str, timeout: Duration) -> Option<Value> {
-    stream.set_read_timeout(Some(timeout)).unwrap();
     let _ = (&*stream).write_all(format!("{req}\n").as_bytes());
+    answer(stream, req, timeout)
+}
+
+/// The next answer on `stream` (to `req`), or `None` when the connection was
+/// closed without one (bounded by `timeout`).
+fn answer(stream: &UnixStream, req: &str, timeout: Duration) -> Option<Value> {
+    stream.set_read_timeout(Some(timeout)).unwrap();
     let mut line = String::new();
     match BufReader::new(stream).read_line(&mut line) {
         Ok(0) => None,
@@ -521,4 +527,58 @@ fn reads_answer_within_100_ms_and_health_checks_hold_while_long_changes_run() {
     for t in targets {
         t.join().unwrap();
     }
+}
+
+/// Waits (bounded by 60 s) until `status` shows a running change with at
+/// least `done` items done.
+fn wait_progress(socket: &Path, done: u64) {
+    let t = Instant::now();
+    loop {
+        let (v, _) = timed(socket, r#"{"cmd":"status"}"#);
+        if v["result"]["busy"]["done"].as_u64().unwrap_or(0) >= done {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no progress: {v}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_during_a_long_bind_stops_it_undone_and_the_daemon_exits_promptly() {
+    let _g = serial();
+    let lab = Lab::new("apiterm", 73).expect("lab");
+    let ifname = lab.b_end.ifname.clone();
+    let d = Daemon::start(&lab.b, &[&ifname], "skb").expect("xdpgate run");
+    let socket = d.dirs.run.join("xdpgate.sock");
+    let req = format!(
+        r#"{{"cmd":"bind_add","binds":[{{"iface":"{ifname}","spec":"fd00:200:73:2::1-fd00:200:73:2::2710","nodad":true}}]}}"#
+    );
+    let c = UnixStream::connect(&socket).expect("connect");
+    (&c).write_all(format!("{req}\n").as_bytes()).unwrap();
+    wait_progress(&socket, 500);
+    let t = Instant::now();
+    let answer = thread::spawn(move || answer(&c, "bind_add", Duration::from_secs(30)));
+    let status = d.stop_with(libc::SIGTERM);
+    let exited = t.elapsed();
+    assert!(status.success(), "{status}");
+    let answer = answer.join().unwrap();
+    eprintln!(
+        "SIGTERM during a 10,000-address bind: exited in {exited:?}; the client got {answer:?}"
+    );
+    // Within the default grace period, with the change stopped and undone.
+    assert!(exited < Duration::from_secs(5), "exit took {exited:?}");
+    let answer = answer.expect("an answer before the exit");
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["errors"].to_string().contains("shutting down"),
+        "{answer}"
+    );
+    let left = lab
+        .b
+        .exec("ip", &["-6", "-o", "addr", "show", "dev", &ifname])
+        .expect("ip addr")
+        .lines()
+        .filter(|l| l.contains("fd00:200:73:2:"))
+        .count();
+    assert_eq!(left, 0, "the stopped change left {left} kernel addresses");
 }

@@ -164,9 +164,10 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
 }
 
 /// Serves connections until `token` is cancelled, at most `max_connections`
-/// at once. Every connection task observes the token, and so does every
-/// change it runs (at its cancellation points), so shutdown never waits for
-/// a stuck client or a long change.
+/// at once. Every connection task observes the token (an idle connection or
+/// a request still arriving is closed; a request running is answered), and
+/// so does every change (at its cancellation points), so shutdown never
+/// waits for a stuck client or a long change.
 pub async fn serve<H: Handler>(
     listener: UnixListener,
     handler: Arc<H>,
@@ -204,11 +205,8 @@ pub async fn serve<H: Handler>(
         let (handler, budget) = (handler.clone(), budget.clone());
         let token = token.child_token();
         tracker.spawn(async move {
-            tokio::select! {
-                _ = token.cancelled() => {}
-                r = connection(stream, handler, slot, budget, token.clone()) => if let Err(e) = r {
-                    log::debug!("api connection: {e}");
-                },
+            if let Err(e) = connection(stream, handler, slot, budget, token).await {
+                log::debug!("api connection: {e}");
             }
         });
     }
@@ -277,6 +275,7 @@ async fn connection<H: Handler>(
         slot.set_idle(true);
         let first = tokio::select! {
             () = slot.evicted.cancelled() => return Ok(()),
+            () = token.cancelled() => return Ok(()),
             r = tokio::time::timeout(REQUEST_TIMEOUT, read.fill_buf()) => r,
         };
         match first {
@@ -285,7 +284,10 @@ async fn connection<H: Handler>(
             Ok(Ok([])) => return Ok(()),
             Ok(Ok(_)) => slot.set_idle(false),
         }
-        let got = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut read, &budget)).await;
+        let got = tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            r = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut read, &budget)) => r,
+        };
         let answer = match got {
             Err(_) => Err(ServerError::Timeout),
             Ok(Err(Incoming::Io(e))) => return Err(e),
@@ -303,8 +305,11 @@ async fn connection<H: Handler>(
                 (encode(&Response::from(e)), end)
             }
         };
+        // A request running at shutdown stops at its next cancellation
+        // point and is answered (within the shutdown's grace period); then
+        // the connection ends.
         write.write_all(&out).await?;
-        if end {
+        if end || token.is_cancelled() {
             return Ok(());
         }
     }
