@@ -108,7 +108,7 @@ pub(super) fn acl(
         ..Places::default()
     };
     if let Some(s) = sets {
-        for (name, _) in s.table.iter() {
+        for (name, _) in s.table {
             let name = name.get_ref().to_string();
             let Some((list, at)) = cx.strings(s, &name) else {
                 continue;

@@ -56,7 +56,7 @@ impl<'a> Ctx<'a> {
 
     /// Reports every key of `s` not in `allowed` at the key.
     pub(super) fn known_keys(&mut self, s: &Section<'_, '_>, allowed: &[&str]) {
-        for (k, _) in s.table.iter() {
+        for (k, _) in s.table {
             if !allowed.contains(&k.get_ref().as_ref()) {
                 self.push(
                     &k.span(),
@@ -172,7 +172,7 @@ impl<'a> Ctx<'a> {
             return None;
         };
         let mut out = Vec::new();
-        for item in items.iter() {
+        for item in items {
             match item.get_ref() {
                 DeValue::String(t) => out.push((t.to_string(), item.span())),
                 other => self.push(

@@ -97,7 +97,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         return Err(invalid(cx));
     }
     let top = Top { doc: doc.get_ref() };
-    for (k, _) in top.doc.iter() {
+    for (k, _) in top.doc {
         if !TABLES.contains(&k.get_ref().as_ref()) {
             cx.push(
                 &k.span(),
@@ -136,7 +136,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         &mut cx,
         &list,
         cfg.lb.max_services,
-        lb_max_services.flatten(),
+        lb_max_services.flatten().as_ref(),
     );
     let sets = top.section(&mut cx, "sets");
     let list = top.entries(&mut cx, "rule");

@@ -19,7 +19,7 @@ pub(super) fn services(
     cx: &mut Ctx<'_>,
     list: &[(Section<'_, '_>, usize)],
     max_services: u32,
-    max_at: Option<Span>,
+    max_at: Option<&Span>,
 ) -> Vec<ServiceEntry> {
     let mut out = Vec::new();
     let mut ids = BTreeSet::new();
@@ -28,7 +28,6 @@ pub(super) fn services(
     for (s, i) in list {
         if *i == max_services as usize {
             let set_at = max_at
-                .as_ref()
                 .map(|_| "")
                 .unwrap_or(" (the default; raise [lb] max_services)");
             cx.push(
@@ -253,10 +252,10 @@ fn problem_place(
     if problem.contains(" backends, at most ") {
         return s.key_or_header("backends");
     }
-    if problem.contains("health") {
-        if let Some(h) = health {
-            return h.span.clone();
-        }
+    if problem.contains("health")
+        && let Some(h) = health
+    {
+        return h.span.clone();
     }
     s.key_or_header("service")
 }
