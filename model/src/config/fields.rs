@@ -128,8 +128,9 @@ impl<'a> Ctx<'a> {
                 self.push(
                     &at,
                     format!(
-                        "{} {key} = {}: use {} to {}",
+                        "{}{} {key} = {}: use {} to {}",
                         s.name,
+                        if s.name.starts_with("[[") { ":" } else { "" },
                         text_of(self.text, &v.span()),
                         range.start(),
                         range.end()

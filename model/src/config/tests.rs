@@ -524,3 +524,37 @@ fn a_valid_file_parses_to_what_the_serde_forms_of_its_parts_give() {
         BTreeMap::from([("eth0".to_string(), Verdict::Allow)])
     );
 }
+
+#[test]
+fn too_many_rules_and_prefixes_are_located_at_the_first_one_over() {
+    use crate::acl::model::limits::{MAX_PREFIXES_PER_FAMILY, MAX_RULES};
+    let max_rules = MAX_RULES.min(xdpgate_common::acl::MAX_RULES as usize);
+    // Rule n (from 0) starts on line 4n + 1.
+    let text: String = (0..=max_rules)
+        .map(|i| format!("[[rule]]\nid = {i}\npriority = 1\naction = \"deny\"\n"))
+        .collect();
+    let got = located(&text);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!((got[0].0, got[0].1), (4 * max_rules + 1, 1), "{got:#?}");
+    assert!(got[0].2.contains("capacity exceeded: rules"), "{got:#?}");
+    // One IPv4 prefix too many, in one set on one line per prefix.
+    let mut text = String::from("[sets]\nbig = [\n");
+    for i in 0..=MAX_PREFIXES_PER_FAMILY as u32 {
+        text.push_str(&format!(
+            "\"{}\",\n",
+            std::net::Ipv4Addr::from(0x0b00_0000 + i)
+        ));
+    }
+    text.push_str("]\n");
+    let got = located(&text);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(
+        (got[0].0, got[0].1),
+        (MAX_PREFIXES_PER_FAMILY + 3, 1),
+        "{got:#?}"
+    );
+    assert!(
+        got[0].2.contains("capacity exceeded: IPv4 prefixes"),
+        "{got:#?}"
+    );
+}
