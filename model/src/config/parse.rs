@@ -249,6 +249,9 @@ fn interfaces(
         }
         let name = match cx.string(s, "name") {
             Some((n, at)) => {
+                // Listed even when invalid, so that the entries naming it
+                // are not reported too.
+                let fresh = names.insert(n.clone());
                 if !valid_ifname(&n) {
                     cx.push(
                         &at,
@@ -257,7 +260,7 @@ fn interfaces(
                             s.name
                         ),
                     );
-                } else if !names.insert(n.clone()) {
+                } else if !fresh {
                     cx.push(&at, format!("{}: interface {n} is listed twice", s.name));
                 }
                 Some(n)

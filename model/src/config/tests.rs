@@ -558,3 +558,16 @@ fn too_many_rules_and_prefixes_are_located_at_the_first_one_over() {
         "{got:#?}"
     );
 }
+
+#[test]
+fn an_invalid_interface_name_is_reported_once_not_again_where_it_is_used() {
+    let got = located(
+        "[[interface]]\nname = \"a/b\"\n[[bind]]\niface = \"a/b\"\nspec = \"192.0.2.1\"\n[[rule]]\nid = 1\npriority = 1\niface = \"a/b\"\naction = \"deny\"\n",
+    );
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!((got[0].0, got[0].1), (2, 1), "{got:#?}");
+    assert!(
+        got[0].2.contains("\"a/b\" is not an interface name"),
+        "{got:#?}"
+    );
+}
