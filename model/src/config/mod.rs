@@ -23,7 +23,11 @@ use crate::{
     lb::{LoadOptions, ParseError, ServiceEntry},
 };
 
+mod acl;
+mod fields;
 mod parse;
+mod paths;
+mod service;
 #[cfg(test)]
 mod tests;
 
@@ -44,7 +48,7 @@ pub const DEFAULT_EVENTS_PER_SECOND: u32 = 20;
 /// One problem in a configuration file, with its position when known.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Issue {
-    /// 1-based line and column.
+    /// 1-based line and column (counted in characters).
     pub at: Option<(usize, usize)>,
     /// What is wrong.
     pub message: String,
@@ -287,13 +291,34 @@ pub fn digest(text: &str) -> String {
     format!("{h:016x}")
 }
 
-/// Reads and validates `path`.
+/// Reads and validates `path`. A file that is not UTF-8 is an error at the
+/// first byte that is not.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, path)
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => parse(text, path),
+        Err(e) => Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            issues: vec![not_utf8(&bytes, e)],
+        }),
+    }
+}
+
+/// The error of a file that is not UTF-8, at its first invalid byte.
+fn not_utf8(bytes: &[u8], e: std::str::Utf8Error) -> Issue {
+    let good = e.valid_up_to();
+    // The bytes before are valid UTF-8 by definition.
+    let text = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+    Issue {
+        at: Some(fields::position(text, good)),
+        message: format!(
+            "byte 0x{:02x} (offset {good}) is not UTF-8: the configuration must be UTF-8 text (convert it, e.g. with iconv -t UTF-8)",
+            bytes[good]
+        ),
+    }
 }
 
 impl fmt::Display for Issue {
