@@ -509,13 +509,7 @@ fn reads_answer_within_100_ms_and_health_checks_hold_while_long_changes_run() {
     }
     let stopped = t.elapsed();
     assert_eq!(count(&d), 10_000, "the stopped change left bindings");
-    let left = lab
-        .b
-        .exec("ip", &["-6", "-o", "addr", "show", "dev", &ifname])
-        .expect("ip addr")
-        .lines()
-        .filter(|l| l.contains("fd00:200:72:2:"))
-        .count();
+    let left = kernel_addrs(&lab.b, &ifname, "fd00:200:72:2:");
     assert_eq!(left, 0, "the stopped change left {left} kernel addresses");
     assert!(
         d.log().contains("stopped: the client went away"),
@@ -527,6 +521,15 @@ fn reads_answer_within_100_ms_and_health_checks_hold_while_long_changes_run() {
     for t in targets {
         t.join().unwrap();
     }
+}
+
+/// How many IPv6 addresses on `ifname` in `ns` start with `prefix`.
+fn kernel_addrs(ns: &Netns, ifname: &str, prefix: &str) -> usize {
+    ns.exec("ip", &["-6", "-o", "addr", "show", "dev", ifname])
+        .expect("ip addr")
+        .lines()
+        .filter(|l| l.contains(prefix))
+        .count()
 }
 
 /// Waits (bounded by 60 s) until `status` shows a running change with at
@@ -573,12 +576,6 @@ fn sigterm_during_a_long_bind_stops_it_undone_and_the_daemon_exits_promptly() {
         answer["errors"].to_string().contains("shutting down"),
         "{answer}"
     );
-    let left = lab
-        .b
-        .exec("ip", &["-6", "-o", "addr", "show", "dev", &ifname])
-        .expect("ip addr")
-        .lines()
-        .filter(|l| l.contains("fd00:200:73:2:"))
-        .count();
+    let left = kernel_addrs(&lab.b, &ifname, "fd00:200:73:2:");
     assert_eq!(left, 0, "the stopped change left {left} kernel addresses");
 }
