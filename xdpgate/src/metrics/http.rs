@@ -42,7 +42,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use self::slots::{Closed, Slot, Slots};
 use super::{CONTENT_TYPE, render::render_server};
 
-pub mod slots;
+mod slots;
 #[cfg(test)]
 mod tests;
 
@@ -175,13 +175,14 @@ async fn report_closed(shared: Arc<Shared>, token: CancellationToken) {
 /// [`Closed::ALL`]).
 fn closed_line(counts: [u64; 4], limits: &Limits) -> String {
     let [head, evicted, refused, write] = counts;
+    let total: u64 = counts.iter().sum();
     format!(
-        "metrics endpoint: closed {} connections early since the last report \
+        "metrics endpoint: closed {total} connection{} early since the last report \
          ({evicted} evicted for newer connections, {head} without a complete request \
          within {} s, {refused} refused with every slot answering, {write} not taking \
          their answer within {} s); a client may be holding connections open \
          (reported at most every {} s; see xdpgate_metrics_connections_closed_total)",
-        counts.iter().sum::<u64>(),
+        if total == 1 { "" } else { "s" },
         limits.head_timeout.as_secs_f64(),
         limits.write_timeout.as_secs_f64(),
         limits.log_interval.as_secs_f64(),

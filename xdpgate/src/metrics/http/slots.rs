@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Why the server closed a connection before a complete exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Closed {
+pub(super) enum Closed {
     /// No complete request head within the head time limit.
     HeadTimeout,
     /// Its slot was given to a newer connection.
@@ -41,7 +41,7 @@ pub enum Closed {
 
 impl Closed {
     /// Every reason, in the order of [`ClosedCounts::get`].
-    pub const ALL: [Closed; 4] = [
+    pub(super) const ALL: [Closed; 4] = [
         Closed::HeadTimeout,
         Closed::Evicted,
         Closed::Refused,
@@ -49,7 +49,7 @@ impl Closed {
     ];
 
     /// The reason's label value in the exposition.
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Closed::HeadTimeout => "head_timeout",
             Closed::Evicted => "evicted",
@@ -62,26 +62,26 @@ impl Closed {
 /// How many connections were closed, by [`Closed`] reason, and a wake-up
 /// for whoever reports them.
 #[derive(Debug, Default)]
-pub struct ClosedCounts {
+pub(super) struct ClosedCounts {
     counts: [AtomicU64; 4],
     changed: Notify,
 }
 
 impl ClosedCounts {
     /// Counts one connection closed for `why`.
-    pub fn add(&self, why: Closed) {
+    pub(super) fn add(&self, why: Closed) {
         self.counts[why as usize].fetch_add(1, Ordering::Relaxed);
         self.changed.notify_one();
     }
 
     /// The counts, in the order of [`Closed::ALL`].
-    pub fn get(&self) -> [u64; 4] {
+    pub(super) fn get(&self) -> [u64; 4] {
         std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
     }
 
     /// Completes after the next [`ClosedCounts::add`] (at once if one
     /// happened since the last call completed).
-    pub fn changed(&self) -> Notified<'_> {
+    pub(super) fn changed(&self) -> Notified<'_> {
         self.changed.notified()
     }
 }
@@ -129,18 +129,18 @@ impl Table {
 /// The connection table: at most `max` connections, at most `per_peer` from
 /// one address.
 #[derive(Debug)]
-pub struct Slots {
+pub(super) struct Slots {
     max: usize,
     per_peer: usize,
     table: Mutex<Table>,
     /// Connections closed early, by reason.
-    pub closed: ClosedCounts,
+    pub(super) closed: ClosedCounts,
 }
 
 impl Slots {
     /// An empty table for at most `max` connections, `per_peer` of them
     /// from one address.
-    pub fn new(max: usize, per_peer: usize) -> Arc<Self> {
+    pub(super) fn new(max: usize, per_peer: usize) -> Arc<Self> {
         Arc::new(Slots {
             max: max.max(1),
             per_peer: per_peer.clamp(1, max.max(1)),
@@ -157,7 +157,7 @@ impl Slots {
     /// Admits a new connection from `peer`, evicting another if needed
     /// (that one's [`Slot::evicted`] token is cancelled and its slot freed
     /// at once); `None` if it must be refused. Both are counted.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Slot> {
+    pub(super) fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Slot> {
         let peer = peer.to_canonical();
         let mut t = self.lock();
         let from_peer = t.conns.values().filter(|c| c.peer == peer).count();
@@ -202,7 +202,8 @@ impl Slots {
     }
 
     /// Connections holding a slot.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.lock().conns.len()
     }
 
@@ -221,7 +222,7 @@ impl Slots {
 
 /// One admitted connection's slot; freed on drop.
 #[derive(Debug)]
-pub struct Slot {
+pub(super) struct Slot {
     slots: Arc<Slots>,
     id: u64,
     evict: CancellationToken,
@@ -230,17 +231,17 @@ pub struct Slot {
 impl Slot {
     /// Marks the connection as being answered (its head is complete), so it
     /// is not evicted; false if it was evicted already.
-    pub fn answering(&self) -> bool {
+    pub(super) fn answering(&self) -> bool {
         self.slots.set_stage(self.id, Stage::Answering)
     }
 
     /// Marks the connection as answered: it may be evicted again, first.
-    pub fn lingering(&self) {
+    pub(super) fn lingering(&self) {
         self.slots.set_stage(self.id, Stage::Lingering);
     }
 
     /// Cancelled when the connection is evicted.
-    pub fn evicted(&self) -> &CancellationToken {
+    pub(super) fn evicted(&self) -> &CancellationToken {
         &self.evict
     }
 }
@@ -280,11 +281,11 @@ mod tests {
         assert!(!a.evicted().is_cancelled());
         assert!(b.evicted().is_cancelled());
         assert!(!c.evicted().is_cancelled());
-        assert_eq!(slots.len(), 3);
+        assert_eq!(slots.held(), 3);
         // b's task notices, too late: it stays evicted.
         assert!(!b.answering());
         drop(b);
-        assert_eq!(slots.len(), 3);
+        assert_eq!(slots.held(), 3);
         tick().await;
         // Next: c, then d.
         let _e = slots.admit(ip(5)).unwrap();

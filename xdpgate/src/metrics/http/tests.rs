@@ -413,6 +413,8 @@ fn the_log_line_counts_each_reason_and_names_the_metric() {
     );
     assert!(line.contains("1 refused"), "{line}");
     assert!(line.contains("at most every 60 s"), "{line}");
+    let one = closed_line([0, 1, 0, 0], &Limits::DEFAULT);
+    assert!(one.contains("closed 1 connection early"), "{one}");
     assert!(
         line.contains("xdpgate_metrics_connections_closed_total"),
         "{line}"
