@@ -17,17 +17,22 @@ use tokio::{
 
 use super::*;
 
-async fn start_with(
-    gather: GatherFn,
-    limits: Limits,
-) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+/// A listener on 127.0.0.1, port chosen by the kernel.
+fn listen() -> (SocketAddr, TcpListener) {
     let l = crate::sys::listen::tcp_listener(
         SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
         crate::sys::listen::ListenOptions::default(),
     )
     .unwrap();
     let addr = l.local_addr().unwrap();
-    let l = TcpListener::from_std(l).unwrap();
+    (addr, TcpListener::from_std(l).unwrap())
+}
+
+async fn start_with(
+    gather: GatherFn,
+    limits: Limits,
+) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+    let (addr, l) = listen();
     let token = CancellationToken::new();
     let task = tokio::spawn(serve_with(vec![l], gather, token.clone(), limits));
     (addr, token, task)
@@ -244,14 +249,15 @@ async fn a_new_connection_evicts_the_one_that_waited_longest_for_its_head() {
         ..Limits::DEFAULT
     };
     let (addr, token, task) = start_with(fixed("x 1\n"), limits).await;
+    // Three addresses, none at its share: the table is full.
     let mut slow = Vec::new();
-    for _ in 0..3 {
-        let mut s = connect_from(addr, 1).await;
+    for from in 1..=3 {
+        let mut s = connect_from(addr, from).await;
         s.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
         slow.push(s);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut scrape = connect_from(addr, 1).await;
+    let mut scrape = connect_from(addr, 5).await;
     scrape
         .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
         .await
@@ -301,6 +307,37 @@ async fn a_peer_at_its_share_evicts_its_own_connection() {
     let r = answer(&mut other).await;
     assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
     assert_eq!(closed(&r, "evicted"), 1, "{r}");
+    token.cancel();
+    task.await.unwrap();
+}
+
+/// A scrape whose request is already there when it is accepted is read
+/// before the next connection is accepted: a burst of slow connections
+/// queued behind it does not evict it before it had a turn (the server
+/// starts with all of them waiting in the accept queue).
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_newer_connections_does_not_evict_a_waiting_request() {
+    let limits = Limits {
+        max_connections: 4,
+        max_per_peer: 4,
+        ..Limits::DEFAULT
+    };
+    let (addr, l) = listen();
+    let mut scrape = TcpStream::connect(addr).await.unwrap();
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut slow = Vec::new();
+    for _ in 0..12 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /met").await.unwrap();
+        slow.push(s);
+    }
+    let token = CancellationToken::new();
+    let task = tokio::spawn(serve_with(vec![l], fixed("x 1\n"), token.clone(), limits));
+    let r = answer(&mut scrape).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
     token.cancel();
     task.await.unwrap();
 }
