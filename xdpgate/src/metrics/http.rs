@@ -27,8 +27,8 @@
 //!
 //! Measured (`tests/tests/metrics.rs`, debug build, 2 shared cores): slow
 //! clients on four addresses, one of them the scraper's, opening 190,000 to
-//! 318,000 connections in 15-18 s; 60 of 60 scrapes answered in each of
-//! seven runs, the slowest within 110 ms. The server this replaced (64
+//! 336,000 connections in 15-18 s; 60 of 60 scrapes answered in each of
+//! nine runs, the slowest within 170 ms. The server this replaced (64
 //! connections, others refused, 10 s per head) answered 0 and 1 of 60.
 //!
 //! Limits: a connection being answered is never evicted, so a client that
