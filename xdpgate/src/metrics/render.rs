@@ -316,6 +316,27 @@ pub fn render(s: &Snapshot) -> String {
     String::from_utf8(out).expect("the text encoder writes UTF-8")
 }
 
+/// The metrics server's own series, appended to every exposition it
+/// serves: connections it closed before a complete exchange, by reason
+/// (`closed`: every reason with its count, so each is present at zero).
+pub fn render_server(closed: &[(&str, u64)]) -> String {
+    let r = Registry::new();
+    let c = counter(
+        &r,
+        "xdpgate_metrics_connections_closed_total",
+        "Connections to this metrics endpoint closed before a complete exchange, by reason: head_timeout (no complete request head within 3 s of connecting), evicted (its slot went to a newer connection while all were taken: it had waited longest without sending its request), refused (no slot could be freed: all were being answered), write_timeout (the client did not take its answer within 10 s). A steady rise means a client holds connections open (slowloris).",
+        &["reason"],
+    );
+    for (reason, n) in closed {
+        c.with_label_values(&[*reason]).inc_by(*n);
+    }
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&r.gather(), &mut out)
+        .expect("text encoding into memory");
+    String::from_utf8(out).expect("the text encoder writes UTF-8")
+}
+
 fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }

@@ -10,6 +10,7 @@ use xdpgate_model::lb::Forward;
 
 use super::{
     UNREGISTERED, render,
+    render::render_server,
     snapshot::{BuildInfo, DatapathInfo, DefaultRow, RuleRow, Snapshot, TableFill},
 };
 use crate::{
@@ -466,7 +467,8 @@ fn empty_snapshot_still_has_the_unregistered_slot_at_zero() {
     assert!(!build.1["kernel"].is_empty());
 }
 
-/// `promtool check metrics` must accept the exposition without a single
+/// `promtool check metrics` must accept the exposition (with the metrics
+/// server's own series appended, as served) without a single
 /// lint complaint. promtool comes with the Debian package `prometheus`,
 /// which `cargo xtask bootstrap` installs; without it this test fails.
 #[test]
@@ -477,7 +479,14 @@ fn promtool_accepts_the_exposition() {
         "{PROMTOOL} is missing: install the Debian package `prometheus` \
          (`cargo xtask bootstrap` does; or `apt-get install --no-install-recommends prometheus`)"
     );
-    let text = render(&snapshot());
+    // What the server answers: the exposition and its own series.
+    let text = render(&snapshot())
+        + &render_server(&[
+            ("head_timeout", 2),
+            ("evicted", 40),
+            ("refused", 0),
+            ("write_timeout", 0),
+        ]);
     let mut child = Command::new(PROMTOOL)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

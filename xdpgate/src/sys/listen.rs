@@ -27,7 +27,10 @@ pub struct ListenOptions {
     /// (`IP_FREEBIND` / `IPV6_FREEBIND`). Default `false`: binding an absent
     /// address fails with `EADDRNOTAVAIL`, which catches typos.
     pub freebind: bool,
-    /// `listen(2)` backlog. Default 128.
+    /// `listen(2)` backlog (the kernel caps it at `net.core.somaxconn`).
+    /// Default 1024: under a flood of connections (slowloris) a queue of 128
+    /// filled and the kernel dropped SYNs, so a scrape's connection waited
+    /// for its 1 s retransmission.
     pub backlog: i32,
 }
 
@@ -36,7 +39,7 @@ impl Default for ListenOptions {
         ListenOptions {
             v6only: true,
             freebind: false,
-            backlog: 128,
+            backlog: 1024,
         }
     }
 }
