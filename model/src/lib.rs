@@ -9,7 +9,9 @@
 //! - [`iface`]: per-interface datapath settings (XDP mode, malformed packets);
 //! - [`config`]: the configuration file, parsed and validated with every
 //!   error's line and column;
-//! - [`state`]: the state file that keeps runtime changes across restarts.
+//! - [`state`]: the state file that keeps runtime changes across restarts;
+//! - [`fsafe`]: directories no other user can write to, and atomic writes
+//!   in them (the state file, the lock file, the socket and pin directories).
 //!
 //! The daemon (`xdpgate`) applies these to the kernel. With the
 //! `test-support` feature the crate also offers the reference classifier and
@@ -19,6 +21,7 @@
 pub mod acl;
 pub mod bind;
 pub mod config;
+pub mod fsafe;
 pub mod iface;
 pub mod lb;
 pub mod state;

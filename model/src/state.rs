@@ -8,10 +8,12 @@
 //! with the file's contents). Writes are atomic: a temporary file in the same
 //! directory is written and fsynced, renamed over the old one, and the
 //! directory is fsynced, so a crash leaves either the old or the new state.
+//! The directory must be owned by root and writable by no one else
+//! ([`crate::fsafe`]); nothing another user planted there is followed.
 use std::{
-    fs::{self, File, OpenOptions},
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
+    ffi::OsStr,
+    fs::File,
+    io::Read as _,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -19,7 +21,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::acl::{AclState, RuleFile};
+use crate::{
+    acl::{AclState, RuleFile},
+    fsafe::{FsafeError, SafeDir},
+};
 
 /// Format version written into the file.
 pub const STATE_VERSION: u32 = 1;
@@ -38,6 +43,10 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    /// The directory or the file is not safe to write: another user could
+    /// redirect what is written there.
+    #[error(transparent)]
+    Unsafe(FsafeError),
     /// The file exists but is not a state file this version understands.
     #[error(
         "state file {path} is unreadable ({why}); move it away to start from the configuration alone"
@@ -107,18 +116,74 @@ pub fn rule_file_of(state: &AclState) -> RuleFile {
     }
 }
 
-/// Reads the state file; `None` if there is none.
-pub fn load(path: &Path) -> Result<Option<Saved>, StateError> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StateError::Io {
-                path: path.to_path_buf(),
-                what: "cannot read",
-                source,
-            });
+/// The state file's directory and name (`.` when the path has no directory).
+fn split(path: &Path) -> (&Path, &OsStr) {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    (dir, path.file_name().unwrap_or(OsStr::new("state.json")))
+}
+
+fn fs_error(path: &Path) -> impl FnOnce(FsafeError) -> StateError + '_ {
+    move |e| match e {
+        FsafeError::Io { what, source, .. } => StateError::Io {
+            path: path.to_path_buf(),
+            what,
+            source,
+        },
+        e @ FsafeError::Unsafe { .. } => StateError::Unsafe(e),
+    }
+}
+
+/// Checks the state file's directory (owned by root or us, writable by
+/// neither group nor others) and the file itself (not a symbolic link
+/// another user planted). A missing directory passes: there is nothing to
+/// read, and [`save`] creates it.
+pub fn check(path: &Path) -> Result<(), StateError> {
+    let (dir, name) = split(path);
+    match SafeDir::open(dir) {
+        Ok(d) => d.check_link(name).map(drop).map_err(fs_error(path)),
+        Err(FsafeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
         }
+        Err(e) => Err(fs_error(path)(e)),
+    }
+}
+
+/// Reads the state file; `None` if there is none. Its directory is checked
+/// first ([`check`]); the file is read without following a symbolic link,
+/// unless the link is root's (or ours), never one another user planted.
+pub fn load(path: &Path) -> Result<Option<Saved>, StateError> {
+    let (dir, name) = split(path);
+    let dir = match SafeDir::open(dir) {
+        Ok(d) => d,
+        Err(FsafeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(fs_error(path)(e)),
+    };
+    let own_link = dir.check_link(name).map_err(fs_error(path))?;
+    let opened = if own_link {
+        File::open(path).map_err(|source| FsafeError::Io {
+            what: "cannot read",
+            path: path.to_path_buf(),
+            source,
+        })
+    } else {
+        dir.open_read(name)
+    };
+    let mut text = String::new();
+    match opened {
+        Ok(mut f) => f.read_to_string(&mut text).map_err(|source| StateError::Io {
+            path: path.to_path_buf(),
+            what: "cannot read",
+            source,
+        })?,
+        Err(FsafeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(fs_error(path)(e)),
     };
     let saved: Saved = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
         path: path.to_path_buf(),
@@ -136,54 +201,48 @@ pub fn load(path: &Path) -> Result<Option<Saved>, StateError> {
     Ok(Some(saved))
 }
 
-/// Writes `saved` to `path` atomically (write, fsync, rename, fsync the
-/// directory). The file is readable by root only.
+/// Writes `saved` to `path` atomically through [`SafeDir::write_atomic`]
+/// (a temporary made with `O_EXCL|O_NOFOLLOW` under an unpredictable name,
+/// fsynced, renamed over the file, the directory fsynced). The directory is
+/// created (mode 0700) if missing and checked before every write; a state
+/// file that is a symbolic link another user planted is refused, one of
+/// root's is written through (into the directory it points to, checked
+/// the same way). The file is readable by root only.
 pub fn save(path: &Path, saved: &Saved) -> Result<(), StateError> {
-    let io = |what, source| StateError::Io {
+    let mut body = serde_json::to_vec_pretty(saved).map_err(|e| StateError::Io {
         path: path.to_path_buf(),
-        what,
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| io("cannot create its directory", e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".into());
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let body = serde_json::to_vec_pretty(saved).map_err(|e| {
-        io(
-            "cannot encode",
-            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        )
+        what: "cannot encode",
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
     })?;
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io("cannot create the temporary file", e))?;
-        f.write_all(&body).map_err(|e| io("cannot write", e))?;
-        f.write_all(b"\n").map_err(|e| io("cannot write", e))?;
-        f.sync_all().map_err(|e| io("cannot fsync", e))?;
-        fs::rename(&tmp, path).map_err(|e| io("cannot rename into place", e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("cannot fsync its directory", e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    body.push(b'\n');
+    let (dir, name) = split(path);
+    let safe = SafeDir::create(dir, 0o700).map_err(fs_error(path))?;
+    if safe.check_link(name).map_err(fs_error(path))? {
+        // Root's own link: the file it names, in a directory checked alike.
+        let real = std::fs::canonicalize(path).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                // A dangling link: the file it would name.
+                std::fs::read_link(path).map(|t| dir.join(t))
+            } else {
+                Err(e)
+            }
+        });
+        let real = real.map_err(|source| StateError::Io {
+            path: path.to_path_buf(),
+            what: "cannot resolve the symbolic link",
+            source,
+        })?;
+        let (rdir, rname) = split(&real);
+        let rsafe = SafeDir::open(rdir).map_err(fs_error(path))?;
+        return rsafe.write_atomic(rname, &body).map_err(fs_error(path));
     }
-    result
+    safe.write_atomic(name, &body).map_err(fs_error(path))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
     use crate::acl::Change;
 
@@ -218,6 +277,61 @@ mod tests {
         fs::write(&path, "{not json").unwrap();
         let err = load(&path).unwrap_err().to_string();
         assert!(err.contains("unreadable"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_state_directory_others_may_write_to_is_refused_and_nothing_is_written() {
+        use std::os::unix::fs::{PermissionsExt as _, symlink};
+        let dir = std::env::temp_dir().join(format!("xdpgate-state-open-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        let victim = std::env::temp_dir().join(format!("xdpgate-victim-{}", std::process::id()));
+        fs::write(&victim, "precious\n").unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let path = dir.join("state.json");
+        // The old predictable temporary and the file itself, both planted.
+        symlink(&victim, dir.join(format!(".state.json.tmp.{}", std::process::id()))).unwrap();
+        let saved = Saved::new("abc", &AclState::default(), Vec::new());
+        let err = save(&path, &saved).unwrap_err().to_string();
+        assert!(err.contains(&dir.display().to_string()), "{err}");
+        assert!(err.contains("writable by others (mode 0777)"), "{err}");
+        assert!(err.contains(&format!("chmod 0755 {}", dir.display())), "{err}");
+        assert!(load(&path).unwrap_err().to_string().contains("chmod 0755"));
+        assert!(check(&path).is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_file(&victim);
+    }
+
+    #[test]
+    fn a_state_file_that_is_another_users_symbolic_link_is_refused() {
+        use std::os::unix::fs::symlink;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: lchown needs root");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("xdpgate-state-link-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("s")).unwrap();
+        let victim = dir.join("victim");
+        fs::write(&victim, "precious\n").unwrap();
+        let path = dir.join("s/state.json");
+        symlink(&victim, &path).unwrap();
+        std::os::unix::fs::lchown(&path, Some(65534), Some(65534)).unwrap();
+        let saved = Saved::new("abc", &AclState::default(), Vec::new());
+        let err = save(&path, &saved).unwrap_err().to_string();
+        assert!(err.contains("a symbolic link owned by uid 65534"), "{err}");
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("a symbolic link owned by uid 65534"), "{err}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        // Root's own link is written through, into the file it names.
+        fs::remove_file(&path).unwrap();
+        symlink(&victim, &path).unwrap();
+        save(&path, &saved).unwrap();
+        assert_eq!(load(&path).unwrap().unwrap(), saved);
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
         let _ = fs::remove_dir_all(&dir);
     }
 }
