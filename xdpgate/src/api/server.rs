@@ -23,6 +23,7 @@ use tokio::{
     net::{UnixListener, UnixStream, unix::OwnedReadHalf},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use xdpgate_model::fsafe::{FsafeError, SafeDir};
 
 /// What executes requests: the daemon implements it (`daemon::shared`), so
 /// the server knows the protocol and the transport, not the daemon.
@@ -108,7 +109,9 @@ pub enum ApiError {
 }
 
 /// Binds the API socket at `path` (mode 0600), replacing a stale one (the
-/// caller holds the daemon lock, so an existing socket is stale).
+/// caller holds the daemon lock, so an existing socket is stale). Its
+/// directory must pass [`SafeDir::check`] (owned by root, writable by no
+/// one else, no symbolic link).
 pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     let io = |what, source| ApiError::Io {
         what,
@@ -119,27 +122,17 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     if let Some(dir) = path.parent() {
-        let md = std::fs::metadata(dir).map_err(|e| io("cannot stat the directory of", e))?;
-        if md.uid() != me {
-            return Err(ApiError::Unsafe {
+        SafeDir::check(dir).map_err(|e| match e {
+            FsafeError::Io { what, source, .. } => ApiError::Io {
+                what,
+                path: dir.to_path_buf(),
+                source,
+            },
+            e @ FsafeError::Unsafe { .. } => ApiError::Unsafe {
                 path: path.to_path_buf(),
-                why: format!(
-                    "its directory {} is owned by uid {}, not by uid {me}",
-                    dir.display(),
-                    md.uid()
-                ),
-            });
-        }
-        if md.mode() & 0o022 != 0 {
-            return Err(ApiError::Unsafe {
-                path: path.to_path_buf(),
-                why: format!(
-                    "others may write to its directory {} (mode {:o})",
-                    dir.display(),
-                    md.mode() & 0o7777
-                ),
-            });
-        }
+                why: e.to_string(),
+            },
+        })?;
     }
     if let Ok(md) = std::fs::symlink_metadata(path)
         && md.uid() != me

@@ -14,7 +14,7 @@ use std::{
     fs, io,
     os::{
         fd::{AsFd as _, AsRawFd as _, OwnedFd},
-        unix::fs::{DirBuilderExt as _, MetadataExt as _},
+        unix::fs::DirBuilderExt as _,
     },
     path::{Path, PathBuf},
     time::SystemTime,
@@ -25,22 +25,17 @@ use xdpgate_common::{
     PROGRAM_NAME,
     pins::{LINKS_DIR, MAPS_DIR_PREFIX, META_MAGIC, META_PIN, Meta, SCHEMA_VERSION},
 };
+use xdpgate_model::fsafe::{FsafeError, SafeDir};
 
 use crate::sys::object::{self, BPF_LINK_TYPE_XDP, LinkInfo, MapInfo};
 
 /// Why the pins cannot be used. Nothing was changed.
 #[derive(Debug, Error)]
 pub enum PinError {
-    /// The directory is not safe to trust.
-    #[error(
-        "{path} is {why}; xdpgate keeps its pins only in a directory owned by root and writable by no one else (fix: chown root and chmod 0700 it, or remove it)"
-    )]
-    Unsafe {
-        /// The directory.
-        path: PathBuf,
-        /// What is wrong.
-        why: String,
-    },
+    /// The directory is not safe to trust (the check is
+    /// [`SafeDir::open`]'s, shared with the state and run directories).
+    #[error(transparent)]
+    Unsafe(FsafeError),
     /// Another process holds the pins.
     #[error(
         "another process is using the pins in {0} (a second daemon, or `xdpgate down`); only one may change them at a time"
@@ -171,34 +166,14 @@ impl PinDir {
     /// Creates `root` (mode 0700) if needed, checks that it is owned by us and
     /// writable by no one else, and locks it without waiting.
     pub fn open(root: &Path) -> Result<PinDir, PinError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(io_err("cannot create", root))?;
-        let meta = fs::symlink_metadata(root).map_err(io_err("cannot stat", root))?;
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        let why = if !meta.is_dir() {
-            Some("not a directory".to_owned())
-        } else if meta.uid() != euid {
-            Some(format!("owned by uid {}", meta.uid()))
-        } else if meta.mode() & 0o022 != 0 {
-            Some(format!(
-                "writable by others (mode {:o})",
-                meta.mode() & 0o7777
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Err(PinError::Unsafe {
-                path: root.to_path_buf(),
-                why,
-            });
-        }
-        let dir = fs::File::open(root).map_err(io_err("cannot open", root))?;
-        let fd: OwnedFd = dir.into();
+        let fd: OwnedFd = SafeDir::create(root, 0o700)
+            .map_err(|e| match e {
+                FsafeError::Io {
+                    what, path, source, ..
+                } => PinError::Io { what, path, source },
+                e @ FsafeError::Unsafe { .. } => PinError::Unsafe(e),
+            })?
+            .into_fd();
         // SAFETY: a valid descriptor we own; a non-blocking exclusive lock.
         if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(PinError::Busy(root.to_path_buf()));

@@ -15,13 +15,14 @@ pub use rlimit::raise_nofile_limit;
 
 use std::{
     ffi::{CStr, CString},
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, Read as _, Seek as _, Write as _},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
 use thiserror::Error;
+use xdpgate_model::fsafe::{FsafeError, SafeDir};
 
 /// Errors of the OS helpers.
 #[derive(Debug, Error)]
@@ -47,6 +48,10 @@ pub enum SysError {
         /// The run directory.
         dir: PathBuf,
     },
+    /// The run directory or the lock file is not safe to use (nothing was
+    /// written).
+    #[error(transparent)]
+    Unsafe(#[from] FsafeError),
     /// Other I/O failure.
     #[error("{what} {path}: {source}")]
     Io {
@@ -129,29 +134,15 @@ pub struct DaemonLock {
 }
 
 impl DaemonLock {
-    /// Takes the lock without waiting, creating `run_dir` (mode 0700) if needed.
+    /// Takes the lock without waiting. `run_dir` is created (mode 0700) if
+    /// needed and checked first (owned by root, writable by no one else, no
+    /// symbolic link); the lock file is then opened without following a
+    /// symbolic link and without truncating it, and only once the lock is
+    /// held is it emptied and the pid written.
     pub fn acquire(run_dir: &Path, lock_file: &Path) -> Result<Self, SysError> {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(run_dir)
-            .map_err(|source| SysError::Io {
-                what: "cannot create",
-                path: run_dir.to_path_buf(),
-                source,
-            })?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(lock_file)
-            .map_err(|source| SysError::Io {
-                what: "cannot open",
-                path: lock_file.to_path_buf(),
-                source,
-            })?;
+        let dir = SafeDir::create(run_dir, 0o700)?;
+        let name = lock_file.file_name().unwrap_or(lock_file.as_os_str());
+        let mut file = dir.open_file(name)?;
         // SAFETY: valid fd owned by `file`.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let mut s = String::new();
@@ -173,8 +164,14 @@ impl DaemonLock {
     }
 
     /// Whether some live process holds the lock at `lock_file`; returns its pid.
+    /// The file is opened without following a symbolic link.
     pub fn holder(lock_file: &Path) -> Option<u32> {
-        let mut file = File::open(lock_file).ok()?;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(lock_file)
+            .ok()?;
         // SAFETY: valid fd owned by `file`; a shared non-blocking probe.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
             return None; // nobody holds it exclusively
