@@ -178,7 +178,10 @@ fn judge_dir(path: &Path, st: &libc::stat) -> Result<(), FsafeError> {
         return Err(FsafeError::Unsafe {
             path: path.to_path_buf(),
             found: "not a directory".to_owned(),
-            fix: format!("remove it, or choose another directory than {}", path.display()),
+            fix: format!(
+                "remove it, or choose another directory than {}",
+                path.display()
+            ),
         });
     }
     let foreign = st.st_uid != me && st.st_uid != 0;
@@ -253,7 +256,10 @@ impl SafeDir {
                 return Err(FsafeError::Unsafe {
                     path: path.to_path_buf(),
                     found: "not a directory".to_owned(),
-                    fix: format!("remove it, or choose another directory than {}", path.display()),
+                    fix: format!(
+                        "remove it, or choose another directory than {}",
+                        path.display()
+                    ),
                 });
             }
             Err(e) => return Err(io_err("cannot open the directory", path)(e)),
@@ -306,8 +312,12 @@ impl SafeDir {
         }
         let c = cstr(base.as_os_str(), base)?;
         // SAFETY: a NUL-terminated path; no mode is needed without O_CREAT.
-        let rc =
-            unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        let rc = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
         let raw = check(rc).map_err(io_err("cannot open the directory", base))?;
         // SAFETY: open returned a new descriptor that nothing else owns.
         let mut fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -330,7 +340,8 @@ impl SafeDir {
                 {
                     return Err(FsafeError::Unsafe {
                         path: at,
-                        found: "a symbolic link or file planted while it was being created".to_owned(),
+                        found: "a symbolic link or file planted while it was being created"
+                            .to_owned(),
                         fix: "remove it and find out who made it".to_owned(),
                     });
                 }

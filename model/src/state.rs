@@ -96,6 +96,21 @@ impl Saved {
     }
 }
 
+impl Saved {
+    /// Every interface the saved state names: in a default policy, a rule's
+    /// `iface` or a binding. One the configuration does not configure is an
+    /// orphan: its policy and rules apply nowhere.
+    pub fn interfaces_named(&self) -> std::collections::BTreeSet<String> {
+        self.acl
+            .policy
+            .keys()
+            .cloned()
+            .chain(self.acl.rules.iter().filter_map(|r| r.iface.clone()))
+            .chain(self.bindings.iter().map(|b| b.iface.clone()))
+            .collect()
+    }
+}
+
 /// The rule file that rebuilds `state` exactly.
 pub fn rule_file_of(state: &AclState) -> RuleFile {
     RuleFile {
@@ -175,11 +190,13 @@ pub fn load(path: &Path) -> Result<Option<Saved>, StateError> {
     };
     let mut text = String::new();
     match opened {
-        Ok(mut f) => f.read_to_string(&mut text).map_err(|source| StateError::Io {
-            path: path.to_path_buf(),
-            what: "cannot read",
-            source,
-        })?,
+        Ok(mut f) => f
+            .read_to_string(&mut text)
+            .map_err(|source| StateError::Io {
+                path: path.to_path_buf(),
+                what: "cannot read",
+                source,
+            })?,
         Err(FsafeError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(None);
         }
@@ -291,12 +308,19 @@ mod tests {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
         let path = dir.join("state.json");
         // The old predictable temporary and the file itself, both planted.
-        symlink(&victim, dir.join(format!(".state.json.tmp.{}", std::process::id()))).unwrap();
+        symlink(
+            &victim,
+            dir.join(format!(".state.json.tmp.{}", std::process::id())),
+        )
+        .unwrap();
         let saved = Saved::new("abc", &AclState::default(), Vec::new());
         let err = save(&path, &saved).unwrap_err().to_string();
         assert!(err.contains(&dir.display().to_string()), "{err}");
         assert!(err.contains("writable by others (mode 0777)"), "{err}");
-        assert!(err.contains(&format!("chmod 0755 {}", dir.display())), "{err}");
+        assert!(
+            err.contains(&format!("chmod 0755 {}", dir.display())),
+            "{err}"
+        );
         assert!(load(&path).unwrap_err().to_string().contains("chmod 0755"));
         assert!(check(&path).is_err());
         assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
@@ -331,7 +355,12 @@ mod tests {
         symlink(&victim, &path).unwrap();
         save(&path, &saved).unwrap();
         assert_eq!(load(&path).unwrap().unwrap(), saved);
-        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert!(
+            fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }

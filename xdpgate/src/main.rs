@@ -1,7 +1,8 @@
 //! `xdpgate`: the daemon and its command-line tools. This file parses the
 //! command line, sets up logging, hands the verb to [`xdpgate::cli`] and
 //! turns its outcome into the exit code: 0, 64 (`EX_USAGE`) for invalid
-//! input, 1 for any other failure.
+//! input, 1 for any other failure (and for `status`, the health codes of
+//! `cli::status::Health`).
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -31,12 +32,12 @@ fn main() -> ExitCode {
     match cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("xdpgate: error: {}", e.report());
-            if e.is_invalid_input() {
-                ExitCode::from(cli::EXIT_USAGE)
-            } else {
-                ExitCode::FAILURE
-            }
+            let label = match e {
+                cli::CliError::Unhealthy { .. } => "status",
+                _ => "error",
+            };
+            eprintln!("xdpgate: {label}: {}", e.report());
+            ExitCode::from(e.exit_code())
         }
     }
 }

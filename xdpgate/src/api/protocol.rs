@@ -434,6 +434,18 @@ pub struct Status {
     /// The change running now, if one is (the counts above are as of its start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub busy: Option<Busy>,
+    /// Why the state in force is not saved, while it is not (the state
+    /// file's filesystem is full or read-only, ...): it is in force, but a
+    /// restart would lose it. `null` when it is saved.
+    #[serde(default)]
+    pub state_not_saved: Option<String>,
+    /// Saves of the state file that failed since the start.
+    #[serde(default)]
+    pub state_save_failures: u64,
+    /// Warnings about the state in force: interfaces the state file names
+    /// that the configuration does not configure.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// A change in progress (`status` while it runs).

@@ -621,5 +621,8 @@ const STATUS: &str = r#"{
   "sets": 3,
   "started_from": "config",
   "state_file": "/tmp/apicli/state-apicli11291.json",
-  "uptime_seconds": 7
+  "state_not_saved": null,
+  "state_save_failures": 0,
+  "uptime_seconds": 7,
+  "warnings": []
 }"#;

@@ -70,6 +70,15 @@ pub enum CliError {
     /// The output could not be serialized.
     #[error("cannot write the output: {0}")]
     Output(#[from] serde_json::Error),
+    /// `status` found the daemon not healthy; `code` is its exit code
+    /// (decided by `cli::status::Health`).
+    #[error("{message}")]
+    Unhealthy {
+        /// The exit code.
+        code: u8,
+        /// What the code means, with the reason.
+        message: String,
+    },
 }
 
 impl CliError {
@@ -90,7 +99,18 @@ impl CliError {
             | CliError::Links(_)
             | CliError::DaemonRunning { .. }
             | CliError::Pins(_)
-            | CliError::Output(_) => false,
+            | CliError::Output(_)
+            | CliError::Unhealthy { .. } => false,
+        }
+    }
+
+    /// The process's exit code: [`EXIT_USAGE`] for invalid input, the
+    /// health's own code for `status`, 1 for any other failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Unhealthy { code, .. } => *code,
+            e if e.is_invalid_input() => EXIT_USAGE,
+            _ => 1,
         }
     }
 

@@ -143,6 +143,15 @@ pub enum Command {
     /// Show which interfaces carry xdpgate or another XDP program, in which
     /// mode, with which program id; whether xdpgate enforces with or without a
     /// running daemon, its schema, program tag and since when.
+    ///
+    /// Exit codes (a health check): 0 the daemon runs and enforces, its
+    /// state is saved; 1 error (a daemon holds the lock but does not answer);
+    /// 2 degraded: the daemon enforces but the state in force is not saved
+    /// ("state not saved: REASON"; a restart would lose it); 3 not running:
+    /// no daemon and nothing of xdpgate enforces; 4 no daemon, but the pinned
+    /// datapath still enforces its last state; 64 invalid input. Warnings
+    /// (an interface the state file names but the configuration does not)
+    /// are printed and do not change the code.
     Status {
         /// Output format.
         #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]

@@ -24,6 +24,10 @@ pub fn json<T: Serialize>(value: &T) -> Result<String, serde_json::Error> {
 /// answers, from inside), and every XDP attachment of the namespace.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusView {
+    /// What the report means for a health check.
+    pub health: super::status::Health,
+    /// `status`'s exit code ([`Health::exit_code`](super::status::Health::exit_code)).
+    pub exit_code: u8,
     /// The daemon.
     pub daemon: DaemonView,
     /// Every XDP attachment, ours or not.
@@ -363,6 +367,16 @@ pub fn status(v: &StatusView) -> String {
                         b.what, b.seconds, b.phase
                     );
                 }
+                if let Some(why) = &s.state_not_saved {
+                    let _ = writeln!(
+                        out,
+                        "DEGRADED: state not saved: {why} ({} failed save(s); the state in force is enforced, but a restart would lose it; retried after every change and every 15 s)",
+                        s.state_save_failures
+                    );
+                }
+                for w in &s.warnings {
+                    let _ = writeln!(out, "warning: {w}");
+                }
             }
         }
         _ => {
@@ -373,6 +387,7 @@ pub fn status(v: &StatusView) -> String {
             );
         }
     }
+    let _ = writeln!(out, "health: {} (exit {})", v.health.meaning(), v.exit_code);
     if v.interfaces.is_empty() {
         out.push_str("no interface in this network namespace has an XDP program\n");
         return out;

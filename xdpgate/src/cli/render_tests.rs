@@ -9,6 +9,7 @@ use super::*;
 use crate::api::protocol::{
     AclList, Applied, BindList, BindReport, LbList, SetList, SetShow, StatsReport, Status,
 };
+use crate::cli::status::Health;
 
 fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap()
@@ -227,7 +228,14 @@ fn detail(last_error: Option<&str>, config: &str) -> Status {
 }
 
 fn view(pid: Option<u32>, detail: Option<Status>, interfaces: Vec<XdpRow>) -> StatusView {
+    let health = Health::judge(
+        pid.is_some(),
+        detail.as_ref(),
+        interfaces.iter().any(|r| r.enforcing.is_some()),
+    );
     StatusView {
+        health,
+        exit_code: health.exit_code(),
         daemon: DaemonView {
             running: pid.is_some(),
             pid,
@@ -273,6 +281,7 @@ fn status_text() {
     assert_eq!(
         status(&view(None, None, Vec::new())),
         "daemon: not running (no lock held in /run/xdpgate)
+health: not running: no daemon, and nothing of xdpgate enforces (exit 3)
 no interface in this network namespace has an XDP program
 "
     );
@@ -285,6 +294,7 @@ no interface in this network namespace has an XDP program
         "daemon: running (pid 42), maps pinned in /sys/fs/bpf/xdpgate
 config: /etc/xdpgate.toml; state file: /var/lib/xdpgate/state.json; started from the state file
 4 rules, 3 sets, 2 bound addresses; last reload ok
+health: ok: the daemon runs and enforces, its state is saved (exit 0)
 INTERFACE         IFINDEX  MODE    PROG_ID  PROGRAM           OWNER    ENFORCING           SCHEMA  TAG               SINCE
 vb                      2  skb         285  xdpgate           xdpgate  yes, no daemon           1  0123456789abcdef  unix 1764892800
 a-long-interface       14  native        9  ?                 other    -                        -  -                 -
@@ -297,15 +307,65 @@ a-long-interface       14  native        9  ?                 other    -        
         "daemon: running (pid 42), maps pinned in /sys/fs/bpf/xdpgate
 config: (none, flags only); state file: /var/lib/xdpgate/state.json; started from the state file
 4 rules, 3 sets, 2 bound addresses; last reload FAILED: the state file changed; restart xdpgate
+health: ok: the daemon runs and enforces, its state is saved (exit 0)
 no interface in this network namespace has an XDP program
 "
     );
     assert_eq!(
         status(&view(Some(42), None, Vec::new())),
         "daemon: running (pid 42), maps pinned in /sys/fs/bpf/xdpgate
+health: error: a daemon holds the lock but does not answer (exit 1)
 no interface in this network namespace has an XDP program
 "
     );
+}
+
+/// Each health `status` can report, with its exit code: the state not
+/// saved, an orphaned interface policy (a warning, still 0), and a datapath
+/// enforcing without a daemon.
+#[test]
+fn status_health_and_exit_codes() {
+    let mut degraded = detail(None, "/etc/xdpgate.toml");
+    degraded.state_not_saved = Some("state file /s: cannot write: No space left on device".into());
+    degraded.state_save_failures = 3;
+    let text = status(&view(Some(42), Some(degraded), Vec::new()));
+    assert!(
+        text.contains("DEGRADED: state not saved: state file /s: cannot write: No space left on device (3 failed save(s);"),
+        "{text}"
+    );
+    assert!(
+        text.contains("health: degraded: the daemon runs and enforces, but the state in force is not saved (exit 2)"),
+        "{text}"
+    );
+    let mut orphan = detail(None, "/etc/xdpgate.toml");
+    orphan.warnings = vec![
+        "the state file /s names interface gone0, which the configuration does not configure"
+            .into(),
+    ];
+    let text = status(&view(Some(42), Some(orphan), Vec::new()));
+    assert!(
+        text.contains("warning: the state file /s names interface gone0"),
+        "{text}"
+    );
+    assert!(text.contains("(exit 0)"), "{text}");
+    // No daemon; our pinned link still enforces.
+    let text = status(&view(None, None, rows()));
+    assert!(
+        text.contains("health: enforcing without a daemon: the pinned datapath enforces its last state; start the daemon (exit 4)"),
+        "{text}"
+    );
+    let codes: Vec<u8> = [
+        Health::Ok,
+        Health::Unreachable,
+        Health::Degraded,
+        Health::NotRunning,
+        Health::EnforcingWithoutDaemon,
+    ]
+    .iter()
+    .map(|h| h.exit_code())
+    .collect();
+    assert_eq!(codes, [0, 1, 2, 3, 4]);
+    assert!(!codes.contains(&crate::cli::EXIT_USAGE));
 }
 
 /// `status -o json`, with no daemon and with one (keys sorted at every level).
@@ -321,6 +381,8 @@ fn status_json() {
     "run_dir": "/run/xdpgate",
     "running": false
   },
+  "exit_code": 3,
+  "health": "not_running",
   "interfaces": []
 }"#
     );
@@ -358,12 +420,17 @@ fn status_json() {
       "sets": 3,
       "started_from": "state_file",
       "state_file": "/var/lib/xdpgate/state.json",
-      "uptime_seconds": 7
+      "state_not_saved": null,
+      "state_save_failures": 0,
+      "uptime_seconds": 7,
+      "warnings": []
     },
     "pid": 42,
     "run_dir": "/run/xdpgate",
     "running": true
   },
+  "exit_code": 0,
+  "health": "ok",
   "interfaces": [
     {
       "enforcing": "without_daemon",

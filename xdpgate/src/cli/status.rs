@@ -1,7 +1,9 @@
 //! `xdpgate status` and `xdpgate stats`: what is attached where, whether a
-//! daemon runs, and the packet counters.
+//! daemon runs, and the packet counters. `status` is also a health check:
+//! [`Health`] is the one place its exit codes are decided.
 use std::{os::fd::AsFd as _, time::UNIX_EPOCH};
 
+use serde::Serialize;
 use xdpgate_common::{
     PROGRAM_NAME,
     pins::{LINKS_DIR, META_PIN, Meta},
@@ -24,7 +26,73 @@ use crate::{
     },
 };
 
-/// `xdpgate status`: XDP programs on this namespace's interfaces, and the daemon.
+/// What `xdpgate status` found, with its exit code. Like `systemctl
+/// is-active` and the LSB `status` action, 0 means healthy and 3 means not
+/// running; 1 stays "error" (the daemon does not answer) and 64 "invalid
+/// input", as for every verb. The codes are listed in the README and in
+/// `xdpgate status --help`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// 0: a daemon runs, enforces, and the state in force is saved.
+    Ok,
+    /// 1: a daemon holds the lock but does not answer on its socket.
+    Unreachable,
+    /// 2: a daemon runs and enforces, but the state in force is not saved
+    /// (a restart would lose the runtime changes since the last save).
+    Degraded,
+    /// 3: no daemon runs and no xdpgate datapath of this bpffs directory is
+    /// attached: nothing is enforced.
+    NotRunning,
+    /// 4: no daemon runs, but the pinned datapath still enforces its last
+    /// committed state (health checks stopped; start the daemon).
+    EnforcingWithoutDaemon,
+}
+
+impl Health {
+    /// Judges what `status` found: whether a daemon holds the lock, what it
+    /// answered (`None`: it did not), and whether a pinned link enforces.
+    pub fn judge(running: bool, detail: Option<&Status>, enforcing: bool) -> Health {
+        match (running, detail) {
+            (true, None) => Health::Unreachable,
+            (true, Some(s)) if s.state_not_saved.is_some() => Health::Degraded,
+            (true, Some(_)) => Health::Ok,
+            (false, _) if enforcing => Health::EnforcingWithoutDaemon,
+            (false, _) => Health::NotRunning,
+        }
+    }
+
+    /// The exit code of `xdpgate status`.
+    pub const fn exit_code(self) -> u8 {
+        match self {
+            Health::Ok => 0,
+            Health::Unreachable => 1,
+            Health::Degraded => 2,
+            Health::NotRunning => 3,
+            Health::EnforcingWithoutDaemon => 4,
+        }
+    }
+
+    /// One line saying what the code means.
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            Health::Ok => "ok: the daemon runs and enforces, its state is saved",
+            Health::Unreachable => "error: a daemon holds the lock but does not answer",
+            Health::Degraded => {
+                "degraded: the daemon runs and enforces, but the state in force is not saved"
+            }
+            Health::NotRunning => "not running: no daemon, and nothing of xdpgate enforces",
+            Health::EnforcingWithoutDaemon => {
+                "enforcing without a daemon: the pinned datapath enforces its last state; start the daemon"
+            }
+        }
+    }
+}
+
+/// `xdpgate status`: XDP programs on this namespace's interfaces, and the
+/// daemon. Anything but [`Health::Ok`] is returned as
+/// [`CliError::Unhealthy`] after the report is printed, so that the exit
+/// code tells it.
 pub fn status(paths: &Paths, output: Output) -> Result<(), CliError> {
     let links = netlink::links().map_err(CliError::Links)?;
     // Program names need CAP_SYS_ADMIN; without it they stay unknown.
@@ -59,8 +127,25 @@ pub fn status(paths: &Paths, output: Output) -> Result<(), CliError> {
         }
     }
     // What the daemon itself says (configuration, state file, last reload).
-    let detail = pid.and_then(|_| call::<Status>(paths, &Request::Status).ok());
+    let answer = pid.map(|_| call::<Status>(paths, &Request::Status));
+    let unreachable = match &answer {
+        Some(Err(e)) => Some(e.report()),
+        _ => None,
+    };
+    let detail = answer.and_then(Result::ok);
+    let enforcing = interfaces.iter().any(|r| r.enforcing.is_some());
+    let health = Health::judge(pid.is_some(), detail.as_ref(), enforcing);
+    let reason = match health {
+        Health::Unreachable => unreachable,
+        Health::Degraded => detail
+            .as_ref()
+            .and_then(|s| s.state_not_saved.as_ref())
+            .map(|r| format!("state not saved: {r}")),
+        _ => None,
+    };
     let view = StatusView {
+        health,
+        exit_code: health.exit_code(),
         daemon: DaemonView {
             running: pid.is_some(),
             pid,
@@ -74,7 +159,16 @@ pub fn status(paths: &Paths, output: Output) -> Result<(), CliError> {
         Output::Json => print_json(&view)?,
         Output::Text => print!("{}", render::status(&view)),
     }
-    Ok(())
+    if health == Health::Ok {
+        return Ok(());
+    }
+    Err(CliError::Unhealthy {
+        code: health.exit_code(),
+        message: match reason {
+            Some(r) => format!("{} ({r})", health.meaning()),
+            None => health.meaning().to_owned(),
+        },
+    })
 }
 
 /// What is pinned under the bpffs directory, read without taking its lock.

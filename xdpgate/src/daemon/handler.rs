@@ -313,6 +313,9 @@ pub(super) fn status(d: &Daemon) -> Status {
             last_error: d.reload.last_error.clone(),
         },
         busy: None,
+        state_not_saved: d.save_status().unsaved.as_ref().map(|u| u.reason.clone()),
+        state_save_failures: d.save_status().failures,
+        warnings: d.warnings().to_vec(),
     }
 }
 

@@ -18,7 +18,7 @@ use xdpgate_model::{
     config::{Config, ConfigError},
     iface::XdpMode,
     lb::ServiceEntry,
-    state::{self, Saved, StateError},
+    state::{self, StateError},
 };
 
 use crate::{
@@ -35,10 +35,12 @@ mod lb;
 mod overrides;
 mod reload;
 pub mod run;
+pub mod save;
 mod scrape;
 mod shared;
 
 pub use overrides::{Overrides, apply_overrides, bind_requests};
+pub use save::{SaveStatus, Unsaved};
 
 /// Errors of starting, reloading and changing the daemon.
 #[derive(Debug, Error)]
@@ -362,6 +364,10 @@ pub struct Daemon {
     /// Whether the reader of datapath events runs (started the first time
     /// events are on, then kept).
     events_reader: bool,
+    /// Whether the state in force is saved ([`save`]).
+    save: SaveStatus,
+    /// Interfaces the state file named that the configuration does not.
+    warnings: Vec<String>,
 }
 
 /// Applies `[daemon] datapath_events*`: the rate limit, the reader of the
@@ -442,8 +448,21 @@ impl Daemon {
     /// cold start is judged by the whole policy, and an adopted datapath
     /// changes program in one step per interface. On an error before that
     /// step, an adopted datapath goes on enforcing what it enforced.
+    ///
+    /// The state file's directory is checked first (a directory another user
+    /// owns or may write to is refused); a state that cannot be written (a
+    /// full or read-only filesystem) does not stop the start: the daemon
+    /// enforces and reports the state unsaved ([`save`]).
     pub fn start(paths: &Paths, cfg: Config, overrides: Overrides) -> Result<Daemon, DaemonError> {
         let saved = state::load(&cfg.state_file)?;
+        let configured: Vec<String> = cfg.interfaces.iter().map(|i| i.name.clone()).collect();
+        let warnings = saved
+            .as_ref()
+            .map(|s| save::orphans(s, &configured, &cfg.state_file))
+            .unwrap_or_default();
+        for w in &warnings {
+            log::warn!("{w}");
+        }
         let mut resolved = Vec::new();
         for i in &cfg.interfaces {
             resolved.push(sys::ifindex(&i.name).map_err(DatapathError::from)?);
@@ -580,6 +599,8 @@ impl Daemon {
             origin,
             started: Instant::now(),
             events_reader,
+            save: SaveStatus::default(),
+            warnings,
         };
         d.refresh_decap()?;
         // Everything is in the maps: now the program enforces.
@@ -602,28 +623,13 @@ impl Daemon {
         }
         d.dp.commit()?;
         d.manage_neighbours();
-        d.persist()?;
+        // Enforcing now: a state that cannot be written leaves the daemon
+        // degraded (reported and retried), never stopped; only a state
+        // directory that became unsafe meanwhile stops the start.
+        if let Err(e @ StateError::Unsafe(_)) = d.persist() {
+            return Err(e.into());
+        }
         Ok(d)
-    }
-
-    /// Saves the state in force to the state file.
-    pub fn persist(&self) -> Result<(), StateError> {
-        state::save(
-            &self.config.state_file,
-            &Saved {
-                services: self
-                    .lb
-                    .specs()
-                    .iter()
-                    .map(ServiceEntry::from_spec)
-                    .collect(),
-                ..Saved::new(
-                    &self.config.digest,
-                    self.ctl.state(),
-                    self.binds.list().to_vec(),
-                )
-            },
-        )
     }
 
     /// Applies an ACL change and saves the result.

@@ -24,6 +24,10 @@ impl Daemon {
         let status = metrics::DaemonStatus {
             last_reload_success_unix: self.reload.last_success_unix,
             last_reload_ok: self.reload.last_ok,
+            state_save: metrics::StateSave {
+                unsaved: self.save_status().unsaved.is_some(),
+                failures: self.save_status().failures,
+            },
             bound_addresses: bound,
             lb_services: self.lb.status(&self.dp).map_err(|e| e.to_string())?,
             health: self

@@ -18,7 +18,7 @@ mod tests;
 
 pub use http::{GatherFn, serve};
 pub use render::render;
-pub use snapshot::{DaemonStatus, DatapathInfo, Snapshot, gather};
+pub use snapshot::{DaemonStatus, DatapathInfo, Snapshot, StateSave, gather};
 
 /// Interface label of packets seen on an interface the daemon did not
 /// register (slot 0; see `xdpgate_common::UNKNOWN_IFACE_SLOT`).

@@ -225,6 +225,20 @@ pub fn render(s: &Snapshot) -> String {
     .expect("valid metric definition");
     r.register(Box::new(reload_ok.clone()))
         .expect("metric registered once");
+    let unsaved = IntGauge::new(
+        "xdpgate_state_unsaved",
+        "1 while the state in force is not saved to the state file (full or read-only filesystem, ...): a restart would lose it; 0 when saved.",
+    )
+    .expect("valid metric definition");
+    r.register(Box::new(unsaved.clone()))
+        .expect("metric registered once");
+    let save_failures = prometheus::IntCounter::new(
+        "xdpgate_state_save_failures_total",
+        "Saves of the state file that failed since the daemon started.",
+    )
+    .expect("valid metric definition");
+    r.register(Box::new(save_failures.clone()))
+        .expect("metric registered once");
 
     // Every known interface, so missing rows can be filled in at zero.
     let mut ifaces: BTreeSet<&str> = BTreeSet::from([UNREGISTERED]);
@@ -308,6 +322,8 @@ pub fn render(s: &Snapshot) -> String {
     }
     reload_ts.set(s.last_reload_success_unix as f64);
     reload_ok.set(i64::from(s.last_reload_ok));
+    unsaved.set(i64::from(s.state_save.unsaved));
+    save_failures.inc_by(s.state_save.failures);
 
     let mut out = Vec::new();
     prometheus::TextEncoder::new()

@@ -84,6 +84,17 @@ pub struct DaemonStatus {
     pub decap: Vec<(String, &'static str, &'static str, u64, u64)>,
     /// The running datapath: schema, program, since when each interface enforces.
     pub datapath: DatapathInfo,
+    /// Whether the state in force is saved, and the failed saves.
+    pub state_save: StateSave,
+}
+
+/// Whether the state in force is saved (`daemon::save`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateSave {
+    /// The state in force is not saved (the state file could not be written).
+    pub unsaved: bool,
+    /// Saves that failed since the start.
+    pub failures: u64,
 }
 
 /// The pinned datapath in force (`docs/design/lifecycle.md`).
@@ -146,6 +157,8 @@ pub struct Snapshot {
     pub decap: Vec<(String, &'static str, &'static str, u64, u64)>,
     /// The running datapath.
     pub datapath: DatapathInfo,
+    /// Whether the state in force is saved.
+    pub state_save: StateSave,
 }
 
 /// Reads every counter and gauge. The daemon calls this under its lock; it
@@ -192,6 +205,7 @@ pub fn gather(
         health: status.health.clone(),
         decap: status.decap.clone(),
         datapath: status.datapath.clone(),
+        state_save: status.state_save,
     })
 }
 

@@ -11,7 +11,7 @@ use xdpgate_model::lb::Forward;
 use super::{
     UNREGISTERED, render,
     render::render_server,
-    snapshot::{BuildInfo, DatapathInfo, DefaultRow, RuleRow, Snapshot, TableFill},
+    snapshot::{BuildInfo, DatapathInfo, DefaultRow, RuleRow, Snapshot, StateSave, TableFill},
 };
 use crate::{
     datapath::stats::{CacheStats, ReasonRow, Report, Row},
@@ -103,6 +103,7 @@ fn snapshot() -> Snapshot {
         ],
         last_reload_success_unix: 1_700_000_000,
         last_reload_ok: true,
+        state_save: StateSave::default(),
         build: BuildInfo {
             version: "0.1.0".into(),
             kernel: "6.18.0-test".into(),
@@ -249,6 +250,8 @@ fn render_has_every_series_with_bounded_labels() {
             ("gauge", &[][..]),
         ),
         ("xdpgate_config_last_reload_successful", ("gauge", &[][..])),
+        ("xdpgate_state_unsaved", ("gauge", &[][..])),
+        ("xdpgate_state_save_failures_total", ("counter", &[][..])),
         (
             "xdpgate_lb_backend_packets_total",
             ("counter", &["service", "backend"][..]),
@@ -431,6 +434,9 @@ fn render_has_every_series_with_bounded_labels() {
         1.7e9
     );
     assert_eq!(v("xdpgate_config_last_reload_successful", &[]), 1.0);
+    // Present at zero while the state is saved.
+    assert_eq!(v("xdpgate_state_unsaved", &[]), 0.0);
+    assert_eq!(v("xdpgate_state_save_failures_total", &[]), 0.0);
 }
 
 #[test]

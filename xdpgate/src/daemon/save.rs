@@ -1,0 +1,188 @@
+//! Saving the state file, and the degraded condition when it cannot be
+//! written: a full or read-only filesystem never stops the daemon from
+//! starting or from applying a change. The change is in force; the daemon
+//! says it is not saved (`status`, the log once, the metrics
+//! `xdpgate_state_unsaved` and `xdpgate_state_save_failures_total`), retries
+//! after every change and every [`SAVE_RETRY`] ([`retry_saves`]), and clears
+//! the condition at the first save that succeeds.
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use xdpgate_model::{
+    lb::ServiceEntry,
+    state::{self, Saved, StateError},
+};
+
+use super::{Daemon, now_unix};
+
+/// How often an unsaved state is retried (besides after every change).
+pub const SAVE_RETRY: Duration = Duration::from_secs(15);
+
+/// Whether the state in force is saved, and the save failures so far.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SaveStatus {
+    /// Why the state in force is not saved, while it is not.
+    pub unsaved: Option<Unsaved>,
+    /// Saves that failed since the start.
+    pub failures: u64,
+}
+
+/// The state in force differs from the state file: a restart would lose it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unsaved {
+    /// The last save's error.
+    pub reason: String,
+    /// When the first unsaved change was made (seconds since the epoch).
+    pub since_unix: u64,
+}
+
+impl SaveStatus {
+    /// Records the outcome of one save: logs when the condition starts (once,
+    /// not at every retry) and when it clears.
+    fn record(&mut self, path: &std::path::Path, result: &Result<(), StateError>) {
+        match (result, &mut self.unsaved) {
+            (Ok(()), None) => {}
+            (Ok(()), Some(u)) => {
+                log::info!(
+                    "state saved in {} again: the state in force is no longer unsaved (it was since {})",
+                    path.display(),
+                    u.since_unix
+                );
+                self.unsaved = None;
+            }
+            (Err(e), unsaved) => {
+                self.failures += 1;
+                match unsaved {
+                    Some(u) => u.reason = e.to_string(),
+                    None => {
+                        log::warn!(
+                            "state not saved: {e}; the state in force stays in force but a restart would lose it; retrying after every change and every {}s",
+                            SAVE_RETRY.as_secs()
+                        );
+                        *unsaved = Some(Unsaved {
+                            reason: e.to_string(),
+                            since_unix: now_unix(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// Saves the state in force to the state file, and records the outcome
+    /// ([`SaveStatus`]): a failure leaves the daemon degraded, not stopped.
+    pub fn persist(&mut self) -> Result<(), StateError> {
+        let saved = Saved {
+            services: self
+                .lb
+                .specs()
+                .iter()
+                .map(ServiceEntry::from_spec)
+                .collect(),
+            ..Saved::new(
+                &self.config.digest,
+                self.ctl.state(),
+                self.binds.list().to_vec(),
+            )
+        };
+        let result = state::save(&self.config.state_file, &saved);
+        self.save.record(&self.config.state_file, &result);
+        result
+    }
+
+    /// Saves again if the state in force is not saved; true if it is saved
+    /// now.
+    pub fn retry_save(&mut self) -> bool {
+        self.save.unsaved.is_none() || self.persist().is_ok()
+    }
+
+    /// Whether the state in force is saved, and the failures so far.
+    pub fn save_status(&self) -> &SaveStatus {
+        &self.save
+    }
+
+    /// Warnings about the state in force: interfaces the state file names
+    /// that the configuration does not configure.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}
+
+/// Retries an unsaved state every [`SAVE_RETRY`] until `token` is
+/// cancelled (each attempt on a blocking thread: a save fsyncs). Spawned
+/// beside the API server, on the daemon as it is shared between the tasks.
+pub async fn retry_saves(shared: Arc<Mutex<Daemon>>, token: CancellationToken) {
+    let mut tick = tokio::time::interval(SAVE_RETRY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate; the start just saved
+    loop {
+        tokio::select! {
+            () = token.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let d = shared.clone();
+        let attempt = tokio::task::spawn_blocking(move || {
+            d.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retry_save()
+        });
+        tokio::select! {
+            () = token.cancelled() => break,
+            r = attempt => if let Err(e) = r {
+                log::error!("state save retry failed: {e}");
+            },
+        }
+    }
+}
+
+/// Interfaces `saved` names that `configured` does not, each with a
+/// warning for the log and `status`.
+pub(super) fn orphans(saved: &Saved, configured: &[String], path: &std::path::Path) -> Vec<String> {
+    saved
+        .interfaces_named()
+        .into_iter()
+        .filter(|i| !configured.contains(i))
+        .map(|i| {
+            format!(
+                "the state file {} names interface {i}, which the configuration does not configure: its default policy, rules and bindings apply nowhere (configure it, or remove them)",
+                path.display()
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn failed() -> Result<(), StateError> {
+        Err(StateError::Io {
+            path: "/s".into(),
+            what: "cannot write",
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        })
+    }
+
+    #[test]
+    fn a_failed_save_is_unsaved_until_one_succeeds_and_every_failure_counts() {
+        let mut s = SaveStatus::default();
+        s.record(Path::new("/s"), &Ok(()));
+        assert!(s.unsaved.is_none());
+        s.record(Path::new("/s"), &failed());
+        s.record(Path::new("/s"), &failed());
+        let u = s.unsaved.clone().unwrap();
+        assert!(u.reason.contains("No space left on device"), "{}", u.reason);
+        assert_eq!(s.failures, 2);
+        s.record(Path::new("/s"), &Ok(()));
+        assert!(s.unsaved.is_none());
+        assert_eq!(s.failures, 2);
+    }
+}
