@@ -151,7 +151,8 @@ fn stats_and_status_without_daemon() {
         stderr(&out)
     );
     let out = dirs.run(&ns, &["status"], Duration::from_secs(10));
-    assert!(out.status.success());
+    // 3: not running, nothing enforcing (the health check's code).
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("daemon: not running"), "{text}");
     assert!(text.contains("no interface in this network namespace has an XDP program"));
@@ -208,14 +209,16 @@ fn status_names_foreign_programs_and_run_refuses_their_interface() {
 }
 
 #[test]
-fn api_socket_in_a_directory_of_another_owner_is_refused() {
+fn a_run_directory_of_another_owner_or_writable_by_others_is_refused_before_anything_is_written() {
     use std::os::unix::fs::PermissionsExt as _;
     let _g = serial();
     let lab = Lab::new("sockown", 34).unwrap();
     let iface = lab.a_end.ifname.as_str();
+    // The run directory is checked before anything is written in it (the
+    // lock file), with the fix named.
     for (uid, mode, why) in [
-        (65534, 0o700, "is owned by uid 65534"),
-        (0, 0o777, "others may write to its directory"),
+        (65534, 0o700, "is owned by uid 65534 (nobody)"),
+        (0, 0o777, "is writable by others (mode 0777)"),
     ] {
         let dirs = StateDirs::unique("sockown");
         std::fs::create_dir_all(&dirs.run).unwrap();
@@ -228,7 +231,9 @@ fn api_socket_in_a_directory_of_another_owner_is_refused() {
         );
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(
-            stderr(&out).contains("refusing to serve the API") && stderr(&out).contains(why),
+            stderr(&out).contains(&dirs.run.display().to_string())
+                && stderr(&out).contains(why)
+                && stderr(&out).contains("fix: "),
             "{}",
             stderr(&out)
         );

@@ -51,7 +51,14 @@ fn restart_under_traffic(signal: i32, subnet: u8, tag: &str, next: &Next) {
         xdp_on(&lab.a, &iface),
         "the program stays attached without a daemon"
     );
-    let out = dirs.run_ok(&lab.a, &["status", "--output", "json"]);
+    let out = dirs.run(
+        &lab.a,
+        &["status", "--output", "json"],
+        Duration::from_secs(10),
+    );
+    // 4: enforcing without a daemon.
+    assert_eq!(out.status.code(), Some(4));
+    let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains("\"without_daemon\""), "{out}");
     let row = |d: &StateDirs| d.status(&lab.a, &iface).1[0].clone();
     let was = row(&dirs);

@@ -456,8 +456,11 @@ impl Daemon {
     pub fn start(paths: &Paths, cfg: Config, overrides: Overrides) -> Result<Daemon, DaemonError> {
         let saved = state::load(&cfg.state_file)?;
         let configured: Vec<String> = cfg.interfaces.iter().map(|i| i.name.clone()).collect();
+        // Only a state that is resumed (same configuration) can carry
+        // policies for interfaces the command line no longer names.
         let warnings = saved
             .as_ref()
+            .filter(|s| s.config_digest == cfg.digest)
             .map(|s| save::orphans(s, &configured, &cfg.state_file))
             .unwrap_or_default();
         for w in &warnings {
