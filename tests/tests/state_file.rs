@@ -41,7 +41,7 @@ impl Scratch {
     fn new(tag: &str) -> Scratch {
         static N: AtomicU32 = AtomicU32::new(0);
         let p = PathBuf::from("/run").join(format!(
-            "xdpgate-{tag}-{}-{}",
+            "xdpgate-scratch-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
@@ -190,6 +190,7 @@ fn a_state_directory_of_another_user_or_writable_by_others_is_refused_and_the_pl
             Duration::from_secs(60),
         );
         let err = stderr(&out);
+        assert_untouched(&victim);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains(&dir.display().to_string()), "{err}");
         assert!(err.contains(found), "{err}");
@@ -197,7 +198,6 @@ fn a_state_directory_of_another_user_or_writable_by_others_is_refused_and_the_pl
             err.contains(&format!("{fix} {}", dir.display())),
             "the message names the fix: {err}"
         );
-        assert_untouched(&victim);
         assert!(!xdp_on(&lab.a, &iface), "nothing attached");
     }
 }
@@ -225,10 +225,10 @@ fn a_planted_lock_file_symlink_is_refused_and_its_target_is_untouched() {
             Duration::from_secs(60),
         );
         let err = stderr(&out);
+        assert_untouched(&victim);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains(found), "{err}");
         assert!(err.contains(&dirs.run.display().to_string()), "{err}");
-        assert_untouched(&victim);
         assert!(!xdp_on(&lab.a, &iface), "nothing attached");
         assert!(
             !dirs.bpffs.exists(),
