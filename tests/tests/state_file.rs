@@ -437,7 +437,9 @@ fn a_saved_policy_for_an_interface_no_longer_configured_is_warned_about_at_start
     lab.a
         .exec(
             "ip",
-            &["link", "add", "orph0", "type", "veth", "peer", "name", "orph1"],
+            &[
+                "link", "add", "orph0", "type", "veth", "peer", "name", "orph1",
+            ],
         )
         .unwrap();
     lab.a.exec("ip", &["link", "set", "orph0", "up"]).unwrap();
