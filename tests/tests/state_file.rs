@@ -391,10 +391,8 @@ fn status_exit_codes_tell_running_degraded_unreachable_enforcing_without_a_daemo
     let mut lock = fs::File::create(dirs.run.join("xdpgate.lock")).unwrap();
     writeln!(lock, "{}", std::process::id()).unwrap();
     // SAFETY: flock on a descriptor `lock` owns.
-    assert_eq!(
-        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
     let out = dirs.run(&lab.a, &["status"], Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("does not answer"), "{}", stderr(&out));

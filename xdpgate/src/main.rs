@@ -2,7 +2,7 @@
 //! command line, sets up logging, hands the verb to [`xdpgate::cli`] and
 //! turns its outcome into the exit code: 0, 64 (`EX_USAGE`) for invalid
 //! input, 1 for any other failure (and for `status`, the health codes of
-//! `cli::status::Health`).
+//! `cli::health::Health`).
 use std::process::ExitCode;
 
 use clap::Parser as _;

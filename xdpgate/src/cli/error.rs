@@ -71,7 +71,7 @@ pub enum CliError {
     #[error("cannot write the output: {0}")]
     Output(#[from] serde_json::Error),
     /// `status` found the daemon not healthy; `code` is its exit code
-    /// (decided by `cli::status::Health`).
+    /// (decided by `cli::health::Health`).
     #[error("{message}")]
     Unhealthy {
         /// The exit code.

@@ -22,6 +22,7 @@ pub mod acl;
 pub mod bind;
 pub mod down;
 pub mod error;
+pub mod health;
 pub mod lb;
 pub mod policy;
 pub mod reload;

@@ -25,8 +25,8 @@ pub fn json<T: Serialize>(value: &T) -> Result<String, serde_json::Error> {
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusView {
     /// What the report means for a health check.
-    pub health: super::status::Health,
-    /// `status`'s exit code ([`Health::exit_code`](super::status::Health::exit_code)).
+    pub health: super::health::Health,
+    /// `status`'s exit code ([`Health::exit_code`](super::health::Health::exit_code)).
     pub exit_code: u8,
     /// The daemon.
     pub daemon: DaemonView,

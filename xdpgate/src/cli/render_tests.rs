@@ -9,7 +9,7 @@ use super::*;
 use crate::api::protocol::{
     AclList, Applied, BindList, BindReport, LbList, SetList, SetShow, StatsReport, Status,
 };
-use crate::cli::status::Health;
+use crate::cli::health::Health;
 
 fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).unwrap()
