@@ -6,6 +6,7 @@
 //! after every change and every [`SAVE_RETRY`] ([`retry_saves`]), and clears
 //! the condition at the first save that succeeds.
 use std::{
+    future::Future,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -116,27 +117,43 @@ impl Daemon {
 
 /// Retries an unsaved state every [`SAVE_RETRY`] until `token` is
 /// cancelled (each attempt on a blocking thread: a save fsyncs). Spawned
-/// beside the API server, on the daemon as it is shared between the tasks.
+/// beside the API server, on the daemon as it is shared between the tasks:
+/// `tracker.spawn(save::retry_saves(shared.clone(), root.child_token()))`.
 pub async fn retry_saves(shared: Arc<Mutex<Daemon>>, token: CancellationToken) {
-    let mut tick = tokio::time::interval(SAVE_RETRY);
+    retry_every(SAVE_RETRY, token, move || {
+        let d = shared.clone();
+        async move {
+            let attempt = tokio::task::spawn_blocking(move || {
+                d.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .retry_save()
+            });
+            if let Err(e) = attempt.await {
+                log::error!("state save retry failed: {e}");
+            }
+        }
+    })
+    .await;
+}
+
+/// Runs `attempt` every `period` (the first one a period from now) until
+/// `token` is cancelled, which also stops an attempt under way. The core
+/// of [`retry_saves`], for a daemon shared some other way.
+pub async fn retry_every<F, Fut>(period: Duration, token: CancellationToken, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate; the start just saved
     loop {
         tokio::select! {
             () = token.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let d = shared.clone();
-        let attempt = tokio::task::spawn_blocking(move || {
-            d.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retry_save()
-        });
         tokio::select! {
             () = token.cancelled() => break,
-            r = attempt => if let Err(e) = r {
-                log::error!("state save retry failed: {e}");
-            },
+            () = attempt() => {}
         }
     }
 }
@@ -184,5 +201,27 @@ mod tests {
         s.record(Path::new("/s"), &Ok(()));
         assert!(s.unsaved.is_none());
         assert_eq!(s.failures, 2);
+    }
+
+    /// The retry task tries once per period, not before the first period,
+    /// and stops when cancelled.
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_task_tries_once_per_period_and_stops_when_cancelled() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let n = Arc::new(AtomicU32::new(0));
+        let token = CancellationToken::new();
+        let counted = n.clone();
+        let task = tokio::spawn(retry_every(SAVE_RETRY, token.clone(), move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {}
+        }));
+        tokio::time::sleep(SAVE_RETRY - Duration::from_secs(1)).await;
+        assert_eq!(n.load(Ordering::SeqCst), 0, "not before the first period");
+        tokio::time::sleep(SAVE_RETRY * 3).await;
+        assert_eq!(n.load(Ordering::SeqCst), 3);
+        token.cancel();
+        task.await.unwrap();
+        tokio::time::sleep(SAVE_RETRY * 3).await;
+        assert_eq!(n.load(Ordering::SeqCst), 3, "none after cancellation");
     }
 }
