@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use xdpgate_tests::{
@@ -329,8 +329,25 @@ fn a_full_or_read_only_state_filesystem_starts_from_the_saved_state_reports_it_u
     assert_eq!(saved_policy(&state, &iface), "deny", "the old state stays");
     assert_eq!(status(&d.dirs, &lab.a).0, 2);
 
-    // Space again: the next change saves, and the condition clears.
+    // Space again: the daemon saves by itself (it retries every 15 s) and
+    // the condition clears, without any change.
     fs::remove_file(&filler).unwrap();
+    let t0 = Instant::now();
+    let mut cleared = None;
+    while t0.elapsed() < Duration::from_secs(40) {
+        if status(&d.dirs, &lab.a).0 == 0 {
+            cleared = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let cleared = cleared.expect("the state is saved within 40 s of space coming back");
+    eprintln!("state saved again {cleared:?} after space came back");
+    assert_eq!(
+        saved_policy(&state, &iface),
+        "allow",
+        "the state in force was saved"
+    );
     d.dirs.run_ok(&lab.a, &["policy", &iface, "deny"]);
     assert_eq!(saved_policy(&state, &iface), "deny");
     let (code, doc) = status(&d.dirs, &lab.a);
@@ -357,8 +374,11 @@ fn a_full_or_read_only_state_filesystem_starts_from_the_saved_state_reports_it_u
             .contains("Read-only file system"),
         "{doc}"
     );
+    // Writable again: the next change saves (it does not wait for the
+    // retry), and the condition clears.
     tmpfs.remount("rw");
     d.dirs.run_ok(&lab.a, &["policy", &iface, "deny"]);
+    assert_eq!(saved_policy(&state, &iface), "deny");
     assert_eq!(status(&d.dirs, &lab.a).0, 0);
     assert_eq!(metric(&lab.a, "xdpgate_state_unsaved"), 0.0);
     let dirs = stop_and_down(d, &lab);

@@ -210,8 +210,8 @@ pub enum Answer {
     LbList(LbList),
     /// `stats`.
     Stats(Stats),
-    /// `status`.
-    Status(Status),
+    /// `status` (boxed: by far the largest answer).
+    Status(Box<Status>),
     /// `lb_add`, `lb_del`, `reload`.
     Message(Message),
 }

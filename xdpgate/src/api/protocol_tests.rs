@@ -107,7 +107,7 @@ fn stats() {
 /// `daemon.detail`).
 #[test]
 fn status() {
-    let s = pinned("status", STATUS, Answer::Status);
+    let s = pinned("status", STATUS, |s| Answer::Status(Box::new(s)));
     assert_eq!(s.started_from, StartedFrom::Config);
     assert_eq!(s.interfaces[0].mode, XdpMode::Skb);
     assert!(!s.reload.last_ok);

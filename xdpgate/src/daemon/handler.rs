@@ -98,7 +98,7 @@ fn answer(d: &mut Daemon, req: Request) -> Result<Answer, DaemonError> {
             }
         },
         Request::Stats => stats_answer(&d.paths)?,
-        Request::Status => Answer::Status(status(d)),
+        Request::Status => Answer::Status(Box::new(status(d))),
         Request::Apply { change } => match d.apply(&change) {
             Ok(applied) => {
                 log::info!(

@@ -263,6 +263,7 @@ impl App {
             tracker.spawn(metrics::serve(metrics, gather, root.child_token()));
         }
         tracker.spawn(signal_loop(signals, shared.clone(), root.clone()));
+        tracker.spawn(super::save::retry_saves(shared.clone(), root.child_token()));
         tracker.close();
         Running {
             socket: paths.socket(),

@@ -5,11 +5,7 @@
 //! `xdpgate_state_unsaved` and `xdpgate_state_save_failures_total`), retries
 //! after every change and every [`SAVE_RETRY`] ([`retry_saves`]), and clears
 //! the condition at the first save that succeeds.
-use std::{
-    future::Future,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +14,7 @@ use xdpgate_model::{
     state::{self, Saved, StateError},
 };
 
-use super::{Daemon, now_unix};
+use super::{Daemon, now_unix, shared::Shared};
 
 /// How often an unsaved state is retried (besides after every change).
 pub const SAVE_RETRY: Duration = Duration::from_secs(15);
@@ -116,18 +112,16 @@ impl Daemon {
 }
 
 /// Retries an unsaved state every [`SAVE_RETRY`] until `token` is
-/// cancelled (each attempt on a blocking thread: a save fsyncs). Spawned
-/// beside the API server, on the daemon as it is shared between the tasks:
-/// `tracker.spawn(save::retry_saves(shared.clone(), root.child_token()))`.
-pub async fn retry_saves(shared: Arc<Mutex<Daemon>>, token: CancellationToken) {
+/// cancelled, each attempt on a blocking thread (a save fsyncs, and the
+/// daemon may be held by a change: the attempt then waits for it, and the
+/// change's own save may already have cleared the condition). Spawned beside
+/// the API server in `run.rs`:
+/// `tracker.spawn(save::retry_saves(shared.clone(), root.child_token()));`
+pub(super) async fn retry_saves(shared: Arc<Shared>, token: CancellationToken) {
     retry_every(SAVE_RETRY, token, move || {
-        let d = shared.clone();
+        let shared = shared.clone();
         async move {
-            let attempt = tokio::task::spawn_blocking(move || {
-                d.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .retry_save()
-            });
+            let attempt = tokio::task::spawn_blocking(move || shared.lock().retry_save());
             if let Err(e) = attempt.await {
                 log::error!("state save retry failed: {e}");
             }

@@ -145,11 +145,11 @@ impl Shared {
             ),
             Some(Source::Live(mut d)) => handler::execute(&mut d, req),
             Some(Source::Snapshot(work, s)) => match req {
-                Request::Status => Response::answer(Answer::Status(Status {
+                Request::Status => Response::answer(Answer::Status(Box::new(Status {
                     busy: Some(busy(&work)),
                     uptime_seconds: s.status.uptime_seconds + work.elapsed().as_secs(),
                     ..s.status.clone()
-                })),
+                }))),
                 Request::AclList => s.acl_list.clone(),
                 Request::SetList { name: None } => s.set_list.clone(),
                 Request::SetList { name } => handler::respond(handler::set_list(&s.acl, name)),
