@@ -274,9 +274,25 @@ mod tests {
                 CliError::Pins(crate::datapath::PinError::Busy("/p".into())),
                 false,
             ),
+            (
+                "Unhealthy",
+                CliError::Unhealthy {
+                    code: 3,
+                    message: "not running".into(),
+                },
+                false,
+            ),
         ];
         for (name, e, invalid) in table {
             assert_eq!(e.is_invalid_input(), invalid, "{name}: {e}");
+            // The exit code follows: 64 for invalid input, else 1, except
+            // the health codes of `status`.
+            let code = match &e {
+                CliError::Unhealthy { code, .. } => *code,
+                _ if invalid => EXIT_USAGE,
+                _ => 1,
+            };
+            assert_eq!(e.exit_code(), code, "{name}");
         }
     }
 
