@@ -164,7 +164,7 @@ pub(super) fn init_script(k: &Kernel, modules: &[String], groups: &[Group]) -> S
          mount -t proc proc /proc\n\
          mount -t sysfs sysfs /sys\n\
          mount -t devtmpfs devtmpfs /dev 2>/dev/null\n\
-         mount -t tmpfs tmpfs /run\n\
+         mount -t tmpfs -o mode=755 tmpfs /run\n\
          mount -t tmpfs tmpfs /tmp\n\
          mount -t bpf bpf /sys/fs/bpf\n\
          echo 1 > /proc/sys/kernel/printk\n",
