@@ -240,6 +240,10 @@ impl Daemon {
         for i in ifaces {
             cmd.args(["--iface", i]);
         }
+        // Its own process group: a Ctrl-C in the terminal (or `timeout`)
+        // reaches the test or demo, which stops the daemon itself, instead
+        // of stopping the daemon under a demo that still reads its stats.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
