@@ -168,6 +168,18 @@ fn is_symlink(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFLNK
 }
 
+/// The refusal of a path that should be a directory and is not.
+fn not_a_directory(path: &Path) -> FsafeError {
+    FsafeError::Unsafe {
+        path: path.to_path_buf(),
+        found: "not a directory".to_owned(),
+        fix: format!(
+            "remove it, or choose another directory than {}",
+            path.display()
+        ),
+    }
+}
+
 /// Refuses a directory not owned by root or us, or writable by group or
 /// others; the message names the fix.
 fn judge_dir(path: &Path, st: &libc::stat) -> Result<(), FsafeError> {
@@ -175,14 +187,7 @@ fn judge_dir(path: &Path, st: &libc::stat) -> Result<(), FsafeError> {
     let mode = st.st_mode & 0o7777;
     let mut found = Vec::new();
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-        return Err(FsafeError::Unsafe {
-            path: path.to_path_buf(),
-            found: "not a directory".to_owned(),
-            fix: format!(
-                "remove it, or choose another directory than {}",
-                path.display()
-            ),
-        });
+        return Err(not_a_directory(path));
     }
     let foreign = st.st_uid != me && st.st_uid != 0;
     if foreign {
@@ -253,14 +258,7 @@ impl SafeDir {
                 });
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                return Err(FsafeError::Unsafe {
-                    path: path.to_path_buf(),
-                    found: "not a directory".to_owned(),
-                    fix: format!(
-                        "remove it, or choose another directory than {}",
-                        path.display()
-                    ),
-                });
+                return Err(not_a_directory(path));
             }
             Err(e) => return Err(io_err("cannot open the directory", path)(e)),
         };
