@@ -280,7 +280,8 @@ pub const fn prefix_buckets(addr: &[u32; 4], len: u32) -> (u32, u32) {
     (b1, b2)
 }
 
-/// What the datapath needs per rule index: its verdict, counter slot and id.
+/// What the datapath needs per rule index: its verdict, counter slot and id,
+/// and its limit and SYN-cookie protection (`crate::limit`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleInfo {
@@ -291,8 +292,11 @@ pub struct RuleInfo {
     /// The rule's id, for datapath events (0 for a default policy, whose
     /// counter slot is `MAX_RULES` or above).
     pub id: u32,
-    /// Zero.
-    pub _reserved: u32,
+    /// `limit::RULE_LIMIT` and `limit::RULE_SYNCOOKIE` bits (only on rules
+    /// whose action is `Pass`).
+    pub flags: u32,
+    /// The limit, when `flags` has `limit::RULE_LIMIT`.
+    pub limit: crate::limit::LimitSpec,
 }
 
 /// Counter slots: one per real rule, then one per interface for its default policy.

@@ -180,6 +180,11 @@ pub const DECAP_STAT_ENTRIES: u32 = crate::MAX_IFACES * 4;
 
 /// Index in [`maps::PROGS`](crate::maps::PROGS) of the steering program.
 pub const PROG_STEER: u32 = 0;
+/// Index in [`maps::PROGS`](crate::maps::PROGS) of the SYN-cookie program
+/// (`crate::limit`).
+pub const PROG_SYNCOOKIE: u32 = 1;
+/// Entries of [`maps::PROGS`](crate::maps::PROGS).
+pub const PROG_SLOTS: u32 = 2;
 
 /// Seed of [`flow_hash`].
 pub const FLOW_HASH_SEED: u32 = 0x5847_4c42; // "XGLB"

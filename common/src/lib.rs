@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod csum;
 pub mod lb;
+pub mod limit;
 pub mod pins;
 pub mod wire;
 
@@ -214,13 +215,22 @@ pub enum DropReason {
     /// Not malformed: an L2 DSR backend has no neighbour entry yet, or is not
     /// on-link.
     LbNoNeighbor = 15,
+    /// Not malformed: over the limit of the rule that matched it
+    /// (`limit::RULE_LIMIT`); counted per rule too.
+    RateLimited = 16,
+    /// Not malformed: a SYN to a SYN-cookie rule not answered because the
+    /// SYN-ACKs to its source prefix reached the reflector limit.
+    SynackLimited = 17,
+    /// Not malformed: a non-SYN TCP packet to a SYN-cookie rule that is
+    /// neither of an established connection nor an ACK with a valid cookie.
+    BadCookie = 18,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 19;
     /// All reasons in index order.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::TruncatedEthernet,
         DropReason::TruncatedVlan,
         DropReason::VlanTooDeep,
@@ -237,6 +247,9 @@ impl DropReason {
         DropReason::LbNoRoute,
         DropReason::LbTooBig,
         DropReason::LbNoNeighbor,
+        DropReason::RateLimited,
+        DropReason::SynackLimited,
+        DropReason::BadCookie,
     ];
 
     /// Snake-case name used in CLI output and metrics labels.
@@ -258,12 +271,15 @@ impl DropReason {
             DropReason::LbNoRoute => "lb_no_route",
             DropReason::LbTooBig => "lb_too_big",
             DropReason::LbNoNeighbor => "lb_no_neighbor",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::SynackLimited => "synack_limited",
+            DropReason::BadCookie => "bad_cookie",
         }
     }
 
     /// Whether the reason describes a malformed frame (every reason but
-    /// [`DropReason::NotBound`] and the `Lb*` reasons, which drop well-formed
-    /// packets).
+    /// [`DropReason::NotBound`] and the reasons after it, which drop
+    /// well-formed packets).
     pub const fn is_malformed(self) -> bool {
         (self as u32) < DropReason::NotBound as u32
     }
@@ -430,6 +446,10 @@ mod pod {
         super::acl::PrefixBucket,
         super::acl::RuleInfo,
         super::acl::AclConfig,
+        super::limit::LimitSpec,
+        super::limit::Bucket,
+        super::limit::BucketKey,
+        super::limit::SyncookieConfig,
         super::pins::Meta,
     );
 }

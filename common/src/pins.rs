@@ -25,7 +25,9 @@
 ///
 /// History: 1 = the first pinned datapath; 2 = the programs load with
 /// multi-buffer support (`xdp.frags`, jumbo MTUs in native mode). Both
-/// issue 13.
+/// issue 13. 3 = rate limits and SYN cookies (issue 15): `RuleInfo` grows a
+/// limit, three drop reasons, the SYN-cookie program's tail-call slot and
+/// the `XG_LIMIT_*` and `XG_SYNCOOKIE` maps.
 ///
 /// A build made with `XDPGATE_SCHEMA_VARIANT` set (only `cargo xtask test`
 /// and `cargo xtask bench` make one, for their schema-upgrade runs) has the
@@ -37,7 +39,7 @@ pub const SCHEMA_VERSION: u32 = if SCHEMA_VARIANT {
 };
 
 /// The schema of this source tree's own builds.
-const SCHEMA_RELEASED: u32 = 2;
+const SCHEMA_RELEASED: u32 = 3;
 
 /// Whether this is the schema-upgrade test's build (see [`SCHEMA_VERSION`]).
 pub const SCHEMA_VARIANT: bool = option_env!("XDPGATE_SCHEMA_VARIANT").is_some();

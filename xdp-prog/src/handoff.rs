@@ -124,3 +124,45 @@ pub(crate) struct NextHop {
 
 // The size `maps::LB_NEXTHOP`'s memory is documented with.
 const _: () = assert!(size_of::<NextHop>() == 48);
+
+/// What the main program hands over to the SYN-cookie program it tail-calls
+/// (`maps::SYN_CTX`); the addresses and ports are in `Fields`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SynCtx {
+    /// Frame length in bytes.
+    pub(crate) bytes: u64,
+    /// Interface counter slot.
+    pub(crate) slot: u32,
+    /// The rule's counter slot.
+    pub(crate) counter: u32,
+    /// Offset of the IP header in the frame.
+    pub(crate) l3: u32,
+    /// Offset of the TCP header in the frame.
+    pub(crate) l4: u32,
+    /// 1 for IPv4, 0 for IPv6.
+    pub(crate) v4: u32,
+    /// Padding.
+    pub(crate) _pad: u32,
+}
+
+/// Bytes of [`SynScratch::ip`]: an IPv6 header (an IPv4 one uses the first 20).
+pub(crate) const SCRATCH_IP: usize = 40;
+/// Bytes of [`SynScratch::tcp`]: the longest TCP header.
+pub(crate) const SCRATCH_TCP: usize = 60;
+
+/// The SYN-cookie program's working memory (`maps::SYN_SCRATCH`): copies
+/// of the packet's IP and TCP headers, which the cookie helpers read, and
+/// the reply's headers as they are built. Map memory, not the stack: the
+/// helpers take pointers to it, and it keeps 180 bytes off the 512-byte
+/// stack.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct SynScratch {
+    /// The received IP header (without options or extension headers).
+    pub(crate) ip: [u8; SCRATCH_IP],
+    /// The received TCP header with its options.
+    pub(crate) tcp: [u8; SCRATCH_TCP],
+    /// The reply: IP header (20 or 40 bytes) then the TCP header.
+    pub(crate) out: [u8; SCRATCH_IP + xdpgate_common::limit::SYNACK_TCP_LEN],
+}

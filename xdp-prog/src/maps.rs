@@ -10,7 +10,7 @@
 //! every array lookup.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use xdpgate_common::{
     Counter, EventConfig, IfaceConfig, LOCAL_ADDR_ENTRIES, LocalAddrKey, MAX_IFACES,
@@ -22,11 +22,13 @@ use xdpgate_common::{
     },
     lb::{
         Backend, DECAP_STAT_ENTRIES, DEFAULT_RING_SERVICES, DEFAULT_RING_SIZE, LbConfig,
-        MAX_BACKENDS, MAX_SERVICES, SERVICE_STAT_ENTRIES, ServiceInfo, ServiceKey, ring_entries,
+        MAX_BACKENDS, MAX_SERVICES, PROG_SLOTS, SERVICE_STAT_ENTRIES, ServiceInfo, ServiceKey,
+        ring_entries,
     },
+    limit::{Bucket, BucketKey, DEFAULT_BUCKETS, LIMIT_STAT_ENTRIES, SyncookieConfig},
 };
 
-use crate::handoff::{Fields, NextHop, Pending, SteerCtx};
+use crate::handoff::{Fields, NextHop, Pending, SteerCtx, SynCtx, SynScratch};
 
 /// `BPF_F_MMAPABLE`: the control plane writes these arrays through mmap.
 const MMAP: u32 = 1 << 10;
@@ -106,9 +108,43 @@ pub(crate) static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 
 #[map(name = "XG_EVENT_SAMPLE")]
 pub(crate) static EVENT_SAMPLE: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
-/// Tail-call targets: `lb::PROG_STEER` is the steering program.
+/// Tail-call targets: `lb::PROG_STEER` is the steering program,
+/// `lb::PROG_SYNCOOKIE` the SYN-cookie program.
 #[map(name = "XG_PROGS")]
-pub(crate) static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub(crate) static PROGS: ProgramArray = ProgramArray::with_max_entries(PROG_SLOTS, 0);
+
+/// Per-prefix limit buckets, SYN-ACK reflector buckets and kernel-refresh
+/// stamps (`limit`, `syncookie`). Resized by the control plane at load time.
+#[map(name = "XG_LIMIT_BUCKETS")]
+pub(crate) static LIMIT_BUCKETS: LruHashMap<BucketKey, Bucket> =
+    LruHashMap::with_max_entries(DEFAULT_BUCKETS, 0);
+
+/// Rule-wide limit buckets by rule counter slot (never evicted).
+#[map(name = "XG_LIMIT_RULE")]
+pub(crate) static LIMIT_RULE: Array<Bucket> = Array::with_max_entries(RULE_COUNTERS, 0);
+
+/// Per-CPU per-rule counters of limits and SYN cookies (`limit::rule_stat`).
+#[map(name = "XG_LIMIT_STATS")]
+pub(crate) static LIMIT_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(LIMIT_STAT_ENTRIES, 0);
+
+/// The SYN-cookie path's settings (written by the daemon after it checked
+/// the kernel and its sysctls).
+#[map(name = "XG_SYNCOOKIE")]
+pub(crate) static SYNCOOKIE: Array<SyncookieConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU hand-off to the tail-called SYN-cookie program (`handoff::SynCtx`).
+#[map(name = "XG_SYN_CTX")]
+pub(crate) static SYN_CTX: PerCpuArray<SynCtx> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU copy of the headers the SYN-cookie helpers read and the reply
+/// being built (`handoff::SynScratch`); datapath only.
+#[map(name = "XG_SYN_SCRATCH")]
+pub(crate) static SYN_SCRATCH: PerCpuArray<SynScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU bucket key being built (`limit`); datapath only.
+#[map(name = "XG_LIMIT_KEY")]
+pub(crate) static LIMIT_KEY: PerCpuArray<BucketKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU hand-off to the tail-called steering program (`handoff::SteerCtx`).
 #[map(name = "XG_STEER_CTX")]

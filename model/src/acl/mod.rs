@@ -8,6 +8,8 @@
 //! benchmarks.
 /// Compiling a state into datapath tables.
 pub mod compile;
+/// A rule's rate limit.
+pub mod limit;
 /// Operator-facing state and validation.
 pub mod model;
 /// Seeded random rule sets and packets for differential tests and benchmarks.
@@ -17,6 +19,7 @@ pub mod random;
 #[cfg(any(test, feature = "test-support"))]
 pub mod reference;
 
+pub use limit::{Limit, LimitKey};
 pub use model::{
     AclError, AclState, AddrMatch, Applied, Change, PortRange, PrefixSet, Rule, RuleFile, Verdict,
 };

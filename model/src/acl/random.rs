@@ -186,6 +186,8 @@ pub fn rand_state(rng: &mut Rng, sets: usize, set_size: usize, rules: usize) -> 
             } else {
                 Verdict::Deny
             },
+            limit: None,
+            syncookie: false,
         };
         if p.is_some_and(proto::has_ports) {
             if rng.chance(1, 3) {

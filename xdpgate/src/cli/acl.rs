@@ -100,6 +100,8 @@ pub fn rule_of(a: RuleArgs) -> Result<Rule, CliError> {
         icmp_code: a.icmp_code,
         iface: a.iface,
         action: a.action.into(),
+        limit: None,
+        syncookie: false,
     })
 }
 

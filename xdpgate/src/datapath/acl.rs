@@ -129,7 +129,8 @@ impl Datapath {
                 counter: counters[i],
                 action: action_of(*v),
                 id: image.rule_ids[i],
-                _reserved: 0,
+                flags: image.rule_extras[i].0,
+                limit: image.rule_extras[i].1,
             });
         }
         for (slot, v) in image.default_verdicts.iter().enumerate() {
@@ -137,7 +138,7 @@ impl Datapath {
                 counter: MAX_RULES + slot as u32,
                 action: action_of(*v),
                 id: 0,
-                _reserved: 0,
+                ..RuleInfo::default()
             });
         }
         self.write(maps::RULE_INFO, t, RULE_BITS, &info)

@@ -17,10 +17,26 @@ use xdpgate_common::{
     },
 };
 
+use xdpgate_common::limit::{LimitSpec, RULE_LIMIT, RULE_SYNCOOKIE};
+
 use super::model::{AclError, AclState, AddrMatch, Rule, RuleFamily, Verdict, limits, proto};
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod eval;
+
+/// The `limit::RULE_*` flags and limit of a rule's `RuleInfo`.
+fn extras(r: &Rule) -> (u32, LimitSpec) {
+    let mut flags = 0;
+    let mut spec = LimitSpec::default();
+    if let Some(l) = &r.limit {
+        flags |= RULE_LIMIT;
+        spec = l.spec();
+    }
+    if r.syncookie {
+        flags |= RULE_SYNCOOKIE;
+    }
+    (flags, spec)
+}
 
 /// One compiled generation.
 #[derive(Clone)]
@@ -29,6 +45,8 @@ pub struct Image {
     pub rule_ids: Vec<u32>,
     /// Verdicts in the same order.
     pub rule_verdicts: Vec<Verdict>,
+    /// `limit::RULE_*` flags and the limit of each rule, in the same order.
+    pub rule_extras: Vec<(u32, LimitSpec)>,
     /// Default verdict per interface slot (the virtual rules after the real ones).
     pub default_verdicts: Vec<Verdict>,
     /// Bitmap per interface slot.
@@ -330,6 +348,7 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
     Ok(Image {
         rule_ids: rules.iter().map(|r| r.id).collect(),
         rule_verdicts: rules.iter().map(|r| r.action).collect(),
+        rule_extras: rules.iter().map(|r| extras(r)).collect(),
         default_verdicts,
         iface_bm,
         proto_bm,

@@ -347,6 +347,13 @@ pub struct Rule {
     pub iface: Option<String>,
     /// What a match does.
     pub action: Verdict,
+    /// A rate limit (action `allow` only): packets over it are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<crate::acl::limit::Limit>,
+    /// Answer SYNs with SYN cookies in XDP and pass only established
+    /// connections and valid cookie ACKs (action `allow`, proto `tcp`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub syncookie: bool,
 }
 
 /// The address family a rule is restricted to, if any.
@@ -376,6 +383,8 @@ impl Rule {
             icmp_code: None,
             iface: None,
             action,
+            limit: None,
+            syncookie: false,
         }
     }
 
@@ -451,6 +460,30 @@ impl Rule {
             && (i.is_empty() || i.len() > 15)
         {
             bad("iface must be an interface name of 1 to 15 characters");
+        }
+        if let Some(limit) = &self.limit {
+            if self.action != Verdict::Allow {
+                bad("a limit needs action allow (packets under it are allowed)");
+            }
+            let (v4, v6) = match self.family() {
+                RuleFamily::V4 => (true, false),
+                RuleFamily::V6 => (false, true),
+                RuleFamily::Any => (true, true),
+            };
+            for (field, reason) in limit.problems(v4, v6) {
+                bad(&format!("limit.{field}: {reason}"));
+            }
+        }
+        if self.syncookie {
+            if self.action != Verdict::Allow {
+                bad("syncookie needs action allow");
+            }
+            if self.proto != Some(proto::TCP) {
+                bad("syncookie needs proto tcp");
+            }
+            if self.dport.is_none() {
+                bad("syncookie needs dport (the protected service's ports)");
+            }
         }
         errs
     }
