@@ -162,6 +162,43 @@ impl LbSettings {
     }
 }
 
+/// `[ddos]`: settings of rate limits and the SYN-cookie path (see
+/// `docs/design/ddos.md`). `limit_buckets` is fixed at start (a change needs
+/// a restart); the others apply on reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DdosSettings {
+    /// Entries of the per-prefix bucket table (`limit_buckets`,
+    /// `MIN_BUCKETS..=MAX_BUCKETS` of `xdpgate_common::limit`).
+    pub limit_buckets: u32,
+    /// The reflector limit: SYN-ACKs per second to one source prefix
+    /// (`synack_pps`).
+    pub synack_pps: u64,
+    /// Its burst (`synack_burst`).
+    pub synack_burst: u64,
+    /// The IPv4 prefix length SYN-ACK destinations are aggregated to
+    /// (`synack_v4_prefix`, default 24).
+    pub synack_v4_prefix: u8,
+    /// The IPv6 prefix length (`synack_v6_prefix`, default 48).
+    pub synack_v6_prefix: u8,
+    /// How often a SYN per destination address and port goes to the kernel
+    /// so that its listener keeps accepting cookies (`syncookie_refresh_secs`,
+    /// 1..=60).
+    pub syncookie_refresh: Duration,
+}
+
+impl Default for DdosSettings {
+    fn default() -> Self {
+        DdosSettings {
+            limit_buckets: xdpgate_common::limit::DEFAULT_BUCKETS,
+            synack_pps: 500,
+            synack_burst: 100,
+            synack_v4_prefix: 24,
+            synack_v6_prefix: 48,
+            syncookie_refresh: Duration::from_secs(30),
+        }
+    }
+}
+
 /// One address binding as configured (see `xdpgate bind add`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,6 +254,8 @@ pub struct Config {
     pub lb: LbSettings,
     /// Load-balanced services (`[[service]]`), validated.
     pub services: Vec<ServiceEntry>,
+    /// `[ddos]` settings.
+    pub ddos: DdosSettings,
 }
 
 impl Config {
@@ -268,6 +307,7 @@ impl Config {
             acl: RuleFile::default(),
             lb: LbSettings::default(),
             services: Vec::new(),
+            ddos: DdosSettings::default(),
         }
     }
 }
