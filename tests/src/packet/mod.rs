@@ -29,16 +29,19 @@
 //!
 //! Files: this one (EtherTypes, protocol numbers, helpers, [`Ethernet`]),
 //! `ipv4.rs` ([`Ipv4`]), `ipv6.rs` ([`Ipv6`] and its extension headers
-//! [`Ext`]), `transport.rs` ([`Transport`]).
+//! [`Ext`]), `transport.rs` ([`Transport`]), `tcp.rs` ([`Tcp`] segments with
+//! options and checksums, [`TcpSegment`] to read them back).
 
 mod ipv4;
 mod ipv6;
 #[cfg(test)]
 mod tests;
+pub mod tcp;
 mod transport;
 
 pub use ipv4::Ipv4;
 pub use ipv6::{Ext, Ipv6};
+pub use tcp::{Tcp, TcpOption, TcpSegment};
 pub use transport::Transport;
 
 /// EtherTypes.
