@@ -250,7 +250,7 @@ fn addr_class<G: Generation>(v4: bool, addr: &[u32; 4]) -> Option<u16> {
 
 /// Per prefix length 0..=128: the mask of each 32-bit address word, in network
 /// byte order (so masking needs no byte swap).
-static PREFIX_MASKS: [[u32; 4]; 129] = {
+pub(crate) static PREFIX_MASKS: [[u32; 4]; 129] = {
     let mut t = [[0u32; 4]; 129];
     let mut len = 0;
     while len <= 128 {

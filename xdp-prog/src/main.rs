@@ -27,12 +27,15 @@
 //! to the steering program `xdpgate_steer` (`steer`) by tail call.
 #![no_std]
 #![no_main]
+// BPF atomics with a result (`limit::cas`) are written as inline assembly.
+#![feature(asm_experimental_arch)]
 
 mod acl;
 mod bind;
 mod cursor;
 mod events;
 mod handoff;
+mod limit;
 mod maps;
 mod parse;
 mod stats;
@@ -43,7 +46,7 @@ use acl::Decision;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use xdpgate_common::{
     Action, DropReason, Family, IFACE_DROP_UNBOUND, IFACE_PASS_MALFORMED, acl::MAX_RULES,
-    event_cause,
+    event_cause, limit::RULE_LIMIT,
 };
 
 /// Set when the program was built with `XDPGATE_PROG_VARIANT` (only by
@@ -96,7 +99,14 @@ fn xdpgate(ctx: XdpContext) -> u32 {
                 }
                 Decision::Rule(rule) => {
                     stats::count_rule(rule.counter, bytes);
-                    if rule.action == Action::Drop as u32 {
+                    if rule.flags & RULE_LIMIT != 0
+                        && !limit::admit(&rule.limit, rule.counter, bytes)
+                    {
+                        limit::count_limited(rule.counter, bytes);
+                        stats::count_reason(iface.slot, DropReason::RateLimited, bytes);
+                        events::dropped(ifindex, DropReason::RateLimited as u32, rule.id);
+                        Action::Drop
+                    } else if rule.action == Action::Drop as u32 {
                         let cause = if rule.counter < MAX_RULES {
                             event_cause::RULE
                         } else {
