@@ -21,11 +21,15 @@ use xdpgate_tests::packet::{Ethernet, Ipv4, Ipv6, Transport, ethertype};
 const DPORT: u16 = 5000;
 
 fn v6(s: &str) -> [u8; 16] {
-    s.parse::<std::net::Ipv6Addr>().expect("IPv6 address").octets()
+    s.parse::<std::net::Ipv6Addr>()
+        .expect("IPv6 address")
+        .octets()
 }
 
 fn v4(s: &str) -> [u8; 4] {
-    s.parse::<std::net::Ipv4Addr>().expect("IPv4 address").octets()
+    s.parse::<std::net::Ipv4Addr>()
+        .expect("IPv4 address")
+        .octets()
 }
 
 /// A UDP frame of exactly `len` bytes (Ethernet header included) to `DPORT`.
@@ -83,7 +87,12 @@ fn a_packet_limit_passes_exactly_its_burst_then_drops_and_counts_the_drop() {
         assert_eq!(passed, 25, "the burst passes at once, packet 26 is dropped");
         // More packets at once: all dropped.
         assert_eq!(g.passed(&frame, 10), 0, "nothing more within the interval");
-        assert_eq!(g.rule_stat(1, rule_stat::LIMITED), 11, "{:?}", g.rule_stats(1));
+        assert_eq!(
+            g.rule_stat(1, rule_stat::LIMITED),
+            11,
+            "{:?}",
+            g.rule_stats(1)
+        );
         assert_eq!(g.reason(DropReason::RateLimited), 11);
         // The rule counts every packet it matched, passed or dropped.
         assert_eq!(g.rule_packets(1), 36);

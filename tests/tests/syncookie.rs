@@ -24,8 +24,8 @@ use ddos_common::{Gate, XDP_DROP, XDP_PASS, XDP_TX, in_netns};
 use xdpgate_common::{
     DropReason,
     limit::{
-        self, LimitSpec, SYNCOOKIE_ENABLED, SYNCOOKIE_SACK, SYNCOOKIE_TIMESTAMPS,
-        SYNCOOKIE_WSCALE, SyncookieConfig, key, rule_stat,
+        self, LimitSpec, SYNCOOKIE_ENABLED, SYNCOOKIE_SACK, SYNCOOKIE_TIMESTAMPS, SYNCOOKIE_WSCALE,
+        SyncookieConfig, key, rule_stat,
     },
 };
 use xdpgate_tests::packet::{
@@ -72,10 +72,7 @@ fn configure(g: &Gate, flags: u32, synack: (u64, u64)) {
     // padding bytes (its layout is fixed by a test in common); viewing it as
     // bytes for the map update reads only initialized memory.
     let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&raw const cfg).cast::<u8>(),
-            size_of::<SyncookieConfig>(),
-        )
+        std::slice::from_raw_parts((&raw const cfg).cast::<u8>(), size_of::<SyncookieConfig>())
     };
     xdpgate::sys::object::write_record(d.fd().as_fd(), bytes).expect("write XG_SYNCOOKIE");
 }
@@ -84,9 +81,15 @@ const ALL_FLAGS: u32 = SYNCOOKIE_ENABLED | SYNCOOKIE_TIMESTAMPS | SYNCOOKIE_SACK
 
 /// The fixture: a namespace with `tcp_syncookies = 2`, listeners on `PORT`
 /// of both families, the datapath with the rules and the settings `flags`.
-fn with_gate<T: Send>(tag: &str, flags: u32, synack: (u64, u64), f: impl FnOnce(&mut Gate) -> T + Send) -> T {
+fn with_gate<T: Send>(
+    tag: &str,
+    flags: u32,
+    synack: (u64, u64),
+    f: impl FnOnce(&mut Gate) -> T + Send,
+) -> T {
     in_netns(tag, |ns| {
-        ns.sysctl("net.ipv4.tcp_syncookies", "2").expect("tcp_syncookies");
+        ns.sysctl("net.ipv4.tcp_syncookies", "2")
+            .expect("tcp_syncookies");
         let _l4 = TcpListener::bind(("0.0.0.0", PORT)).expect("IPv4 listener");
         let _l6 = TcpListener::bind(("::", PORT)).expect("IPv6 listener");
         let mut g = Gate::new(&rules());
@@ -236,7 +239,11 @@ fn synack(g: &mut Gate, c: &Client, sport: u16, isn: u32, flags_set: u32) -> u32
     // with its own, so this checks the builder and the gate alike).
     let seg_bytes = &got[l4..];
     if c.v4 {
-        assert_eq!(xdpgate_tests::packet::checksum(&got[l4 - 20..l4]), 0, "IPv4 header checksum");
+        assert_eq!(
+            xdpgate_tests::packet::checksum(&got[l4 - 20..l4]),
+            0,
+            "IPv4 header checksum"
+        );
         assert_eq!(got[l4 - 14] & 0x40, 0x40, "DF");
         let pseudo = pseudo4(S4, C4, seg_bytes.len());
         assert_eq!(tcp_checksum(&pseudo, seg_bytes), 0, "TCP checksum");
@@ -270,7 +277,11 @@ fn synack(g: &mut Gate, c: &Client, sport: u16, isn: u32, flags_set: u32) -> u32
     if flags_set & SYNCOOKIE_TIMESTAMPS != 0 {
         let (_, ecr) = seg.timestamps().expect("timestamps option");
         assert_eq!(ecr, CLIENT_TSVAL, "the client's timestamp echoed");
-        assert_eq!(seg.sack_permitted(), flags_set & SYNCOOKIE_SACK != 0, "SACK");
+        assert_eq!(
+            seg.sack_permitted(),
+            flags_set & SYNCOOKIE_SACK != 0,
+            "SACK"
+        );
         assert_eq!(
             seg.window_scale(),
             (flags_set & SYNCOOKIE_WSCALE != 0).then_some(WSCALE as u8),
@@ -296,7 +307,12 @@ fn handshake(tag: &str, c: Client) {
         assert_eq!(g.rule_stat(RULE, rule_stat::COOKIES_SENT), 1);
         let ack = c.ack(40000, isn, cookie.wrapping_add(1));
         assert_eq!(g.run(&ack), XDP_PASS, "the cookie ACK {}", hex(&ack));
-        assert_eq!(g.rule_stat(RULE, rule_stat::COOKIE_ACKS), 1, "{:?}", g.rule_stats(RULE));
+        assert_eq!(
+            g.rule_stat(RULE, rule_stat::COOKIE_ACKS),
+            1,
+            "{:?}",
+            g.rule_stats(RULE)
+        );
         let bad = c.ack(40000, isn, cookie.wrapping_add(2));
         assert_eq!(g.run(&bad), XDP_DROP, "a wrong cookie {}", hex(&bad));
         let bad = c.ack(40001, isn, cookie.wrapping_add(1));
@@ -391,7 +407,10 @@ fn synacks_over_the_reflector_limit_are_not_sent() {
         let c = Client::v4();
         first_syn_goes_to_the_kernel(g, &c);
         let verdicts: Vec<u32> = (0..6).map(|i| g.run(&c.syn(42000 + i, i.into()))).collect();
-        assert_eq!(verdicts, [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP, XDP_DROP]);
+        assert_eq!(
+            verdicts,
+            [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP, XDP_DROP]
+        );
         assert_eq!(g.rule_stat(RULE, rule_stat::COOKIES_SENT), 3);
         assert_eq!(g.rule_stat(RULE, rule_stat::SYNACKS_LIMITED), 3);
         assert_eq!(g.reason(DropReason::SynackLimited), 3);
@@ -410,7 +429,8 @@ fn refix_v4(mut f: Vec<u8>) -> Vec<u8> {
     f[24..26].copy_from_slice(&[0, 0]);
     let sum = xdpgate_tests::packet::checksum(&f[14..34]);
     f[24..26].copy_from_slice(&sum.to_be_bytes());
-    let (src, dst): ([u8; 4], [u8; 4]) = (f[26..30].try_into().unwrap(), f[30..34].try_into().unwrap());
+    let (src, dst): ([u8; 4], [u8; 4]) =
+        (f[26..30].try_into().unwrap(), f[30..34].try_into().unwrap());
     f[34 + 16..34 + 18].copy_from_slice(&[0, 0]);
     let sum = tcp_checksum(&pseudo4(src, dst, f.len() - 34), &f[34..]);
     f[34 + 16..34 + 18].copy_from_slice(&sum.to_be_bytes());
@@ -422,7 +442,11 @@ fn without_the_daemons_settings_the_rule_fails_closed() {
     with_gate("scoff", 0, (500, 100), |g| {
         for c in [Client::v4(), Client::v6()] {
             assert_eq!(g.run(&c.syn(44000, 5)), XDP_DROP, "SYN without settings");
-            assert_eq!(g.run(&c.ack(44000, 5, 99)), XDP_DROP, "ACK without settings");
+            assert_eq!(
+                g.run(&c.ack(44000, 5, 99)),
+                XDP_DROP,
+                "ACK without settings"
+            );
         }
         assert_eq!(g.rule_stat(RULE, rule_stat::COOKIES_SENT), 0);
         assert_eq!(g.rule_stat(RULE, rule_stat::COOKIE_ACKS), 0);

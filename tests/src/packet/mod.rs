@@ -34,9 +34,9 @@
 
 mod ipv4;
 mod ipv6;
+pub mod tcp;
 #[cfg(test)]
 mod tests;
-pub mod tcp;
 mod transport;
 
 pub use ipv4::Ipv4;

@@ -339,7 +339,10 @@ mod tests {
         let seg = t.v4(a, b).bytes();
         assert_eq!(tcp_checksum(&pseudo4(a, b, seg.len()), &seg), 0);
         let r = TcpSegment::parse(&seg).unwrap();
-        assert_eq!((r.sport, r.dport, r.seq, r.flags), (40000, 443, 0x1234_5678, 0x02));
+        assert_eq!(
+            (r.sport, r.dport, r.seq, r.flags),
+            (40000, 443, 0x1234_5678, 0x02)
+        );
         assert_eq!(r.mss(), Some(1460));
         assert_eq!(r.timestamps(), Some((77, 0)));
         assert_eq!(r.window_scale(), Some(7));

@@ -13,8 +13,9 @@ use xdpgate::{
     datapath::{Datapath, stats},
 };
 use xdpgate_common::{
-    Counter, DropReason, maps,
+    Counter, DropReason,
     limit::{self, rule_stat, rule_stat_index},
+    maps,
 };
 use xdpgate_model::{
     acl::{AclState, RuleFile},
@@ -108,10 +109,7 @@ impl Gate {
 
     /// Packets rule `id` matched (its own counter, `XG_RULE_STATS`).
     pub(crate) fn rule_packets(&self, id: u32) -> u64 {
-        self.dp
-            .rule_counter(self.slot(id))
-            .expect("rule counter")
-            .0
+        self.dp.rule_counter(self.slot(id)).expect("rule counter").0
     }
 
     /// Packets counted on lo under drop reason `reason` (`XG_REASONS`).
