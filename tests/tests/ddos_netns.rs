@@ -117,7 +117,7 @@ struct Sent {
 
 /// Sends 64-byte datagrams on `sock` at `pps` for [`SEND_FOR`], pinned to
 /// `cpu` if given: every millisecond, as many as the time so far asks for.
-fn send_paced(sock: UdpSocket, pps: u64, cpu: Option<usize>) -> Sent {
+fn send_paced(sock: &UdpSocket, pps: u64, cpu: Option<usize>) -> Sent {
     if let Some(cpu) = cpu {
         bpf::pin_to_cpu(cpu).expect("pin the sender");
     }
@@ -226,7 +226,7 @@ fn stream(
     });
     let threads: Vec<_> = socks
         .into_iter()
-        .map(|(src, sock, cpu)| (src, std::thread::spawn(move || send_paced(sock, pps, cpu))))
+        .map(|(src, sock, cpu)| (src, std::thread::spawn(move || send_paced(&sock, pps, cpu))))
         .collect();
     let mut per_src: BTreeMap<IpAddr, Vec<Sent>> = BTreeMap::new();
     for (src, t) in threads {
@@ -306,7 +306,7 @@ fn a_rate_limited_udp_stream_from_two_sender_cpus_shares_one_source_budget() {
     let _d = start(&lab, &rules);
     let dst = SocketAddr::new(IpAddr::V4(lab.a_end.ipv4), UDP_PORT);
     let src = IpAddr::V4(lab.b_end.ipv4);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     assert!(cpus >= 2, "needs two CPUs, has {cpus}");
     // Each thread at 1.5x the limit: together 3x, from two CPUs.
     let senders = [Sender { src, cpu: Some(0) }, Sender { src, cpu: Some(1) }];

@@ -299,11 +299,11 @@ fn synack(g: &mut Gate, c: &Client, sport: u16, isn: u32, flags_set: u32) -> u32
 /// The whole exchange for one client shape: first SYN to the kernel, a SYN
 /// answered with a cookie, its ACK passed, a wrong ACK dropped; every
 /// counter checked.
-fn handshake(tag: &str, c: Client) {
+fn handshake(tag: &str, c: &Client) {
     with_gate(tag, ALL_FLAGS, (500, 100), |g| {
-        first_syn_goes_to_the_kernel(g, &c);
+        first_syn_goes_to_the_kernel(g, c);
         let isn = 0x1234_5678;
-        let cookie = synack(g, &c, 40000, isn, ALL_FLAGS);
+        let cookie = synack(g, c, 40000, isn, ALL_FLAGS);
         assert_eq!(g.rule_stat(RULE, rule_stat::COOKIES_SENT), 1);
         let ack = c.ack(40000, isn, cookie.wrapping_add(1));
         assert_eq!(g.run(&ack), XDP_PASS, "the cookie ACK {}", hex(&ack));
@@ -336,12 +336,12 @@ fn handshake(tag: &str, c: Client) {
 
 #[test]
 fn an_ipv4_syn_gets_a_cookie_synack_whose_ack_passes_and_a_wrong_ack_is_dropped() {
-    handshake("sc4", Client::v4());
+    handshake("sc4", &Client::v4());
 }
 
 #[test]
 fn an_ipv6_syn_gets_a_cookie_synack_whose_ack_passes_and_a_wrong_ack_is_dropped() {
-    handshake("sc6", Client::v6());
+    handshake("sc6", &Client::v6());
 }
 
 #[test]
@@ -349,7 +349,7 @@ fn a_vlan_tagged_syn_is_answered_on_its_vlan_in_both_families() {
     for c in [Client::v4(), Client::v6()] {
         handshake(
             "scvlan",
-            Client {
+            &Client {
                 vlan: Some(100),
                 ..c
             },
@@ -361,7 +361,7 @@ fn a_vlan_tagged_syn_is_answered_on_its_vlan_in_both_families() {
 fn an_ipv4_syn_without_df_is_answered_with_df_set() {
     handshake(
         "scnodf",
-        Client {
+        &Client {
             dont_fragment: false,
             ..Client::v4()
         },
@@ -378,7 +378,7 @@ fn an_ipv6_syn_with_extension_headers_is_answered_without_them() {
         ..Client::v6()
     };
     assert_eq!(c.l4_offset(true), 14 + 40 + 16);
-    handshake("scext", c.clone());
+    handshake("scext", &c);
     // Its ACK may carry them too.
     with_gate("scext2", ALL_FLAGS, (500, 100), |g| {
         first_syn_goes_to_the_kernel(g, &c);

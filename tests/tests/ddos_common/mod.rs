@@ -3,7 +3,7 @@
 //! registered as interface slot 1, rules installed through the real ACL
 //! controller, and readers of the per-rule limit counters and the drop
 //! reasons.
-#![allow(dead_code)] // each test binary uses its own part
+#![allow(dead_code, reason = "each test binary uses its own part")]
 
 use std::os::fd::AsFd as _;
 
