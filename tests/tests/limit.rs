@@ -82,11 +82,16 @@ fn a_packet_limit_passes_exactly_its_burst_then_drops_and_counts_the_drop() {
         // 10 pps: one packet per 100 ms; 25 test runs take well under that.
         let mut g = Gate::new(&rules("pps = 10, burst_packets = 25"));
         let frame = udp4("10.1.0.1", "10.9.0.1", 100);
+        let cache = g.dp.cache_stats().expect("cache stats");
         let (passed, took) = pass_until_drop(&mut g, &frame, 100);
         assert!(took < Duration::from_millis(50), "runs took {took:?}");
         assert_eq!(passed, 25, "the burst passes at once, packet 26 is dropped");
         // More packets at once: all dropped.
         assert_eq!(g.passed(&frame, 10), 0, "nothing more within the interval");
+        // All but the first were decided by the decision cache: the limit
+        // applies after it.
+        let hits = g.dp.cache_stats().expect("cache stats").hits - cache.hits;
+        assert_eq!(hits, 35, "decision-cache hits");
         assert_eq!(
             g.rule_stat(1, rule_stat::LIMITED),
             11,

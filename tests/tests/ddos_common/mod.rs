@@ -142,9 +142,16 @@ impl Gate {
 }
 
 /// Runs `f` on a thread inside a fresh namespace (serialized with the other
-/// datapath tests).
+/// datapath tests), pinned to the CPU it starts on: the decision cache is
+/// per CPU, so every run after a frame's first is a cache hit.
 pub(crate) fn in_netns<T: Send>(tag: &str, f: impl FnOnce(&Netns) -> T + Send) -> T {
     let _g = serial();
     let ns = Netns::new(tag).expect("create namespace");
-    ns.run(|| f(&ns))
+    ns.run(|| {
+        // SAFETY: sched_getcpu has no preconditions.
+        let cpu = unsafe { libc::sched_getcpu() };
+        assert!(cpu >= 0, "sched_getcpu failed");
+        xdpgate_tests::bpf::pin_to_cpu(cpu as usize).expect("sched_setaffinity");
+        f(&ns)
+    })
 }
