@@ -117,6 +117,8 @@ struct Client {
     vlan: Option<u16>,
     exts: Vec<Ext>,
     dont_fragment: bool,
+    /// IPv4 options (padded to 4 bytes by the builder).
+    ip_options: Vec<u8>,
 }
 
 impl Client {
@@ -126,6 +128,7 @@ impl Client {
             vlan: None,
             exts: Vec::new(),
             dont_fragment: true,
+            ip_options: Vec::new(),
         }
     }
 
@@ -153,6 +156,7 @@ impl Client {
         let ip = if self.v4 {
             let mut ip = Ipv4::new(C4, S4, 6);
             ip.dont_fragment = self.dont_fragment;
+            ip = ip.options(&self.ip_options);
             ip.build(&tcp.v4(C4, S4).bytes())
         } else {
             let mut ip = Ipv6::new(C6, S6, 6);
@@ -173,15 +177,16 @@ impl Client {
         self.frame(&Tcp::ack(sport, PORT, isn.wrapping_add(1), ack))
     }
 
-    /// Where the TCP header of a frame of this client starts.
-    fn l4_offset(&self, ip_exts: bool) -> usize {
+    /// Where the TCP header starts: in this client's frames (`in_syn`,
+    /// after its IP options or extension headers) or in the SYN-ACK (which
+    /// has neither).
+    fn l4_offset(&self, in_syn: bool) -> usize {
         let l2 = self.eth().header_len();
-        if self.v4 {
-            l2 + 20
-        } else if ip_exts {
-            l2 + 40 + self.exts.iter().map(Ext::len).sum::<usize>()
-        } else {
-            l2 + 40
+        match (self.v4, in_syn) {
+            (true, false) => l2 + 20,
+            (true, true) => l2 + 20 + self.ip_options.len().div_ceil(4) * 4,
+            (false, false) => l2 + 40,
+            (false, true) => l2 + 40 + self.exts.iter().map(Ext::len).sum::<usize>(),
         }
     }
 
@@ -381,6 +386,19 @@ fn an_ipv4_syn_without_df_is_answered_with_df_set() {
             ..Client::v4()
         },
     );
+}
+
+#[test]
+fn an_ipv4_syn_with_ip_options_is_answered_without_them() {
+    // Router alert (4 bytes) and a timestamp option (12 bytes): IHL 9.
+    let mut options = vec![0x94, 4, 0, 0, 0x44, 12, 5, 0];
+    options.extend_from_slice(&[0; 8]);
+    let c = Client {
+        ip_options: options,
+        ..Client::v4()
+    };
+    assert_eq!(c.l4_offset(true), 14 + 36);
+    handshake("scipopt", &c);
 }
 
 /// The SYN carries hop-by-hop and destination options; the SYN-ACK carries
