@@ -30,7 +30,10 @@ fn check_cases(cases: &[(&str, String, &[(usize, usize, &str)])]) {
         let want_at: Vec<(usize, usize)> = want.iter().map(|(l, c, _)| (*l, *c)).collect();
         assert_eq!(at, want_at, "{case}: {got:?}");
         for ((l, c, m), (_, _, phrase)) in got.iter().zip(want.iter()) {
-            assert!(m.contains(phrase), "{case}: {l}:{c}: {m:?} lacks {phrase:?}");
+            assert!(
+                m.contains(phrase),
+                "{case}: {l}:{c}: {m:?} lacks {phrase:?}"
+            );
         }
     }
 }
@@ -42,32 +45,56 @@ fn each_problem_of_a_limit_is_reported_at_its_key() {
         (
             "zero rate",
             allow("limit = { pps = 0 }"),
-            &[(5, 11, "rule 1: limit.pps: 0 is not a rate from 1 to 1000000000000 per second")],
+            &[(
+                5,
+                11,
+                "rule 1: limit.pps: 0 is not a rate from 1 to 1000000000000 per second",
+            )],
         ),
         (
             "rate above the highest",
             allow("limit = { bytes_per_sec = 1000000000001 }"),
-            &[(5, 11, "limit.bytes_per_sec: 1000000000001 is not a rate from 1 to")],
+            &[(
+                5,
+                11,
+                "limit.bytes_per_sec: 1000000000001 is not a rate from 1 to",
+            )],
         ),
         (
             "burst 0",
             allow("limit = { pps = 10, burst_packets = 0 }"),
-            &[(5, 21, "limit.burst_packets: 0 is not a burst from 1 to 3600 seconds of the rate")],
+            &[(
+                5,
+                21,
+                "limit.burst_packets: 0 is not a burst from 1 to 3600 seconds of the rate",
+            )],
         ),
         (
             "burst longer than 3600 s of the rate",
             allow("limit = { pps = 10, burst_packets = 36010 }"),
-            &[(5, 21, "limit.burst_packets: 36010 is not a burst from 1 to 3600 seconds")],
+            &[(
+                5,
+                21,
+                "limit.burst_packets: 36010 is not a burst from 1 to 3600 seconds",
+            )],
         ),
         (
             "burst_bytes below one full-sized frame",
             allow("limit = { bytes_per_sec = 100000, burst_bytes = 1513 }"),
-            &[(5, 35, "limit.burst_bytes: 1513 is not a burst from 1514 to 3600 seconds")],
+            &[(
+                5,
+                35,
+                "limit.burst_bytes: 1513 is not a burst from 1514 to 3600 seconds",
+            )],
         ),
         (
             "burst without its rate",
             allow("limit = { bytes_per_sec = 100000, burst_packets = 10 }"),
-            &[(5, 35, "limit.burst_packets: needs the rate it is a burst of")],
+            &[(
+                5,
+                35,
+                "limit.burst_packets: needs the rate it is a burst of",
+            )],
         ),
         (
             "no rate at all, at the limit key",
@@ -77,22 +104,38 @@ fn each_problem_of_a_limit_is_reported_at_its_key() {
         (
             "prefix /0",
             allow("limit = { pps = 10, v4_prefix = 0 }"),
-            &[(5, 21, "limit.v4_prefix: /0 is not a prefix length from 1 to 32")],
+            &[(
+                5,
+                21,
+                "limit.v4_prefix: /0 is not a prefix length from 1 to 32",
+            )],
         ),
         (
             "prefix /33",
             allow("limit = { pps = 10, v4_prefix = 33 }"),
-            &[(5, 21, "limit.v4_prefix: /33 is not a prefix length from 1 to 32")],
+            &[(
+                5,
+                21,
+                "limit.v4_prefix: /33 is not a prefix length from 1 to 32",
+            )],
         ),
         (
             "prefix /129",
             allow("limit = { pps = 10, v6_prefix = 129 }"),
-            &[(5, 21, "limit.v6_prefix: /129 is not a prefix length from 1 to 128")],
+            &[(
+                5,
+                21,
+                "limit.v6_prefix: /129 is not a prefix length from 1 to 128",
+            )],
         ),
         (
             "prefix longer than a byte",
             allow("limit = { pps = 10, v6_prefix = 300 }"),
-            &[(5, 21, "v6_prefix = 300: /300 is not a prefix length from 1 to 128")],
+            &[(
+                5,
+                21,
+                "v6_prefix = 300: /300 is not a prefix length from 1 to 128",
+            )],
         ),
         (
             "v4_prefix on an IPv6-only rule",
@@ -107,12 +150,20 @@ fn each_problem_of_a_limit_is_reported_at_its_key() {
         (
             "a prefix on per = \"rule\"",
             allow("limit = { pps = 10, per = \"rule\", v6_prefix = 48 }"),
-            &[(5, 35, "a rule-wide limit (per = \"rule\") has no prefix length")],
+            &[(
+                5,
+                35,
+                "a rule-wide limit (per = \"rule\") has no prefix length",
+            )],
         ),
         (
             "an unknown key in the limit",
             allow("limit = { pps = 10, brust = 5 }"),
-            &[(5, 21, "limit: unknown key \"brust\" (known keys: pps, burst_packets")],
+            &[(
+                5,
+                21,
+                "limit: unknown key \"brust\" (known keys: pps, burst_packets",
+            )],
         ),
         (
             "a key of an unknown kind of bucket",
@@ -132,7 +183,11 @@ fn each_problem_of_a_limit_is_reported_at_its_key() {
         (
             "a limit that is not a table",
             allow("limit = 100"),
-            &[(5, 1, "limit must be a table, { key = value, ... }, not a whole number")],
+            &[(
+                5,
+                1,
+                "limit must be a table, { key = value, ... }, not a whole number",
+            )],
         ),
         (
             "every problem of one limit",
@@ -197,7 +252,11 @@ fn each_bad_ddos_value_is_reported_at_its_key() {
         (
             "too many buckets",
             ddos("limit_buckets = 16777217"),
-            &[(2, 1, "[ddos] limit_buckets = 16777217: use 1024 to 16777216")],
+            &[(
+                2,
+                1,
+                "[ddos] limit_buckets = 16777217: use 1024 to 16777216",
+            )],
         ),
         (
             "no SYN-ACKs at all",
@@ -226,7 +285,11 @@ fn each_bad_ddos_value_is_reported_at_its_key() {
         (
             "a negative SYN-ACK burst",
             ddos("synack_burst = -5"),
-            &[(2, 1, "[ddos]: synack_burst = -5: use a whole number from 0 to")],
+            &[(
+                2,
+                1,
+                "[ddos]: synack_burst = -5: use a whole number from 0 to",
+            )],
         ),
         (
             "SYN-ACK IPv4 prefix /0",
@@ -261,7 +324,11 @@ fn each_bad_ddos_value_is_reported_at_its_key() {
         (
             "an unknown key",
             ddos("synack_rate = 5"),
-            &[(2, 1, "[ddos]: unknown key \"synack_rate\" (known keys: limit_buckets")],
+            &[(
+                2,
+                1,
+                "[ddos]: unknown key \"synack_rate\" (known keys: limit_buckets",
+            )],
         ),
         (
             "ddos that is not a table",
@@ -372,7 +439,10 @@ syncookie = true
         })
     );
     let l = cfg.acl.rules[1].limit.as_ref().unwrap();
-    assert_eq!((l.per, l.byte_burst(), l.v6()), (LimitKey::Dst, Some(1514), 48));
+    assert_eq!(
+        (l.per, l.byte_burst(), l.v6()),
+        (LimitKey::Dst, Some(1514), 48)
+    );
     assert!(cfg.acl.rules[2].syncookie && cfg.acl.rules[2].limit.is_none());
     assert!(!cfg.acl.rules[0].syncookie);
 }
