@@ -6,6 +6,10 @@ use crate::acl::{Limit, LimitKey, Rule};
 /// The head of an allow rule (four lines); a case's keys start on line 5.
 const ALLOW: &str = "[[rule]]\nid = 1\npriority = 1\naction = \"allow\"\n";
 
+/// A named case: the file's text and the issues it must give, each as
+/// (line, column, a phrase of the message).
+type Case<'a> = (&'a str, String, &'a [(usize, usize, &'a str)]);
+
 /// Every issue of `text` as (line, column, message).
 fn located(text: &str) -> Vec<(usize, usize, String)> {
     match parse(text, Path::new("x.toml")) {
@@ -23,7 +27,7 @@ fn located(text: &str) -> Vec<(usize, usize, String)> {
 
 /// Checks each case: exactly the listed issues, in order, each at its line
 /// and column and containing its phrase.
-fn check_cases(cases: &[(&str, String, &[(usize, usize, &str)])]) {
+fn check_cases(cases: &[Case<'_>]) {
     for (case, text, want) in cases {
         let got = located(text);
         let at: Vec<(usize, usize)> = got.iter().map(|(l, c, _)| (*l, *c)).collect();
@@ -41,7 +45,7 @@ fn check_cases(cases: &[(&str, String, &[(usize, usize, &str)])]) {
 #[test]
 fn each_problem_of_a_limit_is_reported_at_its_key() {
     let allow = |keys: &str| format!("{ALLOW}{keys}\n");
-    let cases: &[(&str, String, &[(usize, usize, &str)])] = &[
+    let cases: &[Case<'_>] = &[
         (
             "zero rate",
             allow("limit = { pps = 0 }"),
@@ -215,7 +219,7 @@ fn each_problem_of_a_limit_is_reported_at_its_key() {
 #[test]
 fn each_problem_of_syncookie_is_reported_at_its_key() {
     let allow = |keys: &str| format!("{ALLOW}{keys}\n");
-    let cases: &[(&str, String, &[(usize, usize, &str)])] = &[
+    let cases: &[Case<'_>] = &[
         (
             "syncookie on udp",
             allow("proto = \"udp\"\ndport = 53\nsyncookie = true"),
@@ -243,7 +247,7 @@ fn each_problem_of_syncookie_is_reported_at_its_key() {
 #[test]
 fn each_bad_ddos_value_is_reported_at_its_key() {
     let ddos = |keys: &str| format!("[ddos]\n{keys}\n");
-    let cases: &[(&str, String, &[(usize, usize, &str)])] = &[
+    let cases: &[Case<'_>] = &[
         (
             "too few buckets",
             ddos("limit_buckets = 1023"),

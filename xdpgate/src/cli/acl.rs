@@ -14,7 +14,7 @@ use crate::{
 #[derive(Debug, Subcommand)]
 pub enum AclCmd {
     /// Add a rule.
-    Add(RuleArgs),
+    Add(Box<RuleArgs>),
     /// Delete rules by id.
     Del {
         /// Rule ids.
@@ -196,7 +196,7 @@ pub fn acl_cmd(paths: &Paths, cmd: AclCmd) -> Result<(), CliError> {
         AclCmd::Add(args) => apply(
             paths,
             Change::RuleAdd {
-                rules: vec![rule_of(args)?],
+                rules: vec![rule_of(*args)?],
             },
         ),
         AclCmd::Del { ids } => apply(paths, Change::RuleDel { ids }),
@@ -234,7 +234,7 @@ mod tests {
         match cli.command {
             Command::Acl {
                 cmd: AclCmd::Add(a),
-            } => rule_of(a),
+            } => rule_of(*a),
             other => panic!("not acl add: {other:?}"),
         }
     }
