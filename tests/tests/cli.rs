@@ -320,3 +320,36 @@ fn acl_add_with_a_bad_limit_flag_exits_64_naming_the_flag() {
         assert!(err.contains(phrase), "{args:?}: {phrase:?} not in {err}");
     }
 }
+
+#[test]
+fn reload_refuses_a_new_bucket_table_size_and_accepts_changes_of_the_other_ddos_keys() {
+    let _g = serial();
+    let lab = Lab::new("ddosrl", 36).unwrap();
+    let iface = lab.a_end.ifname.as_str();
+    let cfg =
+        TempFile(std::env::temp_dir().join(format!("xdpgate-ddosrl-{}.toml", std::process::id())));
+    let base = format!(
+        "[daemon]\nshutdown_grace_seconds = 3\n\n[metrics]\nlisten = []\n\n[[interface]]\nname = \"{iface}\"\nmode = \"skb\"\n"
+    );
+    std::fs::write(&cfg.0, &base).unwrap();
+    let cfg_arg = ["--config".as_ref(), cfg.0.as_os_str()];
+    let d = Daemon::start_in(&lab.a, StateDirs::unique("ddosrl"), &[], "", &cfg_arg)
+        .expect("run --config");
+    let reload = || d.dirs.run(&lab.a, &["reload"], Duration::from_secs(60));
+
+    std::fs::write(&cfg.0, format!("{base}\n[ddos]\nlimit_buckets = 131072\n")).unwrap();
+    let out = reload();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("[ddos] limit_buckets changed from 65536 to 131072")
+            && err.contains("restart xdpgate to apply it"),
+        "{err}"
+    );
+
+    let keys = "synack_pps = 100\nsynack_burst = 10\nsynack_v4_prefix = 16\nsynack_v6_prefix = 32\nsyncookie_refresh_secs = 5\n";
+    std::fs::write(&cfg.0, format!("{base}\n[ddos]\n{keys}")).unwrap();
+    let out = reload();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(xdp_on(&lab.a, iface));
+}
