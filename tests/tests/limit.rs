@@ -343,3 +343,55 @@ fn a_rule_wide_limit_keeps_its_budget_after_the_bucket_table_overflows() {
         assert_eq!(g.rule_stat(3, rule_stat::LIMITED), 5 + 20 - n as u64);
     });
 }
+
+/// `docs/design/ddos.md`: a limit that changes, or a rule that is replaced,
+/// starts with a full bucket; a rule a replacement leaves unchanged keeps its
+/// bucket. A rule that takes over the counter slot of a removed one (the
+/// controller reuses freed slots first) must not inherit its empty bucket,
+/// rule-wide (`XG_LIMIT_RULE` by slot) or per source (`XG_LIMIT_BUCKETS`
+/// keyed by slot).
+#[test]
+fn a_replaced_rule_starts_with_a_full_bucket_and_an_unchanged_one_keeps_its_own() {
+    in_netns("limreplace", |_| {
+        for per in ["rule", "src"] {
+            let limit = |id: u32, burst: u32| {
+                format!(
+                    "[[rule]]\nid = {id}\npriority = 1\nproto = \"udp\"\ndport = {DPORT}\n\
+                     action = \"allow\"\n\
+                     limit = {{ pps = 1, burst_packets = {burst}, per = \"{per}\" }}\n"
+                )
+            };
+            let install = |g: &mut Gate, file: &str| {
+                let file: xdpgate_model::acl::RuleFile = toml::from_str(file).unwrap();
+                let state = xdpgate_model::acl::AclState::from_file(&file).unwrap();
+                g.ctl.install(&mut g.dp, state).expect("install");
+            };
+            let mut g = Gate::new(&limit(1, 3));
+            let frame = udp4("10.1.0.1", "10.9.0.1", 100);
+            assert_eq!(g.passed(&frame, 5), 3, "per {per}: the first burst");
+            let slot = g.slot(1);
+            install(&mut g, &limit(1, 3));
+            assert_eq!(g.slot(1), slot, "an unchanged rule keeps its slot");
+            assert_eq!(
+                g.passed(&frame, 3),
+                0,
+                "per {per}: an unchanged rule keeps its bucket"
+            );
+            install(&mut g, &limit(1, 4));
+            assert_eq!(
+                g.passed(&frame, 6),
+                4,
+                "per {per}: a changed limit starts full"
+            );
+            // Rule 7 takes the slot rule 1 had first (freed, then reused).
+            install(&mut g, &limit(7, 3));
+            let reused = g.slot(7) == slot;
+            assert_eq!(
+                g.passed(&frame, 5),
+                3,
+                "per {per}: a new rule starts full (slot {} reused: {reused})",
+                g.slot(7)
+            );
+        }
+    });
+}
