@@ -14,7 +14,7 @@ use xdpgate_model::{
 };
 
 use super::{
-    Daemon, DaemonError, apply_events, apply_overrides, bind_requests, keep_slots, now_unix,
+    Daemon, DaemonError, apply_events, apply_overrides, bind_requests, ddos, keep_slots, now_unix,
 };
 use crate::{datapath::DatapathError, lb::LbError, sys};
 
@@ -102,6 +102,19 @@ impl Daemon {
             return Err(DaemonError::NeedsRestart(
                 "the [lb] settings changed".into(),
             ));
+        }
+        if next.ddos.limit_buckets != running.ddos.limit_buckets {
+            return Err(DaemonError::NeedsRestart(format!(
+                "[ddos] limit_buckets changed from {} to {}: the bucket table keeps its size while the datapath runs; restart with `xdpgate down` first to make it anew",
+                running.ddos.limit_buckets, next.ddos.limit_buckets
+            )));
+        }
+        // Rules with `syncookie` are refused before anything is touched when
+        // SYN cookies cannot be used; the configuration is written once the
+        // reload succeeded.
+        let (readiness, _) = ddos::check(&self.dp);
+        if let Some(e) = ddos::refusal(&ddos::syncookie_rules(&next.acl.rules), &readiness) {
+            return Err(e);
         }
         let specs = xdpgate_model::lb::specs_of(&next.services, next.lb.max_services)
             .map_err(LbError::Invalid)?;
@@ -217,6 +230,7 @@ impl Daemon {
         unbound?;
         self.dp.set_decision_cache(next.decision_cache)?;
         apply_events(&mut self.dp, &next, &mut self.events_reader)?;
+        self.refresh_syncookies(&next.ddos, &ddos::syncookie_rules(&next.acl.rules))?;
         self.config = next;
         self.persist().map_err(DaemonError::NotSaved)?;
         Ok(format!(

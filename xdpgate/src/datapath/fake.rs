@@ -38,7 +38,7 @@ use xdpgate_model::{
 };
 
 use super::{
-    DatapathError,
+    DatapathError, RuleLimitStats,
     seam::{AclTables, AddrKernel, IfaceTable, LbMaps, LocalAddrs, RcuWait},
 };
 use crate::sys::{
@@ -202,6 +202,10 @@ pub(crate) struct FakeMaps {
     pub(crate) acl_generations: [AclGeneration; 2],
     /// `XG_RULE_STATS`: (packets, bytes) per slot (absent: zero).
     pub(crate) rule_counters: BTreeMap<u32, (u64, u64)>,
+    /// `XG_LIMIT_STATS` and `XG_LIMIT_RULE` of a slot: its limit and cookie
+    /// counters and whether its rule-wide bucket was spent (absent: zero
+    /// and full).
+    pub(crate) rule_limits: BTreeMap<u32, (RuleLimitStats, bool)>,
     /// `XG_LB_SERVICES`.
     pub(crate) services: HashMap<ServiceKey, ServiceInfo>,
     /// `XG_LB_RINGS`.
@@ -452,6 +456,7 @@ impl AclTables for FakeDatapath {
         };
         for s in &slots[..done] {
             self.maps.rule_counters.remove(s);
+            self.maps.rule_limits.remove(s);
         }
         result
     }
@@ -469,6 +474,16 @@ impl AclTables for FakeDatapath {
             .rule_counters
             .get(&slot)
             .copied()
+            .unwrap_or_default())
+    }
+
+    fn rule_limit_stats(&self, slot: u32) -> Result<RuleLimitStats, DatapathError> {
+        self.call(Op::RuleCounter)?;
+        Ok(self
+            .maps
+            .rule_limits
+            .get(&slot)
+            .map(|(s, _)| *s)
             .unwrap_or_default())
     }
 }
