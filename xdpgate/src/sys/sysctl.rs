@@ -49,7 +49,7 @@ pub struct TcpSysctls {
     pub window_scaling: u64,
     /// `net.ipv4.tcp_rmem`, its third (largest) value.
     pub tcp_rmem_max: u64,
-    /// `net.core.rmem_max`.
+    /// `net.core.rmem_max` (0 where the namespace cannot see it).
     pub rmem_max: u64,
 }
 
@@ -92,7 +92,17 @@ impl TcpSysctls {
             sack: one("net/ipv4/tcp_sack")?,
             window_scaling: one("net/ipv4/tcp_window_scaling")?,
             tcp_rmem_max,
-            rmem_max: one("net/core/rmem_max")?,
+            // Per namespace only in newer kernels; elsewhere the namespace
+            // cannot see it, and tcp_rmem alone sizes the window scale (the
+            // kernel then uses the scale the SYN-ACK announced anyway).
+            rmem_max: match one("net/core/rmem_max") {
+                Err(SysctlError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    0
+                }
+                other => other?,
+            },
         })
     }
 
@@ -278,6 +288,9 @@ mod tests {
         w("net/ipv4/tcp_rmem", "4096 131072 6291456\n");
         w("net/ipv4/tcp_sack", "yes\n");
         let garbage = TcpSysctls::read_from(&dir);
+        w("net/ipv4/tcp_sack", "0\n");
+        fs::remove_file(dir.join("net/core/rmem_max")).expect("remove rmem_max");
+        let no_core = TcpSysctls::read_from(&dir);
         fs::remove_dir_all(&dir).expect("clean up");
         assert_eq!(
             s.expect("read"),
@@ -295,6 +308,8 @@ mod tests {
             short.contains("tcp_rmem") && short.contains("4096 131072"),
             "{short}"
         );
+        let no_core = no_core.expect("a namespace without net.core.rmem_max reads");
+        assert_eq!((no_core.rmem_max, no_core.sack), (0, 0));
         let garbage = garbage.expect_err("not a number").to_string();
         assert!(
             garbage.contains("tcp_sack") && garbage.contains("yes"),
