@@ -55,6 +55,8 @@ fn fields(p: &Packet) -> Fields {
         proto: p.proto as u32,
         sport,
         dport,
+        l3: p.l3,
+        l4: p.l4_off,
     }
 }
 
