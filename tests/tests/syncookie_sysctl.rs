@@ -1,0 +1,201 @@
+//! The daemon's checks of the TCP sysctls SYN cookies depend on, in a fresh
+//! network namespace (the sysctls are per namespace): rules with
+//! `syncookie = true` are refused with the sysctl, its value and the fix,
+//! exit 64 and nothing attached, while `net.ipv4.tcp_syncookies` is not 2
+//! (at start, on `acl replace`, on reload); with 2 they are accepted, the
+//! datapath's `XG_SYNCOOKIE` carries what the namespace's sysctls allow, and
+//! `status` says SYN cookies are enabled.
+use std::{path::PathBuf, process::Output, time::Duration};
+
+use serde_json::Value;
+use xdpgate_tests::{
+    lab::{Lab, serial},
+    xdpgate::{Daemon, StateDirs, xdp_on},
+};
+
+/// A file removed on drop.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn temp(tag: &str, ext: &str) -> TempFile {
+    TempFile(std::env::temp_dir().join(format!(
+        "xdpgate-syncookie-{tag}-{}.{ext}",
+        std::process::id()
+    )))
+}
+
+const RULE_200: &str = "[[rule]]\nid = 200\npriority = 200\nproto = \"tcp\"\ndport = \"443\"\naction = \"allow\"\nsyncookie = true\n\n";
+const RULE_300: &str = "[[rule]]\nid = 300\npriority = 300\nproto = \"tcp\"\ndport = \"8443\"\naction = \"allow\"\nsyncookie = true\n\n";
+const RULE_100: &str =
+    "[[rule]]\nid = 100\npriority = 100\nproto = \"icmp\"\naction = \"allow\"\n\n";
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a refusal for `tcp_syncookies = 1`: exit 64 and the message.
+fn assert_refused(out: &Output, what: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(64), "{what} exits 64: {err}");
+    for part in [
+        "200",
+        "syncookie",
+        "net.ipv4.tcp_syncookies is 1",
+        "sysctl -w net.ipv4.tcp_syncookies=2",
+    ] {
+        assert!(err.contains(part), "{what}: {part:?} missing in: {err}");
+    }
+}
+
+/// `XG_SYNCOOKIE` as pinned by the daemon: (flags, wscale, window, refresh_ns).
+fn syncookie_map(dirs: &StateDirs) -> (u32, u32, u32, u64) {
+    let pin = dirs
+        .bpffs
+        .join(xdpgate::paths::maps_dir(
+            xdpgate_common::pins::SCHEMA_VERSION,
+        ))
+        .join(xdpgate_common::limit::maps::SYNCOOKIE);
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("run bpftool");
+    assert!(out.status.success(), "bpftool: {}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let bytes: Vec<u8> = v[0]["value"]
+        .as_array()
+        .expect("value bytes")
+        .iter()
+        .map(|b| {
+            u8::from_str_radix(b.as_str().expect("hex").trim_start_matches("0x"), 16).expect("hex")
+        })
+        .collect();
+    let u32_at = |i: usize| u32::from_ne_bytes(bytes[i..i + 4].try_into().unwrap());
+    let u64_at = |i: usize| u64::from_ne_bytes(bytes[i..i + 8].try_into().unwrap());
+    (u32_at(0), u32_at(4), u32_at(8), u64_at(16))
+}
+
+#[test]
+fn syncookie_rules_need_tcp_syncookies_2_in_the_daemons_namespace() {
+    use xdpgate_common::limit::{
+        SYNCOOKIE_ENABLED, SYNCOOKIE_SACK, SYNCOOKIE_TIMESTAMPS, SYNCOOKIE_WSCALE,
+    };
+    let _g = serial();
+    let lab = Lab::new("syncookie", 93).expect("lab");
+    let iface = lab.a_end.ifname.clone();
+    let rules = temp("rules", "toml");
+    let replace = ["acl", "replace", "--file", rules.0.to_str().unwrap()];
+
+    // tcp_syncookies = 1 (the kernel's default in a new namespace): a daemon
+    // without syncookie rules starts, with SYN cookies disabled and why.
+    lab.a.sysctl("net.ipv4.tcp_syncookies", "1").unwrap();
+    lab.a.sysctl("net.ipv4.tcp_timestamps", "1").unwrap();
+    lab.a.sysctl("net.ipv4.tcp_sack", "1").unwrap();
+    lab.a.sysctl("net.ipv4.tcp_window_scaling", "1").unwrap();
+    lab.a
+        .sysctl("net.ipv4.tcp_rmem", "4096 131072 6291456")
+        .unwrap();
+    let d = Daemon::start(&lab.a, &[&iface], "skb").expect("start without syncookie rules");
+    let (status, _) = d.dirs.status(&lab.a, &iface);
+    let sc = &status["daemon"]["detail"]["syncookies"];
+    assert_eq!(sc["enabled"], false, "{status}");
+    assert!(
+        sc["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("net.ipv4.tcp_syncookies is 1"),
+        "{status}"
+    );
+    assert_eq!(syncookie_map(&d.dirs).0 & SYNCOOKIE_ENABLED, 0);
+
+    // ... and refuses a change that brings a syncookie rule: exit 64, the
+    // sysctl, its value and the fix; the rules stay as they were.
+    std::fs::write(&rules.0, format!("{RULE_100}{RULE_200}")).unwrap();
+    let before = d.dirs.run_ok(&lab.a, &["acl", "list", "-o", "json"]);
+    let out = d.dirs.run(&lab.a, &replace, Duration::from_secs(60));
+    assert_refused(&out, "acl replace under tcp_syncookies = 1");
+    let after = d.dirs.run_ok(&lab.a, &["acl", "list", "-o", "json"]);
+    assert_eq!(before, after, "the refusal changed no rule");
+
+    // tcp_syncookies = 2, timestamps 1: accepted, with the warning; the
+    // datapath sends no timestamps and keeps SACK and window scaling.
+    lab.a.sysctl("net.ipv4.tcp_syncookies", "2").unwrap();
+    d.dirs.run_ok(&lab.a, &replace);
+    assert!(
+        d.log().contains("net.ipv4.tcp_timestamps=2"),
+        "the timestamps warning names the fix: {}",
+        d.log()
+    );
+    let (flags, wscale, window, refresh_ns) = syncookie_map(&d.dirs);
+    assert_eq!(
+        flags,
+        SYNCOOKIE_ENABLED | SYNCOOKIE_SACK | SYNCOOKIE_WSCALE,
+        "enabled, no timestamps under tcp_timestamps = 1"
+    );
+    let rmem_max: u64 = lab
+        .a
+        .sysctl_get("net.core.rmem_max")
+        .map_or(0, |v| v.parse().unwrap());
+    let space = rmem_max.max(6_291_456);
+    assert_eq!(wscale, (space.ilog2().saturating_sub(15)).min(14));
+    assert_eq!((window, refresh_ns), (65_535, 30_000_000_000));
+    let (status, _) = d.dirs.status(&lab.a, &iface);
+    let sc = &status["daemon"]["detail"]["syncookies"];
+    assert_eq!(sc["enabled"], true, "{status}");
+    assert!(
+        sc["warning"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tcp_timestamps"),
+        "{status}"
+    );
+    let acl: Value =
+        serde_json::from_str(&d.dirs.run_ok(&lab.a, &["acl", "list", "-o", "json"])).unwrap();
+    let rule = acl["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == 200)
+        .expect("rule 200 listed");
+    assert_eq!(rule["syncookie"], true);
+    assert_eq!(rule["limit_counters"]["cookies_sent"], 0, "{rule}");
+    let text = d.dirs.run_ok(&lab.a, &["acl", "list"]);
+    assert!(
+        text.contains("syncookie: limited 0, cookies_sent 0"),
+        "{text}"
+    );
+
+    // Timestamps 2 and the next change: the datapath sends timestamps.
+    lab.a.sysctl("net.ipv4.tcp_timestamps", "2").unwrap();
+    std::fs::write(&rules.0, format!("{RULE_100}{RULE_200}{RULE_300}")).unwrap();
+    d.dirs.run_ok(&lab.a, &replace);
+    assert_eq!(
+        syncookie_map(&d.dirs).0,
+        SYNCOOKIE_ENABLED | SYNCOOKIE_TIMESTAMPS | SYNCOOKIE_SACK | SYNCOOKIE_WSCALE
+    );
+
+    // A restart under tcp_syncookies = 1 that would resume the saved rules
+    // is refused, exit 64, with the same message.
+    let (_, dirs) = d.stop_keeping_state(libc::SIGTERM);
+    lab.a.sysctl("net.ipv4.tcp_syncookies", "1").unwrap();
+    let out = dirs.run(
+        &lab.a,
+        &["run", "--iface", &iface, "--mode", "skb"],
+        Duration::from_secs(60),
+    );
+    assert_refused(&out, "a start resuming syncookie rules");
+    // With 2 it starts, and resumes them.
+    lab.a.sysctl("net.ipv4.tcp_syncookies", "2").unwrap();
+    let d = Daemon::start_in(&lab.a, dirs, &[&iface], "skb", &[]).expect("restart");
+    assert!(d.log().contains("resuming the state"), "{}", d.log());
+    assert_eq!(
+        syncookie_map(&d.dirs).0 & SYNCOOKIE_ENABLED,
+        SYNCOOKIE_ENABLED
+    );
+    assert!(xdp_on(&lab.a, &iface));
+}
