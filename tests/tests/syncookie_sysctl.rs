@@ -179,6 +179,38 @@ fn syncookie_rules_need_tcp_syncookies_2_in_the_daemons_namespace() {
         SYNCOOKIE_ENABLED | SYNCOOKIE_TIMESTAMPS | SYNCOOKIE_SACK | SYNCOOKIE_WSCALE
     );
 
+    // Connections to port 443 from b (nothing listens: the kernel resets
+    // what reaches it): the rule's counters in `acl list` (one map lookup
+    // per counter) and the totals of `stats` (batch lookups over every
+    // rule) agree, and are not all zero.
+    let target = std::net::SocketAddr::new(lab.a_end.ipv4.into(), 443);
+    lab.b.run(|| {
+        for _ in 0..5 {
+            let _ = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1));
+        }
+    });
+    let acl: Value =
+        serde_json::from_str(&d.dirs.run_ok(&lab.a, &["acl", "list", "-o", "json"])).unwrap();
+    let stats: Value =
+        serde_json::from_str(&d.dirs.run_ok(&lab.a, &["stats", "-o", "json"])).unwrap();
+    let mut seen = 0;
+    for kind in xdpgate_common::limit::rule_stat::NAMES {
+        let per_rule: u64 = acl["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["limit_counters"][kind].as_u64())
+            .sum();
+        assert_eq!(
+            stats["limits"][kind].as_u64(),
+            Some(per_rule),
+            "{kind}: stats {stats} vs acl list {acl}"
+        );
+        seen += per_rule;
+    }
+    assert!(seen >= 5, "five SYNs counted somewhere: {acl}");
+    eprintln!("limit counters after 5 connections: {}", stats["limits"]);
+
     // A restart under tcp_syncookies = 1 that would resume the saved rules
     // is refused, exit 64, with the same message.
     let (_, dirs) = d.stop_keeping_state(libc::SIGTERM);

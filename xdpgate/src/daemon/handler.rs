@@ -113,7 +113,7 @@ fn answer(d: &mut Daemon, req: Request) -> Result<Answer, DaemonError> {
                 Answer::Applied(applied)
             }
             Err(e) => {
-                if !matches!(e, DaemonError::Acl(ApplyError::Invalid(_))) {
+                if !e.is_invalid_input() {
                     log::error!("applying {}: {e}", change_name(&change));
                 }
                 return Err(e);

@@ -19,6 +19,15 @@ pub enum StatsError {
         "no running xdpgate daemon: nothing pinned at {0} (start one with `xdpgate run --iface IF`)"
     )]
     NotRunning(PathBuf),
+    /// A pinned map could not be read in batches.
+    #[error("map {map}: {source}")]
+    Read {
+        /// The map's name.
+        map: &'static str,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
     /// A pinned map could not be opened or read.
     #[error("map {map}: {source}")]
     Map {
@@ -119,7 +128,7 @@ pub fn read(paths: &Paths) -> Result<Report, StatsError> {
         map: maps::CACHE_STATS,
         source,
     })?;
-    let totals = super::limit_totals(&limits).map_err(|source| StatsError::Map {
+    let totals = super::limit_totals(&limits).map_err(|source| StatsError::Read {
         map: limit_maps::LIMIT_STATS,
         source,
     })?;
