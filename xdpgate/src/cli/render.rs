@@ -323,14 +323,17 @@ pub fn counter_table(rows: &[CounterRow]) -> String {
 }
 
 /// `stats`: the counter table, then the non-zero drop-reason counters
-/// (malformed frames and `not_bound`), then the decision cache. Counter rows
+/// (malformed frames, `not_bound`, and those of limits and SYN cookies),
+/// then the decision cache and the limit and SYN-cookie totals. Counter rows
 /// whose action never happened are left out unless the action is `pass` or
 /// `drop`, to keep the table short.
 pub fn stats(report: &StatsReport) -> String {
     let mut out = counter_table(&report.counters);
     let bad: Vec<_> = report.malformed.iter().filter(|r| r.packets != 0).collect();
     if !bad.is_empty() {
-        out.push_str("\nDROP REASONS (malformed frames; not_bound: destination not bound)\n");
+        out.push_str(
+            "\nDROP REASONS (malformed frames; not_bound: destination not bound; rate_limited, synack_limited, bad_cookie: rule limits and SYN cookies)\n",
+        );
         for r in bad {
             let _ = writeln!(
                 out,

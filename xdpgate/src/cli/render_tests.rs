@@ -208,6 +208,7 @@ rule limits and SYN cookies (all rules): limited 0, cookies_sent 0, cookie_acks 
             { "interface": "va", "ifindex": 3, "reason": "truncated_l4", "packets": 3, "bytes": 180 },
             { "interface": "va", "ifindex": 3, "reason": "not_bound", "packets": 0, "bytes": 0 },
             { "interface": "va", "ifindex": 3, "reason": "not_bound", "packets": 12, "bytes": 1200 },
+            { "interface": "va", "ifindex": 3, "reason": "rate_limited", "packets": 9, "bytes": 900 },
         ],
         "decision_cache": { "hits": 0, "misses": 0 },
         "limits": { "limited": 7, "cookies_sent": 6, "cookie_acks": 5, "bad_cookies": 4,
@@ -223,9 +224,10 @@ va         ipv6    pass                   2               200
 va         other   drop                   0                 0
 va         other   pass                   2               200
 
-DROP REASONS (malformed frames; not_bound: destination not bound)
+DROP REASONS (malformed frames; not_bound: destination not bound; rate_limited, synack_limited, bad_cookie: rule limits and SYN cookies)
 va  truncated_l4                       3               180
 va  not_bound                         12              1200
+va  rate_limited                       9               900
 
 ACL decision cache: 0 hits, 0 misses
 rule limits and SYN cookies (all rules): limited 7, cookies_sent 6, cookie_acks 5, bad_cookies 4, synacks_limited 3, kernel_syns 2
