@@ -67,7 +67,9 @@ impl Datapath {
             let why =
                 format!("the kernel refused the SYN-cookie program {SYNCOOKIE_PROGRAM_NAME}: {e}");
             log::warn!("SYN cookies unavailable: {why}");
-            self.syncookie_unavailable = Some(why);
+            // The reason travels in refusals and `status`: the end of a
+            // verifier log is where it says why.
+            self.syncookie_unavailable = Some(tail(&why, REASON_MAX));
             return Ok(());
         }
         let fd = prog
@@ -192,6 +194,21 @@ pub fn limit_totals(map: &aya::maps::Map) -> std::io::Result<RuleLimitStats> {
     Ok(out)
 }
 
+/// Longest reason kept for refusals and `status` (the log has all of it).
+const REASON_MAX: usize = 2000;
+
+/// The last `max` bytes of `s` (at a character boundary), marked as cut.
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut at = s.len() - max;
+    while !s.is_char_boundary(at) {
+        at += 1;
+    }
+    format!("... {}", &s[at..])
+}
+
 /// The setting that sizes map `name`, when the configuration sizes it (pins
 /// of another size are refused naming it: see [`super::pins`]).
 pub(super) fn resizable(name: &str) -> Option<&'static str> {
@@ -201,5 +218,20 @@ pub(super) fn resizable(name: &str) -> Option<&'static str> {
         Some("[ddos] limit_buckets")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_reason_keeps_its_end() {
+        assert_eq!(tail("short", 10), "short");
+        let long = format!("{}the end", "x".repeat(5000));
+        let t = tail(&long, 100);
+        assert!(t.starts_with("... ") && t.ends_with("the end"), "{t}");
+        assert_eq!(t.len(), 104);
+        assert_eq!(tail("ééé", 3), "... é", "cut at a character boundary");
     }
 }
