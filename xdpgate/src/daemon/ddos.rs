@@ -1,7 +1,8 @@
-//! SYN cookies on the daemon's side: whether they can be used (the kernel
-//! took the SYN-cookie program, and `net.ipv4.tcp_syncookies` is 2 in the
-//! daemon's network namespace), the refusal of rules with `syncookie = true`
-//! when they cannot, and the datapath's SYN-cookie configuration
+//! Limits and SYN cookies on the daemon's side: whether they can be used
+//! (the kernel took the DDoS program that runs both; for SYN cookies also
+//! `net.ipv4.tcp_syncookies` = 2 in the daemon's network namespace), the
+//! refusal of rules with a limit or `syncookie = true` when they cannot,
+//! and the datapath's SYN-cookie configuration
 //! (`XG_SYNCOOKIE`), written at start and with every ACL change and reload
 //! from the sysctls and `[ddos]`. See `docs/design/ddos.md`.
 use serde::Serialize;
@@ -81,65 +82,105 @@ pub fn syncookie_config(
     }
 }
 
-/// Ids of the rules among `rules` with `syncookie = true`.
-pub fn syncookie_rules<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Vec<u32> {
-    rules
-        .into_iter()
-        .filter(|r| r.syncookie)
-        .map(|r| r.id)
-        .collect()
+/// The rules of a state or a change that need the DDoS program: ids of
+/// those with a limit and of those with `syncookie`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Rules with a limit.
+    pub limit: Vec<u32>,
+    /// Rules with `syncookie = true`.
+    pub syncookie: Vec<u32>,
 }
 
-/// The rules with `syncookie = true` that `change` adds.
-pub fn added_syncookie_rules(change: &Change) -> Vec<u32> {
-    match change {
-        Change::RuleAdd { rules } => syncookie_rules(rules),
-        Change::Replace { file } => syncookie_rules(&file.rules),
-        Change::SetAdd { .. }
-        | Change::SetDel { .. }
-        | Change::RuleDel { .. }
-        | Change::Policy { .. } => Vec::new(),
+impl Needs {
+    /// What `rules` need.
+    pub fn of<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Needs {
+        let mut n = Needs::default();
+        for r in rules {
+            if r.limit.is_some() {
+                n.limit.push(r.id);
+            }
+            if r.syncookie {
+                n.syncookie.push(r.id);
+            }
+        }
+        n
+    }
+
+    /// What the rules `change` adds need (nothing for changes that add no
+    /// rule).
+    pub fn of_change(change: &Change) -> Needs {
+        match change {
+            Change::RuleAdd { rules } => Needs::of(rules),
+            Change::Replace { file } => Needs::of(&file.rules),
+            Change::SetAdd { .. }
+            | Change::SetDel { .. }
+            | Change::RuleDel { .. }
+            | Change::Policy { .. } => Needs::default(),
+        }
     }
 }
 
-/// The refusal of rules `ids` (with `syncookie = true`) under `r`, if they
-/// cannot be honoured.
-pub fn refusal(ids: &[u32], r: &Readiness) -> Option<DaemonError> {
-    let (reason, false) = (r.reason.as_ref()?, ids.is_empty()) else {
-        return None;
-    };
-    let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
-    Some(DaemonError::Syncookie(format!(
-        "rule{} {} {} syncookie = true, but SYN cookies are unavailable: {reason} (nothing was changed)",
-        if ids.len() == 1 { "" } else { "s" },
-        ids.join(", "),
-        if ids.len() == 1 { "has" } else { "have" },
-    )))
+/// `rule 7 has` / `rules 7, 8 have`.
+fn rules_have(ids: &[u32]) -> String {
+    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    if ids.len() == 1 {
+        format!("rule {} has", list[0])
+    } else {
+        format!("rules {} have", list.join(", "))
+    }
+}
+
+/// The refusal of the rules `needs` names, if they cannot be honoured:
+/// rules with a limit when the kernel refused the DDoS program
+/// (`unavailable`), rules with `syncookie` when SYN cookies are not ready.
+pub fn refusal(needs: &Needs, unavailable: Option<&str>, r: &Readiness) -> Option<DaemonError> {
+    if let Some(why) = unavailable
+        && !needs.limit.is_empty()
+    {
+        return Some(DaemonError::Ddos(format!(
+            "{} a limit, but rate limits are unavailable: {why} (nothing was changed)",
+            rules_have(&needs.limit)
+        )));
+    }
+    let reason = r.reason.as_ref()?;
+    (!needs.syncookie.is_empty()).then(|| {
+        DaemonError::Ddos(format!(
+            "{} syncookie = true, but SYN cookies are unavailable: {reason} (nothing was changed)",
+            rules_have(&needs.syncookie)
+        ))
+    })
 }
 
 /// Reads the sysctls and decides (see [`readiness`]).
 pub fn check(dp: &Datapath) -> (Readiness, Option<TcpSysctls>) {
     let sysctls = TcpSysctls::read().map_err(|e| e.to_string());
-    let r = readiness(dp.syncookie_unavailable(), &sysctls);
+    let r = readiness(dp.ddos_unavailable(), &sysctls);
     (r, sysctls.ok())
 }
 
-/// The start's and every change's step: refuses rules `ids` when SYN
-/// cookies cannot be used, else writes the configuration (`ddos`, the
-/// sysctls as they are now) and logs the timestamps warning the first time a
-/// rule needs cookies (`warned`).
+/// Refuses what `needs` names when it cannot be honoured (see [`refusal`]).
+pub fn refuse(dp: &Datapath, needs: &Needs) -> Result<(), DaemonError> {
+    let (r, _) = check(dp);
+    refusal(needs, dp.ddos_unavailable(), &r).map_or(Ok(()), Err)
+}
+
+/// The start's and every change's step: refuses the rules `needs` names
+/// when they cannot be honoured, else writes the SYN-cookie configuration
+/// (`ddos`, the sysctls as they are now) and logs the timestamps warning the
+/// first time a rule needs cookies (`warned`).
 pub fn prepare(
     dp: &mut Datapath,
     ddos: &DdosSettings,
-    ids: &[u32],
+    needs: &Needs,
     warned: &mut bool,
 ) -> Result<Readiness, DaemonError> {
     let (r, sysctls) = check(dp);
-    if let Some(e) = refusal(ids, &r) {
+    if let Some(e) = refusal(needs, dp.ddos_unavailable(), &r) {
         return Err(e);
     }
     dp.set_syncookie_config(&syncookie_config(sysctls.as_ref(), r.enabled, ddos))?;
-    if !ids.is_empty()
+    if !needs.syncookie.is_empty()
         && !*warned
         && let Some(w) = &r.warning
     {
@@ -150,18 +191,18 @@ pub fn prepare(
 }
 
 impl Daemon {
-    /// Checks and writes the SYN-cookie configuration for the rules in force
-    /// plus `added` (see [`prepare`]), and remembers the readiness for
+    /// Checks the rules `added` and writes the SYN-cookie configuration (see
+    /// [`prepare`]), and remembers the readiness for
     /// `status`. A datapath that loses SYN cookies while rules need them
     /// (a sysctl changed behind the daemon) says so in the log: those rules
     /// then pass only established connections.
     pub(super) fn refresh_syncookies(
         &mut self,
         ddos: &DdosSettings,
-        added: &[u32],
+        added: &Needs,
     ) -> Result<(), DaemonError> {
         let r = prepare(&mut self.dp, ddos, added, &mut self.timestamps_warned)?;
-        let in_force = syncookie_rules(self.ctl.state().rules.values());
+        let in_force = Needs::of(self.ctl.state().rules.values()).syncookie;
         if !r.enabled && self.syncookies.enabled && !in_force.is_empty() {
             log::error!(
                 "SYN cookies are no longer available ({}): rules {:?} now pass only established connections",
@@ -237,14 +278,21 @@ mod tests {
         assert!(warned.warning.expect("timestamps 1 warns").contains("SACK"));
     }
 
+    fn needs(limit: &[u32], syncookie: &[u32]) -> Needs {
+        Needs {
+            limit: limit.to_vec(),
+            syncookie: syncookie.to_vec(),
+        }
+    }
+
     #[test]
     fn a_refusal_names_the_rules_and_the_sysctl_and_is_the_callers_fault() {
         let r = readiness(None, &Ok(sysctls(1, 2)));
         assert!(
-            refusal(&[], &r).is_none(),
-            "no syncookie rule, nothing to refuse"
+            refusal(&needs(&[7], &[]), None, &r).is_none(),
+            "limits need no sysctl"
         );
-        let e = refusal(&[200, 300], &r).expect("refused");
+        let e = refusal(&needs(&[], &[200, 300]), None, &r).expect("refused");
         let msg = e.to_string();
         assert!(
             msg.starts_with("rules 200, 300 have syncookie = true"),
@@ -254,7 +302,20 @@ mod tests {
         assert!(msg.contains("sysctl -w net.ipv4.tcp_syncookies=2"), "{msg}");
         assert!(e.is_invalid_input());
         let ok = readiness(None, &Ok(sysctls(2, 0)));
-        assert!(refusal(&[200], &ok).is_none());
+        assert!(refusal(&needs(&[7], &[200]), None, &ok).is_none());
+        // Without the DDoS program, limits are refused too.
+        let why = "the kernel refused the DDoS program xdpgate_ddos: E2BIG";
+        let gone = readiness(Some(why), &Ok(sysctls(2, 2)));
+        let e = refusal(&needs(&[7], &[]), Some(why), &gone).expect("refused");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(
+                "rule 7 has a limit, but rate limits are unavailable: the kernel refused"
+            ),
+            "{msg}"
+        );
+        assert!(e.is_invalid_input());
+        assert!(refusal(&Needs::default(), Some(why), &gone).is_none());
     }
 
     #[test]
@@ -288,22 +349,32 @@ mod tests {
     }
 
     #[test]
-    fn only_rule_additions_and_replacements_bring_syncookie_rules() {
+    fn only_rule_additions_and_replacements_bring_rules_that_need_the_ddos_program() {
         let rule = |id, syncookie| Rule {
             syncookie,
             ..Rule::new(id, 10, xdpgate_model::acl::Verdict::Allow)
         };
-        let add = Change::RuleAdd {
-            rules: vec![rule(1, false), rule(2, true)],
+        let limited = Rule {
+            limit: Some(xdpgate_model::acl::limit::Limit {
+                pps: Some(10),
+                ..Default::default()
+            }),
+            ..rule(5, false)
         };
-        assert_eq!(added_syncookie_rules(&add), vec![2]);
+        let add = Change::RuleAdd {
+            rules: vec![rule(1, false), rule(2, true), limited],
+        };
+        assert_eq!(Needs::of_change(&add), needs(&[5], &[2]));
         let replace = Change::Replace {
             file: xdpgate_model::acl::RuleFile {
                 rules: vec![rule(3, true), rule(4, true)],
                 ..Default::default()
             },
         };
-        assert_eq!(added_syncookie_rules(&replace), vec![3, 4]);
-        assert!(added_syncookie_rules(&Change::RuleDel { ids: vec![2] }).is_empty());
+        assert_eq!(Needs::of_change(&replace), needs(&[], &[3, 4]));
+        assert_eq!(
+            Needs::of_change(&Change::RuleDel { ids: vec![2] }),
+            Needs::default()
+        );
     }
 }

@@ -96,10 +96,11 @@ pub enum DaemonError {
     /// The packet counters could not be read.
     #[error(transparent)]
     Stats(#[from] StatsError),
-    /// Rules with `syncookie = true` cannot be honoured (the kernel refused
-    /// the SYN-cookie program, or a sysctl is not as they need it).
+    /// Rules with a limit or `syncookie = true` cannot be honoured (the
+    /// kernel refused the DDoS program, or a sysctl is not as SYN cookies
+    /// need it).
     #[error("{0}")]
-    Syncookie(String),
+    Ddos(String),
 }
 
 impl DaemonError {
@@ -115,7 +116,7 @@ impl DaemonError {
             | DaemonError::NeedsRestart(_)
             | DaemonError::RuleFile { .. }
             | DaemonError::NoSet(_)
-            | DaemonError::Syncookie(_)
+            | DaemonError::Ddos(_)
             | DaemonError::Datapath(DatapathError::Pins(PinError::Resized { .. }))
             | DaemonError::Acl(ApplyError::Invalid(_))
             | DaemonError::Bind(BindError::Invalid(_))
@@ -210,7 +211,7 @@ mod classification {
                 true,
             ),
             ("NoSet", DaemonError::NoSet("s".into()), true),
-            ("Syncookie", DaemonError::Syncookie("x".into()), true),
+            ("Ddos", DaemonError::Ddos("x".into()), true),
             (
                 "Datapath(Pins(Resized))",
                 DaemonError::Datapath(DatapathError::Pins(PinError::Resized {
@@ -529,8 +530,8 @@ impl Daemon {
         dp.set_decision_cache(cfg.decision_cache)?;
         let mut events_reader = false;
         apply_events(&mut dp, &cfg, &mut events_reader)?;
-        // Rules with `syncookie` are refused before anything is installed
-        // when SYN cookies cannot be used.
+        // Rules with a limit or `syncookie` are refused before anything is
+        // installed when they cannot be honoured.
         let starting_rules = match &saved {
             Some(s) if s.config_digest == cfg.digest => &s.acl.rules,
             _ => &cfg.acl.rules,
@@ -539,7 +540,7 @@ impl Daemon {
         let syncookies = ddos::prepare(
             &mut dp,
             &cfg.ddos,
-            &ddos::syncookie_rules(starting_rules),
+            &ddos::Needs::of(starting_rules),
             &mut timestamps_warned,
         )?;
         if let Some(why) = &syncookies.reason {
@@ -685,7 +686,7 @@ impl Daemon {
     /// Applies an ACL change and saves the result.
     pub fn apply(&mut self, change: &Change) -> Result<Applied, DaemonError> {
         let ddos = self.config.ddos.clone();
-        self.refresh_syncookies(&ddos, &ddos::added_syncookie_rules(change))?;
+        self.refresh_syncookies(&ddos, &ddos::Needs::of_change(change))?;
         let applied = self.ctl.apply(&mut self.dp, change)?;
         self.persist().map_err(DaemonError::NotSaved)?;
         Ok(applied)

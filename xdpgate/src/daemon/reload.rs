@@ -109,13 +109,10 @@ impl Daemon {
                 running.ddos.limit_buckets, next.ddos.limit_buckets
             )));
         }
-        // Rules with `syncookie` are refused before anything is touched when
-        // SYN cookies cannot be used; the configuration is written once the
-        // reload succeeded.
-        let (readiness, _) = ddos::check(&self.dp);
-        if let Some(e) = ddos::refusal(&ddos::syncookie_rules(&next.acl.rules), &readiness) {
-            return Err(e);
-        }
+        // Rules with a limit or `syncookie` are refused before anything is
+        // touched when they cannot be honoured; the SYN-cookie configuration
+        // is written once the reload succeeded.
+        ddos::refuse(&self.dp, &ddos::Needs::of(&next.acl.rules))?;
         let specs = xdpgate_model::lb::specs_of(&next.services, next.lb.max_services)
             .map_err(LbError::Invalid)?;
         // Validate the bindings before touching anything.
@@ -230,7 +227,7 @@ impl Daemon {
         unbound?;
         self.dp.set_decision_cache(next.decision_cache)?;
         apply_events(&mut self.dp, &next, &mut self.events_reader)?;
-        self.refresh_syncookies(&next.ddos, &ddos::syncookie_rules(&next.acl.rules))?;
+        self.refresh_syncookies(&next.ddos, &ddos::Needs::of(&next.acl.rules))?;
         self.config = next;
         self.persist().map_err(DaemonError::NotSaved)?;
         Ok(format!(

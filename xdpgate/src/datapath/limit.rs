@@ -1,15 +1,15 @@
 //! Rate limits and SYN cookies (see `xdpgate_common::limit`): the per-prefix
-//! bucket table sized at load time, the SYN-cookie program installed as a
-//! tail-call target (or, when the kernel refuses it, the reason SYN cookies
-//! are unavailable), the SYN-cookie configuration word, and the per-rule
-//! limit and cookie counters.
+//! bucket table sized at load time, the DDoS program that runs both,
+//! installed as a tail-call target (or, when the kernel refuses it, the
+//! reason limits and SYN cookies are unavailable), the SYN-cookie
+//! configuration word, and the per-rule limit and cookie counters.
 use std::{os::fd::AsFd as _, path::PathBuf};
 
 use aya::{maps::Array, programs::Xdp};
 use xdpgate_common::{
     Counter,
     acl::RULE_COUNTERS,
-    lb::PROG_SYNCOOKIE,
+    lb::PROG_DDOS,
     limit::{
         Bucket, DEFAULT_BUCKETS, LIMIT_STAT_ENTRIES, MAX_BUCKETS, MIN_BUCKETS, SyncookieConfig,
         maps as limit_maps, rule_stat, rule_stat_index,
@@ -18,7 +18,7 @@ use xdpgate_common::{
 };
 use xdpgate_model::lb::LoadOptions;
 
-use super::{Datapath, DatapathError, SYNCOOKIE_PROGRAM_NAME};
+use super::{DDOS_PROGRAM_NAME, Datapath, DatapathError};
 use crate::sys::bpf;
 
 /// The sizes of the maps the configuration sizes, fixed when the datapath
@@ -52,24 +52,25 @@ impl MapSizes {
 pub type RuleLimitStats = [Counter; rule_stat::ENTRIES as usize];
 
 impl Datapath {
-    /// Loads the SYN-cookie program and installs it in its tail-call slot.
-    /// A kernel that refuses it (no `CONFIG_SYN_COOKIES`, a verifier of
-    /// another mind) does not stop the datapath: SYN cookies are then
-    /// unavailable, and [`Datapath::syncookie_unavailable`] says why.
-    pub(super) fn load_syncookie(&mut self) -> Result<(), DatapathError> {
+    /// Loads the DDoS program (limits and SYN cookies) and installs it in
+    /// its tail-call slot. A kernel that refuses it (no `CONFIG_SYN_COOKIES`,
+    /// a verifier of another mind) does not stop the datapath: limits and
+    /// SYN cookies are then unavailable (the main program drops what a rule
+    /// with either would have handed over), and
+    /// [`Datapath::ddos_unavailable`] says why.
+    pub(super) fn load_ddos(&mut self) -> Result<(), DatapathError> {
         let prog: &mut Xdp = self
             .ebpf
-            .program_mut(SYNCOOKIE_PROGRAM_NAME)
-            .ok_or_else(|| DatapathError::Missing(format!("program {SYNCOOKIE_PROGRAM_NAME}")))?
+            .program_mut(DDOS_PROGRAM_NAME)
+            .ok_or_else(|| DatapathError::Missing(format!("program {DDOS_PROGRAM_NAME}")))?
             .try_into()
-            .map_err(|_| DatapathError::Missing(format!("XDP program {SYNCOOKIE_PROGRAM_NAME}")))?;
+            .map_err(|_| DatapathError::Missing(format!("XDP program {DDOS_PROGRAM_NAME}")))?;
         if let Err(e) = prog.load() {
-            let why =
-                format!("the kernel refused the SYN-cookie program {SYNCOOKIE_PROGRAM_NAME}: {e}");
-            log::warn!("SYN cookies unavailable: {why}");
+            let why = format!("the kernel refused the DDoS program {DDOS_PROGRAM_NAME}: {e}");
+            log::warn!("rate limits and SYN cookies unavailable: {why}");
             // The reason travels in refusals and `status`: the end of a
             // verifier log is where it says why.
-            self.syncookie_unavailable = Some(tail(&why, REASON_MAX));
+            self.ddos_unavailable = Some(tail(&why, REASON_MAX));
             return Ok(());
         }
         let fd = prog
@@ -78,30 +79,26 @@ impl Datapath {
             .try_clone()
             .map_err(|source| DatapathError::Io {
                 what: "cannot duplicate the descriptor of",
-                path: PathBuf::from(SYNCOOKIE_PROGRAM_NAME),
+                path: PathBuf::from(DDOS_PROGRAM_NAME),
                 source,
             })?;
         let mut progs: aya::maps::ProgramArray<_> =
             aya::maps::ProgramArray::try_from(self.map_mut_ref(maps::PROGS)?)
                 .map_err(Self::map_err(maps::PROGS))?;
         progs
-            .set(PROG_SYNCOOKIE, &fd, 0)
+            .set(PROG_DDOS, &fd, 0)
             .map_err(Self::map_err(maps::PROGS))
     }
 
-    /// Why SYN cookies cannot be used on this kernel (`None`: the SYN-cookie
-    /// program is loaded and installed).
-    pub fn syncookie_unavailable(&self) -> Option<&str> {
-        self.syncookie_unavailable.as_deref()
+    /// Why limits and SYN cookies cannot be used on this kernel (`None`: the
+    /// DDoS program is loaded and installed).
+    pub fn ddos_unavailable(&self) -> Option<&str> {
+        self.ddos_unavailable.as_deref()
     }
 
-    /// Instructions the verifier processed for the SYN-cookie program.
-    pub fn syncookie_verified_instructions(&mut self) -> Option<u32> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(SYNCOOKIE_PROGRAM_NAME)?
-            .try_into()
-            .ok()?;
+    /// Instructions the verifier processed for the DDoS program.
+    pub fn ddos_verified_instructions(&mut self) -> Option<u32> {
+        let prog: &mut Xdp = self.ebpf.program_mut(DDOS_PROGRAM_NAME)?.try_into().ok()?;
         prog.info().ok()?.verified_instruction_count()
     }
 

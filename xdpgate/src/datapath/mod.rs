@@ -4,8 +4,8 @@
 //! [`Datapath`], one file per group of maps: `ifaces` (interfaces and bound
 //! addresses), `acl` (the double-buffered ACL tables and rule counters), `lb`
 //! (services, backends, rings), `decap`, `limit` (the bucket table's size,
-//! the SYN-cookie program and configuration, the per-rule limit and cookie
-//! counters), `counters`, and [`stats`] (the
+//! the DDoS program of limits and SYN cookies, the SYN-cookie configuration,
+//! the per-rule limit and cookie counters), `counters`, and [`stats`] (the
 //! counters as `xdpgate stats` reads them from the pins).
 //!
 //! The controllers do not name [`Datapath`]: they write through the traits of
@@ -57,9 +57,9 @@ pub use seam::{AclTables, AddrKernel, IfaceTable, LbMaps, LocalAddrs, RcuWait, S
 /// Name of the steering program in the object (tail-called by the main one).
 pub const STEER_PROGRAM_NAME: &str = "xdpgate_steer";
 
-/// Name of the SYN-cookie program in the object (tail-called by the main one
-/// for the TCP packets of rules with `syncookie`).
-pub const SYNCOOKIE_PROGRAM_NAME: &str = "xdpgate_syncookie";
+/// Name of the DDoS program in the object (tail-called by the main one for
+/// the packets that rules with a limit or `syncookie` allow).
+pub const DDOS_PROGRAM_NAME: &str = "xdpgate_ddos";
 
 /// The XDP object built by `build.rs` from the `xdp-prog` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpgate-xdp"));
@@ -190,8 +190,8 @@ pub struct Datapath {
     sizes: LoadOptions,
     /// Entries of the per-prefix bucket table.
     limit_buckets: u32,
-    /// Why the kernel refused the SYN-cookie program, if it did.
-    syncookie_unavailable: Option<String>,
+    /// Why the kernel refused the DDoS program, if it did.
+    ddos_unavailable: Option<String>,
 }
 
 /// What [`Datapath::open`] found and did.
@@ -347,11 +347,11 @@ impl Datapath {
             barrier,
             sizes,
             limit_buckets: all.limit_buckets,
-            syncookie_unavailable: None,
+            ddos_unavailable: None,
         };
         dp.program()?.load().map_err(DatapathError::Verify)?;
         dp.load_steering()?;
-        dp.load_syncookie()?;
+        dp.load_ddos()?;
         Ok(dp)
     }
 
