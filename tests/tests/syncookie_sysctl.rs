@@ -10,7 +10,7 @@ use std::{path::PathBuf, process::Output, time::Duration};
 use serde_json::Value;
 use xdpgate_tests::{
     lab::{Lab, serial},
-    xdpgate::{Daemon, StateDirs, xdp_on},
+    xdpgate::{Daemon, StateDirs, http_get, xdp_on},
 };
 
 /// A file removed on drop.
@@ -31,8 +31,7 @@ fn temp(tag: &str, ext: &str) -> TempFile {
 
 const RULE_200: &str = "[[rule]]\nid = 200\npriority = 200\nproto = \"tcp\"\ndport = \"443\"\naction = \"allow\"\nsyncookie = true\n\n";
 const RULE_300: &str = "[[rule]]\nid = 300\npriority = 300\nproto = \"tcp\"\ndport = \"8443\"\naction = \"allow\"\nsyncookie = true\n\n";
-const RULE_100: &str =
-    "[[rule]]\nid = 100\npriority = 100\nproto = \"icmp\"\naction = \"allow\"\n\n";
+const RULE_100: &str = "[[rule]]\nid = 100\npriority = 100\nproto = \"icmp\"\naction = \"allow\"\nlimit = { pps = 1, burst_packets = 1, per = \"rule\" }\n\n";
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -180,15 +179,21 @@ fn syncookie_rules_need_tcp_syncookies_2_in_the_daemons_namespace() {
     );
 
     // Connections to port 443 from b (nothing listens: the kernel resets
-    // what reaches it): the rule's counters in `acl list` (one map lookup
-    // per counter) and the totals of `stats` (batch lookups over every
-    // rule) agree, and are not all zero.
+    // what reaches it) and pings over rule 100's limit: the rules' counters
+    // in `acl list` (one map lookup per counter) and the totals of `stats`
+    // (batch lookups over every rule) agree, and are not all zero.
     let target = std::net::SocketAddr::new(lab.a_end.ipv4.into(), 443);
     lab.b.run(|| {
         for _ in 0..5 {
             let _ = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1));
         }
     });
+    // Ten pings in a tenth of a second against rule 100's 1 packet/s, burst 1
+    // (some are lost: the exit code does not matter).
+    let a4 = lab.a_end.ipv4.to_string();
+    let _ = lab
+        .b
+        .exec("ping", &["-c", "10", "-i", "0.01", "-W", "1", &a4]);
     let acl: Value =
         serde_json::from_str(&d.dirs.run_ok(&lab.a, &["acl", "list", "-o", "json"])).unwrap();
     let stats: Value =
@@ -208,8 +213,45 @@ fn syncookie_rules_need_tcp_syncookies_2_in_the_daemons_namespace() {
         );
         seen += per_rule;
     }
-    assert!(seen >= 5, "five SYNs counted somewhere: {acl}");
-    eprintln!("limit counters after 5 connections: {}", stats["limits"]);
+    assert!(seen >= 5 + 8, "five SYNs and eight limited pings: {acl}");
+    assert!(
+        stats["limits"]["limited"].as_u64() >= Some(8),
+        "at most two of ten pings pass 1/s with a burst of 1: {stats}"
+    );
+    eprintln!(
+        "limit counters after 5 connections and 10 pings: {}",
+        stats["limits"]
+    );
+    // The metrics say the same, per rule and kind, and count the drops
+    // under their reason.
+    let (code, body) = http_get(&lab.a, 9464, "/metrics").expect("scrape");
+    assert_eq!(code, 200);
+    let sample = |series: &str| -> Option<u64> {
+        body.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let limited_100 = acl["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == 100)
+        .and_then(|r| r["limit_counters"]["limited"].as_u64());
+    assert_eq!(
+        sample(r#"xdpgate_rule_limit_packets_total{kind="limited",rule_id="100"}"#),
+        limited_100,
+        "{body}"
+    );
+    assert_eq!(
+        sample(r#"xdpgate_rule_limit_packets_total{kind="cookies_sent",rule_id="200"}"#),
+        stats["limits"]["cookies_sent"].as_u64(),
+        "{body}"
+    );
+    let reason = format!(
+        r#"xdpgate_drop_reason_packets_total{{interface="{iface}",reason="rate_limited"}}"#
+    );
+    assert!(sample(&reason) >= limited_100, "{body}");
 
     // A restart under tcp_syncookies = 1 that would resume the saved rules
     // is refused, exit 64, with the same message.
