@@ -263,6 +263,15 @@ fn syncookie_rules_need_tcp_syncookies_2_in_the_daemons_namespace() {
         Duration::from_secs(60),
     );
     assert_refused(&out, "a start resuming syncookie rules");
+    assert!(
+        xdp_on(&lab.a, &iface),
+        "the earlier datapath still enforces"
+    );
+    assert_eq!(
+        syncookie_map(&dirs).0 & SYNCOOKIE_ENABLED,
+        SYNCOOKIE_ENABLED,
+        "and the refused start did not touch its SYN-cookie configuration"
+    );
     // With 2 it starts, and resumes them.
     lab.a.sysctl("net.ipv4.tcp_syncookies", "2").unwrap();
     let d = Daemon::start_in(&lab.a, dirs, &[&iface], "skb", &[]).expect("restart");

@@ -520,18 +520,8 @@ impl Daemon {
         }
         // Only a datapath of this schema has state to take over.
         let adopted = matches!(opened, Opened::Adopted(_));
-        // Interfaces the running datapath knows keep their slot (and with it
-        // their counters and bindings); new ones take free slots.
-        let slots = keep_slots(&mut dp, &cfg, &resolved)?;
-        dp.set_lb_config(&cfg.lb.lb_config().map_err(LbError::from)?)?;
-        for (i, ifindex) in cfg.interfaces.iter().zip(&resolved) {
-            dp.register(*ifindex, slots[&i.name], cfg.malformed)?;
-        }
-        dp.set_decision_cache(cfg.decision_cache)?;
-        let mut events_reader = false;
-        apply_events(&mut dp, &cfg, &mut events_reader)?;
-        // Rules with a limit or `syncookie` are refused before anything is
-        // installed when they cannot be honoured.
+        // Rules with a limit or `syncookie` are refused before anything of
+        // a running datapath is touched when they cannot be honoured.
         let starting_rules = match &saved {
             Some(s) if s.config_digest == cfg.digest => &s.acl.rules,
             _ => &cfg.acl.rules,
@@ -546,6 +536,16 @@ impl Daemon {
         if let Some(why) = &syncookies.reason {
             log::info!("SYN cookies disabled: {why}");
         }
+        // Interfaces the running datapath knows keep their slot (and with it
+        // their counters and bindings); new ones take free slots.
+        let slots = keep_slots(&mut dp, &cfg, &resolved)?;
+        dp.set_lb_config(&cfg.lb.lb_config().map_err(LbError::from)?)?;
+        for (i, ifindex) in cfg.interfaces.iter().zip(&resolved) {
+            dp.register(*ifindex, slots[&i.name], cfg.malformed)?;
+        }
+        dp.set_decision_cache(cfg.decision_cache)?;
+        let mut events_reader = false;
+        apply_events(&mut dp, &cfg, &mut events_reader)?;
         let mut ctl = AclController::new(slots.clone());
         let mut binds = Bindings::new(cfg.bind_limit);
         let mut lb = LbController::new(&dp, resolved.clone());
