@@ -25,7 +25,7 @@ use xdpgate_common::{
         MAX_BACKENDS, MAX_SERVICES, PROG_SLOTS, SERVICE_STAT_ENTRIES, ServiceInfo, ServiceKey,
         ring_entries,
     },
-    limit::{Bucket, BucketKey, DEFAULT_BUCKETS, LIMIT_STAT_ENTRIES, SyncookieConfig},
+    limit::{Bucket, BucketKey, DEFAULT_BUCKETS, LIMIT_STAT_ENTRIES, RULE_SLOTS, SyncookieConfig},
 };
 
 use crate::handoff::{DdosCtx, Fields, NextHop, Pending, SteerCtx, SynScratch, TcpOffsets};
@@ -121,7 +121,7 @@ pub(crate) static LIMIT_BUCKETS: LruHashMap<BucketKey, Bucket> =
 
 /// Rule-wide limit buckets by rule counter slot (never evicted).
 #[map(name = "XG_LIMIT_RULE")]
-pub(crate) static LIMIT_RULE: Array<Bucket> = Array::with_max_entries(RULE_COUNTERS, 0);
+pub(crate) static LIMIT_RULE: Array<Bucket> = Array::with_max_entries(RULE_SLOTS, 0);
 
 /// Per-CPU per-rule counters of limits and SYN cookies (`limit::rule_stat`).
 #[map(name = "XG_LIMIT_STATS")]

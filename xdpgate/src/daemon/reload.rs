@@ -103,11 +103,8 @@ impl Daemon {
                 "the [lb] settings changed".into(),
             ));
         }
-        if next.ddos.limit_buckets != running.ddos.limit_buckets {
-            return Err(DaemonError::NeedsRestart(format!(
-                "[ddos] limit_buckets changed from {} to {}: the bucket table keeps its size while the datapath runs; restart with `xdpgate down` first to make it anew",
-                running.ddos.limit_buckets, next.ddos.limit_buckets
-            )));
+        if let Some(why) = running.ddos.needs_restart(&next.ddos) {
+            return Err(DaemonError::NeedsRestart(why));
         }
         // Rules with a limit or `syncookie` are refused before anything is
         // touched when they cannot be honoured; the SYN-cookie configuration
