@@ -282,3 +282,54 @@ fn syncookie_rules_need_tcp_syncookies_2_in_the_daemons_namespace() {
     );
     assert!(xdp_on(&lab.a, &iface));
 }
+
+/// A configuration on `iface` with rule 200 (`syncookie`) and `[ddos]`
+/// `syncookie_refresh_secs = refresh`.
+fn config(iface: &str, refresh: u32) -> String {
+    format!(
+        "[daemon]\nshutdown_grace_seconds = 3\n\n[metrics]\nlisten = []\n\n\
+         [[interface]]\nname = \"{iface}\"\nmode = \"skb\"\n\n\
+         [ddos]\nsyncookie_refresh_secs = {refresh}\n\n{RULE_200}"
+    )
+}
+
+#[test]
+fn a_configuration_with_syncookie_rules_starts_and_reloads_only_with_tcp_syncookies_2() {
+    use xdpgate_common::limit::SYNCOOKIE_ENABLED;
+    let _g = serial();
+    let lab = Lab::new("sycfg", 96).expect("lab");
+    let iface = lab.a_end.ifname.clone();
+    let cfg = temp("cfg", "toml");
+    std::fs::write(&cfg.0, config(&iface, 10)).unwrap();
+    let args = ["--config".as_ref(), cfg.0.as_os_str()];
+
+    lab.a.sysctl("net.ipv4.tcp_syncookies", "1").unwrap();
+    let dirs = StateDirs::unique("sycfg");
+    let out = dirs.run(
+        &lab.a,
+        &["run", "--config", cfg.0.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_refused(&out, "a start from a configuration with a syncookie rule");
+    assert!(
+        !xdp_on(&lab.a, &iface),
+        "nothing attached after the refusal"
+    );
+
+    lab.a.sysctl("net.ipv4.tcp_syncookies", "2").unwrap();
+    let d = Daemon::start_in(&lab.a, dirs, &[], "", &args).expect("start under 2");
+    let (flags, _, _, refresh_ns) = syncookie_map(&d.dirs);
+    assert_eq!(flags & SYNCOOKIE_ENABLED, SYNCOOKIE_ENABLED);
+    assert_eq!(refresh_ns, 10_000_000_000, "[ddos] syncookie_refresh_secs");
+
+    // A reload under 1 is refused and changes nothing; under 2 it applies
+    // the new [ddos] settings.
+    std::fs::write(&cfg.0, config(&iface, 20)).unwrap();
+    lab.a.sysctl("net.ipv4.tcp_syncookies", "1").unwrap();
+    let out = d.dirs.run(&lab.a, &["reload"], Duration::from_secs(60));
+    assert_refused(&out, "a reload");
+    assert_eq!(syncookie_map(&d.dirs).3, 10_000_000_000, "unchanged");
+    lab.a.sysctl("net.ipv4.tcp_syncookies", "2").unwrap();
+    d.dirs.run_ok(&lab.a, &["reload"]);
+    assert_eq!(syncookie_map(&d.dirs).3, 20_000_000_000, "reloaded");
+}
