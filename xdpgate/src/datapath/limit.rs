@@ -66,7 +66,9 @@ impl Datapath {
             .try_into()
             .map_err(|_| DatapathError::Missing(format!("XDP program {DDOS_PROGRAM_NAME}")))?;
         if let Err(e) = prog.load() {
-            let why = format!("the kernel refused the DDoS program {DDOS_PROGRAM_NAME}: {e}");
+            let why = format!(
+                "the kernel refused the DDoS program {DDOS_PROGRAM_NAME} (rate limits and SYN cookies): {e}"
+            );
             log::warn!("rate limits and SYN cookies unavailable: {why}");
             // The reason travels in refusals and `status`: the end of a
             // verifier log is where it says why.
