@@ -17,9 +17,8 @@
 //! and a listener on the protected port, as on a real host.
 mod ddos_common;
 
-use std::{net::TcpListener, os::fd::AsFd as _};
+use std::net::TcpListener;
 
-use aya::maps::Map;
 use ddos_common::{Gate, XDP_DROP, XDP_PASS, XDP_TX, in_netns};
 use xdpgate_common::{
     DropReason,
@@ -56,7 +55,7 @@ fn rules() -> String {
 /// Writes `XG_SYNCOOKIE` as the daemon does after checking the sysctls:
 /// `flags`, window scale 7, window 65535, refresh every 30 s, and at most
 /// `synack` SYN-ACKs (rate, burst) per source /24 or /48.
-fn configure(g: &Gate, flags: u32, synack: (u64, u64)) {
+fn configure(g: &mut Gate, flags: u32, synack: (u64, u64)) {
     let cfg = SyncookieConfig {
         flags,
         wscale: WSCALE,
@@ -65,16 +64,7 @@ fn configure(g: &Gate, flags: u32, synack: (u64, u64)) {
         refresh_ns: 30 * limit::NS_PER_SEC,
         synack: LimitSpec::new(key::SRC, 24, 48, Some(synack), None),
     };
-    let Some(Map::Array(d)) = g.dp.map(limit::maps::SYNCOOKIE) else {
-        panic!("XG_SYNCOOKIE is not an array map");
-    };
-    // SAFETY: SyncookieConfig is a repr(C) plain-old-data struct without
-    // padding bytes (its layout is fixed by a test in common); viewing it as
-    // bytes for the map update reads only initialized memory.
-    let bytes = unsafe {
-        std::slice::from_raw_parts((&raw const cfg).cast::<u8>(), size_of::<SyncookieConfig>())
-    };
-    xdpgate::sys::object::write_record(d.fd().as_fd(), bytes).expect("write XG_SYNCOOKIE");
+    g.dp.set_syncookie_config(&cfg).expect("write XG_SYNCOOKIE");
 }
 
 const ALL_FLAGS: u32 = SYNCOOKIE_ENABLED | SYNCOOKIE_TIMESTAMPS | SYNCOOKIE_SACK | SYNCOOKIE_WSCALE;
@@ -93,7 +83,7 @@ fn with_gate<T: Send>(
         let _l4 = TcpListener::bind(("0.0.0.0", PORT)).expect("IPv4 listener");
         let _l6 = listen6();
         let mut g = Gate::new(&rules());
-        configure(&g, flags, synack);
+        configure(&mut g, flags, synack);
         f(&mut g)
     })
 }

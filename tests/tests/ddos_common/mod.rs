@@ -5,18 +5,11 @@
 //! reasons.
 #![allow(dead_code, reason = "each test binary uses its own part")]
 
-use std::os::fd::AsFd as _;
-
-use aya::maps::{Map, PerCpuArray};
 use xdpgate::{
     acl::AclController,
     datapath::{Datapath, stats},
 };
-use xdpgate_common::{
-    Counter, DropReason,
-    limit::{self, rule_stat, rule_stat_index},
-    maps,
-};
+use xdpgate_common::{DropReason, limit::rule_stat, maps};
 use xdpgate_model::{
     acl::{AclState, RuleFile},
     iface::Malformed,
@@ -46,6 +39,11 @@ impl Gate {
 
     /// Like [`Gate::new`] on a datapath loaded by the caller.
     pub(crate) fn with(mut dp: Datapath, rules: &str) -> Gate {
+        assert_eq!(
+            dp.ddos_unavailable(),
+            None,
+            "the kernel refused the DDoS program (limits and SYN cookies)"
+        );
         dp.register(1, 1, Malformed::Drop).expect("register lo");
         let file: RuleFile = toml::from_str(rules).expect("rule file");
         let state = AclState::from_file(&file).expect("valid rules");
@@ -87,16 +85,10 @@ impl Gate {
     /// Packets of rule `id`'s `kind` counter in `XG_LIMIT_STATS`
     /// (a `rule_stat` kind), summed over CPUs.
     pub(crate) fn rule_stat(&self, id: u32, kind: u32) -> u64 {
-        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(
-            self.dp
-                .map(limit::maps::LIMIT_STATS)
-                .expect("XG_LIMIT_STATS map"),
-        )
-        .expect("XG_LIMIT_STATS is a per-CPU array");
-        let v = map
-            .get(&rule_stat_index(self.slot(id), kind), 0)
-            .expect("read XG_LIMIT_STATS");
-        v.iter().map(|c| c.packets).sum()
+        self.dp
+            .rule_limit_stats(self.slot(id))
+            .expect("read XG_LIMIT_STATS")[kind as usize]
+            .packets
     }
 
     /// Every `rule_stat` counter of rule `id`, by name (for messages and
@@ -126,18 +118,6 @@ impl Gate {
             .filter(|r| r.ifindex == 1 && r.reason == reason.name())
             .map(|r| r.packets)
             .sum()
-    }
-
-    /// Capacity of the per-prefix bucket table (`XG_LIMIT_BUCKETS`).
-    pub(crate) fn bucket_capacity(&self) -> u32 {
-        match self.dp.map(limit::maps::LIMIT_BUCKETS) {
-            Some(Map::LruHashMap(d)) => {
-                xdpgate::sys::object::map_info(d.fd().as_fd())
-                    .expect("map info")
-                    .max_entries
-            }
-            _ => panic!("XG_LIMIT_BUCKETS is not an LRU hash map"),
-        }
     }
 }
 
