@@ -72,8 +72,11 @@ pub struct LimitSpec {
     pub v4_prefix: u32,
     /// Source or destination prefix length of IPv6 buckets (1..=128).
     pub v6_prefix: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// Tells the per-prefix buckets of one rule definition from those of
+    /// another that had the same counter slot before ([`BucketKey::tag`]): a
+    /// digest of the rule, so a replaced rule starts with full buckets and an
+    /// unchanged one keeps its own.
+    pub tag: u32,
     /// Nanoseconds per packet, times 2^[`INTERVAL_SHIFT`]; 0: no packet rate.
     pub pkt_interval: u64,
     /// Packet burst as nanoseconds of credit (burst x interval).
@@ -106,7 +109,7 @@ impl LimitSpec {
             key,
             v4_prefix,
             v6_prefix,
-            _pad: 0,
+            tag: 0,
             pkt_interval,
             pkt_tolerance,
             byte_interval,
@@ -178,11 +181,11 @@ pub struct BucketKey {
     /// A [`kind`] value.
     pub kind: u32,
     /// The address masked to the prefix length, big-endian words (IPv4 in
-    /// word 0); for `REFRESH*` the destination port is in the low 16 bits
-    /// of [`BucketKey::port`].
+    /// word 0).
     pub addr: [u32; 4],
-    /// Destination port (`REFRESH*` only), else zero.
-    pub port: u32,
+    /// The destination port for `REFRESH*`; the limit's
+    /// [`LimitSpec::tag`] for a rule's buckets; zero for `SYNACK*`.
+    pub tag: u32,
 }
 
 /// Counter kinds per rule in [`maps::LIMIT_STATS`].

@@ -38,17 +38,6 @@ pub(crate) struct Fields {
     pub(crate) dport: u32,
 }
 
-/// Where the parser found the IP and TCP headers of the last TCP packet
-/// (`maps::TCP_OFFSETS`), for the SYN-cookie program.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct TcpOffsets {
-    /// Offset of the IP header in the frame.
-    pub(crate) l3: u16,
-    /// Offset of the TCP header.
-    pub(crate) l4: u16,
-}
-
 /// `Fields::sport`/`dport` of a packet without that L4 field.
 pub(crate) const NONE: u32 = u32::MAX;
 
@@ -138,8 +127,7 @@ const _: () = assert!(size_of::<NextHop>() == 48);
 
 /// What the main program hands over to the DDoS program it tail-calls for
 /// a packet that a rule with a limit or `syncookie` allowed
-/// (`maps::DDOS_CTX`); the addresses, ports and family are in `Fields`, the
-/// TCP header offsets in `TcpOffsets`.
+/// (`maps::DDOS_CTX`); the addresses, ports and family are in `Fields`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct DdosCtx {
@@ -183,6 +171,10 @@ pub(crate) struct SynScratch {
     /// The option walk's position, passed through memory (see
     /// `syncookie::client_options`).
     pub(crate) at: u32,
+    /// Offset of the IP header in the frame (`syncookie::find_headers`).
+    pub(crate) l3: u16,
+    /// Offset of the TCP header.
+    pub(crate) l4: u16,
     /// The client's window scale (0xff: none), from its options.
     pub(crate) wscale: u8,
     /// 1: the client permits SACK.

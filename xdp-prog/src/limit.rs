@@ -43,7 +43,7 @@ pub(crate) fn admit(spec: &LimitSpec, counter: u32, bytes: u64) -> bool {
             (false, false) => (&f.dst, kind::DST6),
         };
         let len = if v4 { spec.v4_prefix } else { spec.v6_prefix };
-        prefix_bucket(counter, k, addr, len, 0)
+        prefix_bucket(counter, k, addr, len, spec.tag)
     };
     let Some(b) = bucket else {
         return false;
@@ -55,7 +55,7 @@ pub(crate) fn admit(spec: &LimitSpec, counter: u32, bytes: u64) -> bool {
     unsafe { take(b, now, spec, bytes) }
 }
 
-/// The bucket of `(slot, kind, addr masked to len, port)` in the LRU table,
+/// The bucket of `(slot, kind, addr masked to len, tag)` in the LRU table,
 /// created full when missing (`None` only if the table refuses both).
 #[inline(always)]
 pub(crate) fn prefix_bucket(
@@ -63,7 +63,7 @@ pub(crate) fn prefix_bucket(
     kind: u32,
     addr: &[u32; 4],
     len: u32,
-    port: u32,
+    tag: u32,
 ) -> Option<*mut Bucket> {
     let k = LIMIT_KEY.get_ptr_mut(0)?;
     let mask = PREFIX_MASKS.get(len as usize)?;
@@ -78,7 +78,7 @@ pub(crate) fn prefix_bucket(
                 addr[2] & mask[2],
                 addr[3] & mask[3],
             ],
-            port,
+            tag,
         });
         &*k
     };

@@ -28,7 +28,7 @@ use xdpgate_common::{
     limit::{Bucket, BucketKey, DEFAULT_BUCKETS, LIMIT_STAT_ENTRIES, RULE_SLOTS, SyncookieConfig},
 };
 
-use crate::handoff::{DdosCtx, Fields, NextHop, Pending, SteerCtx, SynScratch, TcpOffsets};
+use crate::handoff::{DdosCtx, Fields, NextHop, Pending, SteerCtx, SynScratch};
 
 /// `BPF_F_MMAPABLE`: the control plane writes these arrays through mmap.
 const MMAP: u32 = 1 << 10;
@@ -132,11 +132,6 @@ pub(crate) static LIMIT_STATS: PerCpuArray<Counter> =
 /// the kernel and its sysctls).
 #[map(name = "XG_SYNCOOKIE")]
 pub(crate) static SYNCOOKIE: Array<SyncookieConfig> = Array::with_max_entries(1, 0);
-
-/// Per-CPU offsets of the IP and TCP headers of the last TCP packet parsed
-/// (`handoff::TcpOffsets`), for the SYN-cookie program.
-#[map(name = "XG_TCP_OFFSETS")]
-pub(crate) static TCP_OFFSETS: PerCpuArray<TcpOffsets> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU hand-off to the tail-called DDoS program (`handoff::DdosCtx`).
 #[map(name = "XG_DDOS_CTX")]

@@ -20,8 +20,6 @@ use xdpgate_common::{
 
 use crate::{
     cursor::{Cursor, load},
-    handoff::TcpOffsets,
-    maps::TCP_OFFSETS,
     wire::{
         ETH_8021AD_NE, ETH_8021Q_NE, ETH_IP_NE, ETH_IPV6_NE, EthHdr, ExtHdr, FragHdr, IcmpHdr,
         Ipv4Hdr, Ipv6Hdr, Ports, VlanHdr,
@@ -157,7 +155,6 @@ fn ipv4(c: &mut Cursor) -> Result<Packet, Malformed> {
     const F: Family = Family::Ipv4;
     let on_wire = c.remaining();
     let ip_start = c.position();
-    let l3 = c.offset();
     let ip = c
         .take::<Ipv4Hdr>()
         .ok_or(bad(F, DropReason::TruncatedIpv4))?;
@@ -192,7 +189,7 @@ fn ipv4(c: &mut Cursor) -> Result<Packet, Malformed> {
         Frag::None
     };
     if p.frag != Frag::Later {
-        l4(c, &mut p, IPPROTO_ICMP, l3)?;
+        l4(c, &mut p, IPPROTO_ICMP)?;
     }
     Ok(p)
 }
@@ -200,7 +197,6 @@ fn ipv4(c: &mut Cursor) -> Result<Packet, Malformed> {
 #[inline(always)]
 fn ipv6(c: &mut Cursor) -> Result<Packet, Malformed> {
     const F: Family = Family::Ipv6;
-    let l3 = c.offset();
     let ip = c
         .take::<Ipv6Hdr>()
         .ok_or(bad(F, DropReason::TruncatedIpv6))?;
@@ -268,16 +264,14 @@ fn ipv6(c: &mut Cursor) -> Result<Packet, Malformed> {
         }
     }
     p.proto = next;
-    l4(c, &mut p, IPPROTO_ICMPV6, l3)?;
+    l4(c, &mut p, IPPROTO_ICMPV6)?;
     Ok(p)
 }
 
 /// Reads the L4 fields of an unfragmented packet or a first fragment.
-/// `icmp` is the ICMP protocol number of the packet's family; `l3` the IP
-/// header's offset, recorded with the TCP header's for the SYN-cookie
-/// program (`maps::TCP_OFFSETS`).
+/// `icmp` is the ICMP protocol number of the packet's family.
 #[inline(always)]
-fn l4(c: &mut Cursor, p: &mut Packet, icmp: u8, l3: u16) -> Result<(), Malformed> {
+fn l4(c: &mut Cursor, p: &mut Packet, icmp: u8) -> Result<(), Malformed> {
     let need = match p.proto {
         IPPROTO_TCP => TCP_HLEN,
         IPPROTO_UDP => UDP_HLEN,
@@ -298,16 +292,6 @@ fn l4(c: &mut Cursor, p: &mut Packet, icmp: u8, l3: u16) -> Result<(), Malformed
         p.icmp_code = h.code;
         p.l4 = L4::Icmp;
     } else {
-        if p.proto == IPPROTO_TCP
-            && let Some(o) = TCP_OFFSETS.get_ptr_mut(0)
-        {
-            // Stored at once, not carried in `Packet`: a value that differs
-            // per parser path and stays live would keep the verifier from
-            // merging the paths before the classifier (measured on 6.18: the
-            // main program went from 166k to 463k verified instructions).
-            // SAFETY: per-CPU slot, written for this packet.
-            unsafe { o.write_volatile(TcpOffsets { l3, l4: c.offset() }) };
-        }
         let h = c
             .take::<Ports>()
             .ok_or(bad(p.family, DropReason::TruncatedL4))?;

@@ -24,6 +24,18 @@ use super::model::{AclError, AclState, AddrMatch, Rule, RuleFamily, Verdict, lim
 #[cfg(any(test, feature = "test-support"))]
 pub mod eval;
 
+/// [`LimitSpec::tag`] of a rule: FNV-1a of its definition, never 0 (the
+/// tag of buckets that are not a rule's). Stable for an unchanged rule, so
+/// its buckets survive replacements and restarts of the same build.
+fn rule_tag(r: &Rule) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in format!("{r:?}").bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
+}
+
 /// The `limit::RULE_*` flags and limit of a rule's `RuleInfo`.
 fn extras(r: &Rule) -> (u32, LimitSpec) {
     let mut flags = 0;
@@ -31,6 +43,7 @@ fn extras(r: &Rule) -> (u32, LimitSpec) {
     if let Some(l) = &r.limit {
         flags |= RULE_LIMIT;
         spec = l.spec();
+        spec.tag = rule_tag(r);
     }
     if r.syncookie {
         flags |= RULE_SYNCOOKIE;
