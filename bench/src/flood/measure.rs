@@ -1,0 +1,178 @@
+//! One measured phase: a protection in force, the flood on or off, the
+//! legitimate loop's transactions per second, the flood frames the gate's
+//! attack interface received per second, and the CPUs busy meanwhile.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use super::{
+    attack::{Flood, Generators},
+    protect::{Active, Protection},
+    rig::Rig,
+    txn::Load,
+};
+
+/// Seconds the flood runs before a window starts (and the loop settles).
+const WARMUP: Duration = Duration::from_millis(700);
+/// Upper bound of one flood (warm-up, window, margin).
+const FLOOD_MAX: Duration = Duration::from_secs(30);
+
+/// One phase's numbers.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Phase {
+    /// Round (0-based).
+    pub round: usize,
+    /// `no-attack`, `no-protection`, `xdpgate` or `nftables`.
+    pub config: &'static str,
+    /// Completed transactions per second.
+    pub tps: f64,
+    /// Transactions that failed (time-out, reset) in the window.
+    pub failed: u64,
+    /// Flood frames injected per second (offered), millions.
+    pub offered_mpps: f64,
+    /// Frames the gate's attack interface received per second (the flood
+    /// the gate handled, whatever it did with it), millions.
+    pub handled_mpps: f64,
+    /// CPUs busy over the window (whole machine, /proc/stat: everything that
+    /// ran, including the generator and the legitimate loop).
+    pub busy_cpus: f64,
+    /// Flood frames handled per second per busy CPU, millions.
+    pub handled_mpps_per_cpu: f64,
+    /// Window, seconds.
+    pub secs: f64,
+    /// Packets the gate's legitimate-side interface received per second.
+    pub legit_rx_pps: f64,
+    /// Packets it sent per second.
+    pub legit_tx_pps: f64,
+    /// The gate namespace's kernel counters over the window (deltas,
+    /// non-zero only): SYN cookies, listen queue drops, passive opens.
+    pub kernel: BTreeMap<String, u64>,
+}
+
+/// The gate namespace's TCP/UDP counters a phase records (deltas).
+const KERNEL_COUNTERS: [&str; 10] = [
+    "TcpExt.SyncookiesSent",
+    "TcpExt.SyncookiesRecv",
+    "TcpExt.SyncookiesFailed",
+    "TcpExt.ListenOverflows",
+    "TcpExt.ListenDrops",
+    "TcpExt.TCPReqQFullDrop",
+    "TcpExt.TCPReqQFullDoCookies",
+    "Tcp.PassiveOpens",
+    "Tcp.OutRsts",
+    "Udp.NoPorts",
+];
+
+/// `/proc/thread-self/net/{netstat,snmp}` of the gate's namespace, as
+/// `Group.Name` -> value.
+fn kernel_counters(rig: &Rig) -> anyhow::Result<BTreeMap<String, u64>> {
+    let text = rig.s.run(|| -> std::io::Result<String> {
+        Ok(std::fs::read_to_string("/proc/thread-self/net/netstat")?
+            + &std::fs::read_to_string("/proc/thread-self/net/snmp")?)
+    })?;
+    let mut out = BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.chunks_exact(2) {
+        let (Some((g, names)), Some((_, values))) =
+            (pair[0].split_once(':'), pair[1].split_once(':'))
+        else {
+            continue;
+        };
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            let key = format!("{g}.{n}");
+            if KERNEL_COUNTERS.contains(&key.as_str()) {
+                out.insert(key, v.parse().unwrap_or(0));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// (busy, total) jiffies of all CPUs.
+fn cpu_times() -> anyhow::Result<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = s.lines().next().unwrap_or_default();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    anyhow::ensure!(v.len() == 8, "unexpected /proc/stat line: {line}");
+    // user nice system idle iowait irq softirq steal
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6];
+    Ok((busy, busy + v[3] + v[4] + v[7]))
+}
+
+/// Runs one phase of configuration `(config, p, attack)`: applies `p`,
+/// starts the flood when `attack`, waits
+/// [`WARMUP`], measures `secs`, stops the flood and (unless `keep`)
+/// removes the protection; returns it when kept.
+pub(super) fn phase(
+    rig: &Rig,
+    load: &Load,
+    gens: &Arc<Generators>,
+    round: usize,
+    (config, p, attack): (&'static str, Protection, bool),
+    secs: f64,
+) -> anyhow::Result<(Phase, Active)> {
+    let active = Active::apply(rig, p).with_context(|| format!("applying {config}"))?;
+    let flood = attack.then(|| Flood::start(rig, gens.clone(), FLOOD_MAX));
+    std::thread::sleep(WARMUP);
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+    let (ok0, f0) = load.snapshot();
+    let rx0 = rig.attack_rx()?;
+    let leg0 = rig.packets(&rig.s_leg.ifname)?;
+    let sent0 = flood.as_ref().map_or(0, Flood::sent);
+    let k0 = kernel_counters(rig)?;
+    let c0 = cpu_times()?;
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (ok1, f1) = load.snapshot();
+    let rx1 = rig.attack_rx()?;
+    let leg1 = rig.packets(&rig.s_leg.ifname)?;
+    let sent1 = flood.as_ref().map_or(0, Flood::sent);
+    let c1 = cpu_times()?;
+    let k1 = kernel_counters(rig)?;
+    let s = t.elapsed().as_secs_f64();
+    if let Some(f) = flood {
+        f.stop().context("the flood")?;
+    }
+    let busy = (c1.0 - c0.0) as f64 / (c1.1 - c0.1).max(1) as f64 * cpus;
+    let handled = (rx1 - rx0) as f64 / s / 1e6;
+    let ph = Phase {
+        round,
+        config,
+        tps: (ok1 - ok0) as f64 / s,
+        failed: f1 - f0,
+        offered_mpps: (sent1 - sent0) as f64 / s / 1e6,
+        handled_mpps: handled,
+        busy_cpus: busy,
+        handled_mpps_per_cpu: if busy > 0.0 { handled / busy } else { 0.0 },
+        secs: s,
+        legit_rx_pps: (leg1.0 - leg0.0) as f64 / s,
+        legit_tx_pps: (leg1.1 - leg0.1) as f64 / s,
+        kernel: k1
+            .iter()
+            .filter_map(|(k, v)| {
+                let d = v.saturating_sub(k0.get(k).copied().unwrap_or(0));
+                (d > 0).then(|| (k.clone(), d))
+            })
+            .collect(),
+    };
+    eprintln!(
+        "bench: flood round {round} {config}: {:.0} transactions/s ({} failed), flood offered {:.2} Mpps, handled {:.2} Mpps, {:.2} CPUs busy",
+        ph.tps, ph.failed, ph.offered_mpps, ph.handled_mpps, ph.busy_cpus
+    );
+    eprintln!(
+        "bench:   legitimate side: {:.0} packets/s in, {:.0} out; kernel counters in the gate's namespace: {:?}",
+        ph.legit_rx_pps, ph.legit_tx_pps, ph.kernel
+    );
+    Ok((ph, active))
+}
