@@ -129,6 +129,38 @@ pub const IPV6_AH_UNIT: usize = 4;
 
 /// Length of a TCP header without options.
 pub const TCP_HLEN: usize = 20;
+/// Longest TCP header (data offset 15).
+pub const TCP_MAX_HLEN: usize = 60;
+/// Offset in the TCP header of the sequence number.
+pub const TCP_SEQ: usize = 4;
+/// Offset in the TCP header of the acknowledgment number.
+pub const TCP_ACK_SEQ: usize = 8;
+/// Offset in the TCP header of the data offset (high nibble).
+pub const TCP_DOFF: usize = 12;
+/// Offset in the TCP header of the flags byte.
+pub const TCP_FLAGS: usize = 13;
+/// TCP flag FIN.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP flag SYN.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP flag RST.
+pub const TCP_RST: u8 = 0x04;
+/// TCP flag ACK.
+pub const TCP_ACK: u8 = 0x10;
+/// TCP option kind: end of option list.
+pub const TCPOPT_EOL: u8 = 0;
+/// TCP option kind: no operation.
+pub const TCPOPT_NOP: u8 = 1;
+/// TCP option kind: maximum segment size (length 4).
+pub const TCPOPT_MSS: u8 = 2;
+/// TCP option kind: window scale (length 3).
+pub const TCPOPT_WINDOW: u8 = 3;
+/// TCP option kind: SACK permitted (length 2).
+pub const TCPOPT_SACK_PERM: u8 = 4;
+/// TCP option kind: timestamps (length 10).
+pub const TCPOPT_TIMESTAMP: u8 = 8;
+/// IPv4 flag "don't fragment" (in the flags/fragment-offset word).
+pub const IPV4_DF: u16 = 0x4000;
 /// Length of the UDP header.
 pub const UDP_HLEN: usize = 8;
 /// Length of the SCTP common header.

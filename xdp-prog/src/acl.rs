@@ -55,6 +55,8 @@ fn fields(p: &Packet) -> Fields {
         proto: p.proto as u32,
         sport,
         dport,
+        l3: p.l3,
+        l4: p.l4_off,
     }
 }
 
@@ -250,7 +252,7 @@ fn addr_class<G: Generation>(v4: bool, addr: &[u32; 4]) -> Option<u16> {
 
 /// Per prefix length 0..=128: the mask of each 32-bit address word, in network
 /// byte order (so masking needs no byte swap).
-static PREFIX_MASKS: [[u32; 4]; 129] = {
+pub(crate) static PREFIX_MASKS: [[u32; 4]; 129] = {
     let mut t = [[0u32; 4]; 129];
     let mut len = 0;
     while len <= 128 {

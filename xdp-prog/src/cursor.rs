@@ -77,6 +77,7 @@ pub(crate) fn frame_len(ctx: &XdpContext) -> usize {
 /// (once known), so Ethernet padding after the packet is never read as
 /// headers and lengths are checked against the whole frame.
 pub(crate) struct Cursor<'a> {
+    start: usize,
     pos: usize,
     end: usize,
     limit: usize,
@@ -90,6 +91,7 @@ impl<'a> Cursor<'a> {
     #[inline(always)]
     pub(crate) fn new(ctx: &'a XdpContext, len: usize) -> Self {
         Cursor {
+            start: ctx.data(),
             pos: ctx.data(),
             end: ctx.data_end(),
             limit: ctx.data() + (len & FRAME_MASK),
@@ -141,6 +143,13 @@ impl<'a> Cursor<'a> {
     #[inline(always)]
     pub(crate) fn position(&self) -> usize {
         self.pos
+    }
+
+    /// The current position as an offset from the start of the frame (what
+    /// `bpf_xdp_load_bytes` takes).
+    #[inline(always)]
+    pub(crate) fn offset(&self) -> u16 {
+        (self.pos - self.start) as u16
     }
 }
 

@@ -16,7 +16,7 @@
 //! `handoff::Fields`), which holds this packet's fields for every drop
 //! except a malformed frame (those report no addresses).
 use aya_log_ebpf::info;
-use xdpgate_common::{DropReason, EVENT_TARGET, event_cause};
+use xdpgate_common::{DropReason, EVENT_TARGET};
 
 use crate::{
     handoff::{Fields, NONE, Pending},
@@ -120,7 +120,9 @@ fn emit() {
         ..
     } = unsafe { p.read_volatile() };
     // Malformed frames never reach the classifier: SCRATCH is another packet's.
-    let fresh = cause == DropReason::NotBound as u32 || cause >= event_cause::RULE;
+    // Every cause from `NotBound` on (policy drops, rate limits, the
+    // load balancer's) comes after classification.
+    let fresh = cause >= DropReason::NotBound as u32;
     let mut f = Fields {
         src: [0; 4],
         dst: [0; 4],
@@ -128,6 +130,8 @@ fn emit() {
         proto: 0,
         sport: NONE,
         dport: NONE,
+        l3: 0,
+        l4: 0,
     };
     if fresh && let Some(s) = SCRATCH.get_ptr(0) {
         // SAFETY: per-CPU slot the classifier wrote for this packet.

@@ -36,6 +36,10 @@ pub(crate) struct Fields {
     pub(crate) sport: u32,
     /// Index into the destination-port/ICMP class table, or [`NONE`].
     pub(crate) dport: u32,
+    /// Offset of the IP header in the frame.
+    pub(crate) l3: u16,
+    /// Offset of the L4 header in the frame (when it has ports).
+    pub(crate) l4: u16,
 }
 
 /// `Fields::sport`/`dport` of a packet without that L4 field.
@@ -126,7 +130,8 @@ pub(crate) struct NextHop {
 const _: () = assert!(size_of::<NextHop>() == 48);
 
 /// What the main program hands over to the SYN-cookie program it tail-calls
-/// (`maps::SYN_CTX`); the addresses and ports are in `Fields`.
+/// (`maps::SYN_CTX`); the addresses, ports, family and header offsets are in
+/// `Fields`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct SynCtx {
@@ -136,14 +141,6 @@ pub(crate) struct SynCtx {
     pub(crate) slot: u32,
     /// The rule's counter slot.
     pub(crate) counter: u32,
-    /// Offset of the IP header in the frame.
-    pub(crate) l3: u32,
-    /// Offset of the TCP header in the frame.
-    pub(crate) l4: u32,
-    /// 1 for IPv4, 0 for IPv6.
-    pub(crate) v4: u32,
-    /// Padding.
-    pub(crate) _pad: u32,
 }
 
 /// Bytes of [`SynScratch::ip`]: an IPv6 header (an IPv4 one uses the first 20).
@@ -165,4 +162,17 @@ pub(crate) struct SynScratch {
     pub(crate) tcp: [u8; SCRATCH_TCP],
     /// The reply: IP header (20 or 40 bytes) then the TCP header.
     pub(crate) out: [u8; SCRATCH_IP + xdpgate_common::limit::SYNACK_TCP_LEN],
+    /// The option walk's position, passed through memory (see
+    /// `syncookie::client_options`).
+    pub(crate) at: u32,
+    /// The client's window scale (0xff: none), from its options.
+    pub(crate) wscale: u8,
+    /// 1: the client permits SACK.
+    pub(crate) sack: u8,
+    /// 1: the client sent timestamps (`tsval`).
+    pub(crate) ts: u8,
+    /// Padding.
+    pub(crate) _pad: u8,
+    /// The client's timestamp value, network byte order.
+    pub(crate) tsval: [u8; 4],
 }

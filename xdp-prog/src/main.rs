@@ -18,6 +18,8 @@
 //! - `events`: sampled drop events.
 //! - `steer`: the steering program (`decap`, `service`, `nexthop`, `encap`,
 //!   `l2dsr`).
+//! - `limit`: the rate-limit action (GCRA buckets).
+//! - `syncookie`: the SYN-cookie program.
 //!
 //! Order per frame: parse (malformed frames stop here with their reason), then
 //! on interfaces with `IFACE_DROP_UNBOUND` the bound-address check (unbound
@@ -27,23 +29,29 @@
 //! to the steering program `xdpgate_steer` (`steer`) by tail call.
 #![no_std]
 #![no_main]
+// BPF atomics with a result (`limit::cas`) are written as inline assembly.
+#![feature(asm_experimental_arch)]
 
 mod acl;
 mod bind;
 mod cursor;
 mod events;
 mod handoff;
+mod limit;
 mod maps;
 mod parse;
 mod stats;
 mod steer;
+mod syncookie;
 mod wire;
 
 use acl::Decision;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use xdpgate_common::{
-    Action, DropReason, Family, IFACE_DROP_UNBOUND, IFACE_PASS_MALFORMED, acl::MAX_RULES,
+    Action, DropReason, Family, IFACE_DROP_UNBOUND, IFACE_PASS_MALFORMED,
+    acl::MAX_RULES,
     event_cause,
+    limit::{RULE_LIMIT, RULE_SYNCOOKIE},
 };
 
 /// Set when the program was built with `XDPGATE_PROG_VARIANT` (only by
@@ -96,7 +104,28 @@ fn xdpgate(ctx: XdpContext) -> u32 {
                 }
                 Decision::Rule(rule) => {
                     stats::count_rule(rule.counter, bytes);
-                    if rule.action == Action::Drop as u32 {
+                    if rule.flags & RULE_LIMIT != 0
+                        && !limit::admit(&rule.limit, rule.counter, bytes)
+                    {
+                        limit::count_limited(rule.counter, bytes);
+                        stats::count_reason(iface.slot, DropReason::RateLimited, bytes);
+                        events::dropped(ifindex, DropReason::RateLimited as u32, rule.id);
+                        Action::Drop
+                    } else if rule.flags & RULE_SYNCOOKIE != 0 {
+                        // A rule with `syncookie` names TCP and ports, so
+                        // every packet it matches has a TCP header.
+                        syncookie::tail_call(
+                            &ctx,
+                            handoff::SynCtx {
+                                bytes,
+                                slot: iface.slot,
+                                counter: rule.counter,
+                            },
+                        );
+                        // The SYN-cookie program is not installed: closed.
+                        stats::count_reason(iface.slot, DropReason::BadCookie, bytes);
+                        Action::Drop
+                    } else if rule.action == Action::Drop as u32 {
                         let cause = if rule.counter < MAX_RULES {
                             event_cause::RULE
                         } else {
@@ -157,6 +186,23 @@ fn xdpgate_steer(ctx: XdpContext) -> u32 {
     };
     let action = steer::run(&ctx, s);
     stats::count(s.slot, family, action, s.bytes);
+    action as u32
+}
+
+/// The SYN-cookie program (`syncookie`), reached only by tail call from
+/// `xdpgate` for TCP packets that a rule with `syncookie` allowed; counts
+/// the packet like the main program would.
+#[xdp(frags)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] macro passes the context by value"
+)]
+fn xdpgate_syncookie(ctx: XdpContext) -> u32 {
+    let (slot, family, action) = syncookie::run(&ctx);
+    if let Some(s) = maps::SYN_CTX.get_ptr(0) {
+        // SAFETY: per-CPU slot written by the main program for this packet.
+        stats::count(slot, family, action, unsafe { (*s).bytes });
+    }
     action as u32
 }
 

@@ -71,6 +71,10 @@ pub(crate) struct Packet {
     pub(crate) icmp_type: u8,
     /// ICMP or ICMPv6 code.
     pub(crate) icmp_code: u8,
+    /// Offset of the IP header in the frame.
+    pub(crate) l3: u16,
+    /// Offset of the L4 header in the frame (valid when `l4` is not `None`).
+    pub(crate) l4_off: u16,
 }
 
 impl Packet {
@@ -87,6 +91,8 @@ impl Packet {
             dport: 0,
             icmp_type: 0,
             icmp_code: 0,
+            l3: 0,
+            l4_off: 0,
         }
     }
 }
@@ -155,6 +161,7 @@ fn ipv4(c: &mut Cursor) -> Result<Packet, Malformed> {
     const F: Family = Family::Ipv4;
     let on_wire = c.remaining();
     let ip_start = c.position();
+    let l3 = c.offset();
     let ip = c
         .take::<Ipv4Hdr>()
         .ok_or(bad(F, DropReason::TruncatedIpv4))?;
@@ -176,6 +183,7 @@ fn ipv4(c: &mut Cursor) -> Result<Packet, Malformed> {
     // Whatever follows the packet in the frame (Ethernet padding) is not L4.
     c.limit_to(ip_start, tot_len);
     let mut p = Packet::new(F);
+    p.l3 = l3;
     p.src[0] = src;
     p.dst[0] = dst;
     p.proto = proto;
@@ -197,6 +205,7 @@ fn ipv4(c: &mut Cursor) -> Result<Packet, Malformed> {
 #[inline(always)]
 fn ipv6(c: &mut Cursor) -> Result<Packet, Malformed> {
     const F: Family = Family::Ipv6;
+    let l3 = c.offset();
     let ip = c
         .take::<Ipv6Hdr>()
         .ok_or(bad(F, DropReason::TruncatedIpv6))?;
@@ -211,6 +220,7 @@ fn ipv6(c: &mut Cursor) -> Result<Packet, Malformed> {
     // Whatever follows the packet in the frame (Ethernet padding) is not a header.
     c.limit_to(c.position(), payload_len);
     let mut p = Packet::new(F);
+    p.l3 = l3;
     p.src = src;
     p.dst = dst;
     let mut done = false;
@@ -292,6 +302,7 @@ fn l4(c: &mut Cursor, p: &mut Packet, icmp: u8) -> Result<(), Malformed> {
         p.icmp_code = h.code;
         p.l4 = L4::Icmp;
     } else {
+        p.l4_off = c.offset();
         let h = c
             .take::<Ports>()
             .ok_or(bad(p.family, DropReason::TruncatedL4))?;
