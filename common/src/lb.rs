@@ -180,9 +180,9 @@ pub const DECAP_STAT_ENTRIES: u32 = crate::MAX_IFACES * 4;
 
 /// Index in [`maps::PROGS`](crate::maps::PROGS) of the steering program.
 pub const PROG_STEER: u32 = 0;
-/// Index in [`maps::PROGS`](crate::maps::PROGS) of the SYN-cookie program
-/// (`crate::limit`).
-pub const PROG_SYNCOOKIE: u32 = 1;
+/// Index in [`maps::PROGS`](crate::maps::PROGS) of the DDoS program: rate
+/// limits and SYN cookies (`crate::limit`).
+pub const PROG_DDOS: u32 = 1;
 /// Entries of [`maps::PROGS`](crate::maps::PROGS).
 pub const PROG_SLOTS: u32 = 2;
 

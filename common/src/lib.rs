@@ -505,5 +505,6 @@ mod tests {
         assert_eq!(DropReason::NotBound.name(), "not_bound");
         assert!(!DropReason::NotBound.is_malformed());
         assert!(DropReason::TruncatedL4.is_malformed());
+        assert_eq!(limit::RULE_SLOTS, acl::RULE_COUNTERS);
     }
 }

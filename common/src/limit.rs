@@ -10,7 +10,7 @@
 //! counter slot ([`maps::LIMIT_RULE`]), never evicted; per-prefix buckets in
 //! an LRU hash ([`maps::LIMIT_BUCKETS`]) whose size the configuration sets.
 
-use crate::acl::RULE_COUNTERS;
+use crate::MAX_IFACES;
 
 /// Map names of this feature (pinned like every other map).
 pub mod maps {
@@ -215,8 +215,12 @@ pub mod rule_stat {
     ];
 }
 
+/// Rule counter slots (`acl::RULE_COUNTERS`, restated here so that this
+/// module does not import `acl`, which imports it; `tests` in `lib.rs`
+/// checks they agree).
+pub const RULE_SLOTS: u32 = 12_288 + MAX_IFACES;
 /// Entries of [`maps::LIMIT_STATS`].
-pub const LIMIT_STAT_ENTRIES: u32 = RULE_COUNTERS * rule_stat::ENTRIES;
+pub const LIMIT_STAT_ENTRIES: u32 = RULE_SLOTS * rule_stat::ENTRIES;
 
 /// Index into [`maps::LIMIT_STATS`] of rule counter slot `counter`'s `kind`.
 #[inline(always)]
@@ -296,7 +300,7 @@ mod tests {
     fn stat_indices_are_dense() {
         assert_eq!(rule_stat_index(0, 0), 0);
         assert_eq!(
-            rule_stat_index(RULE_COUNTERS - 1, rule_stat::ENTRIES - 1),
+            rule_stat_index(RULE_SLOTS - 1, rule_stat::ENTRIES - 1),
             LIMIT_STAT_ENTRIES - 1
         );
     }

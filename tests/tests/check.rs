@@ -216,3 +216,165 @@ fn check_accepts_the_shipped_example_and_exits_0() {
     );
     assert!(stdout.contains(": ok: 1 interface(s)"), "{stdout}");
 }
+
+/// Limit, syncookie and `[ddos]` errors: each at the key at fault.
+const DDOS_ERRORS: &str = r#"[ddos]
+limit_buckets = 100
+synack_pps = 0
+synack_v6_prefix = 129
+syncookie_refresh_secs = 61
+flood_mode = true
+
+[[rule]]
+id = 1
+priority = 1
+proto = "icmpv6"
+action = "allow"
+limit = { pps = 0, v4_prefix = 24, colour = 1 }
+
+[[rule]]
+id = 2
+priority = 2
+proto = "udp"
+action = "allow"
+limit = { bytes_per_sec = 100000, burst_bytes = 1000, per = "rule", v6_prefix = 48 }
+
+[[rule]]
+id = 3
+priority = 3
+proto = "udp"
+dport = 53
+action = "deny"
+limit = { pps = 10 }
+syncookie = true
+
+[[rule]]
+id = 4
+priority = 4
+proto = "tcp"
+action = "allow"
+syncookie = true
+[rule.limit]
+pps = 10
+v6_prefix = 0
+"#;
+
+#[test]
+fn check_locates_every_limit_syncookie_and_ddos_error_and_exits_64() {
+    let dir = Scratch::new("ddos");
+    let file = dir.file("bad.toml", DDOS_ERRORS.as_bytes());
+    let out = check(&file);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    let want: &[(usize, usize, &str)] = &[
+        (2, 1, "[ddos] limit_buckets = 100: use 1024 to 16777216"),
+        (3, 1, "[ddos] synack_pps = 0: use 1 to 1000000000"),
+        (4, 1, "[ddos] synack_v6_prefix = 129: use 1 to 128"),
+        (5, 1, "[ddos] syncookie_refresh_secs = 61: use 1 to 60"),
+        (6, 1, "[ddos]: unknown key \"flood_mode\""),
+        (13, 11, "rule 1: limit.pps: 0 is not a rate from 1 to"),
+        (
+            13,
+            20,
+            "rule 1: limit.v4_prefix: the rule matches only IPv6",
+        ),
+        (13, 36, "unknown key \"colour\""),
+        (
+            20,
+            35,
+            "rule 2: limit.burst_bytes: 1000 is not a burst from 1514",
+        ),
+        (
+            20,
+            69,
+            "rule 2: limit.v6_prefix: a rule-wide limit (per = \"rule\") has no prefix length",
+        ),
+        (28, 1, "rule 3: a limit needs action allow"),
+        (29, 1, "rule 3: syncookie needs action allow"),
+        (29, 1, "rule 3: syncookie needs proto tcp"),
+        (36, 1, "rule 4: syncookie needs dport"),
+        (
+            39,
+            1,
+            "rule 4: limit.v6_prefix: /0 is not a prefix length from 1 to 128",
+        ),
+    ];
+    let got = located(&file, &err);
+    let got_at: Vec<(usize, usize)> = got.iter().map(|(l, c, _)| (*l, *c)).collect();
+    let want_at: Vec<(usize, usize)> = want.iter().map(|(l, c, _)| (*l, *c)).collect();
+    assert_eq!(got_at, want_at, "{err}");
+    for ((l, c, m), (_, _, phrase)) in got.iter().zip(want) {
+        assert!(m.contains(phrase), "{l}:{c}: {m:?} lacks {phrase:?}");
+    }
+    assert!(
+        err.contains(&format!("has {} error(s)", want.len())),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+}
+
+/// A DDoS profile of both families, every limit and SYN-cookie form.
+const DDOS_PROFILE: &str = r#"[ddos]
+limit_buckets = 1024
+synack_pps = 100
+synack_burst = 10
+synack_v4_prefix = 22
+synack_v6_prefix = 40
+syncookie_refresh_secs = 10
+
+[[interface]]
+name = "eth0"
+
+[[rule]]
+id = 1
+priority = 1
+proto = "icmp"
+icmp_type = 8
+action = "allow"
+limit = { pps = 10, v4_prefix = 24 }
+
+[[rule]]
+id = 2
+priority = 2
+src = "2001:db8::/32"
+proto = "udp"
+dport = "5000-5010"
+action = "allow"
+[rule.limit]
+bytes_per_sec = 1000000
+burst_bytes = 1514
+per = "dst"
+v6_prefix = 128
+
+[[rule]]
+id = 3
+priority = 3
+proto = "udp"
+action = "allow"
+limit = { pps = 1000000000000, burst_packets = 3600000000000000, per = "rule" }
+
+[[rule]]
+id = 4
+priority = 4
+proto = "tcp"
+dport = "80-443"
+action = "allow"
+syncookie = true
+limit = { pps = 1000, v4_prefix = 1, v6_prefix = 1 }
+"#;
+
+#[test]
+fn check_accepts_a_ddos_profile_at_the_edges_of_every_range_and_exits_0() {
+    let dir = Scratch::new("profile");
+    let file = dir.file("good.toml", DDOS_PROFILE.as_bytes());
+    let out = check(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(": ok: 1 interface(s)"), "{stdout}");
+    assert!(stdout.contains("4 rule(s)"), "{stdout}");
+}

@@ -240,3 +240,116 @@ fn a_run_directory_of_another_owner_or_writable_by_others_is_refused_before_anyt
         assert!(!xdp_on(&lab.a, iface), "nothing attached");
     }
 }
+
+/// A file removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn run_with_a_bad_limit_prints_each_located_error_exits_64_and_attaches_nothing() {
+    let _g = serial();
+    let lab = Lab::new("badlim", 35).unwrap();
+    let dirs = StateDirs::unique("badlim");
+    let iface = lab.a_end.ifname.as_str();
+    let cfg =
+        TempFile(std::env::temp_dir().join(format!("xdpgate-badlim-{}.toml", std::process::id())));
+    let text = format!(
+        "[ddos]\nsynack_v4_prefix = 33\n\n[[interface]]\nname = \"{iface}\"\nmode = \"skb\"\n\n[[rule]]\nid = 1\npriority = 1\nproto = \"udp\"\naction = \"allow\"\nlimit = {{ pps = 0, v6_prefix = 129 }}\nsyncookie = true\n"
+    );
+    std::fs::write(&cfg.0, text).unwrap();
+    let path = cfg.0.to_str().unwrap();
+    let out = dirs.run(&lab.a, &["run", "--config", path], Duration::from_secs(120));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    for line in [
+        format!("{path}:2:1: [ddos] synack_v4_prefix = 33: use 1 to 32"),
+        format!("{path}:13:11: rule 1: limit.pps: 0 is not a rate"),
+        format!("{path}:13:20: rule 1: limit.v6_prefix: /129 is not a prefix length"),
+        format!("{path}:14:1: rule 1: syncookie needs proto tcp"),
+        format!("{path}:14:1: rule 1: syncookie needs dport"),
+    ] {
+        assert!(err.contains(&line), "{line:?} not in {err}");
+    }
+    assert!(err.contains("has 5 error(s)"), "{err}");
+    assert!(
+        !xdp_on(&lab.a, iface),
+        "a refused configuration attached a program"
+    );
+    assert!(!dirs.bpffs.exists(), "a refused configuration pinned maps");
+}
+
+#[test]
+fn acl_add_with_a_bad_limit_flag_exits_64_naming_the_flag() {
+    let _g = serial();
+    let ns = Netns::new("acllim").unwrap();
+    let dirs = StateDirs::unique("acllim");
+    let base = [
+        "acl",
+        "add",
+        "--id",
+        "5",
+        "--priority",
+        "5",
+        "--action",
+        "allow",
+    ];
+    for (extra, phrase) in [
+        (&["--limit-pps", "0"][..], "--limit-pps: 0 is not a rate"),
+        (
+            &["--limit-pps", "10", "--limit-v4-prefix", "40"][..],
+            "--limit-v4-prefix: /40 is not a prefix length from 1 to 32",
+        ),
+        (
+            &["--limit-pps", "many"][..],
+            "invalid value 'many' for '--limit-pps <N>'",
+        ),
+        (
+            &["--proto", "udp", "--dport", "53", "--syncookie"][..],
+            "syncookie needs proto tcp",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = dirs.run(&ns, &args, Duration::from_secs(10));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains(phrase), "{args:?}: {phrase:?} not in {err}");
+    }
+}
+
+#[test]
+fn reload_refuses_a_new_bucket_table_size_and_accepts_changes_of_the_other_ddos_keys() {
+    let _g = serial();
+    let lab = Lab::new("ddosrl", 36).unwrap();
+    let iface = lab.a_end.ifname.as_str();
+    let cfg =
+        TempFile(std::env::temp_dir().join(format!("xdpgate-ddosrl-{}.toml", std::process::id())));
+    let base = format!(
+        "[daemon]\nshutdown_grace_seconds = 3\n\n[metrics]\nlisten = []\n\n[[interface]]\nname = \"{iface}\"\nmode = \"skb\"\n"
+    );
+    std::fs::write(&cfg.0, &base).unwrap();
+    let cfg_arg = ["--config".as_ref(), cfg.0.as_os_str()];
+    let d = Daemon::start_in(&lab.a, StateDirs::unique("ddosrl"), &[], "", &cfg_arg)
+        .expect("run --config");
+    let reload = || d.dirs.run(&lab.a, &["reload"], Duration::from_secs(60));
+
+    std::fs::write(&cfg.0, format!("{base}\n[ddos]\nlimit_buckets = 131072\n")).unwrap();
+    let out = reload();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("[ddos] limit_buckets changed from 65536 to 131072")
+            && err.contains("restart xdpgate to apply it"),
+        "{err}"
+    );
+
+    let keys = "synack_pps = 100\nsynack_burst = 10\nsynack_v4_prefix = 16\nsynack_v6_prefix = 32\nsyncookie_refresh_secs = 5\n";
+    std::fs::write(&cfg.0, format!("{base}\n[ddos]\n{keys}")).unwrap();
+    let out = reload();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(xdp_on(&lab.a, iface));
+}

@@ -55,8 +55,6 @@ fn fields(p: &Packet) -> Fields {
         proto: p.proto as u32,
         sport,
         dport,
-        l3: p.l3,
-        l4: p.l4_off,
     }
 }
 
@@ -66,7 +64,11 @@ pub(crate) enum Decision {
     /// (see `bind`); checked before any rule.
     NotBound,
     /// The rule (or interface default rule) that decides the packet.
-    Rule(RuleInfo),
+    /// A reference into the generation's rule table: copying the 64-byte
+    /// `RuleInfo` out made each of the classifier's exit paths leave
+    /// different stack contents, and the verifier stopped merging them
+    /// (measured on 6.18: 166k -> 461k instructions for the main program).
+    Rule(&'static RuleInfo),
     /// No rule: the ACL has no generation yet, or no rule accepts the packet
     /// (neighbour discovery that no rule names); the caller passes it.
     NoRule,
@@ -119,7 +121,12 @@ pub(crate) fn classify(p: &Packet, slot: u32, drop_unbound: bool) -> Decision {
 }
 
 #[inline(always)]
-fn resolve<G: Generation>(f: &Fields, slot: u32, epoch: u32, cache: bool) -> Option<RuleInfo> {
+fn resolve<G: Generation>(
+    f: &Fields,
+    slot: u32,
+    epoch: u32,
+    cache: bool,
+) -> Option<&'static RuleInfo> {
     let src = addr_class::<G>(f.v4 != 0, &f.src)?;
     let dst = addr_class::<G>(f.v4 != 0, &f.dst)?;
     let sk = port_class(G::sport_class(), f.sport)?;
@@ -155,11 +162,11 @@ fn resolve<G: Generation>(f: &Fields, slot: u32, epoch: u32, cache: bool) -> Opt
 
 /// Verdict and counter of rule index `rule` (`None` for [`CACHE_NO_RULE`]).
 #[inline(always)]
-fn rule_info<G: Generation>(rule: u32) -> Option<RuleInfo> {
+fn rule_info<G: Generation>(rule: u32) -> Option<&'static RuleInfo> {
     if rule == CACHE_NO_RULE {
         return None;
     }
-    G::rule_info().get(rule).copied()
+    G::rule_info().get(rule)
 }
 
 /// Decision-cache slot of a key: a multiplicative hash of both key words.

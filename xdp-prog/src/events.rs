@@ -130,8 +130,6 @@ fn emit() {
         proto: 0,
         sport: NONE,
         dport: NONE,
-        l3: 0,
-        l4: 0,
     };
     if fresh && let Some(s) = SCRATCH.get_ptr(0) {
         // SAFETY: per-CPU slot the classifier wrote for this packet.

@@ -36,9 +36,16 @@ pub(crate) struct Fields {
     pub(crate) sport: u32,
     /// Index into the destination-port/ICMP class table, or [`NONE`].
     pub(crate) dport: u32,
+}
+
+/// Where the parser found the IP and TCP headers of the last TCP packet
+/// (`maps::TCP_OFFSETS`), for the SYN-cookie program.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct TcpOffsets {
     /// Offset of the IP header in the frame.
     pub(crate) l3: u16,
-    /// Offset of the L4 header in the frame (when it has ports).
+    /// Offset of the TCP header.
     pub(crate) l4: u16,
 }
 
@@ -129,18 +136,29 @@ pub(crate) struct NextHop {
 // The size `maps::LB_NEXTHOP`'s memory is documented with.
 const _: () = assert!(size_of::<NextHop>() == 48);
 
-/// What the main program hands over to the SYN-cookie program it tail-calls
-/// (`maps::SYN_CTX`); the addresses, ports, family and header offsets are in
-/// `Fields`.
+/// What the main program hands over to the DDoS program it tail-calls for
+/// a packet that a rule with a limit or `syncookie` allowed
+/// (`maps::DDOS_CTX`); the addresses, ports and family are in `Fields`, the
+/// TCP header offsets in `TcpOffsets`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub(crate) struct SynCtx {
+pub(crate) struct DdosCtx {
     /// Frame length in bytes.
     pub(crate) bytes: u64,
     /// Interface counter slot.
     pub(crate) slot: u32,
+    /// Interface flags (`IFACE_*`), for the hand-over to steering.
+    pub(crate) iface_flags: u32,
+    /// Ingress ifindex (datapath events).
+    pub(crate) ifindex: u32,
     /// The rule's counter slot.
     pub(crate) counter: u32,
+    /// The rule's id (datapath events).
+    pub(crate) rule_id: u32,
+    /// The rule's `limit::RULE_*` flags.
+    pub(crate) rule_flags: u32,
+    /// The rule's limit (when `rule_flags` has `RULE_LIMIT`).
+    pub(crate) limit: xdpgate_common::limit::LimitSpec,
 }
 
 /// Bytes of [`SynScratch::ip`]: an IPv6 header (an IPv4 one uses the first 20).

@@ -10,7 +10,7 @@
 //! packet over the limit).
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use xdpgate_common::limit::{
-    Bucket, BucketKey, INTERVAL_SHIFT, LimitSpec, key, kind, rule_stat, rule_stat_index,
+    Bucket, BucketKey, INTERVAL_SHIFT, LimitSpec, key, kind, rule_stat_index,
 };
 
 use crate::{
@@ -191,10 +191,4 @@ pub(crate) fn count(counter: u32, kind: u32, bytes: u64) {
             (*c).bytes += bytes;
         }
     }
-}
-
-/// [`count`] of a packet over its rule's limit.
-#[inline(always)]
-pub(crate) fn count_limited(counter: u32, bytes: u64) {
-    count(counter, rule_stat::LIMITED, bytes);
 }

@@ -1,6 +1,7 @@
-//! The xdpgate XDP programs: `xdpgate`, attached to the interfaces, and
-//! `xdpgate_steer`, the load balancer and decapsulator it tail-calls. This
-//! file holds the two entry points only.
+//! The xdpgate XDP programs: `xdpgate`, attached to the interfaces, and the
+//! two it tail-calls: `xdpgate_steer`, the load balancer and decapsulator,
+//! and `xdpgate_ddos`, rate limits and SYN cookies. This file holds the
+//! three entry points only.
 //!
 //! The modules are layers in the manner of Katran's `bpf/` split and
 //! Cilium's header per feature; each imports only modules listed before it
@@ -19,14 +20,18 @@
 //! - `steer`: the steering program (`decap`, `service`, `nexthop`, `encap`,
 //!   `l2dsr`).
 //! - `limit`: the rate-limit action (GCRA buckets).
-//! - `syncookie`: the SYN-cookie program.
+//! - `syncookie`: the SYN-cookie path.
+//! - `ddos`: the DDoS program (limit, then SYN cookies, then steering).
 //!
 //! Order per frame: parse (malformed frames stop here with their reason), then
 //! on interfaces with `IFACE_DROP_UNBOUND` the bound-address check (unbound
 //! unicast destinations stop here, reason `not_bound`), then the ACL. A drop
 //! then goes to `events` (sampled datapath events, off by default). A packet
 //! the ACL passes, on an interface with `IFACE_LB` or `IFACE_DECAP`, goes on
-//! to the steering program `xdpgate_steer` (`steer`) by tail call.
+//! to the steering program `xdpgate_steer` (`steer`) by tail call. A packet
+//! that a rule with a limit or `syncookie` allowed goes first to the DDoS
+//! program `xdpgate_ddos` (`ddos`), which applies them and then hands what
+//! it passes to steering the same way.
 #![no_std]
 #![no_main]
 // BPF atomics with a result (`limit::cas`) are written as inline assembly.
@@ -35,6 +40,7 @@
 mod acl;
 mod bind;
 mod cursor;
+mod ddos;
 mod events;
 mod handoff;
 mod limit;
@@ -104,26 +110,11 @@ fn xdpgate(ctx: XdpContext) -> u32 {
                 }
                 Decision::Rule(rule) => {
                     stats::count_rule(rule.counter, bytes);
-                    if rule.flags & RULE_LIMIT != 0
-                        && !limit::admit(&rule.limit, rule.counter, bytes)
+                    if rule.flags & (RULE_LIMIT | RULE_SYNCOOKIE) != 0
+                        && rule.action == Action::Pass as u32
                     {
-                        limit::count_limited(rule.counter, bytes);
-                        stats::count_reason(iface.slot, DropReason::RateLimited, bytes);
-                        events::dropped(ifindex, DropReason::RateLimited as u32, rule.id);
-                        Action::Drop
-                    } else if rule.flags & RULE_SYNCOOKIE != 0 {
-                        // A rule with `syncookie` names TCP and ports, so
-                        // every packet it matches has a TCP header.
-                        syncookie::tail_call(
-                            &ctx,
-                            handoff::SynCtx {
-                                bytes,
-                                slot: iface.slot,
-                                counter: rule.counter,
-                            },
-                        );
-                        // The SYN-cookie program is not installed: closed.
-                        stats::count_reason(iface.slot, DropReason::BadCookie, bytes);
+                        ddos::tail_call(&ctx, rule, iface, ifindex, bytes);
+                        // The DDoS program is not installed: closed.
                         Action::Drop
                     } else if rule.action == Action::Drop as u32 {
                         let cause = if rule.counter < MAX_RULES {
@@ -189,21 +180,16 @@ fn xdpgate_steer(ctx: XdpContext) -> u32 {
     action as u32
 }
 
-/// The SYN-cookie program (`syncookie`), reached only by tail call from
-/// `xdpgate` for TCP packets that a rule with `syncookie` allowed; counts
-/// the packet like the main program would.
+/// The DDoS program (`ddos`: limits and SYN cookies), reached only by tail
+/// call from `xdpgate` for packets that a rule with a limit or `syncookie`
+/// allowed; counts the packet like the main program would.
 #[xdp(frags)]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the #[xdp] macro passes the context by value"
 )]
-fn xdpgate_syncookie(ctx: XdpContext) -> u32 {
-    let (slot, family, action) = syncookie::run(&ctx);
-    if let Some(s) = maps::SYN_CTX.get_ptr(0) {
-        // SAFETY: per-CPU slot written by the main program for this packet.
-        stats::count(slot, family, action, unsafe { (*s).bytes });
-    }
-    action as u32
+fn xdpgate_ddos(ctx: XdpContext) -> u32 {
+    ddos::run(&ctx)
 }
 
 #[cfg(not(test))]

@@ -25,10 +25,10 @@ use xdpgate_common::{
         MAX_BACKENDS, MAX_SERVICES, PROG_SLOTS, SERVICE_STAT_ENTRIES, ServiceInfo, ServiceKey,
         ring_entries,
     },
-    limit::{Bucket, BucketKey, DEFAULT_BUCKETS, LIMIT_STAT_ENTRIES, SyncookieConfig},
+    limit::{Bucket, BucketKey, DEFAULT_BUCKETS, LIMIT_STAT_ENTRIES, RULE_SLOTS, SyncookieConfig},
 };
 
-use crate::handoff::{Fields, NextHop, Pending, SteerCtx, SynCtx, SynScratch};
+use crate::handoff::{DdosCtx, Fields, NextHop, Pending, SteerCtx, SynScratch, TcpOffsets};
 
 /// `BPF_F_MMAPABLE`: the control plane writes these arrays through mmap.
 const MMAP: u32 = 1 << 10;
@@ -109,7 +109,7 @@ pub(crate) static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 
 pub(crate) static EVENT_SAMPLE: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
 /// Tail-call targets: `lb::PROG_STEER` is the steering program,
-/// `lb::PROG_SYNCOOKIE` the SYN-cookie program.
+/// `lb::PROG_DDOS` the DDoS program (limits and SYN cookies).
 #[map(name = "XG_PROGS")]
 pub(crate) static PROGS: ProgramArray = ProgramArray::with_max_entries(PROG_SLOTS, 0);
 
@@ -121,7 +121,7 @@ pub(crate) static LIMIT_BUCKETS: LruHashMap<BucketKey, Bucket> =
 
 /// Rule-wide limit buckets by rule counter slot (never evicted).
 #[map(name = "XG_LIMIT_RULE")]
-pub(crate) static LIMIT_RULE: Array<Bucket> = Array::with_max_entries(RULE_COUNTERS, 0);
+pub(crate) static LIMIT_RULE: Array<Bucket> = Array::with_max_entries(RULE_SLOTS, 0);
 
 /// Per-CPU per-rule counters of limits and SYN cookies (`limit::rule_stat`).
 #[map(name = "XG_LIMIT_STATS")]
@@ -133,9 +133,14 @@ pub(crate) static LIMIT_STATS: PerCpuArray<Counter> =
 #[map(name = "XG_SYNCOOKIE")]
 pub(crate) static SYNCOOKIE: Array<SyncookieConfig> = Array::with_max_entries(1, 0);
 
-/// Per-CPU hand-off to the tail-called SYN-cookie program (`handoff::SynCtx`).
-#[map(name = "XG_SYN_CTX")]
-pub(crate) static SYN_CTX: PerCpuArray<SynCtx> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU offsets of the IP and TCP headers of the last TCP packet parsed
+/// (`handoff::TcpOffsets`), for the SYN-cookie program.
+#[map(name = "XG_TCP_OFFSETS")]
+pub(crate) static TCP_OFFSETS: PerCpuArray<TcpOffsets> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU hand-off to the tail-called DDoS program (`handoff::DdosCtx`).
+#[map(name = "XG_DDOS_CTX")]
+pub(crate) static DDOS_CTX: PerCpuArray<DdosCtx> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU copy of the headers the SYN-cookie helpers read and the reply
 /// being built (`handoff::SynScratch`); datapath only.

@@ -133,7 +133,7 @@ impl Limit {
                      out: &mut Vec<(&'static str, String)>| {
             let Some(b) = b else { return };
             match r {
-                None => out.push((field, format!("needs the rate it is a burst of"))),
+                None => out.push((field, "needs the rate it is a burst of".to_owned())),
                 Some(r) if b < min || r == 0 || b / r > MAX_BURST_SECONDS => out.push((
                     field,
                     format!(

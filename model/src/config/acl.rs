@@ -9,6 +9,7 @@ use ipnetwork::IpNetwork;
 use super::{
     Config,
     fields::{Ctx, Section, Span},
+    limit::{LimitPlace, limit},
 };
 use crate::acl::{
     AclError, AclState, AddrMatch, PortRange, Rule, Verdict,
@@ -28,6 +29,8 @@ const RULE_KEYS: &[&str] = &[
     "icmp_code",
     "iface",
     "action",
+    "limit",
+    "syncookie",
 ];
 
 /// Where each item of the ACL is, to place the errors of the whole.
@@ -56,6 +59,8 @@ struct RulePlace {
     keys: BTreeMap<&'static str, Span>,
     /// The `src`/`dst` key naming each set.
     set_refs: Vec<(String, Span)>,
+    /// The `limit` table's keys, if the rule has one.
+    limit: Option<LimitPlace>,
 }
 
 impl Places {
@@ -188,6 +193,7 @@ fn rule(
             .filter_map(|k| s.key(k).map(|at| (*k, at)))
             .collect(),
         set_refs: Vec::new(),
+        limit: None,
     };
     let mut ok = true;
     let required = |cx: &mut Ctx<'_>, key: &str, hint: &str| {
@@ -251,6 +257,12 @@ fn rule(
     if s.key("iface").is_some() && iface.is_none() {
         ok = false;
     }
+    let limit = limit(cx, s, &mut ok).map(|(l, at)| {
+        place.limit = Some(at);
+        l
+    });
+    let syncookie = cx.boolean(s, "syncookie");
+    ok &= syncookie.is_some() || s.key("syncookie").is_none();
     // References are checked even when another field is wrong.
     let who = match &id {
         Some((n, _)) => format!("rule {n}"),
@@ -282,6 +294,8 @@ fn rule(
         icmp_type,
         icmp_code,
         iface: iface.map(|(i, _)| i),
+        limit,
+        syncookie: syncookie.unwrap_or(false),
         ..Rule::new(id as u32, priority as u32, action)
     };
     for e in rule.check() {
@@ -305,6 +319,12 @@ fn bad_rule_key(place: &RulePlace, reason: &str) -> Option<Span> {
         key("icmp_code")
     } else if reason.starts_with("iface") {
         key("iface")
+    } else if reason.starts_with("syncookie") {
+        key("syncookie")
+    } else if reason.starts_with("a limit") {
+        key("limit")
+    } else if let Some(at) = place.limit.as_ref().and_then(|l| l.of(reason)) {
+        Some(at)
     } else if reason.starts_with("mixes") {
         // The last of the fields that fix a family brings the conflict.
         ["src", "dst", "proto"]

@@ -141,6 +141,31 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// `key` of `s` as a whole number of 0 or more, and the key's position;
+    /// the caller checks the range (for limits, `Limit::problems` does).
+    pub(super) fn count(&mut self, s: &Section<'_, '_>, key: &str) -> Option<(u64, Span)> {
+        let (at, v) = s.get(key)?;
+        let n = match v.get_ref() {
+            DeValue::Integer(i) => integer_of(i).and_then(|n| u64::try_from(n).ok()),
+            other => {
+                self.wrong(s, key, &at, other, "a whole number");
+                return None;
+            }
+        };
+        if n.is_none() {
+            self.push(
+                &at,
+                format!(
+                    "{}: {key} = {}: use a whole number from 0 to {}",
+                    s.name,
+                    text_of(self.text, &v.span()),
+                    i64::MAX
+                ),
+            );
+        }
+        n.map(|n| (n, at))
+    }
+
     /// `key` of `s` as a number (whole or with a fraction), and its position.
     pub(super) fn number(&mut self, s: &Section<'_, '_>, key: &str) -> Option<(f64, Span)> {
         let (at, v) = s.get(key)?;

@@ -24,7 +24,11 @@ use crate::{
 };
 
 mod acl;
+mod ddos;
+#[cfg(test)]
+mod ddos_tests;
 mod fields;
+mod limit;
 mod parse;
 mod paths;
 mod service;

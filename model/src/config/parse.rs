@@ -11,7 +11,7 @@ use std::{collections::BTreeSet, net::SocketAddr, path::Path, time::Duration};
 use toml::de::DeTable;
 
 use super::{
-    BindEntry, Config, ConfigError, Interface, acl,
+    BindEntry, Config, ConfigError, Interface, acl, ddos,
     fields::{Ctx, Section, Span, Value, entries},
     paths, service,
 };
@@ -32,6 +32,7 @@ const TABLES: &[&str] = &[
     "rule",
     "lb",
     "service",
+    "ddos",
 ];
 
 fn mode_of(s: &str) -> Result<XdpMode, String> {
@@ -102,7 +103,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             cx.push(
                 &k.span(),
                 format!(
-                    "unknown table [{}] (the tables are [daemon], [metrics], [bindings], [[interface]], [[bind]], [sets], [[rule]], [lb] and [[service]])",
+                    "unknown table [{}] (the tables are [daemon], [metrics], [bindings], [[interface]], [[bind]], [sets], [[rule]], [lb], [[service]] and [ddos])",
                     k.get_ref()
                 ),
             );
@@ -138,6 +139,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         cfg.lb.max_services,
         lb_max_services.flatten().as_ref(),
     );
+    if let Some(s) = top.section(&mut cx, "ddos") {
+        ddos::ddos(&mut cx, &s, &mut cfg.ddos);
+    }
     let sets = top.section(&mut cx, "sets");
     let list = top.entries(&mut cx, "rule");
     acl::acl(&mut cx, sets.as_ref(), &list, &names, &mut cfg);

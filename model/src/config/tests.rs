@@ -18,7 +18,39 @@ fn the_shipped_example_is_valid() {
     assert_eq!(cfg.iface_names(), ["eth0"]);
     assert_eq!(cfg.metrics_listen.len(), 2);
     assert_eq!(cfg.bindings.len(), 2);
-    assert_eq!(cfg.acl_state().rules.len(), 3);
+    assert_eq!(cfg.acl_state().rules.len(), 9);
+    assert_eq!(cfg.ddos, DdosSettings::default());
+    // The DDoS profile: ping per /24 and /48, DNS per /24 and /48, a
+    // rule-wide UDP cap, SYN cookies on 443 and 80.
+    let limited: Vec<(u32, String)> = cfg
+        .acl
+        .rules
+        .iter()
+        .filter_map(|r| r.limit.as_ref().map(|l| (r.id, l.to_string())))
+        .collect();
+    assert_eq!(
+        limited,
+        [
+            (100, "100pps burst 20 per src /24 /64".to_owned()),
+            (110, "100pps burst 20 per src /32 /48".to_owned()),
+            (
+                120,
+                "200pps burst 20 200000B/s burst 20000B per src /24 /48".to_owned()
+            ),
+            (
+                130,
+                "20000pps burst 2000 100000000B/s burst 10000000B per rule".to_owned()
+            ),
+        ]
+    );
+    let cookies: Vec<u32> = cfg
+        .acl
+        .rules
+        .iter()
+        .filter(|r| r.syncookie)
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(cookies, [140, 150]);
     assert_eq!(cfg.services.len(), 2);
     assert_eq!(cfg.lb, LbSettings::default());
     let specs = crate::lb::specs_of(&cfg.services, cfg.lb.max_services).unwrap();

@@ -103,6 +103,9 @@ impl Daemon {
                 "the [lb] settings changed".into(),
             ));
         }
+        if let Some(why) = running.ddos.needs_restart(&next.ddos) {
+            return Err(DaemonError::NeedsRestart(why));
+        }
         let specs = xdpgate_model::lb::specs_of(&next.services, next.lb.max_services)
             .map_err(LbError::Invalid)?;
         // Validate the bindings before touching anything.

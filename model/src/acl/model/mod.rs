@@ -261,39 +261,7 @@ impl<'de> Deserialize<'de> for AddrMatch {
     }
 }
 
-/// IP protocol numbers with names (the numbers are `xdpgate_common::wire`'s).
-pub mod proto {
-    /// ICMP.
-    pub const ICMP: u8 = xdpgate_common::wire::IPPROTO_ICMP;
-    /// TCP.
-    pub const TCP: u8 = xdpgate_common::wire::IPPROTO_TCP;
-    /// UDP.
-    pub const UDP: u8 = xdpgate_common::wire::IPPROTO_UDP;
-    /// ICMPv6.
-    pub const ICMPV6: u8 = xdpgate_common::wire::IPPROTO_ICMPV6;
-    /// SCTP.
-    pub const SCTP: u8 = xdpgate_common::wire::IPPROTO_SCTP;
-
-    /// Parses a protocol name or number.
-    pub fn parse(s: &str) -> Result<u8, super::AclError> {
-        Ok(match s {
-            "tcp" => TCP,
-            "udp" => UDP,
-            "sctp" => SCTP,
-            "icmp" => ICMP,
-            "icmpv6" | "ipv6-icmp" => ICMPV6,
-            n => n.parse().map_err(|_| super::AclError::BadValue {
-                field: "proto",
-                reason: format!("{n:?} is not tcp, udp, sctp, icmp, icmpv6 or a number 0-255"),
-            })?,
-        })
-    }
-
-    /// Whether the protocol has ports.
-    pub fn has_ports(p: u8) -> bool {
-        matches!(p, TCP | UDP | SCTP)
-    }
-}
+pub mod proto;
 
 fn de_proto<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
     #[derive(Deserialize)]
@@ -461,32 +429,41 @@ impl Rule {
         {
             bad("iface must be an interface name of 1 to 15 characters");
         }
-        if let Some(limit) = &self.limit {
-            if self.action != Verdict::Allow {
-                bad("a limit needs action allow (packets under it are allowed)");
-            }
-            let (v4, v6) = match self.family() {
-                RuleFamily::V4 => (true, false),
-                RuleFamily::V6 => (false, true),
-                RuleFamily::Any => (true, true),
-            };
-            for (field, reason) in limit.problems(v4, v6) {
-                bad(&format!("limit.{field}: {reason}"));
-            }
-        }
-        if self.syncookie {
-            if self.action != Verdict::Allow {
-                bad("syncookie needs action allow");
-            }
-            if self.proto != Some(proto::TCP) {
-                bad("syncookie needs proto tcp");
-            }
-            if self.dport.is_none() {
-                bad("syncookie needs dport (the protected service's ports)");
-            }
+        for reason in extras_problems(self) {
+            bad(&reason);
         }
         errs
     }
+}
+
+/// The problems of a rule's `limit` and `syncookie` (part of `Rule::check`).
+fn extras_problems(rule: &Rule) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(limit) = &rule.limit {
+        if rule.action != Verdict::Allow {
+            out.push("a limit needs action allow (packets under it are allowed)".to_owned());
+        }
+        let (v4, v6) = match rule.family() {
+            RuleFamily::V4 => (true, false),
+            RuleFamily::V6 => (false, true),
+            RuleFamily::Any => (true, true),
+        };
+        for (field, reason) in limit.problems(v4, v6) {
+            out.push(format!("limit.{field}: {reason}"));
+        }
+    }
+    if rule.syncookie {
+        if rule.action != Verdict::Allow {
+            out.push("syncookie needs action allow".to_owned());
+        }
+        if rule.proto != Some(proto::TCP) {
+            out.push("syncookie needs proto tcp".to_owned());
+        }
+        if rule.dport.is_none() {
+            out.push("syncookie needs dport (the protected service's ports)".to_owned());
+        }
+    }
+    out
 }
 
 fn check_set_name(name: &str) -> Result<(), AclError> {
