@@ -112,7 +112,7 @@ const LB_LIVE_ROUNDS: usize = 5;
 /// Part 6: window seconds, rounds (ABBA), single SYN runs; `--quick` and
 /// the full run.
 const FLOOD_QUICK: (f64, usize, usize) = (2.0, 2, 500);
-const FLOOD_FULL: (f64, usize, usize) = (4.0, 2, 2000);
+const FLOOD_FULL: (f64, usize, usize) = (3.0, 3, 2000);
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();

@@ -16,7 +16,7 @@ use std::{
     os::fd::OwnedFd,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -33,9 +33,17 @@ use crate::{
 
 /// Frame length (Ethernet minimum without FCS).
 pub(super) const FRAME_LEN: usize = 60;
-/// Frames per `BPF_PROG_TEST_RUN` call: SYN and UDP calls alternate.
-const CALL_FRAMES: u32 = 50_000;
-/// Upper bound of one flood's calls (250M frames), besides its time.
+/// Each `BPF_PROG_TEST_RUN` call (SYN and UDP calls alternate) is sized to
+/// take about this long: a live-frames call has a fixed cost that sleeps
+/// (the page pool's setup and teardown; measured: the generator thread on
+/// CPU only a third of the time with 50,000-frame calls at 1.4 Mpps), so
+/// calls must be long, and short enough to alternate the two floods often.
+const CALL_TARGET: Duration = Duration::from_millis(300);
+/// Bounds of a call's frame count.
+const CALL_FRAMES: (u32, u32) = (10_000, 2_000_000);
+/// A call's frame count at the first flood.
+const CALL_START: u32 = 20_000;
+/// Upper bound of one flood's calls, besides its time.
 const MAX_CALLS: u64 = 5_000;
 
 /// The frame's bytes: Ethernet (to the gate's attack end), IPv4 from `src`
@@ -43,6 +51,17 @@ const MAX_CALLS: u64 = 5_000;
 /// (whose source port is that complement too), checksums filled in, padded
 /// to [`FRAME_LEN`].
 fn frame(rig: &Rig, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    frame_between((rig.s_att.mac, rig.a_end.mac), src, dst, proto, l4)
+}
+
+/// [`frame`] between the MAC addresses `(dst, src)`.
+fn frame_between(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    l4: &[u8],
+) -> Vec<u8> {
     let src = src.octets();
     let lo = u16::from_be_bytes([src[2], src[3]]);
     let mut ip = vec![0u8; 20];
@@ -68,8 +87,8 @@ fn frame(rig: &Rig, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u
     let at = if proto == 6 { 16 } else { 6 };
     l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
     let mut f = Vec::with_capacity(FRAME_LEN);
-    f.extend_from_slice(&rig.s_att.mac);
-    f.extend_from_slice(&rig.a_end.mac);
+    f.extend_from_slice(&macs.0);
+    f.extend_from_slice(&macs.1);
     f.extend_from_slice(&0x0800u16.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&l4);
@@ -79,6 +98,10 @@ fn frame(rig: &Rig, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u
 
 /// A SYN (MSS option) from `src` to `dst`:`dport`.
 pub(super) fn syn_frame(rig: &Rig, src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    frame(rig, src, dst, 6, &syn_l4(dport))
+}
+
+fn syn_l4(dport: u16) -> Vec<u8> {
     let mut tcp = vec![0u8; 24];
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
@@ -86,16 +109,20 @@ pub(super) fn syn_frame(rig: &Rig, src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> 
     tcp[13] = 0x02; // SYN
     tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes());
     tcp[20..24].copy_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
-    frame(rig, src, dst, 6, &tcp)
+    tcp
 }
 
 /// A UDP datagram (18 bytes of payload) from `src` to `dst`:`dport`.
 pub(super) fn udp_frame(rig: &Rig, src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    frame(rig, src, dst, 17, &udp_l4(dport))
+}
+
+fn udp_l4(dport: u16) -> Vec<u8> {
     let mut udp = vec![0u8; 8 + 18];
     udp[2..4].copy_from_slice(&dport.to_be_bytes());
     udp[4..6].copy_from_slice(&26u16.to_be_bytes());
     udp[8..].copy_from_slice(b"xdpgate-flood-0123");
-    frame(rig, src, dst, 17, &udp)
+    udp
 }
 
 /// Loads the generator of `frame` (exactly [`FRAME_LEN`] bytes, from
@@ -156,6 +183,8 @@ pub(super) fn load(frame: &[u8], name: &str) -> std::io::Result<OwnedFd> {
 pub(super) struct Flood {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    /// The thread's CPU time after its last call, ns.
+    cpu: Arc<AtomicU64>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -163,6 +192,26 @@ pub(super) struct Flood {
 pub(super) struct Generators {
     pub(super) syn: (OwnedFd, Vec<u8>),
     pub(super) udp: (OwnedFd, Vec<u8>),
+    /// Frames per call of each (SYN, UDP), adapted to [`CALL_TARGET`]
+    /// during a flood (from [`CALL_START`] at its start).
+    pub(super) frames: [AtomicU32; 2],
+}
+
+impl Generators {
+    /// The generators of `syn` and `udp` (see [`load`]).
+    pub(super) fn new(syn: Vec<u8>, udp: Vec<u8>) -> anyhow::Result<Generators> {
+        Ok(Generators {
+            syn: (
+                load(&syn, "bench_fl_syn").context("loading the SYN generator")?,
+                syn,
+            ),
+            udp: (
+                load(&udp, "bench_fl_udp").context("loading the UDP generator")?,
+                udp,
+            ),
+            frames: [AtomicU32::new(CALL_START), AtomicU32::new(CALL_START)],
+        })
+    }
 }
 
 impl Flood {
@@ -170,28 +219,37 @@ impl Flood {
     pub(super) fn start(rig: &Rig, gens: Arc<Generators>, max: Duration) -> Flood {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
-        let (st, se) = (stop.clone(), sent.clone());
+        let cpu = Arc::new(AtomicU64::new(0));
+        let (st, se, cp) = (stop.clone(), sent.clone(), cpu.clone());
         let ns = rig.a.path();
         let ingress = rig.a_end.ifindex;
+        for f in &gens.frames {
+            f.store(CALL_START, Ordering::Relaxed);
+        }
         let thread = std::thread::spawn(move || -> anyhow::Result<()> {
             enter(&ns)?;
             bpf::pin_to_cpu(CPU).context("pinning the flood generator")?;
+            cp.store(thread_cpu_ns(), Ordering::Relaxed);
             let t = Instant::now();
             let mut calls = 0u64;
             while !st.load(Ordering::Relaxed) && t.elapsed() < max && calls < MAX_CALLS {
-                let (prog, frame) = if calls.is_multiple_of(2) {
-                    &gens.syn
-                } else {
-                    &gens.udp
-                };
+                let k = usize::from(!calls.is_multiple_of(2));
+                let (prog, frame) = if k == 0 { &gens.syn } else { &gens.udp };
                 let ctx = XdpMd {
                     data_end: frame.len() as u32,
                     ingress_ifindex: ingress,
                     ..Default::default()
                 };
-                bpf::live_frames(prog, frame, CALL_FRAMES, BATCH, ctx)
+                let n = gens.frames[k].load(Ordering::Relaxed);
+                let c = Instant::now();
+                bpf::live_frames(prog, frame, n, BATCH, ctx)
                     .context("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES")?;
-                se.fetch_add(u64::from(CALL_FRAMES), Ordering::Relaxed);
+                se.fetch_add(u64::from(n), Ordering::Relaxed);
+                let scale = CALL_TARGET.as_secs_f64() / c.elapsed().as_secs_f64().max(1e-6);
+                let next = ((f64::from(n) * scale.clamp(0.1, 3.0)) as u32)
+                    .clamp(CALL_FRAMES.0, CALL_FRAMES.1);
+                gens.frames[k].store(next, Ordering::Relaxed);
+                cp.store(thread_cpu_ns(), Ordering::Relaxed);
                 calls += 1;
             }
             Ok(())
@@ -199,8 +257,14 @@ impl Flood {
         Flood {
             stop,
             sent,
+            cpu,
             thread: Some(thread),
         }
+    }
+
+    /// The generator thread's CPU time so far, ns (updated after each call).
+    pub(super) fn cpu_ns(&self) -> u64 {
+        self.cpu.load(Ordering::Relaxed)
     }
 
     /// Frames injected so far.
@@ -228,6 +292,17 @@ impl Drop for Flood {
     }
 }
 
+/// The calling thread's CPU time, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec passed.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Moves the calling thread into the namespace at `path`.
 pub(super) fn enter(path: &std::path::Path) -> anyhow::Result<()> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -238,4 +313,54 @@ pub(super) fn enter(path: &std::path::Path) -> anyhow::Result<()> {
             .with_context(|| format!("entering {}", path.display()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the generator program does to a frame, in Rust: host bits `r`.
+    fn rewrite(f: &mut [u8], r: u16) {
+        let lo = (r & 0x3fff) | u16::from_be_bytes([ATTACK_V4.octets()[2], ATTACK_V4.octets()[3]]);
+        f[28..30].copy_from_slice(&lo.to_be_bytes());
+        f[18..20].copy_from_slice(&(!lo).to_be_bytes());
+        f[34..36].copy_from_slice(&(!lo).to_be_bytes());
+    }
+
+    /// The Internet checksum over the L4 segment with its pseudo-header.
+    fn l4_sum(f: &[u8]) -> u16 {
+        let tot = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        let seg = &f[34..14 + tot];
+        let mut p = Vec::new();
+        p.extend_from_slice(&f[26..34]);
+        p.extend_from_slice(&[0, f[23]]);
+        p.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+        p.extend_from_slice(seg);
+        checksum(&p)
+    }
+
+    #[test]
+    fn every_random_source_keeps_both_checksums_valid() {
+        let dst = Ipv4Addr::new(10, 200, 245, 1);
+        for (proto, l4) in [(6u8, syn_l4(8080)), (17, udp_l4(53))] {
+            let base = frame_between(([2; 6], [4; 6]), ATTACK_V4, dst, proto, &l4);
+            for r in [0u16, 1, 0x1234, 0x2fff, 0x3ffe, 0x3fff, 0xffff] {
+                let mut f = base.clone();
+                rewrite(&mut f, r);
+                assert_eq!(
+                    checksum(&f[14..34]),
+                    0,
+                    "IPv4 header, proto {proto}, r {r:#x}"
+                );
+                assert_eq!(l4_sum(&f), 0, "L4, proto {proto}, r {r:#x}");
+                let src = Ipv4Addr::new(f[26], f[27], f[28], f[29]);
+                assert!(
+                    ipnetwork::Ipv4Network::new(ATTACK_V4, 18)
+                        .unwrap()
+                        .contains(src),
+                    "{src} is outside the attack prefix"
+                );
+            }
+        }
+    }
 }

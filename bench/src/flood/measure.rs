@@ -11,6 +11,8 @@ use std::{
 use anyhow::Context as _;
 use serde::Serialize;
 
+use crate::live::CPU;
+
 use super::{
     attack::{Flood, Generators},
     protect::{Active, Protection},
@@ -42,7 +44,14 @@ pub(crate) struct Phase {
     /// CPUs busy over the window (whole machine, /proc/stat: everything that
     /// ran, including the generator and the legitimate loop).
     pub busy_cpus: f64,
-    /// Flood frames handled per second per busy CPU, millions.
+    /// Each CPU's busy fraction over the window (/proc/stat).
+    pub busy_per_cpu: Vec<f64>,
+    /// The generator thread's own CPU time over the window, seconds per
+    /// second (the gate's receive path runs inside it, in softirq).
+    pub generator_cpu: f64,
+    /// Flood frames handled per second per busy second of the flood's CPU
+    /// ([`CPU`], where the generator and the gate's receive path run),
+    /// millions.
     pub handled_mpps_per_cpu: f64,
     /// Window, seconds.
     pub secs: f64,
@@ -94,20 +103,35 @@ fn kernel_counters(rig: &Rig) -> anyhow::Result<BTreeMap<String, u64>> {
     Ok(out)
 }
 
-/// (busy, total) jiffies of all CPUs.
-fn cpu_times() -> anyhow::Result<(u64, u64)> {
+/// (busy, total) jiffies of every CPU (`cpuN` lines of /proc/stat, in
+/// order).
+fn cpu_times() -> anyhow::Result<Vec<(u64, u64)>> {
     let s = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let line = s.lines().next().unwrap_or_default();
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    anyhow::ensure!(v.len() == 8, "unexpected /proc/stat line: {line}");
-    // user nice system idle iowait irq softirq steal
-    let busy = v[0] + v[1] + v[2] + v[5] + v[6];
-    Ok((busy, busy + v[3] + v[4] + v[7]))
+    let mut out = Vec::new();
+    for line in s
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+    {
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        anyhow::ensure!(v.len() == 8, "unexpected /proc/stat line: {line}");
+        // user nice system idle iowait irq softirq steal
+        let busy = v[0] + v[1] + v[2] + v[5] + v[6];
+        out.push((busy, busy + v[3] + v[4] + v[7]));
+    }
+    Ok(out)
+}
+
+/// Busy fraction of each CPU between two [`cpu_times`] readings.
+fn busy(c0: &[(u64, u64)], c1: &[(u64, u64)]) -> Vec<f64> {
+    c0.iter()
+        .zip(c1)
+        .map(|(a, b)| (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64)
+        .collect()
 }
 
 /// Runs one phase of configuration `(config, p, attack)`: applies `p`,
@@ -125,11 +149,11 @@ pub(super) fn phase(
     let active = Active::apply(rig, p).with_context(|| format!("applying {config}"))?;
     let flood = attack.then(|| Flood::start(rig, gens.clone(), FLOOD_MAX));
     std::thread::sleep(WARMUP);
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
     let (ok0, f0) = load.snapshot();
     let rx0 = rig.attack_rx()?;
     let leg0 = rig.packets(&rig.s_leg.ifname)?;
     let sent0 = flood.as_ref().map_or(0, Flood::sent);
+    let gen0 = flood.as_ref().map_or(0, Flood::cpu_ns);
     let k0 = kernel_counters(rig)?;
     let c0 = cpu_times()?;
     let t = Instant::now();
@@ -138,13 +162,16 @@ pub(super) fn phase(
     let rx1 = rig.attack_rx()?;
     let leg1 = rig.packets(&rig.s_leg.ifname)?;
     let sent1 = flood.as_ref().map_or(0, Flood::sent);
+    let gen1 = flood.as_ref().map_or(0, Flood::cpu_ns);
     let c1 = cpu_times()?;
     let k1 = kernel_counters(rig)?;
     let s = t.elapsed().as_secs_f64();
     if let Some(f) = flood {
         f.stop().context("the flood")?;
     }
-    let busy = (c1.0 - c0.0) as f64 / (c1.1 - c0.1).max(1) as f64 * cpus;
+    let per_cpu = busy(&c0, &c1);
+    let flood_cpu = per_cpu.get(CPU).copied().unwrap_or(0.0);
+    let gen_cpu = gen1.saturating_sub(gen0) as f64 / 1e9 / s;
     let handled = (rx1 - rx0) as f64 / s / 1e6;
     let ph = Phase {
         round,
@@ -153,8 +180,14 @@ pub(super) fn phase(
         failed: f1 - f0,
         offered_mpps: (sent1 - sent0) as f64 / s / 1e6,
         handled_mpps: handled,
-        busy_cpus: busy,
-        handled_mpps_per_cpu: if busy > 0.0 { handled / busy } else { 0.0 },
+        busy_cpus: per_cpu.iter().sum(),
+        busy_per_cpu: per_cpu,
+        generator_cpu: gen_cpu,
+        handled_mpps_per_cpu: if flood_cpu > 0.0 {
+            handled / flood_cpu
+        } else {
+            0.0
+        },
         secs: s,
         legit_rx_pps: (leg1.0 - leg0.0) as f64 / s,
         legit_tx_pps: (leg1.1 - leg0.1) as f64 / s,
@@ -167,8 +200,8 @@ pub(super) fn phase(
             .collect(),
     };
     eprintln!(
-        "bench: flood round {round} {config}: {:.0} transactions/s ({} failed), flood offered {:.2} Mpps, handled {:.2} Mpps, {:.2} CPUs busy",
-        ph.tps, ph.failed, ph.offered_mpps, ph.handled_mpps, ph.busy_cpus
+        "bench: flood round {round} {config}: {:.0} transactions/s ({} failed), flood offered {:.2} Mpps, handled {:.2} Mpps, CPUs busy {:.2?} (generator thread {:.2})",
+        ph.tps, ph.failed, ph.offered_mpps, ph.handled_mpps, ph.busy_per_cpu, ph.generator_cpu
     );
     eprintln!(
         "bench:   legitimate side: {:.0} packets/s in, {:.0} out; kernel counters in the gate's namespace: {:?}",

@@ -183,7 +183,16 @@ impl Active {
 
     fn undo(&mut self, rig: &Rig) -> anyhow::Result<()> {
         if let Some(d) = self.daemon.take() {
+            // Waits for the exit, then detaches the pinned links.
             let _ = d.stop_with(libc::SIGTERM);
+            for e in [&rig.s_leg, &rig.s_att] {
+                if let Some(id) = rig.xdp_prog_id(&e.ifname)? {
+                    bail!(
+                        "program {id} is still attached to {} after xdpgate stopped",
+                        e.ifname
+                    );
+                }
+            }
         }
         if let Some(v) = self.syncookies_before.take() {
             rig.s.sysctl("net.ipv4.tcp_syncookies", &v)?;

@@ -2,7 +2,7 @@
 //! holds two veth ends: `s_leg` to the client namespace `c`
 //! ([`LEG_NET`]`.0/24`) and `s_att` to the attacker namespace `a`
 //! ([`ATT_NET`]`.0/24`). The client's [`CLIENT_PREFIXES`] source addresses
-//! (one per /24 of 10.200.32.0/19) and the attack prefix 10.200.64.0/18 are
+//! (one per /24 of 10.200.128.0/18) and the attack prefix 10.200.64.0/18 are
 //! routed back through their veth; every neighbour is static (no ARP), IPv6
 //! is off. `a`'s end runs `r0 = XDP_DROP; exit` natively: its receive path
 //! (NAPI) must be on for frames `s` sends back (SYN-ACKs, replies), and they
@@ -46,9 +46,9 @@ pub(super) struct Rig {
     _sink: OwnedFd,
 }
 
-/// The client's source addresses: 10.200.(32 + i).2, i < [`CLIENT_PREFIXES`].
+/// The client's source addresses: 10.200.(128 + i).2, i < [`CLIENT_PREFIXES`].
 pub(super) fn client_addr(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 200, 32 + (i % CLIENT_PREFIXES) as u8, 2)
+    Ipv4Addr::new(10, 200, 128 + (i % CLIENT_PREFIXES) as u8, 2)
 }
 
 fn addr(net: [u8; 3], host: u8) -> String {
@@ -187,7 +187,7 @@ impl Rig {
         neigh(&a, &addr(ATT_NET, 1), s_att.mac, &at)?;
         s.exec(
             "ip",
-            &["route", "add", "10.200.32.0/19", "via", &addr(LEG_NET, 2)],
+            &["route", "add", "10.200.128.0/18", "via", &addr(LEG_NET, 2)],
         )?;
         s.exec(
             "ip",
