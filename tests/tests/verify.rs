@@ -56,6 +56,13 @@ fn loads_and_runs_under_every_configuration() {
             Some(n) => eprintln!("verifier processed {n} instructions"),
             None => eprintln!("the kernel does not report the verified instruction count"),
         }
+        // The DDoS program (limits and SYN cookies) is loaded beside the main
+        // one; a kernel that refuses it leaves the daemon running without
+        // them, which the daemon reports but a load does not fail on.
+        assert_eq!(dp.ddos_unavailable(), None, "the DDoS program verifies");
+        if let Some(n) = dp.ddos_verified_instructions() {
+            eprintln!("verifier processed {n} instructions of the DDoS program");
+        }
         // BPF_PROG_TEST_RUN delivers on the namespace's lo (ifindex 1), which
         // plays "eth0" (slot 1) of the generated rule sets.
         let mut ctl = AclController::new(xdpgate_model::acl::random::slots());

@@ -50,7 +50,7 @@ pub(crate) fn tail_call(
         (*s).rule_id = rule.id;
         (*s).rule_flags = rule.flags;
         (*s).limit = rule.limit;
-        let _ = PROGS.tail_call(ctx, PROG_DDOS);
+        PROGS.tail_call(ctx, PROG_DDOS);
     }
 }
 

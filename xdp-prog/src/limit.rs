@@ -87,7 +87,7 @@ pub(crate) fn prefix_bucket(
     }
     // A full bucket. Another CPU may insert the same key first; then this
     // insert fails and the lookup below finds that one.
-    let _ = LIMIT_BUCKETS.insert(key, &Bucket::default(), 0);
+    let _ = LIMIT_BUCKETS.insert(key, Bucket::default(), 0);
     LIMIT_BUCKETS.get_ptr_mut(key)
 }
 

@@ -96,7 +96,8 @@ pub(crate) fn decide(ctx: &XdpContext, s: &DdosCtx, v4: bool) -> Result<Action, 
         return Ok(Action::Pass);
     }
     if flags & (TCP_SYN | TCP_ACK | TCP_FIN) == TCP_SYN {
-        return syn(ctx, s, v4, sc, &cfg, f, th_len, l3);
+        let h = Headers { v4, l3, th_len };
+        return syn(ctx, s, &h, sc, &cfg, f);
     }
     if established(ctx, v4, f) {
         return Ok(Action::Pass);
@@ -194,19 +195,29 @@ fn established(ctx: &XdpContext, v4: bool, f: &Fields) -> bool {
     state != TCP_LISTEN
 }
 
+/// Where the packet's headers are.
+#[derive(Clone, Copy)]
+struct Headers {
+    /// IPv4 (else IPv6).
+    v4: bool,
+    /// Offset of the IP header.
+    l3: u32,
+    /// Length of the TCP header with its options (20..=60).
+    th_len: usize,
+}
+
 /// A SYN: answered with a cookie, passed for a refresh, or refused by the
 /// reflector limit.
 #[inline(always)]
 fn syn(
     ctx: &XdpContext,
     s: &DdosCtx,
-    v4: bool,
+    h: &Headers,
     sc: &mut SynScratch,
     cfg: &SyncookieConfig,
     f: &Fields,
-    th_len: usize,
-    l3: u32,
 ) -> Result<Action, DropReason> {
+    let Headers { v4, l3, th_len } = *h;
     if cfg.flags & SYNCOOKIE_ENABLED == 0 {
         return Err(DropReason::BadCookie);
     }

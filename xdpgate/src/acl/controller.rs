@@ -27,7 +27,7 @@ use xdpgate_model::acl::{
 
 use crate::{
     cancel::{self, Cancelled},
-    datapath::{AclTables, DatapathError},
+    datapath::{AclTables, DatapathError, RuleLimitStats},
 };
 
 /// Why a change was not applied. In every case the running datapath and the
@@ -65,6 +65,10 @@ pub struct RuleCounters {
     pub packets: u64,
     /// Bytes it matched.
     pub bytes: u64,
+    /// Its limit and cookie counters (`rule_stat` order), for a rule with
+    /// a limit or `syncookie`.
+    #[serde(skip)]
+    pub limits: Option<RuleLimitStats>,
 }
 
 /// The controller. See the module documentation.
@@ -244,7 +248,8 @@ impl AclController {
         })
     }
 
-    /// Every rule in evaluation order with its counters.
+    /// Every rule in evaluation order with its counters (and, for rules
+    /// with a limit or `syncookie`, their limit and cookie counters).
     pub fn rule_counters<D: AclTables + ?Sized>(
         &self,
         dp: &D,
@@ -253,14 +258,24 @@ impl AclController {
             .ordered_rules()
             .into_iter()
             .map(|r| {
-                let (packets, bytes) = match self.counter_of.get(r) {
+                let slot = self.counter_of.get(r);
+                let (packets, bytes) = match slot {
                     Some(slot) => dp.rule_counter(*slot)?,
                     None => (0, 0),
+                };
+                let limits = if r.limit.is_some() || r.syncookie {
+                    Some(match slot {
+                        Some(slot) => dp.rule_limit_stats(*slot)?,
+                        None => RuleLimitStats::default(),
+                    })
+                } else {
+                    None
                 };
                 Ok(RuleCounters {
                     rule: r.clone(),
                     packets,
                     bytes,
+                    limits,
                 })
             })
             .collect()

@@ -235,6 +235,56 @@ pub struct RuleRow {
     pub packets: u64,
     /// Bytes it matched.
     pub bytes: u64,
+    /// What its limit and SYN cookies did (rules with a limit or
+    /// `syncookie` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_counters: Option<LimitCounters>,
+}
+
+/// Packets counted by a rule's limit and SYN-cookie path
+/// (`xdpgate_common::limit::rule_stat`), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitCounters {
+    /// Over the limit: dropped (reason `rate_limited`).
+    pub limited: u64,
+    /// SYN-ACKs with a cookie sent.
+    pub cookies_sent: u64,
+    /// ACKs with a valid cookie passed to the kernel.
+    pub cookie_acks: u64,
+    /// Packets neither of a connection nor a valid cookie ACK: dropped
+    /// (reason `bad_cookie`).
+    pub bad_cookies: u64,
+    /// SYNs not answered: the reflector limit was reached (reason
+    /// `synack_limited`).
+    pub synacks_limited: u64,
+    /// SYNs passed to the kernel so that its listener accepts cookies.
+    pub kernel_syns: u64,
+}
+
+impl LimitCounters {
+    /// The counters with their names, in `rule_stat` order.
+    pub fn named(&self) -> [(&'static str, u64); 6] {
+        [
+            ("limited", self.limited),
+            ("cookies_sent", self.cookies_sent),
+            ("cookie_acks", self.cookie_acks),
+            ("bad_cookies", self.bad_cookies),
+            ("synacks_limited", self.synacks_limited),
+            ("kernel_syns", self.kernel_syns),
+        ]
+    }
+
+    /// From the packet counts in `rule_stat` order.
+    pub fn from_packets(p: [u64; 6]) -> LimitCounters {
+        LimitCounters {
+            limited: p[0],
+            cookies_sent: p[1],
+            cookie_acks: p[2],
+            bad_cookies: p[3],
+            synacks_limited: p[4],
+            kernel_syns: p[5],
+        }
+    }
 }
 
 /// One interface's default policy and what it decided.
@@ -363,6 +413,9 @@ pub struct StatsReport {
     pub malformed: Vec<ReasonRow>,
     /// ACL decision-cache hits and misses over all interfaces.
     pub decision_cache: CacheStats,
+    /// The limit and SYN-cookie counters of every rule, summed.
+    #[serde(default)]
+    pub limits: LimitCounters,
 }
 
 /// Packets and bytes of one interface, family and action.
@@ -446,6 +499,21 @@ pub struct Status {
     /// that the configuration does not configure.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Whether rules with `syncookie` get SYN cookies, and why not.
+    #[serde(default)]
+    pub syncookies: SyncookieStatus,
+}
+
+/// Whether the datapath answers SYNs with cookies (`status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncookieStatus {
+    /// The SYN-cookie program is loaded and `net.ipv4.tcp_syncookies` is 2.
+    pub enabled: bool,
+    /// Why not, when not (rules with `syncookie` are refused meanwhile).
+    pub reason: Option<String>,
+    /// What connections through cookies lose with the sysctls as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// A change in progress (`status` while it runs).

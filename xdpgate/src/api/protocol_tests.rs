@@ -42,9 +42,16 @@ fn pinned<T: Serialize + DeserializeOwned>(verb: &str, fixture: &str, wrap: fn(T
 #[test]
 fn acl_list() {
     let l = pinned("acl list", ACL_LIST, Answer::AclList);
-    assert_eq!(l.rules.len(), 4);
+    assert_eq!(l.rules.len(), 6);
     assert_eq!(l.rules[2].rule.id, 30);
     assert_eq!((l.rules[2].packets, l.rules[2].bytes), (2, 196));
+    assert_eq!(
+        l.rules[2].limit_counters, None,
+        "no limit, no limit counters"
+    );
+    assert_eq!(l.rules[4].limit_counters.map(|c| c.limited), Some(3));
+    assert!(l.rules[5].rule.syncookie);
+    assert_eq!(l.rules[5].limit_counters.map(|c| c.cookies_sent), Some(5));
     assert_eq!(l.defaults[1].policy, Verdict::Deny);
 }
 
@@ -317,6 +324,47 @@ const ACL_LIST: &str = r#"{
       "priority": 40,
       "proto": 17,
       "sport": "1000-2000"
+    },
+    {
+      "action": "allow",
+      "bytes": 640,
+      "icmp_type": 8,
+      "id": 50,
+      "limit": {
+        "burst_packets": 20,
+        "per": "src",
+        "pps": 100,
+        "v4_prefix": 24
+      },
+      "limit_counters": {
+        "bad_cookies": 0,
+        "cookie_acks": 0,
+        "cookies_sent": 0,
+        "kernel_syns": 0,
+        "limited": 3,
+        "synacks_limited": 0
+      },
+      "packets": 10,
+      "priority": 50,
+      "proto": 1
+    },
+    {
+      "action": "allow",
+      "bytes": 1200,
+      "dport": "443",
+      "id": 60,
+      "limit_counters": {
+        "bad_cookies": 1,
+        "cookie_acks": 4,
+        "cookies_sent": 5,
+        "kernel_syns": 1,
+        "limited": 0,
+        "synacks_limited": 2
+      },
+      "packets": 20,
+      "priority": 60,
+      "proto": 6,
+      "syncookie": true
     }
   ]
 }"#;
@@ -570,6 +618,14 @@ const STATS_REPORT: &str = r#"{
     "hits": 6,
     "misses": 5
   },
+  "limits": {
+    "bad_cookies": 1,
+    "cookie_acks": 4,
+    "cookies_sent": 5,
+    "kernel_syns": 1,
+    "limited": 3,
+    "synacks_limited": 2
+  },
   "malformed": [
     {
       "bytes": 0,
@@ -623,6 +679,10 @@ const STATUS: &str = r#"{
   "state_file": "/tmp/apicli/state-apicli11291.json",
   "state_not_saved": null,
   "state_save_failures": 0,
+  "syncookies": {
+    "enabled": false,
+    "reason": "net.ipv4.tcp_syncookies is 1 in the daemon's network namespace, and SYN cookies sent in XDP need 2"
+  },
   "uptime_seconds": 7,
   "warnings": []
 }"#;

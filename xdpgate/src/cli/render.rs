@@ -11,8 +11,8 @@ use serde::Serialize;
 use xdpgate_model::{acl::Rule, config::Config, iface::XdpMode};
 
 use crate::api::protocol::{
-    AclList, Applied, BindList, BindReport, CounterRow, LbList, SetList, SetShow, StatsReport,
-    Status,
+    AclList, Applied, BindList, BindReport, CounterRow, LbList, LimitCounters, RuleRow, SetList,
+    SetShow, StatsReport, Status,
 };
 
 /// `value` as pretty-printed JSON, keys sorted.
@@ -147,6 +147,9 @@ pub fn acl_list(l: &AclList) -> String {
             r.bytes,
             describe(&r.rule)
         );
+        if let Some(line) = limit_line(r) {
+            let _ = writeln!(out, "{:>10}  {line}", "");
+        }
     }
     for d in &l.defaults {
         let _ = writeln!(
@@ -160,6 +163,34 @@ pub fn acl_list(l: &AclList) -> String {
         );
     }
     out
+}
+
+/// The second line of a rule with a limit or `syncookie` in `acl list`: the
+/// limit, `syncookie`, and the six counters (all of them, zeros included,
+/// so that columns of several rules line up by name).
+fn limit_line(r: &RuleRow) -> Option<String> {
+    let counters = r.limit_counters?;
+    let mut what = Vec::new();
+    if let Some(l) = &r.rule.limit {
+        what.push(format!("limit {l}"));
+    }
+    if r.rule.syncookie {
+        what.push("syncookie".to_owned());
+    }
+    Some(format!(
+        "{}: {}",
+        what.join(", "),
+        limit_counters(&counters)
+    ))
+}
+
+/// `limited 3, cookies_sent 0, ...`.
+fn limit_counters(c: &LimitCounters) -> String {
+    c.named()
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `set list`: every set with its sizes and the rules that use it.
@@ -292,14 +323,17 @@ pub fn counter_table(rows: &[CounterRow]) -> String {
 }
 
 /// `stats`: the counter table, then the non-zero drop-reason counters
-/// (malformed frames and `not_bound`), then the decision cache. Counter rows
+/// (malformed frames, `not_bound`, and those of limits and SYN cookies),
+/// then the decision cache and the limit and SYN-cookie totals. Counter rows
 /// whose action never happened are left out unless the action is `pass` or
 /// `drop`, to keep the table short.
 pub fn stats(report: &StatsReport) -> String {
     let mut out = counter_table(&report.counters);
     let bad: Vec<_> = report.malformed.iter().filter(|r| r.packets != 0).collect();
     if !bad.is_empty() {
-        out.push_str("\nDROP REASONS (malformed frames; not_bound: destination not bound)\n");
+        out.push_str(
+            "\nDROP REASONS (malformed frames; not_bound: destination not bound; rate_limited, synack_limited, bad_cookie: rule limits and SYN cookies)\n",
+        );
         for r in bad {
             let _ = writeln!(
                 out,
@@ -313,6 +347,11 @@ pub fn stats(report: &StatsReport) -> String {
         out,
         "\nACL decision cache: {} hits, {} misses",
         c.hits, c.misses
+    );
+    let _ = writeln!(
+        out,
+        "rule limits and SYN cookies (all rules): {}",
+        limit_counters(&report.limits)
     );
     out
 }
@@ -375,6 +414,21 @@ pub fn status(v: &StatusView) -> String {
                     );
                 }
                 for w in &s.warnings {
+                    let _ = writeln!(out, "warning: {w}");
+                }
+                let c = &s.syncookies;
+                match (&c.reason, c.enabled) {
+                    (_, true) => {
+                        let _ = writeln!(out, "SYN cookies: enabled");
+                    }
+                    (Some(why), false) => {
+                        let _ = writeln!(out, "SYN cookies: disabled: {why}");
+                    }
+                    (None, false) => {
+                        let _ = writeln!(out, "SYN cookies: disabled");
+                    }
+                }
+                if let Some(w) = &c.warning {
                     let _ = writeln!(out, "warning: {w}");
                 }
             }

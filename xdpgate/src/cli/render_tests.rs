@@ -43,6 +43,15 @@ fn acl_list_table() {
               "action": "deny", "packets": 2, "bytes": 196 },
             { "id": 40, "priority": 40, "dst": "2001:db8::/32", "proto": 17, "sport": "1000-2000",
               "action": "allow", "packets": 0, "bytes": 0 },
+            { "id": 50, "priority": 50, "proto": 1, "icmp_type": 8, "action": "allow",
+              "limit": { "pps": 100, "burst_packets": 20, "per": "src", "v4_prefix": 24 },
+              "packets": 10, "bytes": 640,
+              "limit_counters": { "limited": 3, "cookies_sent": 0, "cookie_acks": 0, "bad_cookies": 0,
+                                  "synacks_limited": 0, "kernel_syns": 0 } },
+            { "id": 60, "priority": 60, "proto": 6, "dport": "443", "action": "allow", "syncookie": true,
+              "packets": 20, "bytes": 1200,
+              "limit_counters": { "limited": 0, "cookies_sent": 5, "cookie_acks": 4, "bad_cookies": 1,
+                                  "synacks_limited": 2, "kernel_syns": 1 } },
         ],
         "defaults": [
             { "iface": "va", "policy": "allow", "packets": 1, "bytes": 90 },
@@ -56,6 +65,10 @@ fn acl_list_table() {
         20  allow            12345         987654321  prio 20 src @admins proto 6 dport 22 iface va
         30  deny                 2               196  prio 30 proto 1 icmp-type 8 icmp-code 0
         40  allow                0                 0  prio 40 dst 2001:db8::/32 proto 17 sport 1000-2000
+        50  allow               10               640  prio 50 proto 1 icmp-type 8
+            limit 100pps burst 20 per src /24 /64: limited 3, cookies_sent 0, cookie_acks 0, bad_cookies 0, synacks_limited 0, kernel_syns 0
+        60  allow               20              1200  prio 60 proto 6 dport 443
+            syncookie: limited 0, cookies_sent 5, cookie_acks 4, bad_cookies 1, synacks_limited 2, kernel_syns 1
          -  allow                1                90  default policy of va
          -  deny                 1               110  default policy of vb
 "
@@ -186,6 +199,7 @@ veth-long-name  ipv4    pass                   0                 0
 veth-long-name  ipv4    redirect               3               300
 
 ACL decision cache: 40 hits, 2 misses
+rule limits and SYN cookies (all rules): limited 0, cookies_sent 0, cookie_acks 0, bad_cookies 0, synacks_limited 0, kernel_syns 0
 "
     );
     let r: StatsReport = from(json!({
@@ -194,8 +208,11 @@ ACL decision cache: 40 hits, 2 misses
             { "interface": "va", "ifindex": 3, "reason": "truncated_l4", "packets": 3, "bytes": 180 },
             { "interface": "va", "ifindex": 3, "reason": "not_bound", "packets": 0, "bytes": 0 },
             { "interface": "va", "ifindex": 3, "reason": "not_bound", "packets": 12, "bytes": 1200 },
+            { "interface": "va", "ifindex": 3, "reason": "rate_limited", "packets": 9, "bytes": 900 },
         ],
         "decision_cache": { "hits": 0, "misses": 0 },
+        "limits": { "limited": 7, "cookies_sent": 6, "cookie_acks": 5, "bad_cookies": 4,
+                    "synacks_limited": 3, "kernel_syns": 2 },
     }));
     assert_eq!(
         stats(&r),
@@ -207,11 +224,13 @@ va         ipv6    pass                   2               200
 va         other   drop                   0                 0
 va         other   pass                   2               200
 
-DROP REASONS (malformed frames; not_bound: destination not bound)
+DROP REASONS (malformed frames; not_bound: destination not bound; rate_limited, synack_limited, bad_cookie: rule limits and SYN cookies)
 va  truncated_l4                       3               180
 va  not_bound                         12              1200
+va  rate_limited                       9               900
 
 ACL decision cache: 0 hits, 0 misses
+rule limits and SYN cookies (all rules): limited 7, cookies_sent 6, cookie_acks 5, bad_cookies 4, synacks_limited 3, kernel_syns 2
 "
     );
 }
@@ -224,6 +243,7 @@ fn detail(last_error: Option<&str>, config: &str) -> Status {
         "rules": 4, "sets": 3, "bindings": 2, "metrics_listen": [],
         "reload": { "attempts": 1, "last_ok": last_error.is_none(), "last_success_unix": 1796417486,
                     "last_error": last_error },
+        "syncookies": { "enabled": true, "reason": null },
     }))
 }
 
@@ -294,6 +314,7 @@ no interface in this network namespace has an XDP program
         "daemon: running (pid 42), maps pinned in /sys/fs/bpf/xdpgate
 config: /etc/xdpgate.toml; state file: /var/lib/xdpgate/state.json; started from the state file
 4 rules, 3 sets, 2 bound addresses; last reload ok
+SYN cookies: enabled
 health: ok: the daemon runs and enforces, its state is saved (exit 0)
 INTERFACE         IFINDEX  MODE    PROG_ID  PROGRAM           OWNER    ENFORCING           SCHEMA  TAG               SINCE
 vb                      2  skb         285  xdpgate           xdpgate  yes, no daemon           1  0123456789abcdef  unix 1764892800
@@ -307,6 +328,7 @@ a-long-interface       14  native        9  ?                 other    -        
         "daemon: running (pid 42), maps pinned in /sys/fs/bpf/xdpgate
 config: (none, flags only); state file: /var/lib/xdpgate/state.json; started from the state file
 4 rules, 3 sets, 2 bound addresses; last reload FAILED: the state file changed; restart xdpgate
+SYN cookies: enabled
 health: ok: the daemon runs and enforces, its state is saved (exit 0)
 no interface in this network namespace has an XDP program
 "
@@ -422,6 +444,10 @@ fn status_json() {
       "state_file": "/var/lib/xdpgate/state.json",
       "state_not_saved": null,
       "state_save_failures": 0,
+      "syncookies": {
+        "enabled": true,
+        "reason": null
+      },
       "uptime_seconds": 7,
       "warnings": []
     },
@@ -514,4 +540,28 @@ mod counter_table {
         assert!(lines[3].contains("redirect") && lines[3].ends_with("300"));
         assert!(!t.contains(" tx "));
     }
+}
+
+/// `status` says whether SYN cookies are enabled, and why not, with the
+/// warning about timestamps when there is one.
+#[test]
+fn status_text_tells_the_syn_cookie_readiness() {
+    let mut off = detail(None, "/etc/xdpgate.toml");
+    off.syncookies = crate::api::protocol::SyncookieStatus {
+        enabled: false,
+        reason: Some("net.ipv4.tcp_syncookies is 1 in the daemon's network namespace".into()),
+        warning: None,
+    };
+    let text = status(&view(Some(42), Some(off), Vec::new()));
+    assert!(
+        text.contains("\nSYN cookies: disabled: net.ipv4.tcp_syncookies is 1 in the daemon's network namespace\n"),
+        "{text}"
+    );
+    let mut warned = detail(None, "/etc/xdpgate.toml");
+    warned.syncookies.warning = Some("net.ipv4.tcp_timestamps is 1: ...".into());
+    let text = status(&view(Some(42), Some(warned), Vec::new()));
+    assert!(
+        text.contains("\nSYN cookies: enabled\nwarning: net.ipv4.tcp_timestamps is 1: ...\n"),
+        "{text}"
+    );
 }

@@ -14,8 +14,9 @@ use crate::{
     acl::ApplyError,
     api::protocol::{
         AclList, Answer, AttachedIface, BindList, CacheStats, CounterRow, DecapRow, DefaultRow,
-        HealthTarget, LbList, Message, ReasonRow, ReloadInfo, Request, Response, RuleRow, SetList,
-        SetRow, SetShow, StartedFrom, Stats, StatsReport, Status,
+        HealthTarget, LbList, LimitCounters, Message, ReasonRow, ReloadInfo, Request, Response,
+        RuleRow, SetList, SetRow, SetShow, StartedFrom, Stats, StatsReport, Status,
+        SyncookieStatus,
     },
     bind::BindError,
     datapath::stats,
@@ -112,7 +113,7 @@ fn answer(d: &mut Daemon, req: Request) -> Result<Answer, DaemonError> {
                 Answer::Applied(applied)
             }
             Err(e) => {
-                if !matches!(e, DaemonError::Acl(ApplyError::Invalid(_))) {
+                if !e.is_invalid_input() {
                     log::error!("applying {}: {e}", change_name(&change));
                 }
                 return Err(e);
@@ -174,6 +175,9 @@ fn acl_list(d: &Daemon) -> Result<AclList, DaemonError> {
             rule: r.rule,
             packets: r.packets,
             bytes: r.bytes,
+            limit_counters: r
+                .limits
+                .map(|l| LimitCounters::from_packets(l.map(|c| c.packets))),
         })
         .collect();
     let defaults = ctl
@@ -273,6 +277,7 @@ fn stats_report(r: stats::Report) -> StatsReport {
             hits: r.decision_cache.hits,
             misses: r.decision_cache.misses,
         },
+        limits: LimitCounters::from_packets(r.limits),
     }
 }
 
@@ -316,6 +321,11 @@ pub(super) fn status(d: &Daemon) -> Status {
         state_not_saved: d.save_status().unsaved.as_ref().map(|u| u.reason.clone()),
         state_save_failures: d.save_status().failures,
         warnings: d.warnings().to_vec(),
+        syncookies: SyncookieStatus {
+            enabled: d.syncookie_readiness().enabled,
+            reason: d.syncookie_readiness().reason.clone(),
+            warning: d.syncookie_readiness().warning.clone(),
+        },
     }
 }
 

@@ -24,12 +24,13 @@ use xdpgate_model::{
 use crate::{
     acl::{AclController, Applied, ApplyError},
     bind::{BindError, Bindings},
-    datapath::{Datapath, DatapathError, Opened, stats::StatsError},
+    datapath::{Datapath, DatapathError, MapSizes, Opened, PinError, stats::StatsError},
     lb::{LbController, LbError, health::HealthMonitor},
     paths::Paths,
     sys::{self, netlink},
 };
 
+pub mod ddos;
 mod handler;
 mod lb;
 mod overrides;
@@ -95,6 +96,11 @@ pub enum DaemonError {
     /// The packet counters could not be read.
     #[error(transparent)]
     Stats(#[from] StatsError),
+    /// Rules with a limit or `syncookie = true` cannot be honoured (the
+    /// kernel refused the DDoS program, or a sysctl is not as SYN cookies
+    /// need it).
+    #[error("{0}")]
+    Ddos(String),
 }
 
 impl DaemonError {
@@ -110,6 +116,8 @@ impl DaemonError {
             | DaemonError::NeedsRestart(_)
             | DaemonError::RuleFile { .. }
             | DaemonError::NoSet(_)
+            | DaemonError::Ddos(_)
+            | DaemonError::Datapath(DatapathError::Pins(PinError::Resized { .. }))
             | DaemonError::Acl(ApplyError::Invalid(_))
             | DaemonError::Bind(BindError::Invalid(_))
             | DaemonError::Lb(LbError::Invalid(_) | LbError::Parse(_) | LbError::NoService(_)) => {
@@ -151,7 +159,7 @@ mod classification {
     use crate::{
         acl::ApplyError,
         bind::BindError,
-        datapath::{DatapathError, stats::StatsError},
+        datapath::{DatapathError, PinError, stats::StatsError},
         lb::LbError,
         sys::netlink::NetlinkError,
     };
@@ -203,6 +211,18 @@ mod classification {
                 true,
             ),
             ("NoSet", DaemonError::NoSet("s".into()), true),
+            ("Ddos", DaemonError::Ddos("x".into()), true),
+            (
+                "Datapath(Pins(Resized))",
+                DaemonError::Datapath(DatapathError::Pins(PinError::Resized {
+                    path: "/p".into(),
+                    found: 1024,
+                    wanted: 2048,
+                    setting: "[ddos] limit_buckets",
+                    found_setting: "1024".into(),
+                })),
+                true,
+            ),
             (
                 "Acl(Invalid)",
                 ApplyError::Invalid(vec![AclError::BadSetName("!".into())]).into(),
@@ -368,6 +388,10 @@ pub struct Daemon {
     save: SaveStatus,
     /// Interfaces the state file named that the configuration does not.
     warnings: Vec<String>,
+    /// Whether SYN cookies can be used, and why not ([`ddos`]).
+    syncookies: ddos::Readiness,
+    /// Whether the warning about `tcp_timestamps` was logged.
+    timestamps_warned: bool,
 }
 
 /// Applies `[daemon] datapath_events*`: the rate limit, the reader of the
@@ -470,7 +494,13 @@ impl Daemon {
         for i in &cfg.interfaces {
             resolved.push(sys::ifindex(&i.name).map_err(DatapathError::from)?);
         }
-        let (mut dp, opened) = Datapath::open(paths, cfg.lb.load_options())?;
+        let (mut dp, opened) = Datapath::open(
+            paths,
+            MapSizes {
+                rings: cfg.lb.load_options(),
+                limit_buckets: cfg.ddos.limit_buckets,
+            },
+        )?;
         match &opened {
             Opened::Cold => {}
             Opened::Adopted(meta) => log::info!(
@@ -490,6 +520,22 @@ impl Daemon {
         }
         // Only a datapath of this schema has state to take over.
         let adopted = matches!(opened, Opened::Adopted(_));
+        // Rules with a limit or `syncookie` are refused before anything of
+        // a running datapath is touched when they cannot be honoured.
+        let starting_rules = match &saved {
+            Some(s) if s.config_digest == cfg.digest => &s.acl.rules,
+            _ => &cfg.acl.rules,
+        };
+        let mut timestamps_warned = false;
+        let syncookies = ddos::prepare(
+            &mut dp,
+            &cfg.ddos,
+            &ddos::Needs::of(starting_rules),
+            &mut timestamps_warned,
+        )?;
+        if let Some(why) = &syncookies.reason {
+            log::info!("SYN cookies disabled: {why}");
+        }
         // Interfaces the running datapath knows keep their slot (and with it
         // their counters and bindings); new ones take free slots.
         let slots = keep_slots(&mut dp, &cfg, &resolved)?;
@@ -604,6 +650,8 @@ impl Daemon {
             events_reader,
             save: SaveStatus::default(),
             warnings,
+            syncookies,
+            timestamps_warned,
         };
         d.refresh_decap()?;
         // Everything is in the maps: now the program enforces.
@@ -637,6 +685,8 @@ impl Daemon {
 
     /// Applies an ACL change and saves the result.
     pub fn apply(&mut self, change: &Change) -> Result<Applied, DaemonError> {
+        let ddos = self.config.ddos.clone();
+        self.refresh_syncookies(&ddos, &ddos::Needs::of_change(change))?;
         let applied = self.ctl.apply(&mut self.dp, change)?;
         self.persist().map_err(DaemonError::NotSaved)?;
         Ok(applied)

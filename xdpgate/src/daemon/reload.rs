@@ -14,7 +14,7 @@ use xdpgate_model::{
 };
 
 use super::{
-    Daemon, DaemonError, apply_events, apply_overrides, bind_requests, keep_slots, now_unix,
+    Daemon, DaemonError, apply_events, apply_overrides, bind_requests, ddos, keep_slots, now_unix,
 };
 use crate::{datapath::DatapathError, lb::LbError, sys};
 
@@ -106,6 +106,10 @@ impl Daemon {
         if let Some(why) = running.ddos.needs_restart(&next.ddos) {
             return Err(DaemonError::NeedsRestart(why));
         }
+        // Rules with a limit or `syncookie` are refused before anything is
+        // touched when they cannot be honoured; the SYN-cookie configuration
+        // is written once the reload succeeded.
+        ddos::refuse(&self.dp, &ddos::Needs::of(&next.acl.rules))?;
         let specs = xdpgate_model::lb::specs_of(&next.services, next.lb.max_services)
             .map_err(LbError::Invalid)?;
         // Validate the bindings before touching anything.
@@ -220,6 +224,7 @@ impl Daemon {
         unbound?;
         self.dp.set_decision_cache(next.decision_cache)?;
         apply_events(&mut self.dp, &next, &mut self.events_reader)?;
+        self.refresh_syncookies(&next.ddos, &ddos::Needs::of(&next.acl.rules))?;
         self.config = next;
         self.persist().map_err(DaemonError::NotSaved)?;
         Ok(format!(

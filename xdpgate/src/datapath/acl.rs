@@ -17,7 +17,7 @@ use xdpgate_common::{
 use xdpgate_model::acl::{Verdict, compile::Image};
 
 use super::{
-    Datapath, DatapathError,
+    Datapath, DatapathError, RuleLimitStats,
     seam::{AclTables, RcuWait},
     stats::{self, CacheStats},
 };
@@ -179,7 +179,8 @@ impl Datapath {
         if slots.is_empty() {
             return Ok(());
         }
-        self.zero_counters(maps::RULE_STATS, slots)
+        self.zero_counters(maps::RULE_STATS, slots)?;
+        self.reset_rule_limits(slots)
     }
 
     /// Packets and bytes of rule counter `slot`, summed over CPUs.
@@ -229,6 +230,10 @@ impl AclTables for Datapath {
 
     fn rule_counter(&self, slot: u32) -> Result<(u64, u64), DatapathError> {
         Datapath::rule_counter(self, slot)
+    }
+
+    fn rule_limit_stats(&self, slot: u32) -> Result<RuleLimitStats, DatapathError> {
+        Datapath::rule_limit_stats(self, slot)
     }
 }
 

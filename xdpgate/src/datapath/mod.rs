@@ -3,7 +3,9 @@
 //! again. Everything the controllers write goes through methods of
 //! [`Datapath`], one file per group of maps: `ifaces` (interfaces and bound
 //! addresses), `acl` (the double-buffered ACL tables and rule counters), `lb`
-//! (services, backends, rings), `decap`, `counters`, and [`stats`] (the
+//! (services, backends, rings), `decap`, `limit` (the bucket table's size,
+//! the DDoS program of limits and SYN cookies, the SYN-cookie configuration,
+//! the per-rule limit and cookie counters), `counters`, and [`stats`] (the
 //! counters as `xdpgate stats` reads them from the pins).
 //!
 //! The controllers do not name [`Datapath`]: they write through the traits of
@@ -22,6 +24,7 @@ use thiserror::Error;
 use xdpgate_common::{
     EventConfig, MAX_IFACES, PROGRAM_NAME,
     lb::{MAX_SERVICES, ring_entries},
+    limit::{MAX_BUCKETS, MIN_BUCKETS, maps as limit_maps},
     maps,
     pins::Meta,
 };
@@ -39,11 +42,13 @@ mod decap;
 pub(crate) mod fake;
 mod ifaces;
 mod lb;
+mod limit;
 mod links;
 pub mod pins;
 pub mod seam;
 pub mod stats;
 
+pub use limit::{MapSizes, RuleLimitStats, limit_totals};
 pub use links::{Attached, Enforced};
 pub use pins::maps_dir;
 pub use pins::{Found, PinDir, PinError, PinnedLink};
@@ -51,6 +56,10 @@ pub use seam::{AclTables, AddrKernel, IfaceTable, LbMaps, LocalAddrs, RcuWait, S
 
 /// Name of the steering program in the object (tail-called by the main one).
 pub const STEER_PROGRAM_NAME: &str = "xdpgate_steer";
+
+/// Name of the DDoS program in the object (tail-called by the main one for
+/// the packets that rules with a limit or `syncookie` allow).
+pub const DDOS_PROGRAM_NAME: &str = "xdpgate_ddos";
 
 /// The XDP object built by `build.rs` from the `xdp-prog` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpgate-xdp"));
@@ -179,6 +188,10 @@ pub struct Datapath {
     attached: Vec<Attached>,
     barrier: RcuBarrier,
     sizes: LoadOptions,
+    /// Entries of the per-prefix bucket table.
+    limit_buckets: u32,
+    /// Why the kernel refused the DDoS program, if it did.
+    ddos_unavailable: Option<String>,
 }
 
 /// What [`Datapath::open`] found and did.
@@ -225,7 +238,11 @@ impl Datapath {
     /// cold start or a migration from an older schema, on new maps pinned
     /// there. Nothing is attached or detached: install the state, then call
     /// [`Datapath::enforce`] and [`Datapath::commit`].
-    pub fn open(paths: &Paths, sizes: LoadOptions) -> Result<(Self, Opened), DatapathError> {
+    ///
+    /// Pinned maps whose size the configuration sets (`sizes`) and that were
+    /// made with another size are refused ([`PinError::Resized`]): the
+    /// message names the setting and the way out.
+    pub fn open(paths: &Paths, sizes: MapSizes) -> Result<(Self, Opened), DatapathError> {
         check_kernel()?;
         let pins = PinDir::open(&paths.bpffs_dir)?;
         let specs = map_specs(sizes)?;
@@ -279,17 +296,32 @@ impl Datapath {
 
     /// [`Datapath::load`] with the ring storage sized by `sizes`.
     pub fn load_with(sizes: LoadOptions) -> Result<Self, DatapathError> {
+        Self::load_sized(MapSizes {
+            rings: sizes,
+            ..MapSizes::default()
+        })
+    }
+
+    /// [`Datapath::load`] with every configurable map sized by `sizes`.
+    pub fn load_sized(sizes: MapSizes) -> Result<Self, DatapathError> {
         check_kernel()?;
         let mut dp = Self::load_object(&mut EbpfLoader::new(), sizes)?;
         dp.set_lb_config(&xdpgate_model::lb::default_lb_config())?;
         Ok(dp)
     }
 
-    fn load_object(loader: &mut EbpfLoader<'_>, sizes: LoadOptions) -> Result<Self, DatapathError> {
+    fn load_object(loader: &mut EbpfLoader<'_>, all: MapSizes) -> Result<Self, DatapathError> {
+        let sizes = all.rings;
         if !sizes.is_valid() {
             return Err(DatapathError::Missing(format!(
                 "valid ring sizing ({} services x ring {}: services 1..={MAX_SERVICES}, ring size a prime)",
                 sizes.ring_services, sizes.ring_size
+            )));
+        }
+        if !all.is_valid() {
+            return Err(DatapathError::Missing(format!(
+                "valid bucket table size ({} entries: {MIN_BUCKETS}..={MAX_BUCKETS})",
+                all.limit_buckets
             )));
         }
         let ebpf = loader
@@ -297,6 +329,7 @@ impl Datapath {
                 maps::LB_RINGS,
                 ring_entries(sizes.ring_services, sizes.ring_size),
             )
+            .map_max_entries(limit_maps::LIMIT_BUCKETS, all.limit_buckets)
             .load(OBJECT)
             .map_err(DatapathError::Load)?;
         let barrier = RcuBarrier::new().map_err(|source| DatapathError::Io {
@@ -313,9 +346,12 @@ impl Datapath {
             attached: Vec::new(),
             barrier,
             sizes,
+            limit_buckets: all.limit_buckets,
+            ddos_unavailable: None,
         };
         dp.program()?.load().map_err(DatapathError::Verify)?;
         dp.load_steering()?;
+        dp.load_ddos()?;
         Ok(dp)
     }
 
@@ -481,8 +517,10 @@ fn check_kernel() -> Result<(), DatapathError> {
 }
 
 /// The maps of the object as this build makes them (`XG_*` only: not the
-/// log ring or the data sections), by name, with the rings sized by `sizes`.
-fn map_specs(sizes: LoadOptions) -> Result<BTreeMap<String, pins::MapSpec>, DatapathError> {
+/// log ring or the data sections), by name, with the rings and the bucket
+/// table sized by `sizes`.
+fn map_specs(all: MapSizes) -> Result<BTreeMap<String, pins::MapSpec>, DatapathError> {
+    let sizes = all.rings;
     let obj = aya_obj::Object::parse(OBJECT)
         .map_err(|e| DatapathError::Missing(format!("a readable object ({e})")))?;
     Ok(obj
@@ -492,6 +530,8 @@ fn map_specs(sizes: LoadOptions) -> Result<BTreeMap<String, pins::MapSpec>, Data
         .map(|(name, m)| {
             let max_entries = if name == maps::LB_RINGS {
                 ring_entries(sizes.ring_services, sizes.ring_size)
+            } else if name == limit_maps::LIMIT_BUCKETS {
+                all.limit_buckets
             } else {
                 m.max_entries()
             };
@@ -503,6 +543,7 @@ fn map_specs(sizes: LoadOptions) -> Result<BTreeMap<String, pins::MapSpec>, Data
                     value_size: m.value_size(),
                     max_entries,
                     flags: m.map_flags(),
+                    sized_by: limit::resizable(name),
                 },
             )
         })

@@ -63,6 +63,24 @@ pub enum PinError {
         /// What is wrong.
         why: String,
     },
+    /// A map whose size the configuration sets was pinned with another size
+    /// (a start with a changed setting): it is neither adopted nor replaced,
+    /// since replacing it would reset what it holds under running links.
+    #[error(
+        "{path} was made with {found} entries and the configuration asks for {wanted} ({setting}): the running datapath keeps the size it was started with. Set {setting} back to {found_setting}, or run `xdpgate down` (this detaches the interfaces and clears the table) and start again with the new size"
+    )]
+    Resized {
+        /// The pin.
+        path: PathBuf,
+        /// Its capacity.
+        found: u32,
+        /// The capacity the configuration asks for.
+        wanted: u32,
+        /// The setting that sizes it.
+        setting: &'static str,
+        /// What to set it to for this datapath (the value, or a hint).
+        found_setting: String,
+    },
     /// A filesystem or bpf(2) call failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -97,9 +115,18 @@ pub struct MapSpec {
     pub max_entries: u32,
     /// Creation flags.
     pub flags: u32,
+    /// The configuration setting that sizes it, if one does.
+    pub sized_by: Option<&'static str>,
 }
 
 impl MapSpec {
+    fn with_capacity(&self, max_entries: u32) -> MapSpec {
+        MapSpec {
+            max_entries,
+            ..self.clone()
+        }
+    }
+
     fn differs(&self, info: &MapInfo) -> Option<String> {
         let mut diffs = Vec::new();
         let mut check = |what: &str, want: u32, got: u32| {
@@ -300,6 +327,25 @@ impl PinDir {
             path: path.clone(),
             why: "not a BPF map".into(),
         })?;
+        if let Some(setting) = spec.sized_by
+            && info.max_entries != spec.max_entries
+            && spec
+                .with_capacity(info.max_entries)
+                .differs(&info)
+                .is_none()
+        {
+            return Err(PinError::Resized {
+                path,
+                found: info.max_entries,
+                wanted: spec.max_entries,
+                setting,
+                found_setting: if setting.contains(" and ") {
+                    "what they were when it started".to_owned()
+                } else {
+                    info.max_entries.to_string()
+                },
+            });
+        }
         match spec.differs(&info) {
             Some(why) => Err(PinError::Foreign {
                 path,

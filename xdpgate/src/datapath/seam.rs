@@ -28,7 +28,7 @@ use xdpgate_common::{
 };
 use xdpgate_model::{acl::compile::Image, lb::LoadOptions};
 
-use super::DatapathError;
+use super::{DatapathError, RuleLimitStats};
 use crate::sys::{
     self, SysError,
     netlink::{self, AddrOpKind, AddrReq, IfAddr, NetlinkError},
@@ -76,7 +76,9 @@ pub trait AclTables: RcuWait {
     /// adopts a running datapath learns from it which counter each rule has.
     fn live_rule_slots(&self) -> Result<Vec<(u32, u32)>, DatapathError>;
 
-    /// Zeroes rule counter slots `slots` (slots about to be given to new rules).
+    /// Zeroes rule counter slots `slots` (slots about to be given to new
+    /// rules): their packet counters, their limit and cookie counters, and
+    /// their rule-wide limit buckets (full again).
     fn zero_rule_counters(&mut self, slots: &[u32]) -> Result<(), DatapathError>;
 
     /// Replaces the configuration word: one map update, seen atomically by the
@@ -85,6 +87,10 @@ pub trait AclTables: RcuWait {
 
     /// Packets and bytes of rule counter `slot`, summed over CPUs.
     fn rule_counter(&self, slot: u32) -> Result<(u64, u64), DatapathError>;
+
+    /// The limit and cookie counters of rule counter `slot` (`rule_stat`
+    /// order), summed over CPUs.
+    fn rule_limit_stats(&self, slot: u32) -> Result<RuleLimitStats, DatapathError>;
 }
 
 /// What the load-balancer controller writes and reads: service entries,

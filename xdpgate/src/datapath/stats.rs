@@ -6,7 +6,7 @@ use serde::Serialize;
 use thiserror::Error;
 use xdpgate_common::{
     Action, Counter, DropReason, Family, IfaceConfig, MAX_IFACES, UNKNOWN_IFACE_SLOT,
-    acl::cache_stat, maps, reason_index, stats_index,
+    acl::cache_stat, limit::maps as limit_maps, maps, reason_index, stats_index,
 };
 
 use crate::{paths::Paths, sys};
@@ -19,6 +19,15 @@ pub enum StatsError {
         "no running xdpgate daemon: nothing pinned at {0} (start one with `xdpgate run --iface IF`)"
     )]
     NotRunning(PathBuf),
+    /// A pinned map could not be read in batches.
+    #[error("map {map}: {source}")]
+    Read {
+        /// The map's name.
+        map: &'static str,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
     /// A pinned map could not be opened or read.
     #[error("map {map}: {source}")]
     Map {
@@ -75,6 +84,9 @@ pub struct Report {
     pub malformed: Vec<ReasonRow>,
     /// ACL decision-cache hits and misses over all interfaces.
     pub decision_cache: CacheStats,
+    /// Packets of each rule limit and SYN-cookie counter
+    /// (`xdpgate_common::limit::rule_stat` order), summed over every rule.
+    pub limits: [u64; 6],
 }
 
 /// ACL decision-cache counters, summed over CPUs.
@@ -110,11 +122,17 @@ pub fn read(paths: &Paths) -> Result<Report, StatsError> {
     let stats = Map::PerCpuArray(open(paths, maps::STATS)?);
     let reasons = Map::PerCpuArray(open(paths, maps::REASONS)?);
     let cache = Map::PerCpuArray(open(paths, maps::CACHE_STATS)?);
+    let limits = Map::PerCpuArray(open(paths, limit_maps::LIMIT_STATS)?);
     let mut report = collect(&ifaces, &stats, &reasons)?;
     report.decision_cache = cache_stats(&cache).map_err(|source| StatsError::Map {
         map: maps::CACHE_STATS,
         source,
     })?;
+    let totals = super::limit_totals(&limits).map_err(|source| StatsError::Read {
+        map: limit_maps::LIMIT_STATS,
+        source,
+    })?;
+    report.limits = totals.map(|c| c.packets);
     Ok(report)
 }
 

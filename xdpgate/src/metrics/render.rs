@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use prometheus::{Encoder as _, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-use xdpgate_common::{Action, DropReason, Family};
+use xdpgate_common::{Action, DropReason, Family, limit::rule_stat};
 
 use super::{Snapshot, UNREGISTERED};
 
@@ -157,6 +157,12 @@ pub fn render(s: &Snapshot) -> String {
         "Bytes decided by an ACL rule, by rule id and the rule's verdict.",
         &["rule_id", "action"],
     );
+    let rule_limit = counter(
+        &r,
+        "xdpgate_rule_limit_packets_total",
+        "Packets counted by the limit and SYN-cookie path of an ACL rule with a limit or syncookie, by rule id and kind: limited (over the limit, dropped), cookies_sent (SYN-ACKs with a cookie), cookie_acks (valid cookie ACKs passed), bad_cookies (neither a connection nor a valid cookie, dropped), synacks_limited (SYNs unanswered under the reflector limit), kernel_syns (SYNs passed to the kernel to keep its listener accepting cookies).",
+        &["rule_id", "kind"],
+    );
     let default_packets = counter(
         &r,
         "xdpgate_default_policy_packets_total",
@@ -273,6 +279,13 @@ pub fn render(s: &Snapshot) -> String {
         let l = [id.as_str(), row.action.as_str()];
         rule_packets.with_label_values(&l).inc_by(row.packets);
         rule_bytes.with_label_values(&l).inc_by(row.bytes);
+        if let Some(limits) = &row.limits {
+            for (kind, n) in rule_stat::NAMES.iter().zip(limits) {
+                rule_limit
+                    .with_label_values(&[id.as_str(), kind])
+                    .inc_by(*n);
+            }
+        }
     }
     for row in &s.defaults {
         let l = [row.interface.as_str(), row.policy.as_str()];

@@ -36,6 +36,10 @@ pub struct RuleRow {
     pub packets: u64,
     /// Bytes.
     pub bytes: u64,
+    /// Packets of each limit and SYN-cookie counter
+    /// (`xdpgate_common::limit::rule_stat` order), for a rule with a limit
+    /// or `syncookie`.
+    pub limits: Option<[u64; 6]>,
 }
 
 /// Packets and bytes that fell to one interface's default policy.
@@ -179,6 +183,7 @@ pub fn gather(
             action: r.rule.action.to_string(),
             packets: r.packets,
             bytes: r.bytes,
+            limits: r.limits.map(|l| l.map(|c| c.packets)),
         })
         .collect();
     let state = ctl.state();

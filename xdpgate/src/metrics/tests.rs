@@ -56,6 +56,7 @@ fn snapshot() -> Snapshot {
                 hits: 40,
                 misses: 2,
             },
+            limits: [4, 0, 0, 0, 0, 0],
         },
         rules: vec![
             RuleRow {
@@ -63,12 +64,14 @@ fn snapshot() -> Snapshot {
                 action: "deny".into(),
                 packets: 5,
                 bytes: 500,
+                limits: None,
             },
             RuleRow {
                 id: 12,
                 action: "allow".into(),
                 packets: 0,
                 bytes: 0,
+                limits: Some([4, 0, 0, 0, 0, 0]),
             },
         ],
         defaults: vec![
@@ -219,6 +222,10 @@ fn render_has_every_series_with_bounded_labels() {
             ("counter", &["rule_id", "action"][..]),
         ),
         (
+            "xdpgate_rule_limit_packets_total",
+            ("counter", &["rule_id", "kind"][..]),
+        ),
+        (
             "xdpgate_default_policy_packets_total",
             ("counter", &["interface", "policy"][..]),
         ),
@@ -359,6 +366,26 @@ fn render_has_every_series_with_bounded_labels() {
     assert_eq!(reason("eth0", "truncated_l4"), 3.0);
     assert_eq!(reason("eth1", "truncated_l4"), 0.0);
     assert_eq!(reason(UNREGISTERED, "vlan_too_deep"), 0.0);
+    for r in ["rate_limited", "synack_limited", "bad_cookie"] {
+        assert_eq!(reason("eth1", r), 0.0, "{r} present at zero");
+    }
+    // Limit counters: only for the rule with a limit, every kind present.
+    let limits: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.0 == "xdpgate_rule_limit_packets_total")
+        .collect();
+    assert_eq!(limits.len(), 6, "six kinds of the one limited rule");
+    for kind in xdpgate_common::limit::rule_stat::NAMES {
+        let want = if kind == "limited" { 4.0 } else { 0.0 };
+        assert_eq!(
+            v(
+                "xdpgate_rule_limit_packets_total",
+                &[("rule_id", "12"), ("kind", kind)]
+            ),
+            want,
+            "{kind}"
+        );
+    }
     assert_eq!(
         v(
             "xdpgate_rule_packets_total",

@@ -165,6 +165,62 @@ pub fn write_array<T: Copy>(fd: BorrowedFd<'_>, entries: u32, values: &[T]) -> i
     Ok(())
 }
 
+/// `BPF_MAP_LOOKUP_BATCH`.
+const BPF_MAP_LOOKUP_BATCH: u32 = 24;
+/// Elements one `BPF_MAP_LOOKUP_BATCH` call reads at most.
+const BATCH: usize = 1024;
+
+/// Reads the first `entries` elements of the per-CPU array map `fd`, whose
+/// values are `value_size` bytes on each of `cpus` possible CPUs, with
+/// `BPF_MAP_LOOKUP_BATCH`: one call per 1,024 elements instead of one per
+/// element. The value of element `i` on CPU `c` is at
+/// `(i * cpus + c) * elem_size(value_size)` of the result.
+pub fn read_percpu_array(
+    fd: BorrowedFd<'_>,
+    entries: usize,
+    value_size: usize,
+    cpus: usize,
+) -> io::Result<Vec<u8>> {
+    let stride = elem_size(value_size) * cpus;
+    let mut out = vec![0u8; entries * stride];
+    let mut keys = vec![0u32; BATCH];
+    let (mut token_in, mut token_out) = (0u32, 0u32);
+    let mut done = 0;
+    while done < entries {
+        let want = BATCH.min(entries - done);
+        let values = out[done * stride..].as_mut_ptr();
+        let mut attr = [0u8; 128];
+        if done > 0 {
+            put_u64(&mut attr, 0, std::ptr::from_ref(&token_in) as u64);
+        }
+        put_u64(&mut attr, 8, std::ptr::from_mut(&mut token_out) as u64);
+        put_u64(&mut attr, 16, keys.as_mut_ptr() as u64);
+        put_u64(&mut attr, 24, values as u64);
+        put_u32(&mut attr, 32, want as u32);
+        put_u32(&mut attr, 36, fd.as_raw_fd() as u32);
+        let result = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = u32::from_ne_bytes(attr[32..36].try_into().expect("4 bytes")) as usize;
+        // An array's keys come in order from the one after `token_in`.
+        if keys[..got.min(want)]
+            .iter()
+            .enumerate()
+            .any(|(i, k)| *k as usize != done + i)
+        {
+            return Err(io::Error::other(
+                "a batch lookup returned keys out of order",
+            ));
+        }
+        done += got.min(want);
+        match result {
+            Ok(_) if got > 0 => token_in = token_out,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Ok(_) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

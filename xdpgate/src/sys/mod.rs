@@ -2,7 +2,8 @@
 //! interface: the raw `bpf(2)` calls aya lacks ([`bpf`]: RCU barrier, array
 //! maps written through mmap), rtnetlink ([`netlink`]: links, XDP
 //! attachments, addresses, neighbours), listening sockets with explicit
-//! options ([`listen`]), and here the small helpers: privilege and bpffs
+//! options ([`listen`]), the TCP sysctls of SYN cookies ([`sysctl`]), and
+//! here the small helpers: privilege and bpffs
 //! checks, interface names and indexes, program names, the daemon lock, the
 //! kernel release.
 pub mod bpf;
@@ -10,6 +11,7 @@ pub mod listen;
 pub mod netlink;
 pub mod object;
 mod rlimit;
+pub mod sysctl;
 
 pub use rlimit::raise_nofile_limit;
 

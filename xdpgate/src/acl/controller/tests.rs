@@ -246,3 +246,81 @@ fn a_change_stopped_at_its_cancellation_point_leaves_everything_as_it_was() {
     // Outside the scope the same change goes through.
     ctl.apply(&mut dp, &change()).expect("apply");
 }
+
+#[test]
+fn a_new_rule_on_a_reused_counter_slot_starts_with_zero_limit_counters_and_a_full_bucket() {
+    let mut dp = FakeDatapath::default();
+    let mut ctl = AclController::new(BTreeMap::from([("eth0".to_owned(), 1)]));
+    let limited = r#"
+        [[rule]]
+        id = 10
+        priority = 10
+        proto = "udp"
+        action = "allow"
+        limit = { pps = 100, per = "rule" }
+
+        [[rule]]
+        id = 11
+        priority = 11
+        proto = "icmp"
+        action = "allow"
+        limit = { pps = 50 }
+    "#;
+    ctl.install(&mut dp, state(limited)).expect("install");
+    let slot_of = |ctl: &AclController, id: u32| {
+        ctl.counter_of
+            .iter()
+            .find(|(r, _)| r.id == id)
+            .map(|(_, s)| *s)
+            .expect("rule has a slot")
+    };
+    let (gone, kept) = (slot_of(&ctl, 10), slot_of(&ctl, 11));
+    // Traffic: both rules limited some packets and spent their buckets.
+    let mut traffic = crate::datapath::RuleLimitStats::default();
+    traffic[0].packets = 7;
+    traffic[0].bytes = 700;
+    for slot in [gone, kept] {
+        dp.maps_mut().rule_limits.insert(slot, (traffic, true));
+    }
+    ctl.apply(&mut dp, &Change::RuleDel { ids: vec![10] })
+        .expect("delete");
+    let syncookie: RuleFile = toml::from_str(
+        r#"
+        [[rule]]
+        id = 12
+        priority = 12
+        proto = "tcp"
+        dport = "443"
+        action = "allow"
+        syncookie = true
+    "#,
+    )
+    .expect("rule file");
+    ctl.apply(
+        &mut dp,
+        &Change::RuleAdd {
+            rules: syncookie.rules,
+        },
+    )
+    .expect("add");
+    assert_eq!(
+        slot_of(&ctl, 12),
+        gone,
+        "the new rule reuses the freed slot"
+    );
+    assert!(
+        !dp.maps().rule_limits.contains_key(&gone),
+        "its limit counters are zero and its rule-wide bucket full"
+    );
+    assert_eq!(
+        dp.maps().rule_limits[&kept],
+        (traffic, true),
+        "the kept rule keeps its own"
+    );
+    let rows = ctl.rule_counters(&dp).expect("counters");
+    let limits: Vec<(u32, Option<u64>)> = rows
+        .iter()
+        .map(|r| (r.rule.id, r.limits.map(|l| l[0].packets)))
+        .collect();
+    assert_eq!(limits, vec![(11, Some(7)), (12, Some(0))]);
+}
