@@ -19,8 +19,10 @@
 //! daemon on both of the gate's veth ends: a syncookie rule on the server
 //! port, a per-/24 UDP limit, default deny; `tcp_syncookies = 2` in `s`),
 //! `nftables` (netdev ingress per-/24 `limit` on UDP and default drop on
-//! both ends, `synproxy` on the server port in an inet table). Rounds run the
-//! four in order, then reversed (ABBA); a configuration's kept fraction is
+//! both ends, `synproxy` on the server port in an inet table), and
+//! `xdp-drop` (the empty `XDP_DROP` program on the attack interface only:
+//! the rig's ceiling, the flood dropped as cheaply as XDP can). Rounds run
+//! the five in order, then reversed (ABBA); a configuration's kept fraction is
 //! the median over the rounds of its TPS / that round's no-attack TPS.
 
 mod attack;
@@ -107,11 +109,12 @@ pub(crate) struct FloodReport {
     pub target: Target,
 }
 
-const CONFIGS: [(&str, Protection, bool); 4] = [
+const CONFIGS: [(&str, Protection, bool); 5] = [
     ("no-attack", Protection::None, false),
     ("no-protection", Protection::None, true),
     ("xdpgate", Protection::Xdpgate, true),
     ("nftables", Protection::Nftables, true),
+    ("xdp-drop", Protection::XdpDrop, true),
 ];
 
 fn median(v: &mut [f64]) -> f64 {

@@ -9,13 +9,14 @@
 //! dropped (default deny). xdpgate's SYN-ACKs are limited by the daemon's
 //! defaults (`[ddos]`: 500/s, burst 100, per source /24).
 
-use std::path::PathBuf;
+use std::{os::fd::OwnedFd, path::PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 use xdpgate_tests::xdpgate::{Daemon, StateDirs, binary};
 
 use super::{PORT, UDP_PORT, rig::Rig};
+use crate::bpf;
 
 /// UDP rate per source /24, packets per second (both gates).
 pub(super) const UDP_PPS: u64 = 100;
@@ -36,11 +37,17 @@ pub(super) enum Protection {
     Xdpgate,
     /// nftables limit + synproxy.
     Nftables,
+    /// The empty program `r0 = XDP_DROP; exit` on the attack interface
+    /// only: the rig's ceiling (the flood dropped as cheaply as possible,
+    /// the legitimate path untouched).
+    XdpDrop,
 }
 
 /// A protection in force.
 pub(super) struct Active {
     daemon: Option<Daemon>,
+    /// The empty XDP_DROP program's link (detached on drop).
+    xdp_drop: Option<OwnedFd>,
     nft: bool,
     syncookies_before: Option<String>,
     /// The xdpgate configuration file (removed on drop).
@@ -110,6 +117,7 @@ impl Active {
     pub(super) fn apply(rig: &Rig, p: Protection) -> anyhow::Result<Active> {
         let mut a = Active {
             daemon: None,
+            xdp_drop: None,
             nft: false,
             syncookies_before: None,
             config: None,
@@ -125,6 +133,16 @@ impl Active {
         let a = self;
         match p {
             Protection::None => {}
+            Protection::XdpDrop => {
+                let prog = bpf::load_constant_xdp(bpf::XDP_DROP, "bench_fl_drop")
+                    .context("loading the empty XDP_DROP program")?;
+                let idx = rig.s_att.ifindex;
+                let link = rig
+                    .s
+                    .run(|| bpf::attach_native(&prog, idx))
+                    .context("attaching XDP_DROP to the gate's attack end")?;
+                a.xdp_drop = Some(link);
+            }
             Protection::Nftables => {
                 let path = std::env::temp_dir()
                     .join(format!("xdpgate-bench-flood-{}.nft", std::process::id()));
@@ -182,6 +200,7 @@ impl Active {
     }
 
     fn undo(&mut self, rig: &Rig) -> anyhow::Result<()> {
+        self.xdp_drop = None;
         if let Some(d) = self.daemon.take() {
             // Waits for the exit, then detaches the pinned links.
             let _ = d.stop_with(libc::SIGTERM);
