@@ -132,7 +132,7 @@ pub(super) fn run(rig: &Rig, repeat: u32, syn_calls: usize) -> anyhow::Result<Co
                 ratio: r.ratio,
                 action: r.action,
                 repeat,
-                calls: 3,
+                calls: crate::testrun::ROUNDS,
             });
         }
         let (mut syn, mut emp) = (Vec::new(), Vec::new());
