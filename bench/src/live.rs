@@ -255,7 +255,7 @@ fn xdp_filter_runs(
 /// Enables GRO on `ifname` of the calling thread's namespace (SIOCETHTOOL,
 /// ETHTOOL_SGRO). A veth without an XDP program accepts `ndo_xdp_xmit` frames
 /// from its peer only with GRO (NAPI) on.
-fn enable_gro(ifname: &str) -> std::io::Result<()> {
+pub(crate) fn enable_gro(ifname: &str) -> std::io::Result<()> {
     #[repr(C)]
     struct EthtoolValue {
         cmd: u32,

@@ -15,12 +15,18 @@
 //! (`--only maglev` runs just that, without root or namespaces), and the
 //! Internet checksum's throughput (`--only csum`, likewise).
 //!
+//! 6. the flood: legitimate TCP transactions per second under a SYN and a
+//!    UDP flood (live frames), with no protection, xdpgate and nftables, and
+//!    the per-packet cost of the limit action and the SYN-cookie path
+//!    (`--only flood` runs just that).
+//!
 //! Everything runs inside network namespaces created here, which are removed
 //! on exit (also on failure). See docs/bench.md.
 // Raw bpf(2) helpers live in the test library, shared with the tests.
 use xdpgate_tests::bpf;
 mod bind;
 mod csum;
+mod flood;
 mod lb;
 mod lblive;
 mod lifecycle;
@@ -91,6 +97,9 @@ enum Only {
     LbLive,
     /// The enforcement gap across restarts and upgrades, and the cold start (5).
     Lifecycle,
+    /// Legitimate transactions under a SYN + UDP flood, and the cost of the
+    /// limit action and the SYN-cookie path (6).
+    Flood,
 }
 
 /// Lab subnet of the benchmark's veth pair (10.200.X.0/24); the tests and the
@@ -99,6 +108,11 @@ const LAB_SUBNET: u8 = 231;
 
 /// Rounds of the live load-balancer comparison (1c); `--quick`: 3.
 const LB_LIVE_ROUNDS: usize = 5;
+
+/// Part 6: window seconds, rounds (ABBA), single SYN runs; `--quick` and
+/// the full run.
+const FLOOD_QUICK: (f64, usize, usize) = (2.0, 2, 500);
+const FLOOD_FULL: (f64, usize, usize) = (3.0, 3, 2000);
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -151,6 +165,14 @@ fn main() -> anyhow::Result<()> {
     let lb_live_rounds = if cli.quick { 3 } else { LB_LIVE_ROUNDS };
     let lb_live_secs = live_secs / 2.0;
 
+    let (flood_secs, flood_rounds, flood_syns) = if cli.quick { FLOOD_QUICK } else { FLOOD_FULL };
+    let run_flood = || flood::run(flood_secs, flood_rounds, repeat, flood_syns);
+    if cli.only == Some(Only::Flood) {
+        let r = report::Section::from(Some(run_flood()));
+        flood::print(&r);
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
     if cli.only == Some(Only::Lifecycle) {
         let r = report::Section::from(Some(lifecycle::run(cli.quick)));
         lifecycle::print(&r);
@@ -222,6 +244,7 @@ fn main() -> anyhow::Result<()> {
     let lb_live =
         report::Section::from((!cli.no_live).then(|| lblive::run(lb_live_secs, lb_live_rounds)));
     let gap = report::Section::from(Some(lifecycle::run(cli.quick)));
+    let flood = report::Section::from(Some(run_flood()));
 
     let report = report::Report::new(cli.quick, part1, filter, live, bind, started.elapsed());
     report.print();
@@ -235,6 +258,8 @@ fn main() -> anyhow::Result<()> {
     csum::print(&csum);
     println!();
     lifecycle::print(&gap);
+    println!();
+    flood::print(&flood);
     if let Some(dir) = cli.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -244,6 +269,7 @@ fn main() -> anyhow::Result<()> {
     json["maglev"] = serde_json::to_value(&maglev)?;
     json["csum"] = serde_json::to_value(&csum)?;
     json["lifecycle"] = serde_json::to_value(&gap)?;
+    json["flood"] = serde_json::to_value(&flood)?;
     std::fs::write(&cli.out, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", cli.out.display()))?;
     eprintln!("bench: wrote {}", cli.out.display());

@@ -281,6 +281,34 @@ pub fn test_run(prog: &impl AsRawFd, frame: &[u8], repeat: u32) -> io::Result<Ru
     })
 }
 
+/// [`test_run`] with a context: `ctx.ingress_ifindex` names the receiving
+/// device of the calling thread's namespace (a program that looks up its
+/// interface, as xdpgate's does, sees that device instead of loopback).
+pub fn test_run_ctx(
+    prog: &impl AsRawFd,
+    frame: &[u8],
+    repeat: u32,
+    ctx: XdpMd,
+) -> io::Result<RunResult> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: repeat.max(1),
+        ctx_size_in: size_of::<XdpMd>() as u32,
+        ctx_in: &raw const ctx as u64,
+        ..Default::default()
+    };
+    sys_bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(RunResult {
+        retval: attr.retval,
+        duration: Duration::from_nanos(attr.duration as u64),
+    })
+}
+
 /// `BPF_PROG_TEST_RUN` in live-frames mode: `repeat` copies of `frame` are
 /// injected as if received on `ctx.ingress_ifindex`, in batches of `batch`;
 /// what the program does with them (`XDP_TX` transmits them from that device)
