@@ -264,21 +264,7 @@ pub struct RunResult {
 /// the average per repetition. The ingress device is the loopback device of the
 /// calling thread's network namespace.
 pub fn test_run(prog: &impl AsRawFd, frame: &[u8], repeat: u32) -> io::Result<RunResult> {
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut attr = TestRunAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: repeat.max(1),
-        ..Default::default()
-    };
-    sys_bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-    Ok(RunResult {
-        retval: attr.retval,
-        duration: Duration::from_nanos(attr.duration as u64),
-    })
+    run_with(prog, frame, repeat, None)
 }
 
 /// [`test_run`] with a context: `ctx.ingress_ifindex` names the receiving
@@ -290,6 +276,15 @@ pub fn test_run_ctx(
     repeat: u32,
     ctx: XdpMd,
 ) -> io::Result<RunResult> {
+    run_with(prog, frame, repeat, Some(&ctx))
+}
+
+fn run_with(
+    prog: &impl AsRawFd,
+    frame: &[u8],
+    repeat: u32,
+    ctx: Option<&XdpMd>,
+) -> io::Result<RunResult> {
     let mut out = vec![0u8; frame.len() + 256];
     let mut attr = TestRunAttr {
         prog_fd: prog.as_raw_fd() as u32,
@@ -298,10 +293,12 @@ pub fn test_run_ctx(
         data_in: frame.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
         repeat: repeat.max(1),
-        ctx_size_in: size_of::<XdpMd>() as u32,
-        ctx_in: &raw const ctx as u64,
         ..Default::default()
     };
+    if let Some(ctx) = ctx {
+        attr.ctx_size_in = size_of::<XdpMd>() as u32;
+        attr.ctx_in = std::ptr::from_ref(ctx) as u64;
+    }
     sys_bpf(BPF_PROG_TEST_RUN, &mut attr)?;
     Ok(RunResult {
         retval: attr.retval,

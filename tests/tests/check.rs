@@ -118,6 +118,22 @@ health = { type = "http", rise = 0, colour = 1 }
 [deamon]
 "#;
 
+/// Asserts that `err` locates exactly the errors `want` (line, column, a
+/// phrase of the message) in `file`, in that order, and names no internal
+/// Rust type.
+fn assert_located(file: &Path, err: &str, want: &[(usize, usize, &str)]) {
+    let got = located(file, err);
+    let got_at: Vec<(usize, usize)> = got.iter().map(|(l, c, _)| (*l, *c)).collect();
+    let want_at: Vec<(usize, usize)> = want.iter().map(|(l, c, _)| (*l, *c)).collect();
+    assert_eq!(got_at, want_at, "{err}");
+    for ((l, c, m), (_, _, phrase)) in got.iter().zip(want) {
+        assert!(m.contains(phrase), "{l}:{c}: {m:?} lacks {phrase:?}");
+        for w in ["enum", "struct", "Raw", "Saved", "untagged", "invalid type"] {
+            assert!(!m.contains(w), "{l}:{c}: {m:?} holds {w:?}");
+        }
+    }
+}
+
 #[test]
 fn check_prints_every_error_at_its_line_and_column_and_exits_64() {
     let dir = Scratch::new("many");
@@ -150,16 +166,7 @@ fn check_prints_every_error_at_its_line_and_column_and_exits_64() {
         (44, 37, "unknown key \"colour\""),
         (46, 2, "unknown table [deamon]"),
     ];
-    let got = located(&file, &err);
-    let got_at: Vec<(usize, usize)> = got.iter().map(|(l, c, _)| (*l, *c)).collect();
-    let want_at: Vec<(usize, usize)> = want.iter().map(|(l, c, _)| (*l, *c)).collect();
-    assert_eq!(got_at, want_at, "{err}");
-    for ((l, c, m), (_, _, phrase)) in got.iter().zip(want) {
-        assert!(m.contains(phrase), "{l}:{c}: {m:?} lacks {phrase:?}");
-        for w in ["enum", "struct", "Raw", "Saved", "untagged", "invalid type"] {
-            assert!(!m.contains(w), "{l}:{c}: {m:?} holds {w:?}");
-        }
-    }
+    assert_located(&file, &err, want);
     assert!(
         err.contains(&format!(
             "xdpgate: error: {} has {} error(s)",
@@ -299,13 +306,7 @@ fn check_locates_every_limit_syncookie_and_ddos_error_and_exits_64() {
             "rule 4: limit.v6_prefix: /0 is not a prefix length from 1 to 128",
         ),
     ];
-    let got = located(&file, &err);
-    let got_at: Vec<(usize, usize)> = got.iter().map(|(l, c, _)| (*l, *c)).collect();
-    let want_at: Vec<(usize, usize)> = want.iter().map(|(l, c, _)| (*l, *c)).collect();
-    assert_eq!(got_at, want_at, "{err}");
-    for ((l, c, m), (_, _, phrase)) in got.iter().zip(want) {
-        assert!(m.contains(phrase), "{l}:{c}: {m:?} lacks {phrase:?}");
-    }
+    assert_located(&file, &err, want);
     assert!(
         err.contains(&format!("has {} error(s)", want.len())),
         "{err}"

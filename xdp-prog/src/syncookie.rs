@@ -95,10 +95,21 @@ pub(crate) fn decide(ctx: &XdpContext, s: &DdosCtx, v4: bool) -> Result<Action, 
     };
     load(ctx, l3, &mut sc.ip, ip_len)?;
     load(ctx, l4, &mut sc.tcp, TCP_HLEN)?;
-    let th_len = ((sc.tcp[12] >> 4) as usize) * 4;
-    if !(TCP_HLEN..=SCRATCH_TCP).contains(&th_len) {
+    // The header length as 20 + 4 x (data offset - 5), the extra words
+    // passed through memory: LLVM otherwise computes it as a shift and a
+    // mask, and 6.1's verifier loses the lower bound in the mask, then
+    // refuses a length that may be zero for the helpers below.
+    let doff = (sc.tcp[12] >> 4) as usize;
+    if doff < TCP_HLEN / 4 {
         return Err(DropReason::BadCookie);
     }
+    let extra = doff - TCP_HLEN / 4;
+    // SAFETY: reads a local through a valid pointer.
+    let extra = unsafe { core::ptr::read_volatile(&raw const extra) };
+    if extra > (SCRATCH_TCP - TCP_HLEN) / 4 {
+        return Err(DropReason::BadCookie);
+    }
+    let th_len = TCP_HLEN + extra * 4;
     load(ctx, l4, &mut sc.tcp, th_len)?;
     let flags = sc.tcp[13];
     if flags & TCP_RST != 0 {

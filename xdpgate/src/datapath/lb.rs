@@ -24,20 +24,31 @@ impl Datapath {
     /// Loads the steering program and installs it as the main program's
     /// tail-call target.
     pub(super) fn load_steering(&mut self) -> Result<(), DatapathError> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(STEER_PROGRAM_NAME)
-            .ok_or_else(|| DatapathError::Missing(format!("program {STEER_PROGRAM_NAME}")))?
+        self.tail_program(STEER_PROGRAM_NAME)?
+            .load()
+            .map_err(DatapathError::VerifySteer)?;
+        self.install_tail(STEER_PROGRAM_NAME, PROG_STEER)
+    }
+
+    /// The program `name` of the object, one the main program tail-calls.
+    pub(super) fn tail_program(&mut self, name: &str) -> Result<&mut Xdp, DatapathError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| DatapathError::Missing(format!("program {name}")))?
             .try_into()
-            .map_err(|_| DatapathError::Missing(format!("XDP program {STEER_PROGRAM_NAME}")))?;
-        prog.load().map_err(DatapathError::VerifySteer)?;
-        let fd = prog
+            .map_err(|_| DatapathError::Missing(format!("XDP program {name}")))
+    }
+
+    /// Installs the loaded program `name` at `slot` of `XG_PROGS`.
+    pub(super) fn install_tail(&mut self, name: &str, slot: u32) -> Result<(), DatapathError> {
+        let fd = self
+            .tail_program(name)?
             .fd()
             .map_err(DatapathError::Verify)?
             .try_clone()
             .map_err(|source| DatapathError::Io {
                 what: "cannot duplicate the descriptor of",
-                path: PathBuf::from(STEER_PROGRAM_NAME),
+                path: PathBuf::from(name),
                 source,
             })?;
         let map = self
@@ -50,7 +61,7 @@ impl Datapath {
                 source,
             })?;
         progs
-            .set(PROG_STEER, &fd, 0)
+            .set(slot, &fd, 0)
             .map_err(|source| DatapathError::Map {
                 map: maps::PROGS,
                 source,

@@ -3,7 +3,7 @@
 //! installed as a tail-call target (or, when the kernel refuses it, the
 //! reason limits and SYN cookies are unavailable), the SYN-cookie
 //! configuration word, and the per-rule limit and cookie counters.
-use std::{os::fd::AsFd as _, path::PathBuf};
+use std::os::fd::AsFd as _;
 
 use aya::{maps::Array, programs::Xdp};
 use xdpgate_common::{
@@ -59,13 +59,7 @@ impl Datapath {
     /// with either would have handed over), and
     /// [`Datapath::ddos_unavailable`] says why.
     pub(super) fn load_ddos(&mut self) -> Result<(), DatapathError> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(DDOS_PROGRAM_NAME)
-            .ok_or_else(|| DatapathError::Missing(format!("program {DDOS_PROGRAM_NAME}")))?
-            .try_into()
-            .map_err(|_| DatapathError::Missing(format!("XDP program {DDOS_PROGRAM_NAME}")))?;
-        if let Err(e) = prog.load() {
+        if let Err(e) = self.tail_program(DDOS_PROGRAM_NAME)?.load() {
             let why = format!(
                 "the kernel refused the DDoS program {DDOS_PROGRAM_NAME} (rate limits and SYN cookies): {e}"
             );
@@ -75,21 +69,7 @@ impl Datapath {
             self.ddos_unavailable = Some(tail(&why, REASON_MAX));
             return Ok(());
         }
-        let fd = prog
-            .fd()
-            .map_err(DatapathError::Verify)?
-            .try_clone()
-            .map_err(|source| DatapathError::Io {
-                what: "cannot duplicate the descriptor of",
-                path: PathBuf::from(DDOS_PROGRAM_NAME),
-                source,
-            })?;
-        let mut progs: aya::maps::ProgramArray<_> =
-            aya::maps::ProgramArray::try_from(self.map_mut_ref(maps::PROGS)?)
-                .map_err(Self::map_err(maps::PROGS))?;
-        progs
-            .set(PROG_DDOS, &fd, 0)
-            .map_err(Self::map_err(maps::PROGS))
+        self.install_tail(DDOS_PROGRAM_NAME, PROG_DDOS)
     }
 
     /// Why limits and SYN cookies cannot be used on this kernel (`None`: the
