@@ -80,6 +80,7 @@ const TEST_BINARIES: &[&str] = &[
     "lb_next_hop",
     "lb_not_steered",
     "lb_decap",
+    "syncookie",
     "cli",
     "lifecycle",
     "vm_probe",
@@ -194,6 +195,15 @@ fn groups(probe_broken: bool) -> Vec<Group> {
         Group {
             name: "lb_decap",
             binary: "lb_decap",
+            args: &[],
+            env: &[],
+            loads_program: true,
+        },
+        // The SYN-cookie helpers and the kernel's cookie check differ by
+        // kernel: SYN-ACK bytes, cookie ACKs and the frame variants on each.
+        Group {
+            name: "syncookie",
+            binary: "syncookie",
             args: &[],
             env: &[],
             loads_program: true,
