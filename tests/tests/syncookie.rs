@@ -105,6 +105,8 @@ fn listen6() -> TcpListener {
 struct Client {
     v4: bool,
     vlan: Option<u16>,
+    /// QinQ: an 802.1ad S-tag for this VLAN outside the 802.1Q one.
+    outer: Option<u16>,
     exts: Vec<Ext>,
     dont_fragment: bool,
     /// IPv4 options (padded to 4 bytes by the builder).
@@ -116,6 +118,7 @@ impl Client {
         Client {
             v4: true,
             vlan: None,
+            outer: None,
             exts: Vec::new(),
             dont_fragment: true,
             ip_options: Vec::new(),
@@ -136,9 +139,10 @@ impl Client {
             ethertype::IPV6
         };
         let e = Ethernet::new(et);
-        match self.vlan {
-            Some(v) => e.vlan(v),
-            None => e,
+        match (self.outer, self.vlan) {
+            (Some(o), Some(v)) => e.qinq(o, v),
+            (_, Some(v)) => e.vlan(v),
+            _ => e,
         }
     }
 
@@ -365,6 +369,47 @@ fn a_vlan_tagged_syn_is_answered_on_its_vlan_in_both_families() {
             },
         );
     }
+}
+
+#[test]
+fn a_qinq_tagged_syn_is_answered_with_both_tags_in_both_families() {
+    for c in [Client::v4(), Client::v6()] {
+        let c = Client {
+            outer: Some(300),
+            vlan: Some(100),
+            ..c
+        };
+        assert_eq!(c.eth().header_len(), 22);
+        handshake("scqinq", &c);
+    }
+}
+
+/// A SYN without any option (no MSS, no timestamps) while timestamps are
+/// on: the SYN-ACK offers the default MSS the kernel assumes for such a
+/// client (536 for IPv4, RFC 9293; 1220 for IPv6, the minimum MTU of
+/// RFC 8200 less 60 bytes of headers) and nothing the client did not offer,
+/// and its cookie ACK passes.
+#[test]
+fn a_syn_without_options_gets_the_default_mss_and_no_other_option() {
+    with_gate("scnoopt", ALL_FLAGS, (500, 100), |g| {
+        for c in [Client::v4(), Client::v6()] {
+            first_syn_goes_to_the_kernel(g, &c);
+            let syn = c.frame(&Tcp::syn(42000, PORT, 5));
+            let out = g.dp.test_run(&syn, 1).expect("test run");
+            assert_eq!(out.action, XDP_TX, "SYN {}", hex(&syn));
+            let seg = TcpSegment::parse(&out.frame[c.l4_offset(false)..]).expect("SYN-ACK");
+            assert_eq!(seg.flags, flags::SYN | flags::ACK);
+            assert_eq!(seg.ack, 6);
+            let mss = if c.v4 { 536 } else { 1220 };
+            assert_eq!(seg.mss(), Some(mss), "{:?}", seg.options);
+            assert_eq!(seg.timestamps(), None, "{:?}", seg.options);
+            assert_eq!(seg.window_scale(), None);
+            assert!(!seg.sack_permitted());
+            let ack = c.ack(42000, 5, seg.seq.wrapping_add(1));
+            assert_eq!(g.run(&ack), XDP_PASS, "the cookie ACK {}", hex(&ack));
+        }
+        assert_eq!(g.rule_stat(RULE, rule_stat::COOKIE_ACKS), 2);
+    });
 }
 
 #[test]
