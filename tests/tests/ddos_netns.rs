@@ -4,7 +4,8 @@
 //!
 //! - a UDP stream at about three times a rule's per-source limit arrives at
 //!   the receiving socket at the configured rate, within ±10% once the burst
-//!   is subtracted, from one sender CPU and from two;
+//!   is subtracted, from one sender CPU and from two, and under a byte
+//!   limit of the same rate in bytes;
 //! - a sender in another IPv6 /64 has its own budget: two senders, each
 //!   about at the rate;
 //! - real TCP clients of both families connect through the SYN-cookie path
@@ -292,6 +293,35 @@ fn a_rate_limited_udp_stream_arrives_at_the_configured_rate_from_one_sender_cpu(
     let (got, sent) = stream(&lab, dst, &[Sender { src, cpu: Some(0) }], OVERLOAD * RATE);
     assert_rate("one sender, cpu 0", &got, &sent, src);
     // Every datagram the gate did not pass was counted as limited.
+    let limited = limited_count(&d, &lab).expect("a limited counter in acl list");
+    let (packets, _) = sent[&src];
+    assert_eq!(limited + got[&src], packets, "limited + received = sent");
+}
+
+/// Bytes of one datagram of [`send_paced`] on the wire over IPv4: Ethernet
+/// 14, IPv4 20, UDP 8, payload 64 (limits count whole frames).
+const FRAME_V4: u64 = 14 + 20 + 8 + 64;
+
+#[test]
+fn a_byte_limit_passes_the_configured_bytes_per_second() {
+    let _g = serial();
+    let lab = Lab::new("ddbytes", 154).expect("lab");
+    // The byte rate and burst of RATE and BURST datagrams: the receiver then
+    // sees RATE datagrams per second after the burst.
+    let rules = RuleFile::new(
+        "bytes",
+        &format!(
+            "[[rule]]\nid = {UDP_RULE}\npriority = 1\nproto = \"udp\"\ndport = {UDP_PORT}\n\
+             action = \"allow\"\nlimit = {{ bytes_per_sec = {}, burst_bytes = {}, per = \"src\" }}\n",
+            RATE * FRAME_V4,
+            BURST * FRAME_V4
+        ),
+    );
+    let d = start(&lab, &rules);
+    let dst = SocketAddr::new(IpAddr::V4(lab.a_end.ipv4), UDP_PORT);
+    let src = IpAddr::V4(lab.b_end.ipv4);
+    let (got, sent) = stream(&lab, dst, &[Sender { src, cpu: Some(0) }], OVERLOAD * RATE);
+    assert_rate("bytes, one sender", &got, &sent, src);
     let limited = limited_count(&d, &lab).expect("a limited counter in acl list");
     let (packets, _) = sent[&src];
     assert_eq!(limited + got[&src], packets, "limited + received = sent");
