@@ -24,8 +24,10 @@ use crate::say;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and the demo need: `ping` (iputils-ping), `ip`
 /// with netns support (iproute2), and `prometheus` (the metrics tests run
-/// `promtool check metrics` and scrape through a real Prometheus server).
-const APT_PACKAGES: &[&str] = &["iputils-ping", "iproute2", "prometheus"];
+/// `promtool check metrics` and scrape through a real Prometheus server),
+/// and `bpftool` (the DDoS tests read pinned maps with it, as an operator
+/// would).
+const APT_PACKAGES: &[&str] = &["iputils-ping", "iproute2", "prometheus", "bpftool"];
 const NIGHTLY: &str = "nightly";
 
 /// Environment for the cargo runs that follow bootstrap.
