@@ -17,7 +17,7 @@ use xdpgate_common::{
 };
 
 use crate::{
-    handoff::DdosCtx,
+    handoff::{DdosCtx, Fields},
     limit,
     maps::{DDOS_CTX, PROGS, SCRATCH},
     stats, steer, syncookie,
@@ -67,16 +67,22 @@ pub(crate) fn run(ctx: &XdpContext) -> u32 {
     let Some(f) = SCRATCH.get_ptr(0) else {
         return Action::Drop as u32;
     };
-    // SAFETY: the classifier's fields of this packet.
-    let v4 = unsafe { (*f).v4 != 0 };
-    let family = if v4 { Family::Ipv4 } else { Family::Ipv6 };
-    let verdict = if s.rule_flags & RULE_LIMIT != 0 && !limit::admit(&s.limit, s.counter, s.bytes) {
-        Err(DropReason::RateLimited)
-    } else if s.rule_flags & RULE_SYNCOOKIE != 0 {
-        syncookie::decide(ctx, s, v4)
+    // SAFETY: the classifier's fields of this packet, looked up once here
+    // for the limit and the SYN-cookie path.
+    let f: &Fields = unsafe { &*f };
+    let family = if f.v4 != 0 {
+        Family::Ipv4
     } else {
-        Ok(Action::Pass)
+        Family::Ipv6
     };
+    let verdict =
+        if s.rule_flags & RULE_LIMIT != 0 && !limit::admit(&s.limit, s.counter, s.bytes, f) {
+            Err(DropReason::RateLimited)
+        } else if s.rule_flags & RULE_SYNCOOKIE != 0 {
+            syncookie::decide(ctx, s, f)
+        } else {
+            Ok(Action::Pass)
+        };
     let action = match verdict {
         Ok(a) => a,
         Err(reason) => {

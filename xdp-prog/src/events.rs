@@ -16,7 +16,7 @@
 //! `handoff::Fields`), which holds this packet's fields for every drop
 //! except a malformed frame (those report no addresses).
 use aya_log_ebpf::info;
-use xdpgate_common::{DropReason, EVENT_TARGET};
+use xdpgate_common::{DropReason, EVENT_TARGET, event_cause};
 
 use crate::{
     handoff::{Fields, NONE, Pending},
@@ -131,9 +131,7 @@ fn emit() {
         ..
     } = unsafe { p.read_volatile() };
     // Malformed frames never reach the classifier: SCRATCH is another packet's.
-    // Every cause from `NotBound` on (policy drops, rate limits, the
-    // load balancer's) comes after classification.
-    let fresh = cause >= DropReason::NotBound as u32;
+    let fresh = cause == DropReason::NotBound as u32 || cause >= event_cause::RULE;
     // A reference, not a copy on the stack: this frame adds to the calling
     // program's, and 6.1 rounds each frame up to 32 bytes within a 512-byte
     // total (a copy made it 136 bytes; with the main program's 296 that was

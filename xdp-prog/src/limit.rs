@@ -16,22 +16,17 @@ use xdpgate_common::limit::{
 use crate::{
     acl::PREFIX_MASKS,
     handoff::Fields,
-    maps::{LIMIT_BUCKETS, LIMIT_KEY, LIMIT_RULE, LIMIT_STATS, SCRATCH},
+    maps::{LIMIT_BUCKETS, LIMIT_KEY, LIMIT_RULE, LIMIT_STATS},
 };
 
 /// Compare-and-swap attempts per dimension before a packet is dropped.
 const ATTEMPTS: usize = 4;
 
 /// Whether a packet of `bytes` that rule counter slot `counter` matched is
-/// under the rule's limit `spec`; spends its cost when it is. The packet's
-/// addresses are the classifier's (`maps::SCRATCH`).
+/// under the rule's limit `spec`; spends its cost when it is. `f` is the
+/// packet as the classifier saw it (`maps::SCRATCH`).
 #[inline(always)]
-pub(crate) fn admit(spec: &LimitSpec, counter: u32, bytes: u64) -> bool {
-    let Some(f) = SCRATCH.get_ptr(0) else {
-        return false;
-    };
-    // SAFETY: per-CPU slot the classifier wrote for this packet.
-    let f: &Fields = unsafe { &*f };
+pub(crate) fn admit(spec: &LimitSpec, counter: u32, bytes: u64, f: &Fields) -> bool {
     let bucket = if spec.key == key::RULE {
         LIMIT_RULE.get_ptr_mut(counter)
     } else {

@@ -50,7 +50,7 @@ use xdpgate_common::{
 use crate::{
     handoff::{DdosCtx, Fields, NONE, SCRATCH_TCP, SynScratch},
     limit,
-    maps::{SCRATCH, SYN_SCRATCH, SYNCOOKIE},
+    maps::{SYN_SCRATCH, SYNCOOKIE},
 };
 
 /// `TCP_LISTEN` of the kernel's `enum tcp_state`.
@@ -68,16 +68,15 @@ const TS_SACK: u32 = 1 << 4;
 const MAX_WSCALE: u8 = 14;
 
 /// What to do with a TCP packet a `syncookie` rule allowed, or why it is
-/// dropped.
+/// dropped. `f` is the packet as the classifier saw it (`maps::SCRATCH`).
 #[inline(always)]
-pub(crate) fn decide(ctx: &XdpContext, s: &DdosCtx, v4: bool) -> Result<Action, DropReason> {
+pub(crate) fn decide(ctx: &XdpContext, s: &DdosCtx, f: &Fields) -> Result<Action, DropReason> {
+    let v4 = f.v4 != 0;
     let sc = SYN_SCRATCH.get_ptr_mut(0).ok_or(DropReason::BadCookie)?;
     let cfg = SYNCOOKIE.get_ptr(0).ok_or(DropReason::BadCookie)?;
-    let f = SCRATCH.get_ptr(0).ok_or(DropReason::BadCookie)?;
-    // SAFETY: per-CPU scratch (this packet only), the config's only element,
-    // and the classifier's fields of this packet.
-    let (sc, cfg, f): (&mut SynScratch, SyncookieConfig, &Fields) =
-        unsafe { (&mut *sc, *cfg, &*f) };
+    // SAFETY: per-CPU scratch (this packet only) and the config's only
+    // element.
+    let (sc, cfg): (&mut SynScratch, SyncookieConfig) = unsafe { (&mut *sc, *cfg) };
     let ip_len = if v4 { IPV4_HLEN } else { IPV6_HLEN };
     // The IP header and the fixed TCP header, then the whole TCP header.
     if f.proto != IPPROTO_TCP as u32 || f.dport == NONE {
