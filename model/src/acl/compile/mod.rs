@@ -23,6 +23,7 @@ use super::model::{AclError, AclState, AddrMatch, Rule, RuleFamily, Verdict, lim
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod eval;
+pub mod incr;
 
 /// [`LimitSpec::tag`] of a rule: FNV-1a of its definition, never 0 (the
 /// tag of buckets that are not a rule's). Stable for an unchanged rule, so
@@ -233,15 +234,37 @@ fn events(state: &AclState, conds: &Conditions, v6: bool) -> Vec<(Pos, i32, u32)
 
 /// Compiles `state` for the interfaces in `slots` (name -> slot 1..MAX_IFACES).
 pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image, Vec<AclError>> {
-    let rules = state.ordered_rules();
-    if rules.len() > xdpgate_common::acl::MAX_RULES as usize {
-        return Err(vec![AclError::Capacity {
-            what: "rules",
-            have: rules.len(),
-            max: xdpgate_common::acl::MAX_RULES as usize,
-        }]);
-    }
-    debug_assert!(xdpgate_common::acl::MAX_RULES as usize <= limits::MAX_RULES);
+    compile_parts(state, slots).map(|(image, _)| image)
+}
+
+/// The tables of the dimensions other than the addresses.
+struct RuleTables {
+    iface_bm: Vec<Bitmap>,
+    default_verdicts: Vec<Verdict>,
+    proto_bm: Vec<Bitmap>,
+    sport_class: Vec<u16>,
+    sport_bm: Vec<Bitmap>,
+    dport_class: Vec<u16>,
+    dport_bm: Vec<Bitmap>,
+}
+
+/// The address part of a compile, kept by the incremental compiler
+/// (`incr`): the conditions, the disjoint intervals of each family with
+/// their class, and the condition set of each class.
+struct AddrParts {
+    conds: Vec<AddrMatch>,
+    v4: Vec<(u128, u128, u16)>,
+    v6: Vec<(u128, u128, u16)>,
+    class_sets: Vec<(u8, Vec<u32>)>,
+}
+
+/// Builds the interface, protocol and port tables of `rules` (in evaluation
+/// order); the errors are capacity errors of the port dimensions.
+fn rule_tables(
+    state: &AclState,
+    rules: &[&Rule],
+    slots: &BTreeMap<String, u32>,
+) -> (RuleTables, Vec<AclError>) {
     let n = rules.len();
     let virtual_bit = |slot: u32| n + slot as usize;
     let mut errs = Vec::new();
@@ -284,21 +307,48 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
         .collect();
 
     // Port dimensions.
-    let (sport_class, sport_bm) = match port_dimension(&rules, n, false) {
+    let (sport_class, sport_bm) = match port_dimension(rules, n, false) {
         Ok(v) => v,
         Err(e) => {
             errs.push(e);
             (Vec::new(), Vec::new())
         }
     };
-    let (dport_class, dport_bm) = match port_dimension(&rules, n, true) {
+    let (dport_class, dport_bm) = match port_dimension(rules, n, true) {
         Ok(v) => v,
         Err(e) => {
             errs.push(e);
             (Vec::new(), Vec::new())
         }
     };
+    let tables = RuleTables {
+        iface_bm,
+        default_verdicts,
+        proto_bm,
+        sport_class,
+        sport_bm,
+        dport_class,
+        dport_bm,
+    };
+    (tables, errs)
+}
 
+/// [`compile`], also returning the address part for the incremental compiler.
+fn compile_parts(
+    state: &AclState,
+    slots: &BTreeMap<String, u32>,
+) -> Result<(Image, AddrParts), Vec<AclError>> {
+    let rules = state.ordered_rules();
+    if rules.len() > xdpgate_common::acl::MAX_RULES as usize {
+        return Err(vec![AclError::Capacity {
+            what: "rules",
+            have: rules.len(),
+            max: xdpgate_common::acl::MAX_RULES as usize,
+        }]);
+    }
+    debug_assert!(xdpgate_common::acl::MAX_RULES as usize <= limits::MAX_RULES);
+    let n = rules.len();
+    let (rt, mut errs) = rule_tables(state, &rules, slots);
     // Address dimensions.
     let conds = Conditions::of(&rules);
     let v4 = sweep(events(state, &conds, false));
@@ -358,17 +408,17 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
         }]
     })?;
 
-    Ok(Image {
+    let image = Image {
         rule_ids: rules.iter().map(|r| r.id).collect(),
         rule_verdicts: rules.iter().map(|r| r.action).collect(),
         rule_extras: rules.iter().map(|r| extras(r)).collect(),
-        default_verdicts,
-        iface_bm,
-        proto_bm,
-        sport_class,
-        dport_class,
-        sport_bm,
-        dport_bm,
+        default_verdicts: rt.default_verdicts,
+        iface_bm: rt.iface_bm,
+        proto_bm: rt.proto_bm,
+        sport_class: rt.sport_class,
+        dport_class: rt.dport_class,
+        sport_bm: rt.sport_bm,
+        dport_bm: rt.dport_bm,
         src_bm,
         dst_bm,
         v4_tbl24,
@@ -376,7 +426,14 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
         lensets: long.lensets,
         prefix_table,
         prefix_entries,
-    })
+    };
+    let parts = AddrParts {
+        conds: conds.list,
+        v4,
+        v6,
+        class_sets,
+    };
+    Ok((image, parts))
 }
 
 fn port_group(p: u8) -> Option<u32> {
