@@ -91,6 +91,8 @@ pub struct RuleCounters {
 pub struct UpdateTiming {
     /// Whether the change went through the incremental compiler.
     pub incremental: bool,
+    /// From the call to the validated next state.
+    pub validated: std::time::Duration,
     /// From the call to the compiled tables (or delta).
     pub compiled: std::time::Duration,
     /// From the call to the switch: from then on the datapath enforces it.
@@ -107,6 +109,8 @@ struct Compiled {
     tables: Option<Box<Incremental>>,
     /// Both generations hold `tables` (else only the live one does).
     synced: bool,
+    /// The counter slot of each rule of `tables`, in evaluation order.
+    counters: Vec<u32>,
     last: Option<UpdateTiming>,
 }
 
@@ -214,9 +218,10 @@ impl AclController {
     ) -> Result<Applied, ApplyError> {
         let t0 = Instant::now();
         let next = self.state.apply(change).map_err(ApplyError::Invalid)?;
-        match self.apply_delta(dp, change, next, t0)? {
+        let validated = t0.elapsed();
+        match self.apply_delta(dp, change, next, (t0, validated))? {
             Ok(applied) => Ok(applied),
-            Err(next) => self.install_timed(dp, next, t0),
+            Err(next) => self.install_timed(dp, next, (t0, validated)),
         }
     }
 
@@ -229,7 +234,7 @@ impl AclController {
         dp: &mut D,
         change: &Change,
         next: AclState,
-        t0: Instant,
+        t0: (Instant, std::time::Duration),
     ) -> Result<Result<Applied, AclState>, ApplyError> {
         cancel::checkpoint()?;
         let Some(mut tables) = self.compiled.tables.take() else {
@@ -245,10 +250,11 @@ impl AclController {
             Err(Fallback::Spoiled) => return Ok(Err(next)),
         };
         // From here the tables are `next`'s: a failure drops them.
-        let (timing, synced) = self.install_delta(dp, &tables, &next, &delta, t0)?;
+        let (timing, synced, counters) = self.install_delta(dp, &tables, &next, &delta, t0)?;
         self.compiled = Compiled {
             tables: Some(tables),
             synced,
+            counters,
             last: Some(timing),
         };
         self.state = Arc::new(next);
@@ -258,40 +264,51 @@ impl AclController {
     /// Writes `delta` (or, when the idle generation is stale, the whole
     /// tables) into the idle generation, switches, waits, and writes the
     /// delta into the other generation. Commits the counter slots; returns
-    /// the timing and whether the second copy was written.
+    /// the timing, whether the second copy was written, and the counter
+    /// slot of each rule.
     fn install_delta<D: AclTables + ?Sized>(
         &mut self,
         dp: &mut D,
         tables: &Incremental,
         next: &AclState,
         delta: &Delta,
-        t0: Instant,
-    ) -> Result<(UpdateTiming, bool), ApplyError> {
+        (t0, validated): (Instant, std::time::Duration),
+    ) -> Result<(UpdateTiming, bool, Vec<u32>), ApplyError> {
         let image = tables.image();
-        let slots = self.counters(image, next)?;
+        // Prefix changes keep every rule, and so every counter slot.
+        let slots = if delta.rules {
+            Some(self.counters(image, next)?)
+        } else {
+            None
+        };
+        let counters = slots
+            .as_ref()
+            .map_or_else(|| self.compiled.counters.clone(), |s| s.counters.clone());
+        let fresh = slots.as_ref().map_or(&[][..], |s| &s.fresh[..]);
         let compiled = t0.elapsed();
         cancel::checkpoint()?;
         let synced = self.compiled.synced;
-        let t = switch_generation(dp, image, &slots.fresh, |dp, t| {
+        let t = switch_generation(dp, image, fresh, |dp, t| {
             if synced {
-                dp.write_acl_delta(t, image, delta, &slots.counters)
+                dp.write_acl_delta(t, image, delta, &counters)
             } else {
-                dp.write_acl_generation(t, image, &slots.counters)
+                dp.write_acl_generation(t, image, &counters)
             }
         })?;
         let enforced = t0.elapsed();
         // The generation that was live held the tables before the change.
-        let synced = dp
-            .write_acl_delta(1 - t, image, delta, &slots.counters)
-            .is_ok();
-        self.commit_slots(slots);
+        let synced = dp.write_acl_delta(1 - t, image, delta, &counters).is_ok();
+        if let Some(slots) = slots {
+            self.commit_slots(slots);
+        }
         let timing = UpdateTiming {
             incremental: true,
+            validated,
             compiled,
             enforced,
             total: t0.elapsed(),
         };
-        Ok((timing, synced))
+        Ok((timing, synced, counters))
     }
 
     /// Installs a whole (already validated) state for the interfaces in
@@ -331,14 +348,15 @@ impl AclController {
         if !errs.is_empty() {
             return Err(ApplyError::Invalid(errs));
         }
-        self.install_timed(dp, next, Instant::now())
+        let t0 = Instant::now();
+        self.install_timed(dp, next, (t0, std::time::Duration::ZERO))
     }
 
     fn install_timed<D: AclTables + ?Sized>(
         &mut self,
         dp: &mut D,
         next: AclState,
-        t0: Instant,
+        (t0, validated): (Instant, std::time::Duration),
     ) -> Result<Applied, ApplyError> {
         let prefixes: u64 = next.sets.values().map(|s| s.len() as u64).sum();
         cancel::progress("compiling prefixes", 0, prefixes);
@@ -365,9 +383,11 @@ impl AclController {
         let synced = dp
             .write_acl_generation(1 - t, image, &slots.counters)
             .is_ok();
+        let counters = slots.counters.clone();
         self.commit_slots(slots);
         let timing = UpdateTiming {
             incremental: false,
+            validated,
             compiled,
             enforced,
             total: t0.elapsed(),
@@ -375,6 +395,7 @@ impl AclController {
         self.compiled = Compiled {
             tables: Some(Box::new(tables)),
             synced,
+            counters,
             last: Some(timing),
         };
         self.state = Arc::new(next);

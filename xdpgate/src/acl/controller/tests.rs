@@ -389,7 +389,10 @@ fn a_prefix_change_writes_its_delta_into_both_generations_and_keeps_every_counte
 fn a_failed_incremental_change_leaves_the_live_generation_and_the_controller_unchanged() {
     let cases: &[(&str, Op)] = &[
         ("reading the configuration word", Op::AclConfig),
-        ("writing the delta into the idle generation", Op::WriteAclDelta),
+        (
+            "writing the delta into the idle generation",
+            Op::WriteAclDelta,
+        ),
         ("zeroing the new rules' counters", Op::ZeroRuleCounters),
         ("the switch", Op::SetAclConfig),
         ("the wait after the switch", Op::RcuWait),
