@@ -393,6 +393,15 @@ impl Incremental {
         }
         let old_order = old.ordered_rules();
         let new_order = next.ordered_rules();
+        // Rules naming no port and no ICMP type leave the port classes as
+        // they are (their column is the same in every class but the
+        // neighbour-discovery ones): their bit columns go in and out of the
+        // interface, protocol and port bitmaps as of the address ones.
+        // Other rule changes rebuild those tables.
+        let columns = removed
+            .iter()
+            .chain(added)
+            .all(|r| r.sport.is_none() && r.dport.is_none() && r.icmp_type.is_none());
         // Bit columns out: the removed rules, highest position first.
         let mut gone: Vec<usize> = removed
             .iter()
@@ -400,13 +409,20 @@ impl Incremental {
             .collect();
         gone.sort_unstable_by(|a, b| b.cmp(a));
         for &pos in &gone {
-            for bm in self
-                .image
-                .src_bm
-                .iter_mut()
-                .chain(self.image.dst_bm.iter_mut())
-            {
+            let img = &mut self.image;
+            for bm in img.src_bm.iter_mut().chain(img.dst_bm.iter_mut()) {
                 remove_bit(bm, pos);
+            }
+            if columns {
+                let dims = [
+                    &mut img.iface_bm,
+                    &mut img.proto_bm,
+                    &mut img.sport_bm,
+                    &mut img.dport_bm,
+                ];
+                for bm in dims.into_iter().flat_map(|d| d.iter_mut()) {
+                    remove_bit(bm, pos);
+                }
             }
         }
         for r in removed {
@@ -450,7 +466,32 @@ impl Incremental {
             .filter_map(|r| new_order.iter().position(|o| o.id == r.id).map(|p| (p, *r)))
             .collect();
         fresh.sort_unstable_by_key(|(p, _)| *p);
+        // Real rules in the bitmaps so far (the virtual bits follow them).
+        let mut n = old_order.len() - gone.len();
         for (pos, r) in fresh {
+            if columns {
+                let img = &mut self.image;
+                for (slot, bm) in img.iface_bm.iter_mut().enumerate() {
+                    let ok = r
+                        .iface
+                        .as_ref()
+                        .is_none_or(|name| self.slots.get(name) == Some(&(slot as u32)));
+                    insert_bit(bm, pos, ok);
+                }
+                for (p, bm) in img.proto_bm.iter_mut().enumerate() {
+                    insert_bit(bm, pos, r.proto.is_none_or(|rp| rp as usize == p));
+                }
+                for bm in &mut img.sport_bm {
+                    insert_bit(bm, pos, true);
+                }
+                // Neighbour discovery's classes lack the virtual bits, and
+                // only rules naming it accept them.
+                for bm in &mut img.dport_bm {
+                    let nd = bm.words[n / 64] >> (n % 64) & 1 == 0;
+                    insert_bit(bm, pos, !nd);
+                }
+            }
+            n += 1;
             for (id, cs) in self.class_sets.iter().enumerate() {
                 let (src, dst) = match cs {
                     Some((tag, set)) => (
@@ -463,18 +504,21 @@ impl Incremental {
                 insert_bit(&mut self.image.dst_bm[id], pos, dst);
             }
         }
-        let (rt, errs) = rule_tables(next, &new_order, &self.slots);
-        if !errs.is_empty() {
-            return Err(Fallback::Spoiled);
+        if !columns {
+            let (rt, errs) = rule_tables(next, &new_order, &self.slots);
+            if !errs.is_empty() {
+                return Err(Fallback::Spoiled);
+            }
+            let img = &mut self.image;
+            img.iface_bm = rt.iface_bm;
+            img.default_verdicts = rt.default_verdicts;
+            img.proto_bm = rt.proto_bm;
+            img.sport_class = rt.sport_class;
+            img.sport_bm = rt.sport_bm;
+            img.dport_class = rt.dport_class;
+            img.dport_bm = rt.dport_bm;
         }
         let img = &mut self.image;
-        img.iface_bm = rt.iface_bm;
-        img.default_verdicts = rt.default_verdicts;
-        img.proto_bm = rt.proto_bm;
-        img.sport_class = rt.sport_class;
-        img.sport_bm = rt.sport_bm;
-        img.dport_class = rt.dport_class;
-        img.dport_bm = rt.dport_bm;
         img.rule_ids = new_order.iter().map(|r| r.id).collect();
         img.rule_verdicts = new_order.iter().map(|r| r.action).collect();
         img.rule_extras = new_order.iter().map(|r| extras(r)).collect();
