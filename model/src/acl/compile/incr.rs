@@ -19,24 +19,17 @@
 //! in the cuckoo table (the equivalence test below compares them).
 //!
 //! See `docs/design/acl.md`, "Incremental updates".
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use ipnetwork::IpNetwork;
 use xdpgate_common::{
     MAX_IFACES,
-    acl::{
-        Bitmap, LENSETS, LenSet, MAX_ADDR_CLASSES, MAX_LENS, PREFIX_BUCKET_SLOTS, PREFIX_ENTRIES,
-        PrefixEntry, PrefixKey, PrefixSlot, SUMMARY_WORDS, V4_EXT, V4_NONE_CLASS, V6_NONE_CLASS,
-        prefix_buckets, v4_entry,
-    },
+    acl::{Bitmap, MAX_ADDR_CLASSES, V4_EXT, V4_NONE_CLASS, V6_NONE_CLASS},
 };
 
-use super::{
-    AddrParts, Bits, Image, cidrs, compile_parts, extras, key, rule_tables, sweep, v4_key,
-};
-use crate::acl::model::{
-    AclError, AclState, AddrMatch, Change, PrefixSet, Rule, RuleFamily, parse_prefix,
-};
+use super::{AddrParts, Bits, Image, compile_parts, sweep};
+use crate::acl::model::{AclError, AclState, AddrMatch, Change, Rule, parse_prefix};
+use blocks::Block;
 
 /// A change touching more prefixes than this (a rule naming a large set, a
 /// change listing many prefixes) is compiled in full: past it the per-range
@@ -126,15 +119,6 @@ const FAMS: [Fam; 2] = [
         none: V6_NONE_CLASS,
     },
 ];
-
-/// The content of one first-level block: its class (the block is one class)
-/// or its length set and long-prefix entries.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Block {
-    class: u16,
-    lens: Vec<u8>,
-    entries: HashMap<PrefixKey, PrefixEntry>,
-}
 
 /// The compiled state kept between changes. See the module documentation.
 #[derive(Clone)]
@@ -332,224 +316,6 @@ impl Incremental {
         Ok(delta)
     }
 
-    /// Rule changes: condition reference counts, the bit columns of every
-    /// address class, the rule-dimension tables, and the ranges of the
-    /// conditions that appear or disappear.
-    fn rule_change(
-        &mut self,
-        old: &AclState,
-        next: &AclState,
-        removed: &[&Rule],
-        added: &[&Rule],
-        ranges: &mut [Vec<(u128, u128)>; 2],
-        delta: &mut Delta,
-    ) -> Result<(), Fallback> {
-        let cover = |ranges: &mut [Vec<(u128, u128)>; 2], m: &AddrMatch, st: &AclState| match m {
-            AddrMatch::Prefix(p) => push_range(ranges, p),
-            AddrMatch::Set(s) => {
-                let set = &st.sets[s];
-                for p in &set.v4 {
-                    push_range(ranges, &IpNetwork::V4(*p));
-                }
-                for p in &set.v6 {
-                    push_range(ranges, &IpNetwork::V6(*p));
-                }
-            }
-        };
-        // Check the size first: nothing may change before a fallback.
-        {
-            let mut users: HashMap<&AddrMatch, i64> = HashMap::new();
-            for r in removed {
-                for m in [&r.src, &r.dst].into_iter().flatten() {
-                    *users.entry(m).or_insert(0) -= 1;
-                }
-            }
-            for r in added {
-                for m in [&r.src, &r.dst].into_iter().flatten() {
-                    *users.entry(m).or_insert(0) += 1;
-                }
-            }
-            let mut size = 0usize;
-            for (m, d) in &users {
-                let have = self
-                    .cond_of
-                    .get(*m)
-                    .map_or(0, |c| self.cond_users[*c as usize]);
-                let after = have as i64 + d;
-                if (have == 0) != (after == 0) {
-                    size += match m {
-                        AddrMatch::Prefix(_) => 1,
-                        AddrMatch::Set(s) => old
-                            .sets
-                            .get(s)
-                            .or(next.sets.get(s))
-                            .map_or(0, PrefixSet::len),
-                    };
-                }
-            }
-            if size > MAX_INCREMENTAL_PREFIXES {
-                return Err(Fallback::Shape);
-            }
-        }
-        let old_order = old.ordered_rules();
-        let new_order = next.ordered_rules();
-        // Rules naming no port and no ICMP type leave the port classes as
-        // they are (their column is the same in every class but the
-        // neighbour-discovery ones): their bit columns go in and out of the
-        // interface, protocol and port bitmaps as of the address ones.
-        // Other rule changes rebuild those tables.
-        let columns = removed
-            .iter()
-            .chain(added)
-            .all(|r| r.sport.is_none() && r.dport.is_none() && r.icmp_type.is_none());
-        // Bit columns out: the removed rules, highest position first.
-        let mut gone: Vec<usize> = removed
-            .iter()
-            .filter_map(|r| old_order.iter().position(|o| o.id == r.id))
-            .collect();
-        gone.sort_unstable_by(|a, b| b.cmp(a));
-        for &pos in &gone {
-            let img = &mut self.image;
-            for bm in img.src_bm.iter_mut().chain(img.dst_bm.iter_mut()) {
-                remove_bit(bm, pos);
-            }
-            if columns {
-                let dims = [
-                    &mut img.iface_bm,
-                    &mut img.proto_bm,
-                    &mut img.sport_bm,
-                    &mut img.dport_bm,
-                ];
-                for bm in dims.into_iter().flat_map(|d| d.iter_mut()) {
-                    remove_bit(bm, pos);
-                }
-            }
-        }
-        for r in removed {
-            for m in [&r.src, &r.dst].into_iter().flatten() {
-                let c = self.cond_of[m];
-                self.cond_users[c as usize] -= 1;
-                if self.cond_users[c as usize] == 0 {
-                    cover(ranges, m, old);
-                    self.cond_of.remove(m);
-                    self.conds[c as usize] = None;
-                    self.free_conds.push(c);
-                }
-            }
-        }
-        for r in added {
-            for m in [&r.src, &r.dst].into_iter().flatten() {
-                let c = match self.cond_of.get(m) {
-                    Some(c) => *c,
-                    None => {
-                        cover(ranges, m, next);
-                        let c = match self.free_conds.pop() {
-                            Some(c) => c,
-                            None => {
-                                self.conds.push(None);
-                                self.cond_users.push(0);
-                                self.conds.len() as u32 - 1
-                            }
-                        };
-                        self.conds[c as usize] = Some(m.clone());
-                        self.cond_of.insert(m.clone(), c);
-                        c
-                    }
-                };
-                self.cond_users[c as usize] += 1;
-            }
-        }
-        // Bit columns in: the added rules, lowest final position first, each
-        // set for the classes the rule's address conditions accept.
-        let mut fresh: Vec<(usize, &Rule)> = added
-            .iter()
-            .filter_map(|r| new_order.iter().position(|o| o.id == r.id).map(|p| (p, *r)))
-            .collect();
-        fresh.sort_unstable_by_key(|(p, _)| *p);
-        // Real rules in the bitmaps so far (the virtual bits follow them).
-        let mut n = old_order.len() - gone.len();
-        for (pos, r) in fresh {
-            if columns {
-                let img = &mut self.image;
-                for (slot, bm) in img.iface_bm.iter_mut().enumerate() {
-                    let ok = r
-                        .iface
-                        .as_ref()
-                        .is_none_or(|name| self.slots.get(name) == Some(&(slot as u32)));
-                    insert_bit(bm, pos, ok);
-                }
-                for (p, bm) in img.proto_bm.iter_mut().enumerate() {
-                    insert_bit(bm, pos, r.proto.is_none_or(|rp| rp as usize == p));
-                }
-                for bm in &mut img.sport_bm {
-                    insert_bit(bm, pos, true);
-                }
-                // Neighbour discovery's classes lack the virtual bits, and
-                // only rules naming it accept them.
-                for bm in &mut img.dport_bm {
-                    let nd = bm.words[n / 64] >> (n % 64) & 1 == 0;
-                    insert_bit(bm, pos, !nd);
-                }
-            }
-            n += 1;
-            for (id, cs) in self.class_sets.iter().enumerate() {
-                let (src, dst) = match cs {
-                    Some((tag, set)) => (
-                        self.accepts(r, *tag, set, |r| &r.src),
-                        self.accepts(r, *tag, set, |r| &r.dst),
-                    ),
-                    None => (false, false),
-                };
-                insert_bit(&mut self.image.src_bm[id], pos, src);
-                insert_bit(&mut self.image.dst_bm[id], pos, dst);
-            }
-        }
-        if !columns {
-            let (rt, errs) = rule_tables(next, &new_order, &self.slots);
-            if !errs.is_empty() {
-                return Err(Fallback::Spoiled);
-            }
-            let img = &mut self.image;
-            img.iface_bm = rt.iface_bm;
-            img.default_verdicts = rt.default_verdicts;
-            img.proto_bm = rt.proto_bm;
-            img.sport_class = rt.sport_class;
-            img.sport_bm = rt.sport_bm;
-            img.dport_class = rt.dport_class;
-            img.dport_bm = rt.dport_bm;
-        }
-        let img = &mut self.image;
-        img.rule_ids = new_order.iter().map(|r| r.id).collect();
-        img.rule_verdicts = new_order.iter().map(|r| r.action).collect();
-        img.rule_extras = new_order.iter().map(|r| extras(r)).collect();
-        delta.rules = true;
-        Ok(())
-    }
-
-    /// Whether rule `r`'s address match picked by `pick` accepts the class
-    /// of family `tag` with condition set `set`.
-    fn accepts(
-        &self,
-        r: &Rule,
-        tag: u8,
-        set: &[u32],
-        pick: fn(&Rule) -> &Option<AddrMatch>,
-    ) -> bool {
-        let fam_ok = match r.family() {
-            RuleFamily::Any => true,
-            RuleFamily::V4 => tag == 4,
-            RuleFamily::V6 => tag == 6,
-        };
-        fam_ok
-            && match pick(r) {
-                None => true,
-                Some(m) => self
-                    .cond_of
-                    .get(m)
-                    .is_some_and(|c| set.binary_search(c).is_ok()),
-            }
-    }
-
     /// The class of condition set `set` of family `tag`: an existing one, or
     /// a new id (from the free list) with its bitmaps computed.
     fn intern(
@@ -722,318 +488,6 @@ impl Incremental {
             self.class_refs[c as usize] -= 1;
         }
     }
-
-    /// The content of block `blk` of family `f`, from the intervals, exactly
-    /// as the full compile builds it (`build_v4`, `build_v6`, `Long::bucket`).
-    fn block(&self, f: usize, blk: u32) -> Block {
-        let fam = FAMS[f];
-        let lo = (blk as u128) << fam.shift;
-        let hi = lo | ((1u128 << fam.shift) - 1);
-        let mut clipped: Vec<(u128, u128, u16)> = Vec::new();
-        if let Some((_, &(b, c))) = self.ivs[f].range(..lo).next_back()
-            && b >= lo
-        {
-            clipped.push((lo, b.min(hi), c));
-        }
-        for (&a, &(b, c)) in self.ivs[f].range(lo..=hi) {
-            clipped.push((a, b.min(hi), c));
-        }
-        let plain = |class| Block {
-            class,
-            lens: Vec::new(),
-            entries: HashMap::new(),
-        };
-        match clipped.as_slice() {
-            [] => return plain(fam.none),
-            [(a, b, c)] if *a == lo && *b == hi => return plain(*c),
-            _ => {}
-        }
-        let mut pieces: Vec<(u128, u8)> = Vec::new();
-        let mut list: Vec<(u128, u8, u16)> = Vec::new();
-        for &(a, b, c) in &clipped {
-            pieces.clear();
-            if f == 0 {
-                cidrs(a << 96, (b << 96) | ((1u128 << 96) - 1), &mut pieces);
-                list.extend(pieces.iter().map(|&(s, l)| (s >> 96, l, c)));
-            } else {
-                cidrs(a, b, &mut pieces);
-                list.extend(pieces.iter().map(|&(s, l)| (s, l, c)));
-            }
-        }
-        let mut lens: Vec<u8> = list.iter().map(|p| p.1).collect();
-        lens.sort_unstable();
-        lens.dedup();
-        let k = |a: u128, l: u8| {
-            if f == 0 {
-                v4_key(a as u32, l)
-            } else {
-                key(a, l)
-            }
-        };
-        let mut entries = HashMap::new();
-        for &(start, len, class) in &list {
-            entries.insert(k(start, len), PrefixEntry { class, marker: 0 });
-            let (mut lo, mut hi) = (0i32, lens.len() as i32 - 1);
-            while lo <= hi {
-                let mid = (lo + hi) / 2;
-                let l = lens[mid as usize];
-                if l == len {
-                    break;
-                }
-                if l < len {
-                    entries.entry(k(start, l)).or_insert(PrefixEntry {
-                        class: 0,
-                        marker: 1,
-                    });
-                    lo = mid + 1;
-                } else {
-                    hi = mid - 1;
-                }
-            }
-        }
-        Block {
-            class: fam.none,
-            lens,
-            entries,
-        }
-    }
-
-    /// Rebuilds the blocks in `before` (with their old content) from the
-    /// intervals: first-level entries, length sets, long-prefix table.
-    fn rebuild_blocks(
-        &mut self,
-        before: BTreeMap<(usize, u32), Block>,
-        delta: &mut Delta,
-    ) -> Result<(), Fallback> {
-        let mut inserts: Vec<(PrefixKey, PrefixEntry)> = Vec::new();
-        let mut buckets: BTreeSet<u32> = BTreeSet::new();
-        let mut lensets: BTreeSet<u16> = BTreeSet::new();
-        for ((f, blk), old) in before {
-            let new = self.block(f, blk);
-            if new == old {
-                continue;
-            }
-            // The first level and the length set.
-            let old_id = self.lenset_id(f, blk);
-            let new_id = if new.lens.is_empty() {
-                0
-            } else {
-                match self.lenset_of.get(&new.lens) {
-                    Some(id) => *id,
-                    None => {
-                        let id = self.new_lenset(&new.lens)?;
-                        lensets.insert(id);
-                        id
-                    }
-                }
-            };
-            if new_id != 0 {
-                self.lenset_refs[new_id as usize] += 1;
-            }
-            if old_id != 0 {
-                self.lenset_refs[old_id as usize] -= 1;
-                if self.lenset_refs[old_id as usize] == 0 {
-                    self.unused_lensets.push(old_id);
-                }
-            }
-            if f == 0 {
-                self.image.v4_tbl24[blk as usize] = if new_id == 0 {
-                    new.class as u32
-                } else {
-                    v4_entry(new.class, new_id)
-                };
-                delta.v4_tbl24.push(blk);
-            } else {
-                self.image.v6_buckets[blk as usize].class = new.class;
-                self.image.v6_buckets[blk as usize].lenset = new_id;
-                delta.v6_buckets.push(blk);
-            }
-            // The long-prefix table: out, changed in place, in.
-            for (k, e) in &old.entries {
-                match new.entries.get(k) {
-                    Some(n) if n == e => {}
-                    Some(n) => {
-                        let (b, s) = self.find(k).ok_or(Fallback::Spoiled)?;
-                        self.image.prefix_table[b].slots[s].class = n.class;
-                        self.image.prefix_table[b].slots[s].marker = n.marker as u8;
-                        buckets.insert(b as u32);
-                    }
-                    None => {
-                        let (b, s) = self.find(k).ok_or(Fallback::Spoiled)?;
-                        self.image.prefix_table[b].slots[s] = PrefixSlot::default();
-                        self.image.prefix_entries -= 1;
-                        buckets.insert(b as u32);
-                    }
-                }
-            }
-            inserts.extend(
-                new.entries
-                    .iter()
-                    .filter(|(k, _)| !old.entries.contains_key(*k))
-                    .map(|(k, e)| (*k, *e)),
-            );
-        }
-        if self.image.prefix_entries + inserts.len() > PREFIX_ENTRIES as usize {
-            return Err(Fallback::Spoiled);
-        }
-        for (k, e) in inserts {
-            self.place(k, e, &mut buckets)?;
-        }
-        delta.v4_tbl24.sort_unstable();
-        delta.v6_buckets.sort_unstable();
-        delta.prefix_buckets = buckets.into_iter().collect();
-        delta.lensets = lensets.into_iter().collect();
-        Ok(())
-    }
-
-    fn lenset_id(&self, f: usize, blk: u32) -> u16 {
-        if f == 0 {
-            let e = self.image.v4_tbl24[blk as usize];
-            if e & V4_EXT == 0 {
-                0
-            } else {
-                (e >> 16 & 0xfff) as u16
-            }
-        } else {
-            self.image.v6_buckets[blk as usize].lenset
-        }
-    }
-
-    fn new_lenset(&mut self, lens: &[u8]) -> Result<u16, Fallback> {
-        let id = match self.free_lensets.pop() {
-            Some(id) => id,
-            None => {
-                let id = self.image.lensets.len();
-                if id >= LENSETS as usize {
-                    return Err(Fallback::Spoiled);
-                }
-                self.image.lensets.push(LenSet {
-                    n: 0,
-                    lens: [0; MAX_LENS],
-                });
-                self.lenset_refs.push(0);
-                id as u16
-            }
-        };
-        let s = &mut self.image.lensets[id as usize];
-        s.n = lens.len() as u32;
-        s.lens = [0; MAX_LENS];
-        s.lens[..lens.len()].copy_from_slice(lens);
-        self.lenset_of.insert(lens.to_vec(), id);
-        Ok(id)
-    }
-
-    /// The bucket and slot holding `k`.
-    fn find(&self, k: &PrefixKey) -> Option<(usize, usize)> {
-        let (b1, b2) = prefix_buckets(&k.addr, k.len);
-        [b1, b2].into_iter().find_map(|b| {
-            self.image.prefix_table[b as usize]
-                .slots
-                .iter()
-                .position(|s| s.len as u32 == k.len && s.addr == k.addr)
-                .map(|s| (b as usize, s))
-        })
-    }
-
-    fn next_rng(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
-    }
-
-    /// Places one key in the cuckoo table as the full compile's `place`
-    /// does (the emptier bucket, else evictions), recording every bucket
-    /// it writes.
-    fn place(
-        &mut self,
-        k: PrefixKey,
-        e: PrefixEntry,
-        touched: &mut BTreeSet<u32>,
-    ) -> Result<(), Fallback> {
-        const MAX_KICKS: usize = 2000;
-        let mut slot = PrefixSlot {
-            addr: k.addr,
-            len: k.len as u8,
-            marker: e.marker as u8,
-            class: e.class,
-        };
-        let (b1, b2) = prefix_buckets(&slot.addr, k.len);
-        let r = self.next_rng();
-        let table = &self.image.prefix_table;
-        let fill = |b: u32| {
-            table[b as usize]
-                .slots
-                .iter()
-                .filter(|s| s.len != 0)
-                .count()
-        };
-        let (f1, f2) = (fill(b1), fill(b2));
-        let first = if f1 < f2 || (f1 == f2 && r & 2 == 0) {
-            b1
-        } else {
-            b2
-        };
-        if let Some(s) = table[first as usize].slots.iter().position(|s| s.len == 0) {
-            self.image.prefix_table[first as usize].slots[s] = slot;
-            self.image.prefix_entries += 1;
-            touched.insert(first);
-            return Ok(());
-        }
-        let mut at = if r & 1 == 0 { b1 } else { b2 };
-        for _ in 0..MAX_KICKS {
-            let victim = (self.next_rng() % PREFIX_BUCKET_SLOTS as u64) as usize;
-            std::mem::swap(
-                &mut self.image.prefix_table[at as usize].slots[victim],
-                &mut slot,
-            );
-            touched.insert(at);
-            let (v1, v2) = prefix_buckets(&slot.addr, slot.len as u32);
-            at = if v1 == at { v2 } else { v1 };
-            if let Some(s) = self.image.prefix_table[at as usize]
-                .slots
-                .iter()
-                .position(|s| s.len == 0)
-            {
-                self.image.prefix_table[at as usize].slots[s] = slot;
-                self.image.prefix_entries += 1;
-                touched.insert(at);
-                return Ok(());
-            }
-        }
-        Err(Fallback::Spoiled)
-    }
-
-    /// Frees the classes no interval holds and the length sets no block
-    /// uses; records the freed classes.
-    fn release(&mut self, delta: &mut Delta) {
-        let pinned = [V4_NONE_CLASS, V6_NONE_CLASS];
-        let candidates: Vec<u16> = (0..self.class_refs.len() as u16)
-            .filter(|c| self.class_refs[*c as usize] == 0)
-            .collect();
-        for c in candidates {
-            if self.class_refs[c as usize] == 0
-                && !pinned.contains(&c)
-                && let Some(key) = self.class_sets[c as usize].take()
-            {
-                self.class_of.remove(&key);
-                self.free_classes.push(c);
-                delta.freed_classes.push(c);
-            }
-        }
-        delta
-            .new_classes
-            .retain(|c| self.class_sets[*c as usize].is_some());
-        for id in std::mem::take(&mut self.unused_lensets) {
-            let s = &self.image.lensets[id as usize];
-            let lens = &s.lens[..s.n as usize];
-            // (An id can be listed twice: freed once.)
-            if self.lenset_refs[id as usize] == 0 && self.lenset_of.get(lens) == Some(&id) {
-                self.lenset_of.remove(lens);
-                self.free_lensets.push(id);
-            }
-        }
-    }
 }
 
 /// The last address of the prefix `start/len` of `bits`-bit addresses.
@@ -1069,44 +523,30 @@ fn push_range(ranges: &mut [Vec<(u128, u128)>; 2], net: &IpNetwork) {
     }
 }
 
-/// Inserts bit `val` at `pos`, moving the bits at and above it one up.
-fn insert_bit(b: &mut Bitmap, pos: usize, val: bool) {
-    let (w, o) = (pos / 64, pos % 64);
-    let mut carry = b.words[w] >> 63;
-    let low = (1u64 << o) - 1;
-    b.words[w] = (b.words[w] & low) | ((b.words[w] & !low) << 1) | (u64::from(val) << o);
-    for word in &mut b.words[w + 1..] {
-        let c = *word >> 63;
-        *word = (*word << 1) | carry;
-        carry = c;
-    }
-    summarize(b);
-}
+mod blocks;
+mod rules;
 
-/// Removes the bit at `pos`, moving the bits above it one down.
-fn remove_bit(b: &mut Bitmap, pos: usize) {
-    let (w, o) = (pos / 64, pos % 64);
-    let n = b.words.len();
-    let low = (1u64 << o) - 1;
-    for i in w..n {
-        let next = if i + 1 < n { b.words[i + 1] & 1 } else { 0 };
-        let word = b.words[i];
-        let down = if i == w {
-            (word & low) | ((word >> 1) & !low)
-        } else {
-            word >> 1
-        };
-        b.words[i] = down | (next << 63);
+/// What the equivalence test (`acl::incr_tests`) reads.
+#[cfg(test)]
+impl Incremental {
+    /// Class ids allocated (live or free).
+    pub(crate) fn class_ids(&self) -> usize {
+        self.class_sets.len()
     }
-    summarize(b);
-}
 
-fn summarize(b: &mut Bitmap) {
-    b.summary = [0; SUMMARY_WORDS];
-    for (i, w) in b.words.iter().enumerate() {
-        if *w != 0 {
-            b.summary[i / 64] |= 1 << (i % 64);
-        }
+    /// The family tag and address matches of live class `c`.
+    pub(crate) fn class_meaning(&self, c: u16) -> Option<(u8, Vec<AddrMatch>)> {
+        let (tag, set) = self.class_sets[c as usize].as_ref()?;
+        let matches = set
+            .iter()
+            .map(|id| self.conds[*id as usize].clone().expect("a live condition"))
+            .collect();
+        Some((*tag, matches))
+    }
+
+    /// The intervals of family `f` (0: IPv4, 1: IPv6) with their class.
+    pub(crate) fn intervals(&self, f: usize) -> Vec<(u128, u128, u16)> {
+        self.ivs[f].iter().map(|(a, (b, c))| (*a, *b, *c)).collect()
     }
 }
 

@@ -21,9 +21,12 @@ use xdpgate_common::limit::{LimitSpec, RULE_LIMIT, RULE_SYNCOOKIE};
 
 use super::model::{AclError, AclState, AddrMatch, Rule, RuleFamily, Verdict, limits, proto};
 
+mod dims;
 #[cfg(any(test, feature = "test-support"))]
 pub mod eval;
 pub mod incr;
+
+use dims::rule_tables;
 
 /// [`LimitSpec::tag`] of a rule: FNV-1a of its definition, never 0 (the
 /// tag of buckets that are not a rule's). Stable for an unchanged rule, so
@@ -237,17 +240,6 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
     compile_parts(state, slots).map(|(image, _)| image)
 }
 
-/// The tables of the dimensions other than the addresses.
-struct RuleTables {
-    iface_bm: Vec<Bitmap>,
-    default_verdicts: Vec<Verdict>,
-    proto_bm: Vec<Bitmap>,
-    sport_class: Vec<u16>,
-    sport_bm: Vec<Bitmap>,
-    dport_class: Vec<u16>,
-    dport_bm: Vec<Bitmap>,
-}
-
 /// The address part of a compile, kept by the incremental compiler
 /// (`incr`): the conditions, the disjoint intervals of each family with
 /// their class, and the condition set of each class.
@@ -256,81 +248,6 @@ struct AddrParts {
     v4: Vec<(u128, u128, u16)>,
     v6: Vec<(u128, u128, u16)>,
     class_sets: Vec<(u8, Vec<u32>)>,
-}
-
-/// Builds the interface, protocol and port tables of `rules` (in evaluation
-/// order); the errors are capacity errors of the port dimensions.
-fn rule_tables(
-    state: &AclState,
-    rules: &[&Rule],
-    slots: &BTreeMap<String, u32>,
-) -> (RuleTables, Vec<AclError>) {
-    let n = rules.len();
-    let virtual_bit = |slot: u32| n + slot as usize;
-    let mut errs = Vec::new();
-
-    // Interface dimension: one bitmap per slot.
-    let mut iface_bm = Vec::with_capacity(MAX_IFACES as usize);
-    for slot in 0..MAX_IFACES {
-        let mut b = Bits::new();
-        for (i, r) in rules.iter().enumerate() {
-            let ok = match &r.iface {
-                None => true,
-                Some(name) => slots.get(name) == Some(&slot),
-            };
-            if ok {
-                b.set(i);
-            }
-        }
-        b.set(virtual_bit(slot));
-        iface_bm.push(b.0);
-    }
-    let mut default_verdicts = vec![Verdict::Allow; MAX_IFACES as usize];
-    for (name, slot) in slots {
-        default_verdicts[*slot as usize] = state.policy(name);
-    }
-
-    // Protocol dimension: one bitmap per protocol number.
-    let proto_bm: Vec<Bitmap> = (0..=255u8)
-        .map(|p| {
-            let mut b = Bits::new();
-            for (i, r) in rules.iter().enumerate() {
-                if r.proto.is_none_or(|rp| rp == p) {
-                    b.set(i);
-                }
-            }
-            for slot in 0..MAX_IFACES {
-                b.set(virtual_bit(slot));
-            }
-            b.0
-        })
-        .collect();
-
-    // Port dimensions.
-    let (sport_class, sport_bm) = match port_dimension(rules, n, false) {
-        Ok(v) => v,
-        Err(e) => {
-            errs.push(e);
-            (Vec::new(), Vec::new())
-        }
-    };
-    let (dport_class, dport_bm) = match port_dimension(rules, n, true) {
-        Ok(v) => v,
-        Err(e) => {
-            errs.push(e);
-            (Vec::new(), Vec::new())
-        }
-    };
-    let tables = RuleTables {
-        iface_bm,
-        default_verdicts,
-        proto_bm,
-        sport_class,
-        sport_bm,
-        dport_class,
-        dport_bm,
-    };
-    (tables, errs)
 }
 
 /// [`compile`], also returning the address part for the incremental compiler.
