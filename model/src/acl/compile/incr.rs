@@ -228,11 +228,6 @@ impl Incremental {
         &self.image
     }
 
-    /// The interfaces the tables were compiled for.
-    pub fn slots(&self) -> &BTreeMap<String, u32> {
-        &self.slots
-    }
-
     /// Updates the tables from `old` (the state they were compiled from) to
     /// `next` (`old` with `change` applied and validated). On
     /// [`Fallback::Shape`] nothing changed; on [`Fallback::Spoiled`] the
