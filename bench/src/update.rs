@@ -13,9 +13,12 @@
 //! included) to the switch of generations (`enforced`: the next packet sees
 //! the change), and to the return of the call (`total`: also the grace
 //! period and the second copy of the delta). The target is judged on
-//! `total`, the larger. Not included: the CLI's socket round trip and JSON
-//! (a few hundred microseconds, measured by neither). The full compile of
-//! the same state is timed beside it for comparison.
+//! `total`, the larger. Not included: the CLI's socket round trip and JSON,
+//! the daemon's snapshot for reads at the start of a change, and its save
+//! of the state file after the change (the datapath enforces the change
+//! before that save; the CLI answer comes after it). The save of the same
+//! state is timed on its own, and the full compile of the same state too,
+//! for comparison.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -29,6 +32,7 @@ use xdpgate::{acl::AclController, datapath::Datapath};
 use xdpgate_model::{
     acl::{AclState, AddrMatch, Change, Rule, Verdict, compile::compile},
     iface::Malformed,
+    state::{self, Saved},
 };
 use xdpgate_tests::lab::Netns;
 
@@ -71,6 +75,10 @@ pub(crate) struct Config {
     pub install_ms: f64,
     /// `compile()` of the same state alone (what every change cost before), ms.
     pub full_compile_ms: f64,
+    /// The daemon's state-file save of the same state (`Saved::new` and
+    /// `state::save` into a private directory under /tmp), median of 3, ms:
+    /// after every change the daemon saves before it answers the CLI.
+    pub state_save_ms: Option<f64>,
     /// The series.
     pub series: Vec<Series>,
 }
@@ -226,6 +234,7 @@ pub(crate) fn run(
                 .collect();
             series.push(time_changes(&mut dp, &mut ctl, "rule added (new source /32)", &rules)?);
             series.push(time_changes(&mut dp, &mut ctl, "rule removed", &dels)?);
+            let state_save_ms = time_state_save(ctl.state());
             if ctl.state() != &st {
                 bail!("the state after adding and removing everything again differs from the loaded one");
             }
@@ -234,12 +243,32 @@ pub(crate) fn run(
                 rules: r,
                 install_ms,
                 full_compile_ms,
+                state_save_ms,
                 series,
             });
         }
         let targets = targets(&configs);
         Ok(UpdateReport { configs, targets })
     })
+}
+
+/// [`Config::state_save_ms`]; `None` when the save fails (the error is
+/// printed).
+fn time_state_save(state: &AclState) -> Option<f64> {
+    let dir = std::env::temp_dir().join(format!("xdpgate-bench-state-{}", std::process::id()));
+    let path = dir.join("state.json");
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let saved = Saved::new("bench", state, Vec::new());
+        if let Err(e) = state::save(&path, &saved) {
+            eprintln!("bench: state-file save: {e}");
+            break;
+        }
+        times.push(ms(t.elapsed()));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    (times.len() == 3).then(|| median_max(&mut times).0)
 }
 
 fn targets(configs: &[Config]) -> Vec<Target> {
@@ -285,8 +314,13 @@ pub(crate) fn print(r: &crate::report::Section<UpdateReport>) {
     };
     for c in &rep.configs {
         println!(
-            "   {} prefixes per family, {} rules: initial install {:.0} ms; full compile alone {:.0} ms",
-            c.prefixes, c.rules, c.install_ms, c.full_compile_ms
+            "   {} prefixes per family, {} rules: initial install {:.0} ms; full compile alone {:.0} ms; daemon's state-file save {}",
+            c.prefixes,
+            c.rules,
+            c.install_ms,
+            c.full_compile_ms,
+            c.state_save_ms
+                .map_or_else(|| "failed".to_string(), |v| format!("{v:.0} ms"))
         );
         println!(
             "   change                                  n  incr | valid compiled | enforced med/max ms |  total med/max ms"
@@ -307,7 +341,7 @@ pub(crate) fn print(r: &crate::report::Section<UpdateReport>) {
         }
     }
     println!(
-        "   (medians and maxima of the time from the call to: valid: the validated next state; compiled: the delta; enforced: to the switch of generations, after which every packet sees the change; total: to the return, with the RCU grace period and the second copy of the delta; the CLI's socket round trip is in neither)"
+        "   (medians and maxima of the time from the call to: valid: the validated next state; compiled: the delta; enforced: to the switch of generations, after which every packet sees the change; total: to the return, with the RCU grace period and the second copy of the delta; the CLI's socket round trip is in neither; the daemon answers the CLI only after it saved the state file, timed above, which comes after the switch)"
     );
     for t in &rep.targets {
         t.print("   ");
