@@ -15,6 +15,10 @@
 //! (`--only maglev` runs just that, without root or namespaces), and the
 //! Internet checksum's throughput (`--only csum`, likewise).
 //!
+//! 7. update latency: one prefix or one rule added or removed at the
+//!    largest prefix count, through the ACL controller as the daemon does
+//!    (`--only update` runs just that).
+//!
 //! 6. the flood: legitimate TCP transactions per second under a SYN and a
 //!    UDP flood (live frames), with no protection, xdpgate and nftables, and
 //!    the per-packet cost of the limit action and the SYN-cookie path
@@ -34,6 +38,7 @@ mod live;
 mod maglev;
 mod report;
 mod testrun;
+mod update;
 mod workload;
 mod xdpfilter;
 
@@ -100,6 +105,8 @@ enum Only {
     /// Legitimate transactions under a SYN + UDP flood, and the cost of the
     /// limit action and the SYN-cookie path (6).
     Flood,
+    /// Update latency: single prefix and rule changes (7).
+    Update,
 }
 
 /// Lab subnet of the benchmark's veth pair (10.200.X.0/24); the tests and the
@@ -173,6 +180,26 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
+    // 7: the largest prefix count, the smallest and largest rule counts.
+    let update_prefixes = prefixes.iter().copied().max().unwrap_or(1);
+    let mut update_rules = vec![rules.iter().copied().min().unwrap_or(1)];
+    update_rules.extend(
+        rules
+            .iter()
+            .copied()
+            .max()
+            .filter(|m| *m != update_rules[0]),
+    );
+    let update_n = if cli.quick { 10 } else { 20 };
+    let run_update = |ns: &Netns| update::run(ns, update_prefixes, &update_rules, update_n);
+    if cli.only == Some(Only::Update) {
+        let ns = Netns::new("bench").context("creating the benchmark namespace")?;
+        let r = report::Section::from(Some(run_update(&ns)));
+        drop(ns);
+        update::print(&r);
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
     if cli.only == Some(Only::Lifecycle) {
         let r = report::Section::from(Some(lifecycle::run(cli.quick)));
         lifecycle::print(&r);
@@ -216,6 +243,7 @@ fn main() -> anyhow::Result<()> {
     let ns = Netns::new("bench").context("creating the benchmark namespace")?;
     let part1 = testrun::run(&ns, repeat, prefixes, rules)?;
     let lb_path = report::Section::from(Some(lb::run(&ns, repeat)));
+    let update = report::Section::from(Some(run_update(&ns)));
     drop(ns);
 
     let lab = if !cli.no_live || !cli.no_xdp_filter {
@@ -260,6 +288,8 @@ fn main() -> anyhow::Result<()> {
     lifecycle::print(&gap);
     println!();
     flood::print(&flood);
+    println!();
+    update::print(&update);
     if let Some(dir) = cli.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -270,6 +300,7 @@ fn main() -> anyhow::Result<()> {
     json["csum"] = serde_json::to_value(&csum)?;
     json["lifecycle"] = serde_json::to_value(&gap)?;
     json["flood"] = serde_json::to_value(&flood)?;
+    json["update"] = serde_json::to_value(&update)?;
     std::fs::write(&cli.out, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", cli.out.display()))?;
     eprintln!("bench: wrote {}", cli.out.display());

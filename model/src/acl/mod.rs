@@ -8,6 +8,8 @@
 //! benchmarks.
 /// Compiling a state into datapath tables.
 pub mod compile;
+#[cfg(test)]
+mod incr_tests;
 /// A rule's rate limit.
 pub mod limit;
 /// Operator-facing state and validation.

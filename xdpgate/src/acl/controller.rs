@@ -11,6 +11,18 @@
 //! A failure before the switch leaves the live generation as it was; a
 //! failed wait after the switch switches back. In every failed case the
 //! controller's state (rules, counter slots) is unchanged.
+//!
+//! Incremental updates (`docs/design/acl.md`, "Incremental updates"): the
+//! controller keeps the compiled tables ([`Incremental`]) and, after each
+//! install, writes them into the generation that just went idle too, so
+//! both generations hold the same tables. A change of prefixes or rules is
+//! then compiled into a [`Delta`] (the entries that change), written into
+//! the idle generation, switched to and waited for as above, and written
+//! into the other generation. A failed write of that second copy leaves it
+//! stale: the next change writes the idle generation whole from the kept
+//! tables (which equal the live ones) instead of the delta. A change the
+//! incremental compiler does not take (a replacement, a policy, a range too
+//! wide) is compiled and written in full.
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -22,7 +34,10 @@ use thiserror::Error;
 use xdpgate_common::acl::MAX_RULES;
 use xdpgate_model::acl::{
     AclError, AclState, Applied, Change, Rule,
-    compile::{Image, compile},
+    compile::{
+        Image,
+        incr::{Delta, Fallback, Incremental},
+    },
 };
 
 use crate::{
@@ -71,6 +86,59 @@ pub struct RuleCounters {
     pub limits: Option<RuleLimitStats>,
 }
 
+/// Where the time of the last change went (for the benchmark and logs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpdateTiming {
+    /// Whether the change went through the incremental compiler.
+    pub incremental: bool,
+    /// From the call to the validated next state.
+    pub validated: std::time::Duration,
+    /// From the call to the compiled tables (or delta).
+    pub compiled: std::time::Duration,
+    /// From the call to the switch: from then on the datapath enforces it.
+    pub enforced: std::time::Duration,
+    /// From the call to the end (the wait, and the second copy written).
+    pub total: std::time::Duration,
+}
+
+/// The compiled tables kept between changes, and whether both generations
+/// hold them. Derived from the installed state (a cache): two controllers
+/// with the same state, slots and counters are equal whatever it holds.
+#[derive(Clone, Default)]
+struct Compiled {
+    tables: Option<Box<Incremental>>,
+    /// Both generations hold `tables` (else only the live one does).
+    synced: bool,
+    /// The counter slot of each rule of `tables`, in evaluation order.
+    counters: Vec<u32>,
+    last: Option<UpdateTiming>,
+}
+
+impl PartialEq for Compiled {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Compiled {}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("tables", &self.tables.is_some())
+            .field("synced", &self.synced)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The counter slots of a new generation (see [`AclController::counters`]).
+struct Slots {
+    free: Vec<u32>,
+    counter_of: HashMap<Rule, u32>,
+    counters: Vec<u32>,
+    fresh: Vec<u32>,
+}
+
 /// The controller. See the module documentation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AclController {
@@ -79,6 +147,7 @@ pub struct AclController {
     slots: BTreeMap<String, u32>,
     counter_of: HashMap<Rule, u32>,
     free: Vec<u32>,
+    compiled: Compiled,
 }
 
 impl AclController {
@@ -90,6 +159,7 @@ impl AclController {
             slots,
             counter_of: HashMap::new(),
             free: (0..MAX_RULES).rev().collect(),
+            compiled: Compiled::default(),
         }
     }
 
@@ -133,7 +203,14 @@ impl AclController {
         &self.slots
     }
 
-    /// Validates `change` against the installed state and installs the result.
+    /// Where the time of the last successful change went.
+    pub fn last_timing(&self) -> Option<UpdateTiming> {
+        self.compiled.last
+    }
+
+    /// Validates `change` against the installed state and installs the
+    /// result: incrementally when it can (see the module documentation),
+    /// else in full.
     pub fn apply<D: AclTables + ?Sized>(
         &mut self,
         dp: &mut D,
@@ -141,7 +218,97 @@ impl AclController {
     ) -> Result<Applied, ApplyError> {
         let t0 = Instant::now();
         let next = self.state.apply(change).map_err(ApplyError::Invalid)?;
-        self.install_timed(dp, next, t0)
+        let validated = t0.elapsed();
+        match self.apply_delta(dp, change, next, (t0, validated))? {
+            Ok(applied) => Ok(applied),
+            Err(next) => self.install_timed(dp, next, (t0, validated)),
+        }
+    }
+
+    /// The incremental path of [`AclController::apply`]; gives `next` back
+    /// when the change is to be installed in full. On error the kept tables
+    /// are dropped (the next change compiles in full); the state, counter
+    /// slots and live generation are as before.
+    fn apply_delta<D: AclTables + ?Sized>(
+        &mut self,
+        dp: &mut D,
+        change: &Change,
+        next: AclState,
+        t0: (Instant, std::time::Duration),
+    ) -> Result<Result<Applied, AclState>, ApplyError> {
+        cancel::checkpoint()?;
+        let Some(mut tables) = self.compiled.tables.take() else {
+            return Ok(Err(next));
+        };
+        let delta = match tables.update(&self.state, &next, change) {
+            Ok(delta) => delta,
+            Err(Fallback::Shape) => {
+                self.compiled.tables = Some(tables);
+                return Ok(Err(next));
+            }
+            // Half updated: dropped.
+            Err(Fallback::Spoiled) => return Ok(Err(next)),
+        };
+        // From here the tables are `next`'s: a failure drops them.
+        let (timing, synced, counters) = self.install_delta(dp, &tables, &next, &delta, t0)?;
+        self.compiled = Compiled {
+            tables: Some(tables),
+            synced,
+            counters,
+            last: Some(timing),
+        };
+        self.state = Arc::new(next);
+        Ok(Ok(self.applied(timing)))
+    }
+
+    /// Writes `delta` (or, when the idle generation is stale, the whole
+    /// tables) into the idle generation, switches, waits, and writes the
+    /// delta into the other generation. Commits the counter slots; returns
+    /// the timing, whether the second copy was written, and the counter
+    /// slot of each rule.
+    fn install_delta<D: AclTables + ?Sized>(
+        &mut self,
+        dp: &mut D,
+        tables: &Incremental,
+        next: &AclState,
+        delta: &Delta,
+        (t0, validated): (Instant, std::time::Duration),
+    ) -> Result<(UpdateTiming, bool, Vec<u32>), ApplyError> {
+        let image = tables.image();
+        // Prefix changes keep every rule, and so every counter slot.
+        let slots = if delta.rules {
+            Some(self.counters(image, next)?)
+        } else {
+            None
+        };
+        let counters = slots
+            .as_ref()
+            .map_or_else(|| self.compiled.counters.clone(), |s| s.counters.clone());
+        let fresh = slots.as_ref().map_or(&[][..], |s| &s.fresh[..]);
+        let compiled = t0.elapsed();
+        cancel::checkpoint()?;
+        let synced = self.compiled.synced;
+        let t = switch_generation(dp, image, fresh, |dp, t| {
+            if synced {
+                dp.write_acl_delta(t, image, delta, &counters)
+            } else {
+                dp.write_acl_generation(t, image, &counters)
+            }
+        })?;
+        let enforced = t0.elapsed();
+        // The generation that was live held the tables before the change.
+        let synced = dp.write_acl_delta(1 - t, image, delta, &counters).is_ok();
+        if let Some(slots) = slots {
+            self.commit_slots(slots);
+        }
+        let timing = UpdateTiming {
+            incremental: true,
+            validated,
+            compiled,
+            enforced,
+            total: t0.elapsed(),
+        };
+        Ok((timing, synced, counters))
     }
 
     /// Installs a whole (already validated) state for the interfaces in
@@ -181,25 +348,83 @@ impl AclController {
         if !errs.is_empty() {
             return Err(ApplyError::Invalid(errs));
         }
-        self.install_timed(dp, next, Instant::now())
+        let t0 = Instant::now();
+        self.install_timed(dp, next, (t0, std::time::Duration::ZERO))
     }
 
     fn install_timed<D: AclTables + ?Sized>(
         &mut self,
         dp: &mut D,
         next: AclState,
-        t0: Instant,
+        (t0, validated): (Instant, std::time::Duration),
     ) -> Result<Applied, ApplyError> {
         let prefixes: u64 = next.sets.values().map(|s| s.len() as u64).sum();
         cancel::progress("compiling prefixes", 0, prefixes);
         cancel::checkpoint()?;
-        let image = compile(&next, &self.slots).map_err(ApplyError::Invalid)?;
+        let tables = Incremental::build(&next, &self.slots).map_err(ApplyError::Invalid)?;
+        let image = tables.image();
         let compiled = t0.elapsed();
         // The last point where stopping leaves everything as it was.
         cancel::progress("installing prefixes", 0, prefixes);
         cancel::checkpoint()?;
+        let slots = self.counters(image, &next)?;
+        let switched = switch_generation(dp, image, &slots.fresh, |dp, t| {
+            dp.write_acl_generation(t, image, &slots.counters)
+        });
+        if let Err(e) = switched {
+            // The kept tables are still the live ones; the idle copy is torn.
+            self.compiled.synced = false;
+            return Err(e);
+        }
+        let t = switched?;
+        let enforced = t0.elapsed();
+        // The same tables into the generation that went idle, so the next
+        // change can write just its delta there.
+        let synced = dp
+            .write_acl_generation(1 - t, image, &slots.counters)
+            .is_ok();
+        let counters = slots.counters.clone();
+        self.commit_slots(slots);
+        let timing = UpdateTiming {
+            incremental: false,
+            validated,
+            compiled,
+            enforced,
+            total: t0.elapsed(),
+        };
+        self.compiled = Compiled {
+            tables: Some(Box::new(tables)),
+            synced,
+            counters,
+            last: Some(timing),
+        };
+        self.state = Arc::new(next);
+        Ok(self.applied(timing))
+    }
 
-        // Counter slots: unchanged rules keep theirs; new rules take free ones.
+    /// What an install reports.
+    fn applied(&self, timing: UpdateTiming) -> Applied {
+        Applied {
+            rules: self.state.rules.len(),
+            prefixes: self
+                .state
+                .sets
+                .values()
+                .map(xdpgate_model::acl::PrefixSet::len)
+                .sum(),
+            address_classes: self
+                .compiled
+                .tables
+                .as_ref()
+                .map_or(0, |t| t.image().stats().addr_classes),
+            compile: timing.compiled,
+            install: timing.total - timing.compiled,
+        }
+    }
+
+    /// Counter slots for the rules of `image` (rules of `next`): unchanged
+    /// rules keep theirs; new rules take free ones.
+    fn counters(&self, image: &Image, next: &AclState) -> Result<Slots, ApplyError> {
         let mut free = self.free.clone();
         let mut counter_of = HashMap::with_capacity(image.rule_ids.len());
         let mut counters = Vec::with_capacity(image.rule_ids.len());
@@ -223,9 +448,21 @@ impl AclController {
             counter_of.insert(rule.clone(), slot);
             counters.push(slot);
         }
-        let t1 = Instant::now();
-        switch_generation(dp, &image, &counters, &fresh)?;
-        // Installed: release the slots of rules that are gone.
+        Ok(Slots {
+            free,
+            counter_of,
+            counters,
+            fresh,
+        })
+    }
+
+    /// Installed: releases the slots of rules that are gone.
+    fn commit_slots(&mut self, slots: Slots) {
+        let Slots {
+            mut free,
+            counter_of,
+            ..
+        } = slots;
         for (rule, slot) in &self.counter_of {
             if !counter_of.contains_key(rule) {
                 free.push(*slot);
@@ -233,19 +470,6 @@ impl AclController {
         }
         self.free = free;
         self.counter_of = counter_of;
-        self.state = Arc::new(next);
-        Ok(Applied {
-            rules: self.state.rules.len(),
-            prefixes: self
-                .state
-                .sets
-                .values()
-                .map(xdpgate_model::acl::PrefixSet::len)
-                .sum(),
-            address_classes: image.stats().addr_classes,
-            compile: compiled,
-            install: t1.elapsed(),
-        })
     }
 
     /// Every rule in evaluation order with its counters (and, for rules
@@ -295,18 +519,19 @@ impl AclController {
 }
 
 /// Installs `image` as the new generation (see the module documentation for
-/// the order): `counters[i]` is the counter slot of rule `i`, `fresh` the
-/// slots to zero first. On error the live generation is the old one.
+/// the order): `write` fills the idle generation (with the counter slot of
+/// each rule), `fresh` are the slots to zero first. Returns the
+/// generation now live; on error the live generation is the old one.
 fn switch_generation<D: AclTables + ?Sized>(
     dp: &mut D,
     image: &Image,
-    counters: &[u32],
     fresh: &[u32],
-) -> Result<(), ApplyError> {
+    write: impl FnOnce(&mut D, usize) -> Result<(), DatapathError>,
+) -> Result<usize, ApplyError> {
     let cfg = dp.acl_config()?;
     let epoch = cfg.next_epoch();
     let t = (epoch & 1) as usize;
-    dp.write_acl_generation(t, image, counters)?;
+    write(dp, t)?;
     dp.zero_rule_counters(fresh)?;
     // The switch: one map update, seen atomically by the next packet.
     let mut next = cfg;
@@ -324,7 +549,7 @@ fn switch_generation<D: AclTables + ?Sized>(
             },
         });
     }
-    Ok(())
+    Ok(t)
 }
 
 #[cfg(test)]

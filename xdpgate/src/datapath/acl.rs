@@ -14,7 +14,10 @@ use xdpgate_common::{
     },
     maps::{self, GEN_TABLES},
 };
-use xdpgate_model::acl::{Verdict, compile::Image};
+use xdpgate_model::acl::{
+    Verdict,
+    compile::{Image, incr::Delta},
+};
 
 use super::{
     Datapath, DatapathError, RuleLimitStats,
@@ -24,7 +27,7 @@ use super::{
 use crate::sys::bpf;
 
 impl Datapath {
-    fn write<T: Copy>(
+    pub(super) fn write<T: Copy>(
         &self,
         base: &'static str,
         generation: usize,
@@ -121,27 +124,7 @@ impl Datapath {
         self.write(GEN_TABLES[9], t, 65536, &image.v6_buckets)?;
         self.write(GEN_TABLES[10], t, LENSETS, &image.lensets)?;
         self.write(GEN_TABLES[11], t, PREFIX_BUCKETS, &image.prefix_table)?;
-
-        let n = image.rule_ids.len();
-        let mut info = Vec::with_capacity(n + MAX_IFACES as usize);
-        for (i, v) in image.rule_verdicts.iter().enumerate() {
-            info.push(RuleInfo {
-                counter: counters[i],
-                action: action_of(*v),
-                id: image.rule_ids[i],
-                flags: image.rule_extras[i].0,
-                limit: image.rule_extras[i].1,
-            });
-        }
-        for (slot, v) in image.default_verdicts.iter().enumerate() {
-            info.push(RuleInfo {
-                counter: MAX_RULES + slot as u32,
-                action: action_of(*v),
-                id: 0,
-                ..RuleInfo::default()
-            });
-        }
-        self.write(maps::RULE_INFO, t, RULE_BITS, &info)
+        self.write(maps::RULE_INFO, t, RULE_BITS, &rule_info(image, counters))
     }
 
     /// Zeroes rule counter slots `slots` on every CPU.
@@ -216,6 +199,16 @@ impl AclTables for Datapath {
         self.write_generation(generation, image, counters)
     }
 
+    fn write_acl_delta(
+        &mut self,
+        generation: usize,
+        image: &Image,
+        delta: &Delta,
+        counters: &[u32],
+    ) -> Result<(), DatapathError> {
+        self.write_delta(generation, image, delta, counters)
+    }
+
     fn live_rule_slots(&self) -> Result<Vec<(u32, u32)>, DatapathError> {
         Datapath::live_rule_slots(self)
     }
@@ -243,6 +236,31 @@ impl RcuWait for Datapath {
     }
 }
 
+/// The rule information of `image` (`counters[i]` is the counter slot of
+/// rule `i`; the per-interface default rules follow the real ones).
+pub(super) fn rule_info(image: &Image, counters: &[u32]) -> Vec<RuleInfo> {
+    let n = image.rule_ids.len();
+    let mut info = Vec::with_capacity(n + MAX_IFACES as usize);
+    for (i, v) in image.rule_verdicts.iter().enumerate() {
+        info.push(RuleInfo {
+            counter: counters[i],
+            action: action_of(*v),
+            id: image.rule_ids[i],
+            flags: image.rule_extras[i].0,
+            limit: image.rule_extras[i].1,
+        });
+    }
+    for (slot, v) in image.default_verdicts.iter().enumerate() {
+        info.push(RuleInfo {
+            counter: MAX_RULES + slot as u32,
+            action: action_of(*v),
+            id: 0,
+            ..RuleInfo::default()
+        });
+    }
+    info
+}
+
 fn action_of(v: Verdict) -> u32 {
     match v {
         Verdict::Allow => Action::Pass as u32,
@@ -251,14 +269,14 @@ fn action_of(v: Verdict) -> u32 {
 }
 
 /// Views a table of `u16` classes as the four-per-element layout of the maps.
-fn quads(v: &[u16]) -> &[Quad] {
+pub(super) fn quads(v: &[u16]) -> &[Quad] {
     assert_eq!(v.len() % 4, 0);
     // SAFETY: [u16; 4] has the alignment of u16 and no padding.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 4) }
 }
 
 /// Views the IPv4 first level as the two-per-element layout of its map.
-fn pairs(v: &[u32]) -> &[Pair] {
+pub(super) fn pairs(v: &[u32]) -> &[Pair] {
     assert_eq!(v.len() % 2, 0);
     // SAFETY: [u32; 2] has the alignment of u32 and no padding.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), v.len() / 2) }

@@ -32,7 +32,10 @@ use xdpgate_common::{
     maps,
 };
 use xdpgate_model::{
-    acl::{Verdict, compile::Image},
+    acl::{
+        Verdict,
+        compile::{Image, incr::Delta},
+    },
     lb::LoadOptions,
 };
 
@@ -54,6 +57,8 @@ pub(crate) enum Op {
     AclConfig,
     /// [`AclTables::write_acl_generation`].
     WriteAclGeneration,
+    /// [`AclTables::write_acl_delta`].
+    WriteAclDelta,
     /// [`AclTables::zero_rule_counters`].
     ZeroRuleCounters,
     /// [`AclTables::set_acl_config`].
@@ -109,7 +114,7 @@ impl Op {
     fn map(self) -> &'static str {
         match self {
             Op::AclConfig | Op::SetAclConfig => maps::ACL_CONFIG,
-            Op::WriteAclGeneration => maps::RULE_INFO,
+            Op::WriteAclGeneration | Op::WriteAclDelta => maps::RULE_INFO,
             Op::ZeroRuleCounters | Op::RuleCounter => maps::RULE_STATS,
             Op::RcuWait => "the RCU barrier",
             Op::IfaceConfig | Op::SetIfaceFlag => maps::IFACES,
@@ -423,6 +428,32 @@ impl AclTables for FakeDatapath {
             defaults: image.default_verdicts.clone(),
             counters: counters.to_vec(),
         };
+        Ok(())
+    }
+
+    fn write_acl_delta(
+        &mut self,
+        generation: usize,
+        image: &Image,
+        _delta: &Delta,
+        counters: &[u32],
+    ) -> Result<(), DatapathError> {
+        if let Err(e) = self.call(Op::WriteAclDelta) {
+            self.maps.acl_generations[generation] = AclGeneration::Torn;
+            return Err(e);
+        }
+        // A delta completes only a generation that holds whole tables.
+        let table = &mut self.maps.acl_generations[generation];
+        if matches!(table, AclGeneration::Written { .. }) {
+            *table = AclGeneration::Written {
+                rule_ids: image.rule_ids.clone(),
+                verdicts: image.rule_verdicts.clone(),
+                defaults: image.default_verdicts.clone(),
+                counters: counters.to_vec(),
+            };
+        } else {
+            *table = AclGeneration::Torn;
+        }
         Ok(())
     }
 

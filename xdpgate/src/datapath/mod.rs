@@ -36,6 +36,7 @@ use crate::{
 };
 
 mod acl;
+mod acl_delta;
 mod counters;
 mod decap;
 #[cfg(test)]

@@ -26,7 +26,10 @@ use xdpgate_common::{
     acl::AclConfig,
     lb::{Backend, ServiceInfo, ServiceKey, ServiceStat},
 };
-use xdpgate_model::{acl::compile::Image, lb::LoadOptions};
+use xdpgate_model::{
+    acl::compile::{Image, incr::Delta},
+    lb::LoadOptions,
+};
 
 use super::{DatapathError, RuleLimitStats};
 use crate::sys::{
@@ -71,6 +74,17 @@ pub trait AclTables: RcuWait {
         counters: &[u32],
     ) -> Result<(), DatapathError>;
 
+    /// Writes the entries `delta` names (their values from `image`, the
+    /// tables after the change) into generation `generation`, which holds
+    /// the tables of before the change; `counters` as for
+    /// [`AclTables::write_acl_generation`]. Same contract otherwise.
+    fn write_acl_delta(
+        &mut self,
+        generation: usize,
+        image: &Image,
+        delta: &Delta,
+        counters: &[u32],
+    ) -> Result<(), DatapathError>;
     /// The rules of the live generation: each rule's id and counter slot, in
     /// evaluation order (empty when no generation is live). A daemon that
     /// adopts a running datapath learns from it which counter each rule has.

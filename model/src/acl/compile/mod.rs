@@ -21,8 +21,12 @@ use xdpgate_common::limit::{LimitSpec, RULE_LIMIT, RULE_SYNCOOKIE};
 
 use super::model::{AclError, AclState, AddrMatch, Rule, RuleFamily, Verdict, limits, proto};
 
+mod dims;
 #[cfg(any(test, feature = "test-support"))]
 pub mod eval;
+pub mod incr;
+
+use dims::rule_tables;
 
 /// [`LimitSpec::tag`] of a rule: FNV-1a of its definition, never 0 (the
 /// tag of buckets that are not a rule's). Stable for an unchanged rule, so
@@ -233,6 +237,24 @@ fn events(state: &AclState, conds: &Conditions, v6: bool) -> Vec<(Pos, i32, u32)
 
 /// Compiles `state` for the interfaces in `slots` (name -> slot 1..MAX_IFACES).
 pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image, Vec<AclError>> {
+    compile_parts(state, slots).map(|(image, _)| image)
+}
+
+/// The address part of a compile, kept by the incremental compiler
+/// (`incr`): the conditions, the disjoint intervals of each family with
+/// their class, and the condition set of each class.
+struct AddrParts {
+    conds: Vec<AddrMatch>,
+    v4: Vec<(u128, u128, u16)>,
+    v6: Vec<(u128, u128, u16)>,
+    class_sets: Vec<(u8, Vec<u32>)>,
+}
+
+/// [`compile`], also returning the address part for the incremental compiler.
+fn compile_parts(
+    state: &AclState,
+    slots: &BTreeMap<String, u32>,
+) -> Result<(Image, AddrParts), Vec<AclError>> {
     let rules = state.ordered_rules();
     if rules.len() > xdpgate_common::acl::MAX_RULES as usize {
         return Err(vec![AclError::Capacity {
@@ -243,62 +265,7 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
     }
     debug_assert!(xdpgate_common::acl::MAX_RULES as usize <= limits::MAX_RULES);
     let n = rules.len();
-    let virtual_bit = |slot: u32| n + slot as usize;
-    let mut errs = Vec::new();
-
-    // Interface dimension: one bitmap per slot.
-    let mut iface_bm = Vec::with_capacity(MAX_IFACES as usize);
-    for slot in 0..MAX_IFACES {
-        let mut b = Bits::new();
-        for (i, r) in rules.iter().enumerate() {
-            let ok = match &r.iface {
-                None => true,
-                Some(name) => slots.get(name) == Some(&slot),
-            };
-            if ok {
-                b.set(i);
-            }
-        }
-        b.set(virtual_bit(slot));
-        iface_bm.push(b.0);
-    }
-    let mut default_verdicts = vec![Verdict::Allow; MAX_IFACES as usize];
-    for (name, slot) in slots {
-        default_verdicts[*slot as usize] = state.policy(name);
-    }
-
-    // Protocol dimension: one bitmap per protocol number.
-    let proto_bm: Vec<Bitmap> = (0..=255u8)
-        .map(|p| {
-            let mut b = Bits::new();
-            for (i, r) in rules.iter().enumerate() {
-                if r.proto.is_none_or(|rp| rp == p) {
-                    b.set(i);
-                }
-            }
-            for slot in 0..MAX_IFACES {
-                b.set(virtual_bit(slot));
-            }
-            b.0
-        })
-        .collect();
-
-    // Port dimensions.
-    let (sport_class, sport_bm) = match port_dimension(&rules, n, false) {
-        Ok(v) => v,
-        Err(e) => {
-            errs.push(e);
-            (Vec::new(), Vec::new())
-        }
-    };
-    let (dport_class, dport_bm) = match port_dimension(&rules, n, true) {
-        Ok(v) => v,
-        Err(e) => {
-            errs.push(e);
-            (Vec::new(), Vec::new())
-        }
-    };
-
+    let (rt, mut errs) = rule_tables(state, &rules, slots);
     // Address dimensions.
     let conds = Conditions::of(&rules);
     let v4 = sweep(events(state, &conds, false));
@@ -358,17 +325,17 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
         }]
     })?;
 
-    Ok(Image {
+    let image = Image {
         rule_ids: rules.iter().map(|r| r.id).collect(),
         rule_verdicts: rules.iter().map(|r| r.action).collect(),
         rule_extras: rules.iter().map(|r| extras(r)).collect(),
-        default_verdicts,
-        iface_bm,
-        proto_bm,
-        sport_class,
-        dport_class,
-        sport_bm,
-        dport_bm,
+        default_verdicts: rt.default_verdicts,
+        iface_bm: rt.iface_bm,
+        proto_bm: rt.proto_bm,
+        sport_class: rt.sport_class,
+        dport_class: rt.dport_class,
+        sport_bm: rt.sport_bm,
+        dport_bm: rt.dport_bm,
         src_bm,
         dst_bm,
         v4_tbl24,
@@ -376,7 +343,14 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
         lensets: long.lensets,
         prefix_table,
         prefix_entries,
-    })
+    };
+    let parts = AddrParts {
+        conds: conds.list,
+        v4,
+        v6,
+        class_sets,
+    };
+    Ok((image, parts))
 }
 
 fn port_group(p: u8) -> Option<u32> {

@@ -86,8 +86,15 @@ fn an_install_writes_the_idle_generation_zeroes_new_counters_switches_then_waits
             Op::WriteAclGeneration,
             Op::ZeroRuleCounters,
             Op::SetAclConfig,
-            Op::RcuWait
+            Op::RcuWait,
+            // The same tables into the generation that went idle.
+            Op::WriteAclGeneration,
         ]
+    );
+    assert_eq!(
+        dp.maps().acl_generations[0],
+        dp.maps().acl_generations[1],
+        "both generations hold the installed tables"
     );
 
     let kept = ctl.counter_of[&ctl.state.rules[&2]];
@@ -323,4 +330,132 @@ fn a_new_rule_on_a_reused_counter_slot_starts_with_zero_limit_counters_and_a_ful
         .map(|r| (r.rule.id, r.limits.map(|l| l[0].packets)))
         .collect();
     assert_eq!(limits, vec![(11, Some(7)), (12, Some(0))]);
+}
+
+/// One prefix more in the set rule 1 names.
+fn add_prefix() -> Change {
+    Change::SetAdd {
+        name: "bogons".into(),
+        prefixes: vec!["192.0.2.0/24".into()],
+    }
+}
+
+#[test]
+fn a_prefix_change_writes_its_delta_into_both_generations_and_keeps_every_counter() {
+    let (mut dp, mut ctl) = installed();
+    let counts = dp.maps().rule_counters.clone();
+    let steps = dp.steps();
+    ctl.apply(&mut dp, &add_prefix()).expect("apply");
+    assert_eq!(
+        dp.log()[steps..],
+        [
+            Op::WriteAclDelta,
+            Op::ZeroRuleCounters,
+            Op::SetAclConfig,
+            Op::RcuWait,
+            Op::WriteAclDelta,
+        ]
+    );
+    assert!(ctl.last_timing().expect("timed").incremental);
+    assert_eq!(dp.maps().rule_counters, counts, "every counter kept");
+    assert_eq!(dp.maps().acl_generations[0], dp.maps().acl_generations[1]);
+    assert!(ctl.state().sets["bogons"].contains("192.0.2.1".parse().unwrap()));
+    // A rule change goes the same way, and the new rule's counter is fresh.
+    let steps = dp.steps();
+    let rule: RuleFile = toml::from_str(
+        r#"
+        [[rule]]
+        id = 7
+        priority = 5
+        src = "198.51.100.0/24"
+        action = "allow"
+    "#,
+    )
+    .expect("rule file");
+    ctl.apply(&mut dp, &Change::RuleAdd { rules: rule.rules })
+        .expect("apply");
+    assert_eq!(dp.log()[steps], Op::WriteAclDelta);
+    let (_, live) = dp.acl_view();
+    assert!(
+        matches!(&live, AclGeneration::Written { rule_ids, .. } if rule_ids == &[7, 1, 2]),
+        "{live:?}"
+    );
+    for (slot, c) in &counts {
+        assert_eq!(dp.maps().rule_counters.get(slot), Some(c));
+    }
+}
+
+#[test]
+fn a_failed_incremental_change_leaves_the_live_generation_and_the_controller_unchanged() {
+    let cases: &[(&str, Op)] = &[
+        ("reading the configuration word", Op::AclConfig),
+        (
+            "writing the delta into the idle generation",
+            Op::WriteAclDelta,
+        ),
+        ("zeroing the new rules' counters", Op::ZeroRuleCounters),
+        ("the switch", Op::SetAclConfig),
+        ("the wait after the switch", Op::RcuWait),
+    ];
+    for (name, op) in cases {
+        let (mut dp, mut ctl) = installed();
+        let live = dp.acl_view();
+        let counts = dp.maps().rule_counters.clone();
+        let before = ctl.clone();
+        dp.fail_next(*op);
+        let e = ctl.apply(&mut dp, &add_prefix()).unwrap_err();
+        assert!(!dp.failures_pending(), "{name}: the failure happened");
+        assert!(e.to_string().contains("injected failure"), "{name}: {e}");
+        assert_eq!(dp.acl_view(), live, "{name}: the live generation");
+        assert_eq!(dp.maps().rule_counters, counts, "{name}: the counters");
+        assert_eq!(ctl, before, "{name}: the controller's state");
+        // The kept tables went with the failure: the retry compiles in full
+        // and writes the idle generation whole.
+        let steps = dp.steps();
+        ctl.apply(&mut dp, &add_prefix())
+            .unwrap_or_else(|e| panic!("{name}: retry: {e}"));
+        assert_eq!(dp.log()[steps], Op::WriteAclGeneration, "{name}");
+        assert!(!ctl.last_timing().expect("timed").incremental, "{name}");
+        assert!(ctl.state().sets["bogons"].contains("192.0.2.1".parse().unwrap()));
+        assert_eq!(dp.maps().acl_generations[0], dp.maps().acl_generations[1]);
+    }
+}
+
+#[test]
+fn a_failed_second_copy_is_written_whole_by_the_next_change() {
+    let (mut dp, mut ctl) = installed();
+    // The first delta write (the idle generation) succeeds, the second
+    // (the generation that went idle after the switch) fails.
+    dp.fail_call(Op::WriteAclDelta, 1);
+    ctl.apply(&mut dp, &add_prefix())
+        .expect("the change is in force");
+    assert!(!dp.failures_pending());
+    let (cfg, live) = dp.acl_view();
+    assert!(matches!(live, AclGeneration::Written { .. }));
+    assert_eq!(
+        dp.maps().acl_generations[1 - cfg.generation()],
+        AclGeneration::Torn
+    );
+    let steps = dp.steps();
+    ctl.apply(
+        &mut dp,
+        &Change::SetDel {
+            name: "bogons".into(),
+            prefixes: vec!["192.0.2.0/24".into()],
+        },
+    )
+    .expect("apply");
+    assert_eq!(
+        dp.log()[steps..],
+        [
+            Op::WriteAclGeneration,
+            Op::ZeroRuleCounters,
+            Op::SetAclConfig,
+            Op::RcuWait,
+            Op::WriteAclDelta,
+        ],
+        "the stale copy written whole, the other one by delta"
+    );
+    assert!(ctl.last_timing().expect("timed").incremental);
+    assert_eq!(dp.maps().acl_generations[0], dp.maps().acl_generations[1]);
 }
