@@ -11,6 +11,9 @@ use std::{
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
+mod adversarial;
+pub use adversarial::{ADVERSARIES, Adversary, adversarial_packet, adversarial_state};
+
 use super::{
     model::{AclState, AddrMatch, PortRange, PrefixSet, Rule, Verdict, proto},
     reference::PacketInfo,
@@ -335,11 +338,17 @@ mod tests {
             let rules = 1 + rng.below(40) as usize;
             let state = rand_state(&mut rng, 3, 12, rules);
             let image = compile(&state, &slots).expect("compile");
+            assert!(image.phases.is_some(), "seed {seed}: no phased tables");
             for _ in 0..300 {
                 let pkt = rand_packet(&mut rng, &state);
                 for (iface, slot) in [("eth0", 1), ("eth1", 2), ("lo", 0)] {
                     let want = classify(&state, iface, &pkt);
                     let got = image.decide(slot, &pkt);
+                    assert_eq!(
+                        image.resolve(slot, &pkt),
+                        image.resolve_walk(slot, &pkt),
+                        "seed {seed}: phased tables and bitmap walk disagree on {pkt:?}"
+                    );
                     assert_eq!(
                         got,
                         want,

@@ -23,6 +23,7 @@ use super::model::{AclError, AclState, AddrMatch, Rule, RuleFamily, Verdict, lim
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod eval;
+pub mod phases;
 
 /// [`LimitSpec::tag`] of a rule: FNV-1a of its definition, never 0 (the
 /// tag of buckets that are not a rule's). Stable for an unchanged rule, so
@@ -90,6 +91,8 @@ pub struct Image {
     pub prefix_table: Vec<PrefixBucket>,
     /// Entries in `prefix_table`.
     pub prefix_entries: usize,
+    /// Phased rule resolution (`None`: over budget, the bitmaps are walked).
+    pub phases: Option<phases::Phases>,
 }
 
 /// Compile statistics, for logs and progress.
@@ -101,6 +104,8 @@ pub struct CompileStats {
     pub port_classes: (usize, usize),
     /// Long-prefix table entries (long prefixes and markers).
     pub hash_entries: usize,
+    /// Groups and `u16` cells of the phased tables (`None`: bitmap walk).
+    pub phases: Option<(usize, usize)>,
 }
 
 impl Image {
@@ -110,6 +115,7 @@ impl Image {
             addr_classes: self.src_bm.len(),
             port_classes: (self.sport_bm.len(), self.dport_bm.len()),
             hash_entries: self.prefix_entries,
+            phases: phases::stats(self.phases.as_ref()),
         }
     }
 }
@@ -358,6 +364,8 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
         }]
     })?;
 
+    let bms = [&iface_bm, &proto_bm, &src_bm, &dst_bm, &sport_bm, &dport_bm];
+    let phases = phases::build(&phases::Dims { bms, rules: n });
     Ok(Image {
         rule_ids: rules.iter().map(|r| r.id).collect(),
         rule_verdicts: rules.iter().map(|r| r.action).collect(),
@@ -376,6 +384,7 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
         lensets: long.lensets,
         prefix_table,
         prefix_entries,
+        phases,
     })
 }
 
