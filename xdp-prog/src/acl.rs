@@ -1,13 +1,14 @@
 //! ACL classification: field lookups to classes, then the decision cache, and
-//! on a miss the first rule set in the AND of the six class bitmaps (see
-//! `docs/design/acl.md`, parts 2 and 3). Its input goes through per-CPU
+//! on a miss the phased tables (five table reads per rule group to the first
+//! matching rule), or, for a generation over their budget, the first rule set
+//! in the AND of the six class bitmaps (see `docs/design/acl.md`, part 2). Its input goes through per-CPU
 //! memory first (`handoff::Fields` in `SCRATCH`, see [`classify`]).
 use xdpgate_common::{
     Family,
     acl::{
         ACL_NO_CACHE, BITMAP_WORDS, Bitmap, CACHE_BITS, CACHE_NO_RULE, CACHE_VALID, MAX_LENS,
-        NO_L4_CLASS, Quad, RuleInfo, SUMMARY_WORDS, V4_EXT, V4_KEY_LEN_OFFSET, cache_stat, group,
-        prefix_buckets,
+        MAX_PHASE_GROUPS, NO_L4_CLASS, PHASE_NODEFAULT, PHASE_NONE, PHASE_STEPS, Quad, RuleInfo,
+        SUMMARY_WORDS, V4_EXT, V4_KEY_LEN_OFFSET, cache_stat, group, leaf, prefix_buckets,
     },
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -17,7 +18,7 @@ use aya_ebpf::maps::Array;
 use crate::{
     bind,
     handoff::{Fields, NONE},
-    maps::{ACL_CONFIG, DECISIONS, Gen0, Gen1, Generation, PROBE, SCRATCH},
+    maps::{ACL_CONFIG, DECISIONS, Gen0, Gen1, Generation, PHASE_IDS, PROBE, SCRATCH},
     parse::{Frag, L4, Packet},
     stats,
 };
@@ -146,7 +147,14 @@ fn resolve<G: Generation>(
         }
     }
     stats::count_cache(cache_stat::MISS);
-    let rule = walk::<G>(f, slot, src, dst, sk, dk).unwrap_or(CACHE_NO_RULE);
+    let head = G::phase_groups().get(0)?;
+    let rule = if head.groups != 0 {
+        let leaves = [slot, f.proto, src as u32, dst as u32, sk as u32, dk as u32];
+        phased::<G>(head.groups, head.rules, slot, &leaves)?
+    } else {
+        stats::count_cache(cache_stat::WALK);
+        walk::<G>(f, slot, src, dst, sk, dk).unwrap_or(CACHE_NO_RULE)
+    };
     if let Some(e) = entry {
         // SAFETY: as above.
         unsafe {
@@ -173,6 +181,69 @@ fn cache_index(k0: u64, k1: u64) -> u32 {
     let h = (k0 ^ k1.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let h = (h ^ (h >> 32)).wrapping_mul(0xff51_afd7_ed55_8ccd);
     (h >> (64 - CACHE_BITS)) as u32
+}
+
+/// The cell at `index` of the phased tables (four per element).
+#[inline(always)]
+fn cell<G: Generation>(index: u32) -> Option<u16> {
+    Some(G::phase_cells().get(index >> 2)?[(index & 3) as usize])
+}
+
+/// The deciding rule index through the phased tables (`compile::phases`):
+/// per group, six remaps of the leaf ids and five step reads, no loop over
+/// rules; the lowest rule over the groups, else the interface default of
+/// `slot` (rule index `rules + slot`), or [`CACHE_NO_RULE`] for neighbour
+/// discovery that no rule names.
+#[inline(always)]
+fn phased<G: Generation>(groups: u32, rules: u32, slot: u32, leaves: &[u32; 6]) -> Option<u32> {
+    let ids = PHASE_IDS.get_ptr_mut(0)?;
+    let mut best = PHASE_NONE as u32;
+    let mut default = true;
+    for g in 0..MAX_PHASE_GROUPS as u32 {
+        if g >= groups {
+            break;
+        }
+        let grp = G::phase_groups().get(g)?;
+        for (d, leaf_id) in leaves.iter().enumerate() {
+            let mut v = cell::<G>(grp.remap[d].wrapping_add(*leaf_id))?;
+            if d == leaf::DPORT as usize {
+                default = v & PHASE_NODEFAULT == 0;
+                v &= !PHASE_NODEFAULT;
+            }
+            // SAFETY: per-CPU ids, written and read by this packet only.
+            unsafe { (*ids)[d] = v as u32 };
+        }
+        for s in 0..PHASE_STEPS {
+            let st = &grp.steps[s];
+            // The operand indices are data: masked, they index the map value.
+            // SAFETY: as above.
+            let (l, r) = unsafe {
+                (
+                    (*ids)[(st.left & 15) as usize],
+                    (*ids)[(st.right & 15) as usize],
+                )
+            };
+            let v = cell::<G>(
+                st.off
+                    .wrapping_add(l.wrapping_mul(st.stride))
+                    .wrapping_add(r),
+            )?;
+            // SAFETY: as above.
+            unsafe { (*ids)[(leaf::COUNT + s) & 15] = v as u32 };
+        }
+        // SAFETY: as above.
+        let r = unsafe { (*ids)[(leaf::COUNT + PHASE_STEPS - 1) & 15] };
+        if r < best {
+            best = r;
+        }
+    }
+    Some(if best != PHASE_NONE as u32 {
+        best
+    } else if default {
+        rules.wrapping_add(slot)
+    } else {
+        CACHE_NO_RULE
+    })
 }
 
 /// The first rule index set in the AND of the six class bitmaps.

@@ -15,9 +15,8 @@ use xdpgate_common::{
         PrefixSlot, V4_KEY_LEN_OFFSET, V4_NONE_CLASS, V4_TBL24_ENTRIES, V6_NONE_CLASS, V6Bucket,
         group, prefix_buckets, v4_entry,
     },
+    limit::{LimitSpec, RULE_LIMIT, RULE_SYNCOOKIE},
 };
-
-use xdpgate_common::limit::{LimitSpec, RULE_LIMIT, RULE_SYNCOOKIE};
 
 use super::model::{AclError, AclState, AddrMatch, Rule, RuleFamily, Verdict, limits, proto};
 
@@ -365,7 +364,9 @@ pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image,
     })?;
 
     let bms = [&iface_bm, &proto_bm, &src_bm, &dst_bm, &sport_bm, &dport_bm];
-    let phases = phases::build(&phases::Dims { bms, rules: n });
+    let dims = phases::Dims { bms, rules: n };
+    let phases = phases::build(&dims);
+    phases::walk_fits(phases.as_ref(), &dims)?;
     Ok(Image {
         rule_ids: rules.iter().map(|r| r.id).collect(),
         rule_verdicts: rules.iter().map(|r| r.action).collect(),

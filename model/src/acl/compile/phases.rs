@@ -13,8 +13,10 @@ use std::collections::HashMap;
 
 use xdpgate_common::acl::{
     Bitmap, MAX_PHASE_CLASSES, MAX_PHASE_GROUPS, PHASE_CELLS, PHASE_NODEFAULT, PHASE_NONE,
-    PHASE_STEPS, PhaseGroup, PhaseStep, leaf,
+    PHASE_STEPS, PhaseGroup, PhaseStep, WALK_ADDR_CLASSES, WALK_PORT_CLASSES, leaf,
 };
+
+use crate::acl::AclError;
 
 /// The phased tables of one generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,7 +217,7 @@ fn group(
     Some((g, cells))
 }
 
-/// Builds the phased tables: for 1, 2, 4 and 8 groups of rules (contiguous in
+/// Builds the phased tables: for 1, 2, 4, 8 and 16 groups of rules (contiguous in
 /// evaluation order), every plan of [`PLANS`]; the first group count that fits
 /// [`PHASE_CELLS`], with its smallest plan. `None` when none fits (the
 /// datapath then walks the rule bitmaps).
@@ -242,6 +244,47 @@ pub fn build_within(dims: &Dims, cells: usize) -> Option<Phases> {
         k *= 2;
     }
     None
+}
+
+/// Without phased tables the datapath walks the rule bitmaps, whose tables
+/// hold [`WALK_ADDR_CLASSES`] and [`WALK_PORT_CLASSES`] classes: a rule set
+/// with more classes and no phased tables is refused, naming the limit.
+pub fn walk_fits(p: Option<&Phases>, dims: &Dims) -> Result<(), Vec<AclError>> {
+    if p.is_some() {
+        return Ok(());
+    }
+    let addr = dims.bms[leaf::SRC as usize].len();
+    let ports = (
+        dims.bms[leaf::SPORT as usize].len(),
+        dims.bms[leaf::DPORT as usize].len(),
+    );
+    let caps = [
+        (
+            "address classes of a rule set over the phased tables' budget (the bitmap walk's capacity)",
+            addr,
+            WALK_ADDR_CLASSES,
+        ),
+        (
+            "source port classes of a rule set over the phased tables' budget (the bitmap walk's capacity)",
+            ports.0,
+            WALK_PORT_CLASSES,
+        ),
+        (
+            "destination port/ICMP classes of a rule set over the phased tables' budget (the bitmap walk's capacity)",
+            ports.1,
+            WALK_PORT_CLASSES,
+        ),
+    ];
+    let errs: Vec<AclError> = caps
+        .into_iter()
+        .filter(|c| c.1 > c.2 as usize)
+        .map(|(what, have, max)| AclError::Capacity {
+            what,
+            have,
+            max: max as usize,
+        })
+        .collect();
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
 
 /// Groups and cells of phased tables, for [`super::CompileStats`].
@@ -274,6 +317,10 @@ fn groups(
         out.cells.extend(cells);
         out.groups.push(g);
         lo = hi;
+    }
+    let count = out.groups.len() as u32;
+    for g in &mut out.groups {
+        (g.groups, g.rules) = (count, n as u32);
     }
     Some(out)
 }
