@@ -185,10 +185,15 @@ impl Report {
                     let ok = r.ratio <= factor * x.ratio;
                     met &= ok;
                     parts.push(format!(
-                        "{name} {:.2}x vs {:.2}x{}",
+                        "{name} {:.2}x (limit {:.2}x{}){}",
                         r.ratio,
-                        x.ratio,
-                        if ok { "" } else { " (over)" }
+                        factor * x.ratio,
+                        if factor >= 1.0 {
+                            String::new()
+                        } else {
+                            format!(" = {factor} x {:.2}x", x.ratio)
+                        },
+                        if ok { "" } else { " over" }
                     ));
                 }
                 t.push(Target {

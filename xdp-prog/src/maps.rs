@@ -76,12 +76,13 @@ pub(crate) static DECISIONS: PerCpuArray<CacheEntry> =
 pub(crate) static CACHE_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(cache_stat::ENTRIES, 0);
 
-/// Per-CPU ids of one phased resolution (six leaves, then five steps).
+/// Per-CPU ids of one phased resolution (leaves, steps, the packet's raw
+/// leaf ids and the result so far).
 ///
 /// See `acl::phased`: a step's operands are data, and a map value may be
 /// indexed by a bounded variable where a stack slot may not on 6.1.
 #[map(name = "XG_PHASE_IDS")]
-pub(crate) static PHASE_IDS: PerCpuArray<[u32; 16]> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static PHASE_IDS: PerCpuArray<[u32; 32]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU word the prefix-length search passes its probe index through.
 ///
