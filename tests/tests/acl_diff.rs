@@ -9,18 +9,11 @@
 mod common;
 
 use common::frame_of;
-use xdpgate::{
-    acl::AclController,
-    datapath::{AclTables, Datapath, RcuWait},
-};
+use xdpgate::{acl::AclController, datapath::Datapath};
 use xdpgate_model::{
     acl::{
         AclState, Verdict,
-        compile::{Image, compile},
-        random::{
-            ADVERSARIES, Adversary, Rng, adversarial_packet, adversarial_state, rand_packet,
-            rand_state, slots,
-        },
+        random::{Rng, rand_packet, rand_state},
         reference::classify,
     },
     iface::Malformed,
@@ -61,7 +54,7 @@ fn datapath_agrees_with_reference_classifier() {
         // BPF_PROG_TEST_RUN delivers on the namespace's lo (ifindex 1): it plays
         // "eth0" (slot 1) of the generated rule sets.
         dp.register(1, 1, Malformed::Drop).expect("register lo");
-        let slots = slots();
+        let slots = xdpgate_model::acl::random::slots();
         let mut ctl = AclController::new(slots);
         let mut checked = 0usize;
         let mut seed = 0u64;
@@ -132,86 +125,6 @@ fn datapath_agrees_with_reference_classifier() {
     assert!(checked >= total);
 }
 
-/// Writes `image` into the idle generation and switches to it, as the
-/// controller does (counter slot `i` for rule `i`): lets a test install an
-/// image compiled with a smaller phased-table budget than the controller's.
-fn install_image(dp: &mut Datapath, image: &Image) {
-    let cfg = AclTables::acl_config(dp).expect("config");
-    let epoch = cfg.next_epoch();
-    let t = (epoch & 1) as usize;
-    let counters: Vec<u32> = (0..image.rule_ids.len() as u32).collect();
-    AclTables::write_acl_generation(dp, t, image, &counters).expect("write generation");
-    let mut next = cfg;
-    next.epoch = epoch;
-    next.rules[t] = image.rule_ids.len() as u32;
-    AclTables::set_acl_config(dp, next).expect("switch");
-    RcuWait::rcu_wait(dp).expect("rcu wait");
-}
-
-/// Rule sets built to be hard for the phased tables (own address pairs and
-/// port ranges, overlapping ports, alternating wildcards), with the decision
-/// cache off so every packet is resolved by the phased tables: every verdict
-/// agrees with the reference. The own-pairs set is also installed split into
-/// several rule groups, and without phased tables (the bitmap walk).
-#[test]
-fn datapath_agrees_with_reference_on_adversarial_rule_sets() {
-    let _g = serial();
-    let ns = Netns::new("acladv").unwrap();
-    let per_set = packets_wanted() / 20;
-    let checked = ns.run(move || {
-        let mut dp = Datapath::load().expect("load");
-        dp.register(1, 1, Malformed::Drop).expect("register lo");
-        dp.set_decision_cache(false).expect("cache off");
-        let mut checked = 0usize;
-        for (seed, kind) in ADVERSARIES.into_iter().enumerate() {
-            let mut rng = Rng::new(seed as u64);
-            let state = adversarial_state(&mut rng, kind, 300);
-            let mut image = compile(&state, &slots()).expect("compile");
-            let cells = image.stats().phases.expect("phased tables").1;
-            // One image at a time (each holds the 64 MiB IPv4 table): the
-            // phased tables, then for the own-pairs set the same image split
-            // into groups, then without phased tables.
-            let budgets: &[Option<usize>] = if kind == Adversary::OwnPairs {
-                &[None, Some(cells - 1), Some(0)]
-            } else {
-                &[None]
-            };
-            let rules = state.ordered_rules();
-            for budget in budgets {
-                if let Some(b) = *budget {
-                    image = image.with_phase_budget(b);
-                }
-                let what = match (budget, image.stats().phases) {
-                    (None, _) => "phased".to_string(),
-                    (Some(0), None) => "bitmap walk".to_string(),
-                    (Some(_), Some((groups, _))) if groups > 1 => format!("{groups} groups"),
-                    other => panic!("budget {budget:?}: unexpected phased tables {other:?}"),
-                };
-                install_image(&mut dp, &image);
-                for _ in 0..per_set {
-                    let pkt = adversarial_packet(&mut rng, &rules);
-                    let frame = frame_of(&pkt);
-                    let want = classify(&state, "eth0", &pkt);
-                    let want_action = match want.verdict {
-                        Verdict::Allow => XDP_PASS,
-                        Verdict::Deny => XDP_DROP,
-                    };
-                    let got = dp.test_run(&frame, 1).expect("test run");
-                    assert_eq!(
-                        got.action,
-                        want_action,
-                        "{kind:?} ({what}): packet {pkt:?}\nframe {}\nreference {want:?}",
-                        hex(&frame),
-                    );
-                    checked += 1;
-                }
-            }
-        }
-        checked
-    });
-    assert_eq!(checked, per_set * (ADVERSARIES.len() + 2));
-}
-
 #[test]
 fn decision_cache_is_exact_and_invalidated_by_every_switch() {
     let _g = serial();
@@ -220,7 +133,7 @@ fn decision_cache_is_exact_and_invalidated_by_every_switch() {
         pin_to_current_cpu();
         let mut dp = Datapath::load().expect("load");
         dp.register(1, 1, Malformed::Drop).expect("register lo");
-        let mut ctl = AclController::new(slots());
+        let mut ctl = AclController::new(xdpgate_model::acl::random::slots());
         let rules = |action: &str| -> AclState {
             let file: xdpgate_model::acl::RuleFile = toml::from_str(&format!(
                 r#"
@@ -299,7 +212,7 @@ fn unchanged_rules_keep_their_counters_across_swaps() {
     ns.run(|| {
         let mut dp = Datapath::load().expect("load");
         dp.register(1, 1, Malformed::Drop).expect("register lo");
-        let mut ctl = AclController::new(slots());
+        let mut ctl = AclController::new(xdpgate_model::acl::random::slots());
         let file: xdpgate_model::acl::RuleFile = toml::from_str(
             r#"
             [[rule]]
