@@ -63,12 +63,19 @@ pub(crate) struct Config {
     pub compile_ms: f64,
     /// `AclController::install`: write the tables, switch, wait for the old generation.
     pub install_ms: f64,
+    /// Rule groups of the phased tables (`None`: the generation walks the
+    /// rule bitmaps), from a separate compile of the same state.
+    pub phase_groups: Option<usize>,
+    /// `u16` cells of the phased tables (2 bytes each, kernel memory of one
+    /// generation's tables in use).
+    pub phase_cells: usize,
     /// Per class: the measurement and its ratio to the empty program, with the
     /// decision cache on (the daemon's default: every repetition after the
     /// first is a cache hit).
     pub classes: BTreeMap<String, ClassResult>,
-    /// The same with the decision cache off: every repetition walks the rule
-    /// bitmaps, the cost of a packet whose class combination is not cached.
+    /// The same with the decision cache off: every repetition is resolved
+    /// by the phased tables (or walks the rule bitmaps when the generation
+    /// has none), the cost of a packet whose class combination is not cached.
     pub walk: BTreeMap<String, ClassResult>,
 }
 
@@ -256,6 +263,10 @@ pub(crate) fn run(
                 let st = workload::state(set.clone(), r, 0x5eed + r as u64);
                 let generate_ms = set_ms + t.elapsed().as_secs_f64() * 1e3;
                 eprintln!("bench: installing {p} prefixes per family, {r} rules ...");
+                let phases = compile(&st, &slots())
+                    .map_err(|e| anyhow::anyhow!("compile: {e:?}"))?
+                    .stats()
+                    .phases;
                 let applied = ctl
                     .install(&mut dp, st)
                     .map_err(|e| anyhow::anyhow!("install {p} prefixes / {r} rules: {e}"))?;
@@ -295,6 +306,8 @@ pub(crate) fn run(
                     generate_ms,
                     compile_ms: applied.compile.as_secs_f64() * 1e3,
                     install_ms: applied.install.as_secs_f64() * 1e3,
+                    phase_groups: phases.map(|p| p.0),
+                    phase_cells: phases.map_or(0, |p| p.1),
                     classes: results,
                     walk,
                 });

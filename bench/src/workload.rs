@@ -432,3 +432,28 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod phased {
+    use super::*;
+    use xdpgate_model::acl::compile::compile;
+
+    /// The benchmark's firewall-like rule sets resolve through phased
+    /// tables, not the bitmap walk, up to 10,000 rules.
+    #[test]
+    fn firewall_like_rule_sets_compile_to_phased_tables() {
+        for rules in [10, 1000, 10_000] {
+            let st = state(prefix_set(1000, 1), rules, 2);
+            let t = std::time::Instant::now();
+            let img = compile(&st, &[("lo".to_string(), 1)].into()).expect("compiles");
+            let ph = img.phases.as_ref();
+            eprintln!(
+                "{rules} rules: {:?}, plan {:?}, {:?}",
+                img.stats().phases,
+                ph.map(|p| p.plan),
+                t.elapsed()
+            );
+            assert!(ph.is_some(), "{rules} rules: no phased tables");
+        }
+    }
+}

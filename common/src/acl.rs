@@ -62,10 +62,15 @@ pub const V4_NONE_CLASS: u16 = 0;
 /// Address class of IPv6 addresses no rule condition covers.
 pub const V6_NONE_CLASS: u16 = 1;
 
-/// Most classes of a port dimension.
-pub const MAX_PORT_CLASSES: u32 = 4096;
-/// Most address classes (both families together).
-pub const MAX_ADDR_CLASSES: u32 = 8192;
+/// Most classes of a port dimension (class ids are `u16`).
+pub const MAX_PORT_CLASSES: u32 = 65535;
+/// Most address classes, both families together (class ids are `u16`).
+pub const MAX_ADDR_CLASSES: u32 = 65535;
+/// Port classes the rule-bitmap tables hold: a rule set with more is
+/// resolved by its phased tables only, and refused if it has none.
+pub const WALK_PORT_CLASSES: u32 = 4096;
+/// Address classes the rule-bitmap tables hold (see [`WALK_PORT_CLASSES`]).
+pub const WALK_ADDR_CLASSES: u32 = 8192;
 
 /// IPv4 first-level entry flag: the /24 holds longer prefixes. The entry's low
 /// 16 bits are then the class of addresses no longer prefix covers, and bits
@@ -185,10 +190,14 @@ pub struct CacheEntry {
 pub mod cache_stat {
     /// Packets decided from the cache.
     pub const HIT: u32 = 0;
-    /// Packets that walked the rule bitmaps (cache miss or cache bypassed).
+    /// Packets resolved without the cache (a miss, or the cache bypassed):
+    /// by the phased tables, or by the bitmap walk ([`WALK`]).
     pub const MISS: u32 = 1;
+    /// Of the [`MISS`] packets, those that walked the rule bitmaps (the
+    /// generation has no phased tables: its rule set exceeded their budget).
+    pub const WALK: u32 = 2;
     /// Entries of the counter array.
-    pub const ENTRIES: u32 = 2;
+    pub const ENTRIES: u32 = 3;
 }
 
 /// Entry of the IPv6 top-16 table: the class of addresses in this /16 that no
@@ -301,3 +310,79 @@ pub struct RuleInfo {
 
 /// Counter slots: one per real rule, then one per interface for its default policy.
 pub const RULE_COUNTERS: u32 = MAX_RULES + MAX_IFACES;
+
+/// Leaves of a phased reduction (the per-packet class lookups), in this order:
+/// interface slot, protocol, source class, destination class, source-port
+/// class, destination-port class. See `docs/design/acl.md`, "Phased
+/// reduction".
+pub mod leaf {
+    /// Interface slot.
+    pub const IFACE: u32 = 0;
+    /// IP protocol.
+    pub const PROTO: u32 = 1;
+    /// Source address class.
+    pub const SRC: u32 = 2;
+    /// Destination address class.
+    pub const DST: u32 = 3;
+    /// Source-port class.
+    pub const SPORT: u32 = 4;
+    /// Destination-port/ICMP class.
+    pub const DPORT: u32 = 5;
+    /// Number of leaves.
+    pub const COUNT: usize = 6;
+}
+
+/// Steps of a phased reduction: each combines two earlier ids (leaves or
+/// steps) into one; the last yields the first matching rule.
+pub const PHASE_STEPS: usize = leaf::COUNT - 1;
+/// Most rule groups one generation's phased tables are split into (each group
+/// resolves its own rules; the packet takes the lowest rule index over groups).
+pub const MAX_PHASE_GROUPS: usize = 16;
+/// Most `u16` cells of one generation's phased tables, all groups together
+/// (32 MiB). A rule set that needs more is resolved by the bitmap walk.
+pub const PHASE_CELLS: u32 = 1 << 24;
+/// Most classes of one step of a phased reduction (ids are `u16`, and
+/// [`PHASE_NONE`] is reserved).
+pub const MAX_PHASE_CLASSES: u32 = 0xffff;
+/// Value of a final-step cell when no rule of the group matches.
+pub const PHASE_NONE: u16 = 0xffff;
+/// Flag in a destination-port remap entry: the class is neighbour discovery
+/// that only rules naming it match, so the interface default does not apply.
+pub const PHASE_NODEFAULT: u16 = 0x8000;
+
+/// One step of a phased reduction: `id[LEAVES + s] = cells[off + id[left] *
+/// stride + id[right]]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhaseStep {
+    /// Id index of the left operand (0..6 leaves, 6.. earlier steps).
+    pub left: u32,
+    /// Id index of the right operand.
+    pub right: u32,
+    /// Offset of the step's table in the cell array.
+    pub off: u32,
+    /// Classes of the right operand.
+    pub stride: u32,
+}
+
+/// One rule group of a phased reduction: where its leaf remaps and step
+/// tables are in the generation's cell array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhaseGroup {
+    /// Groups of the generation (the same in every group); 0 in group 0 means
+    /// the generation has no phased tables and the datapath walks the bitmaps.
+    pub groups: u32,
+    /// Real rules of the generation: the interface default of slot `s` is
+    /// rule index `rules + s`.
+    pub rules: u32,
+    /// Offset of each leaf's remap table (raw class -> the group's class).
+    pub remap: [u32; leaf::COUNT],
+    /// The steps, in evaluation order.
+    pub steps: [PhaseStep; PHASE_STEPS],
+}
+
+/// Base name of the per-generation `Array<PhaseGroup>` (suffix `_0`/`_1`).
+pub const PHASE_GROUPS_MAP: &str = "XG_PHASE_GROUPS";
+/// Base name of the per-generation `Array<Quad>` of phased cells (suffix `_0`/`_1`).
+pub const PHASE_CELLS_MAP: &str = "XG_PHASE_CELLS";

@@ -185,7 +185,8 @@ fn decision_cache_is_exact_and_invalidated_by_every_switch() {
             );
         }
 
-        // With the cache off every packet walks the bitmaps, with the same verdict.
+        // With the cache off every packet is resolved by the phased tables,
+        // with the same verdict.
         dp.set_decision_cache(false).unwrap();
         let c = dp.cache_stats().unwrap();
         assert_eq!(dp.test_run(&dns, 3).unwrap().action, XDP_DROP);

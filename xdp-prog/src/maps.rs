@@ -17,8 +17,9 @@ use xdpgate_common::{
     REASON_ENTRIES, STATS_ENTRIES,
     acl::{
         AclConfig, Bitmap, CACHE_ENTRIES, CacheEntry, DPORT_QUADS, LENSETS, LenSet,
-        MAX_ADDR_CLASSES, MAX_PORT_CLASSES, PREFIX_BUCKETS, Pair, PrefixBucket, Quad, RULE_BITS,
-        RULE_COUNTERS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS, V6Bucket, cache_stat,
+        MAX_PHASE_GROUPS, PHASE_CELLS, PREFIX_BUCKETS, Pair, PhaseGroup, PrefixBucket, Quad,
+        RULE_BITS, RULE_COUNTERS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS, V6Bucket,
+        WALK_ADDR_CLASSES, WALK_PORT_CLASSES, cache_stat,
     },
     lb::{
         Backend, DECAP_STAT_ENTRIES, DEFAULT_RING_SERVICES, DEFAULT_RING_SIZE, LbConfig,
@@ -74,6 +75,14 @@ pub(crate) static DECISIONS: PerCpuArray<CacheEntry> =
 #[map(name = "XG_CACHE_STATS")]
 pub(crate) static CACHE_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(cache_stat::ENTRIES, 0);
+
+/// Per-CPU ids of one phased resolution (leaves, steps, the packet's raw
+/// leaf ids and the result so far).
+///
+/// See `acl::phased`: a step's operands are data, and a map value may be
+/// indexed by a bounded variable where a stack slot may not on 6.1.
+#[map(name = "XG_PHASE_IDS")]
+pub(crate) static PHASE_IDS: PerCpuArray<[u32; 32]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU word the prefix-length search passes its probe index through.
 ///
@@ -268,13 +277,13 @@ acl_generations! {
     /// Rule bitmap per IP protocol.
     bm_proto / BM_PROTO: Array<Bitmap>[256] = "XG_BM_PROTO_0", "XG_BM_PROTO_1";
     /// Rule bitmap per source-port class.
-    bm_sport / BM_SPORT: Array<Bitmap>[MAX_PORT_CLASSES] = "XG_BM_SPORT_0", "XG_BM_SPORT_1";
+    bm_sport / BM_SPORT: Array<Bitmap>[WALK_PORT_CLASSES] = "XG_BM_SPORT_0", "XG_BM_SPORT_1";
     /// Rule bitmap per destination-port/ICMP class.
-    bm_dport / BM_DPORT: Array<Bitmap>[MAX_PORT_CLASSES] = "XG_BM_DPORT_0", "XG_BM_DPORT_1";
+    bm_dport / BM_DPORT: Array<Bitmap>[WALK_PORT_CLASSES] = "XG_BM_DPORT_0", "XG_BM_DPORT_1";
     /// Rule bitmap per address class, source side.
-    bm_src / BM_SRC: Array<Bitmap>[MAX_ADDR_CLASSES] = "XG_BM_SRC_0", "XG_BM_SRC_1";
+    bm_src / BM_SRC: Array<Bitmap>[WALK_ADDR_CLASSES] = "XG_BM_SRC_0", "XG_BM_SRC_1";
     /// Rule bitmap per address class, destination side.
-    bm_dst / BM_DST: Array<Bitmap>[MAX_ADDR_CLASSES] = "XG_BM_DST_0", "XG_BM_DST_1";
+    bm_dst / BM_DST: Array<Bitmap>[WALK_ADDR_CLASSES] = "XG_BM_DST_0", "XG_BM_DST_1";
     /// Source-port class per (group, port), four per element.
     sport_class / SPORT_CLASS: Array<Quad>[SPORT_QUADS] = "XG_SPORT_CLASS_0", "XG_SPORT_CLASS_1";
     /// Destination-port/ICMP class per (group, key), four per element.
@@ -288,6 +297,11 @@ acl_generations! {
     /// Long prefixes (IPv4 > /24, IPv6 > /16) and binary-search markers, in a
     /// bucketized cuckoo table (`prefix_buckets`).
     prefixes / PREFIXES: Array<PrefixBucket>[PREFIX_BUCKETS] = "XG_PREFIXES_0", "XG_PREFIXES_1";
+    /// Phased resolution: header and table offsets per rule group (group 0's
+    /// `groups` is 0 when the generation walks the bitmaps instead).
+    phase_groups / PHASE_GROUPS: Array<PhaseGroup>[MAX_PHASE_GROUPS as u32] = "XG_PHASE_GROUPS_0", "XG_PHASE_GROUPS_1";
+    /// Phased resolution: every remap and step table, `u16` cells four per element.
+    phase_cells / PHASE_CELL_TABLE: Array<Quad>[PHASE_CELLS / 4] = "XG_PHASE_CELLS_0", "XG_PHASE_CELLS_1";
     /// Verdict and counter slot per rule index.
     rule_info / RULE_INFO: Array<RuleInfo>[RULE_BITS] = "XG_RULE_INFO_0", "XG_RULE_INFO_1";
 }

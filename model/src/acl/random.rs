@@ -11,6 +11,9 @@ use std::{
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
+mod adversarial;
+pub use adversarial::{ADVERSARIES, Adversary, adversarial_packet, adversarial_state};
+
 use super::{
     model::{AclState, AddrMatch, PortRange, PrefixSet, Rule, Verdict, proto},
     reference::PacketInfo,
@@ -335,11 +338,17 @@ mod tests {
             let rules = 1 + rng.below(40) as usize;
             let state = rand_state(&mut rng, 3, 12, rules);
             let image = compile(&state, &slots).expect("compile");
+            assert!(image.phases.is_some(), "seed {seed}: no phased tables");
             for _ in 0..300 {
                 let pkt = rand_packet(&mut rng, &state);
                 for (iface, slot) in [("eth0", 1), ("eth1", 2), ("lo", 0)] {
                     let want = classify(&state, iface, &pkt);
                     let got = image.decide(slot, &pkt);
+                    assert_eq!(
+                        image.resolve(slot, &pkt),
+                        image.resolve_walk(slot, &pkt),
+                        "seed {seed}: phased tables and bitmap walk disagree on {pkt:?}"
+                    );
                     assert_eq!(
                         got,
                         want,
@@ -416,7 +425,12 @@ mod tests {
 #[cfg(test)]
 mod capacity {
     use super::*;
-    use crate::acl::{AclError, Change, compile::compile, model::limits::MAX_RULES};
+    use crate::acl::{
+        AclError, Change,
+        compile::{compile, phases},
+        model::limits::MAX_RULES,
+    };
+    use xdpgate_common::acl::WALK_ADDR_CLASSES;
 
     fn deny_src(id: u32, src: IpNetwork) -> Rule {
         Rule {
@@ -441,9 +455,9 @@ mod capacity {
     }
 
     #[test]
-    fn too_many_address_classes_is_rejected_by_the_compiler() {
+    fn rules_with_more_address_classes_than_the_bitmaps_hold_compile_to_phased_tables() {
         // Every rule names its own /32: one address class per rule, plus the
-        // two "no condition" classes.
+        // two "no condition" classes, more than the bitmap walk's tables hold.
         let mut state = AclState::default();
         for i in 0..8200u32 {
             let a = Ipv4Addr::from(0x0ac8_0000 | i); // 10.200.0.0/16
@@ -453,7 +467,23 @@ mod capacity {
             );
         }
         assert!(state.validate().is_empty());
-        let errs = compile(&state, &slots()).err().expect("must not compile");
+        let image = compile(&state, &slots()).expect("compiles");
+        assert!(image.src_bm.len() > WALK_ADDR_CLASSES as usize);
+        assert!(image.phases.is_some());
+        // Without phased tables the walk's capacity is the limit, and named.
+        let walk = image.with_phase_budget(0);
+        let dims = phases::Dims {
+            bms: [
+                &walk.iface_bm,
+                &walk.proto_bm,
+                &walk.src_bm,
+                &walk.dst_bm,
+                &walk.sport_bm,
+                &walk.dport_bm,
+            ],
+            rules: walk.rule_ids.len(),
+        };
+        let errs = phases::walk_fits(walk.phases.as_ref(), &dims).expect_err("must not fit");
         assert!(
             errs.iter()
                 .any(|e| matches!(e, AclError::Capacity { what, .. } if what.starts_with("address classes"))),

@@ -455,8 +455,12 @@ pub struct ReasonRow {
 pub struct CacheStats {
     /// Packets decided from the cache.
     pub hits: u64,
-    /// Packets that walked the rule bitmaps (not cached, or cache off).
+    /// Packets resolved without the cache (not cached, or cache off).
     pub misses: u64,
+    /// Of the misses, packets that walked the rule bitmaps because the rule
+    /// set exceeded the phased tables' budget.
+    #[serde(default)]
+    pub walks: u64,
 }
 
 /// What the daemon runs (`status`).

@@ -616,7 +616,8 @@ const STATS_REPORT: &str = r#"{
   ],
   "decision_cache": {
     "hits": 6,
-    "misses": 5
+    "misses": 5,
+    "walks": 0
   },
   "limits": {
     "bad_cookies": 1,

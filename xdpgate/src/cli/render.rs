@@ -348,6 +348,13 @@ pub fn stats(report: &StatsReport) -> String {
         "\nACL decision cache: {} hits, {} misses",
         c.hits, c.misses
     );
+    if c.walks > 0 {
+        let _ = writeln!(
+            out,
+            "  {} of the misses walked the rule bitmaps: the rule set exceeds the phased tables' budget",
+            c.walks
+        );
+    }
     let _ = writeln!(
         out,
         "rule limits and SYN cookies (all rules): {}",

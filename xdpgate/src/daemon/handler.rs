@@ -276,6 +276,7 @@ fn stats_report(r: stats::Report) -> StatsReport {
         decision_cache: CacheStats {
             hits: r.decision_cache.hits,
             misses: r.decision_cache.misses,
+            walks: r.decision_cache.walks,
         },
         limits: LimitCounters::from_packets(r.limits),
     }

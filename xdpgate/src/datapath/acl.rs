@@ -9,8 +9,9 @@ use aya::maps::{Array, PerCpuArray};
 use xdpgate_common::{
     Action, Counter, MAX_IFACES,
     acl::{
-        ACL_NO_CACHE, AclConfig, DPORT_QUADS, LENSETS, MAX_ADDR_CLASSES, MAX_PORT_CLASSES,
-        MAX_RULES, PREFIX_BUCKETS, Pair, Quad, RULE_BITS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS,
+        ACL_NO_CACHE, AclConfig, DPORT_QUADS, LENSETS, MAX_PHASE_GROUPS, MAX_RULES, PHASE_CELLS,
+        PHASE_CELLS_MAP, PHASE_GROUPS_MAP, PREFIX_BUCKETS, Pair, PhaseGroup, Quad, RULE_BITS,
+        RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS, WALK_ADDR_CLASSES, WALK_PORT_CLASSES,
     },
     maps::{self, GEN_TABLES},
 };
@@ -77,8 +78,9 @@ impl Datapath {
     }
 
     /// Turns the datapath's decision cache on (the default) or off. Off, every
-    /// packet walks the rule bitmaps: the worst case, for measurements and
-    /// diagnosis. Decisions are the same either way.
+    /// packet is resolved through the phased tables (or, for a generation
+    /// over their budget, by walking the rule bitmaps): the worst case, for
+    /// measurements and diagnosis. Decisions are the same either way.
     pub fn set_decision_cache(&mut self, on: bool) -> Result<(), DatapathError> {
         let mut cfg = self.acl_config()?;
         if on {
@@ -102,9 +104,11 @@ impl Datapath {
     }
 
     /// Writes `image` into every table of generation `generation`: the
-    /// twelve classification tables in [`GEN_TABLES`] order, then the rule
-    /// information (`counters[i]` is the counter slot of rule `i`; the
-    /// per-interface default rules follow the real ones).
+    /// classification tables in [`GEN_TABLES`] order (the six rule-bitmap
+    /// tables only when the image has no phased tables: the datapath reads
+    /// them only then), the phased tables, then the rule information
+    /// (`counters[i]` is the counter slot of rule `i`; the per-interface
+    /// default rules follow the real ones).
     fn write_generation(
         &self,
         generation: usize,
@@ -112,12 +116,28 @@ impl Datapath {
         counters: &[u32],
     ) -> Result<(), DatapathError> {
         let t = generation;
-        self.write(GEN_TABLES[0], t, MAX_IFACES, &image.iface_bm)?;
-        self.write(GEN_TABLES[1], t, 256, &image.proto_bm)?;
-        self.write(GEN_TABLES[2], t, MAX_PORT_CLASSES, &image.sport_bm)?;
-        self.write(GEN_TABLES[3], t, MAX_PORT_CLASSES, &image.dport_bm)?;
-        self.write(GEN_TABLES[4], t, MAX_ADDR_CLASSES, &image.src_bm)?;
-        self.write(GEN_TABLES[5], t, MAX_ADDR_CLASSES, &image.dst_bm)?;
+        match &image.phases {
+            Some(p) => {
+                let mut cells = p.cells.clone();
+                cells.resize(cells.len().div_ceil(4) * 4, 0);
+                self.write(PHASE_CELLS_MAP, t, PHASE_CELLS / 4, quads(&cells))?;
+                self.write(PHASE_GROUPS_MAP, t, MAX_PHASE_GROUPS as u32, &p.groups)?;
+            }
+            None => {
+                self.write(
+                    PHASE_GROUPS_MAP,
+                    t,
+                    MAX_PHASE_GROUPS as u32,
+                    &[PhaseGroup::default()],
+                )?;
+                self.write(GEN_TABLES[0], t, MAX_IFACES, &image.iface_bm)?;
+                self.write(GEN_TABLES[1], t, 256, &image.proto_bm)?;
+                self.write(GEN_TABLES[2], t, WALK_PORT_CLASSES, &image.sport_bm)?;
+                self.write(GEN_TABLES[3], t, WALK_PORT_CLASSES, &image.dport_bm)?;
+                self.write(GEN_TABLES[4], t, WALK_ADDR_CLASSES, &image.src_bm)?;
+                self.write(GEN_TABLES[5], t, WALK_ADDR_CLASSES, &image.dst_bm)?;
+            }
+        }
         self.write(GEN_TABLES[6], t, SPORT_QUADS, quads(&image.sport_class))?;
         self.write(GEN_TABLES[7], t, DPORT_QUADS, quads(&image.dport_class))?;
         self.write(GEN_TABLES[8], t, V4_TBL24_PAIRS, pairs(&image.v4_tbl24))?;

@@ -8,10 +8,17 @@ use std::{io, path::PathBuf};
 use aya::{Pod, maps::Array};
 
 use xdpgate_common::{
-    acl::{DPORT_QUADS, RULE_BITS, SPORT_QUADS},
+    acl::{
+        DPORT_QUADS, MAX_PHASE_GROUPS, PHASE_CELLS, PHASE_CELLS_MAP, PHASE_GROUPS_MAP, RULE_BITS,
+        SPORT_QUADS,
+    },
     maps::{self, GEN_TABLES},
 };
-use xdpgate_model::acl::compile::{Image, incr::Delta};
+use xdpgate_model::acl::compile::{Image, incr::Delta, phases::Phases};
+
+/// Phase-cell elements (four cells each) written one map update each; more
+/// go through the memory mapping.
+const SMALL_PHASE_QUADS: usize = 4096;
 
 use super::{
     Datapath, DatapathError,
@@ -69,22 +76,34 @@ impl Datapath {
     ) -> Result<(), DatapathError> {
         let t = generation;
         let all = |v: usize| 0..v;
+        match &image.phases {
+            // The datapath reads the phased tables, not the bitmaps (which
+            // `write_generation` leaves unwritten for such a generation).
+            Some(p) => {
+                if delta.phases {
+                    self.write_phases(t, p)?;
+                }
+            }
+            None if delta.rules => {
+                let n = image.iface_bm.len();
+                self.write_entries(GEN_TABLES[0], t, &image.iface_bm, all(n))?;
+                self.write_entries(GEN_TABLES[1], t, &image.proto_bm, all(256))?;
+                let (s, d) = (image.sport_bm.len(), image.dport_bm.len());
+                self.write_entries(GEN_TABLES[2], t, &image.sport_bm, all(s))?;
+                self.write_entries(GEN_TABLES[3], t, &image.dport_bm, all(d))?;
+                let classes = image.src_bm.len();
+                self.write_entries(GEN_TABLES[4], t, &image.src_bm, all(classes))?;
+                self.write_entries(GEN_TABLES[5], t, &image.dst_bm, all(classes))?;
+            }
+            None => {
+                let new = || delta.new_classes.iter().map(|c| *c as usize);
+                self.write_entries(GEN_TABLES[4], t, &image.src_bm, new())?;
+                self.write_entries(GEN_TABLES[5], t, &image.dst_bm, new())?;
+            }
+        }
         if delta.rules {
-            let n = image.iface_bm.len();
-            self.write_entries(GEN_TABLES[0], t, &image.iface_bm, all(n))?;
-            self.write_entries(GEN_TABLES[1], t, &image.proto_bm, all(256))?;
-            let (s, d) = (image.sport_bm.len(), image.dport_bm.len());
-            self.write_entries(GEN_TABLES[2], t, &image.sport_bm, all(s))?;
-            self.write_entries(GEN_TABLES[3], t, &image.dport_bm, all(d))?;
-            let classes = image.src_bm.len();
-            self.write_entries(GEN_TABLES[4], t, &image.src_bm, all(classes))?;
-            self.write_entries(GEN_TABLES[5], t, &image.dst_bm, all(classes))?;
             self.write(GEN_TABLES[6], t, SPORT_QUADS, quads(&image.sport_class))?;
             self.write(GEN_TABLES[7], t, DPORT_QUADS, quads(&image.dport_class))?;
-        } else {
-            let new = || delta.new_classes.iter().map(|c| *c as usize);
-            self.write_entries(GEN_TABLES[4], t, &image.src_bm, new())?;
-            self.write_entries(GEN_TABLES[5], t, &image.dst_bm, new())?;
         }
         let mut v4: Vec<usize> = delta.v4_tbl24.iter().map(|e| *e as usize / 2).collect();
         v4.dedup();
@@ -99,5 +118,26 @@ impl Datapath {
             self.write(maps::RULE_INFO, t, RULE_BITS, &rule_info(image, counters))?;
         }
         Ok(())
+    }
+
+    /// Writes phased tables `p` into generation `generation`: every group,
+    /// and the cells in use (a small table one map update per element; a
+    /// large one through the memory mapping, whose cost is the mapping of
+    /// the whole 32 MiB array rather than the elements).
+    fn write_phases(&mut self, generation: usize, p: &Phases) -> Result<(), DatapathError> {
+        let mut cells = p.cells.clone();
+        cells.resize(cells.len().div_ceil(4) * 4, 0);
+        let q = quads(&cells);
+        if q.len() <= SMALL_PHASE_QUADS {
+            self.write_entries(PHASE_CELLS_MAP, generation, q, 0..q.len())?;
+        } else {
+            self.write(PHASE_CELLS_MAP, generation, PHASE_CELLS / 4, q)?;
+        }
+        self.write(
+            PHASE_GROUPS_MAP,
+            generation,
+            MAX_PHASE_GROUPS as u32,
+            &p.groups,
+        )
     }
 }

@@ -94,8 +94,11 @@ pub struct Report {
 pub struct CacheStats {
     /// Packets decided from the cache.
     pub hits: u64,
-    /// Packets that walked the rule bitmaps (not cached, or cache off).
+    /// Packets resolved without the cache (not cached, or cache off).
     pub misses: u64,
+    /// Of the misses, packets that walked the rule bitmaps (a generation
+    /// without phased tables: its rule set exceeded their budget).
+    pub walks: u64,
 }
 
 /// Reads the decision-cache counters from `XG_CACHE_STATS`.
@@ -105,6 +108,7 @@ pub fn cache_stats(map: &Map) -> Result<CacheStats, MapError> {
     Ok(CacheStats {
         hits: sum(cache_stat::HIT)?,
         misses: sum(cache_stat::MISS)?,
+        walks: sum(cache_stat::WALK)?,
     })
 }
 

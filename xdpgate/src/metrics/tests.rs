@@ -55,6 +55,7 @@ fn snapshot() -> Snapshot {
             decision_cache: CacheStats {
                 hits: 40,
                 misses: 2,
+                walks: 0,
             },
             limits: [4, 0, 0, 0, 0, 0],
         },

@@ -58,9 +58,32 @@ impl Image {
     }
 
     /// The index of the first rule (real, or virtual default) that accepts the
-    /// packet on interface `slot`, by ANDing the six bitmaps the way the datapath
-    /// does; `None` when no rule does (neighbour discovery without a rule).
+    /// packet on interface `slot`, the way the datapath resolves it: through
+    /// the phased tables when the image has them, else by walking the
+    /// bitmaps; `None` when no rule does (neighbour discovery without a rule).
     pub fn resolve(&self, slot: u32, pkt: &PacketInfo) -> Option<usize> {
+        let Some(ph) = &self.phases else {
+            return self.resolve_walk(slot, pkt);
+        };
+        let (sk, dk) = self.port_keys(pkt);
+        let leaves = [
+            slot,
+            u32::from(pkt.proto),
+            u32::from(self.addr_class(pkt.src)),
+            u32::from(self.addr_class(pkt.dst)),
+            u32::from(sk),
+            u32::from(dk),
+        ];
+        match ph.resolve(leaves) {
+            (Some(i), _) => Some(i),
+            (None, true) => Some(self.rule_ids.len() + slot as usize),
+            (None, false) => None,
+        }
+    }
+
+    /// As [`resolve`](Self::resolve), by ANDing the six bitmaps the way the
+    /// datapath's walk does (the fallback when there are no phased tables).
+    pub fn resolve_walk(&self, slot: u32, pkt: &PacketInfo) -> Option<usize> {
         let (sk, dk) = self.port_keys(pkt);
         let bms = [
             &self.iface_bm[slot as usize],

@@ -27,7 +27,7 @@ use xdpgate_common::{
     acl::{Bitmap, MAX_ADDR_CLASSES, V4_EXT, V4_NONE_CLASS, V6_NONE_CLASS},
 };
 
-use super::{AddrParts, Bits, Image, compile_parts, sweep};
+use super::{AddrParts, Bits, Image, compile_parts, phases, sweep};
 use crate::acl::model::{AclError, AclState, AddrMatch, Change, Rule, parse_prefix};
 use blocks::Block;
 
@@ -64,6 +64,9 @@ pub struct Delta {
     /// ports, the rule information) and the bitmap of every address class
     /// (one bit column more or less) are rewritten.
     pub rules: bool,
+    /// The phased tables changed (rebuilt from the updated bitmaps, see
+    /// [`Incremental::update`]): every phase group and cell is rewritten.
+    pub phases: bool,
 }
 
 impl Delta {
@@ -75,6 +78,7 @@ impl Delta {
             && self.prefix_buckets.is_empty()
             && self.new_classes.is_empty()
             && !self.rules
+            && !self.phases
     }
 }
 
@@ -308,7 +312,42 @@ impl Incremental {
         }
         self.rebuild_blocks(before, &mut delta)?;
         self.release(&mut delta);
+        self.rephase(&mut delta)?;
         Ok(delta)
+    }
+
+    /// Rebuilds the phased tables when the rules or the address classes
+    /// changed: they are a function of every class bitmap, so they are
+    /// computed again from the updated bitmaps (in full: their cost grows
+    /// with the rules and classes, not with the prefixes). A change that
+    /// moves the generation between the phased tables and the bitmap walk
+    /// (whose tables are written only when it is used), or over the walk's
+    /// capacity, is compiled in full instead.
+    fn rephase(&mut self, delta: &mut Delta) -> Result<(), Fallback> {
+        if !delta.rules && delta.new_classes.is_empty() && delta.freed_classes.is_empty() {
+            return Ok(());
+        }
+        let img = &self.image;
+        let dims = phases::Dims {
+            bms: [
+                &img.iface_bm,
+                &img.proto_bm,
+                &img.src_bm,
+                &img.dst_bm,
+                &img.sport_bm,
+                &img.dport_bm,
+            ],
+            rules: img.rule_ids.len(),
+        };
+        let next = phases::build(&dims);
+        if next.is_some() != img.phases.is_some()
+            || phases::walk_fits(next.as_ref(), &dims).is_err()
+        {
+            return Err(Fallback::Spoiled);
+        }
+        delta.phases = next != img.phases;
+        self.image.phases = next;
+        Ok(())
     }
 
     /// The class of condition set `set` of family `tag`: an existing one, or

@@ -15,9 +15,8 @@ use xdpgate_common::{
         PrefixSlot, V4_KEY_LEN_OFFSET, V4_NONE_CLASS, V4_TBL24_ENTRIES, V6_NONE_CLASS, V6Bucket,
         group, prefix_buckets, v4_entry,
     },
+    limit::{LimitSpec, RULE_LIMIT, RULE_SYNCOOKIE},
 };
-
-use xdpgate_common::limit::{LimitSpec, RULE_LIMIT, RULE_SYNCOOKIE};
 
 use super::model::{AclError, AclState, AddrMatch, Rule, RuleFamily, Verdict, limits, proto};
 
@@ -25,6 +24,7 @@ mod dims;
 #[cfg(any(test, feature = "test-support"))]
 pub mod eval;
 pub mod incr;
+pub mod phases;
 
 use dims::rule_tables;
 
@@ -94,6 +94,8 @@ pub struct Image {
     pub prefix_table: Vec<PrefixBucket>,
     /// Entries in `prefix_table`.
     pub prefix_entries: usize,
+    /// Phased rule resolution (`None`: over budget, the bitmaps are walked).
+    pub phases: Option<phases::Phases>,
 }
 
 /// Compile statistics, for logs and progress.
@@ -105,6 +107,8 @@ pub struct CompileStats {
     pub port_classes: (usize, usize),
     /// Long-prefix table entries (long prefixes and markers).
     pub hash_entries: usize,
+    /// Groups and `u16` cells of the phased tables (`None`: bitmap walk).
+    pub phases: Option<(usize, usize)>,
 }
 
 impl Image {
@@ -114,6 +118,7 @@ impl Image {
             addr_classes: self.src_bm.len(),
             port_classes: (self.sport_bm.len(), self.dport_bm.len()),
             hash_entries: self.prefix_entries,
+            phases: phases::stats(self.phases.as_ref()),
         }
     }
 }
@@ -325,6 +330,17 @@ fn compile_parts(
         }]
     })?;
 
+    let bms = [
+        &rt.iface_bm,
+        &rt.proto_bm,
+        &src_bm,
+        &dst_bm,
+        &rt.sport_bm,
+        &rt.dport_bm,
+    ];
+    let dims = phases::Dims { bms, rules: n };
+    let phases = phases::build(&dims);
+    phases::walk_fits(phases.as_ref(), &dims)?;
     let image = Image {
         rule_ids: rules.iter().map(|r| r.id).collect(),
         rule_verdicts: rules.iter().map(|r| r.action).collect(),
@@ -343,6 +359,7 @@ fn compile_parts(
         lensets: long.lensets,
         prefix_table,
         prefix_entries,
+        phases,
     };
     let parts = AddrParts {
         conds: conds.list,
