@@ -114,6 +114,11 @@ enum Only {
     /// The classifier: test runs (1) and xdp-filter on the same frames (2),
     /// with their targets.
     Acl,
+    /// Part 1 alone.
+    Cost,
+    /// Live frames (3) without nftables: the rig's ceiling, xdpgate, and
+    /// xdp-filter unless `--no-xdp-filter`.
+    Live,
 }
 
 /// Lab subnet of the benchmark's veth pair (10.200.X.0/24); the tests and the
@@ -233,6 +238,26 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if cli.only == Some(Only::Cost) {
+        let ns = Netns::new("bench").context("creating the benchmark namespace")?;
+        let part1 = testrun::run(&ns, repeat, prefixes, rules)?;
+        drop(ns);
+        let report = report::Report::new(cli.quick, part1, None, None, None, started.elapsed());
+        report.print();
+        return Ok(());
+    }
+    if cli.only == Some(Only::Live) {
+        let lab = Lab::new("bench", LAB_SUBNET).context("creating the veth lab")?;
+        let l = report::Section::from(Some(live::run(&lab, live_secs, !cli.no_xdp_filter, false)));
+        drop(lab);
+        match (&l.result, &l.error) {
+            (Some(r), _) => live::print(r),
+            (None, Some(e)) => println!("3. Live frames: not measured: {e}"),
+            _ => {}
+        }
+        println!("{}", serde_json::to_string_pretty(&l)?);
+        return Ok(());
+    }
     let bind = if cli.no_bind {
         None
     } else {
@@ -282,7 +307,7 @@ fn main() -> anyhow::Result<()> {
         None
     } else {
         let lab = lab.as_ref().expect("lab exists");
-        Some(live::run(lab, live_secs, !cli.no_xdp_filter))
+        Some(live::run(lab, live_secs, !cli.no_xdp_filter, true))
     };
     drop(lab);
     let lb_live =

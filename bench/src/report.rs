@@ -298,6 +298,14 @@ impl Report {
                 met,
             });
         }
+        if let Some(l) = live {
+            let c = crate::live::ceiling_target(l);
+            t.push(Target {
+                goal: c.goal,
+                measured: c.measured,
+                met: c.met,
+            });
+        }
         // 4. Address bindings.
         if let Some(b) = &self.bind.result {
             t.push(Target {
