@@ -188,7 +188,10 @@ fn main() -> anyhow::Result<()> {
         } else {
             None
         };
-        let lb_live = report::Section::from(Some(lblive::run(lb_live_secs, lb_live_rounds)));
+        let lb_live = report::Section::from(
+            (!(cli.no_live && lb_path.is_some()))
+                .then(|| lblive::run(lb_live_secs, lb_live_rounds)),
+        );
         if let Some(r) = &lb_path {
             lb::print(r);
             println!();
