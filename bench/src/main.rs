@@ -91,7 +91,8 @@ enum Only {
     Maglev,
     /// Internet checksum throughput: sum_naive, sum_wide, memcpy.
     Csum,
-    /// The load-balancer path: test runs (1b), then live frames (1c).
+    /// The load-balancer path: test runs (1b), then live frames (1c; not
+    /// with --no-live).
     Lb,
     /// The load-balancer path on live frames only (1c).
     LbLive,

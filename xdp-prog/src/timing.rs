@@ -20,9 +20,9 @@
 //! does not restore: the benchmark checks each class's output frame against
 //! its input.
 //!
-//! The no-op wrapper does the same save and restore work around nothing (a
-//! head adjustment by 0 bytes and the same Ethernet write), so
-//! `path - noop` is the path's own cost.
+//! The no-op wrapper does the same save and restore work (a head adjustment
+//! by 0 bytes and the same Ethernet write) and the same two BPF-to-BPF calls
+//! around nothing, so `path - noop` is the path's own cost.
 use aya_ebpf::programs::XdpContext;
 use xdpgate_common::Action;
 
@@ -66,7 +66,7 @@ pub(crate) fn save(ctx: &XdpContext) -> Option<Saved> {
 
 /// Restores the frame [`save`] saw (see the module) after the path returned
 /// `action`; returns `action`, or XDP_ABORTED when the kernel refused the
-/// head adjustment.
+/// head adjustment or the frame no longer holds an Ethernet header.
 #[inline(always)]
 pub(crate) fn restore(ctx: &XdpContext, saved: &Saved, action: u32) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as i64;
