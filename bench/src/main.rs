@@ -100,7 +100,8 @@ enum Only {
     Maglev,
     /// Internet checksum throughput: sum_naive, sum_wide, memcpy.
     Csum,
-    /// The load-balancer path: test runs (1b), then live frames (1c).
+    /// The load-balancer path: test runs (1b), then live frames (1c; not
+    /// with --no-live).
     Lb,
     /// The load-balancer path on live frames only (1c).
     LbLive,
@@ -227,7 +228,10 @@ fn main() -> anyhow::Result<()> {
         } else {
             None
         };
-        let lb_live = report::Section::from(Some(lblive::run(lb_live_secs, lb_live_rounds)));
+        let lb_live = report::Section::from(
+            (!(cli.no_live && lb_path.is_some()))
+                .then(|| lblive::run(lb_live_secs, lb_live_rounds)),
+        );
         if let Some(r) = &lb_path {
             lb::print(r);
             println!();

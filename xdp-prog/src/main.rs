@@ -1,7 +1,8 @@
 //! The xdpgate XDP programs: `xdpgate`, attached to the interfaces, and the
 //! two it tail-calls: `xdpgate_steer`, the load balancer and decapsulator,
-//! and `xdpgate_ddos`, rate limits and SYN cookies. This file holds the
-//! three entry points only.
+//! and `xdpgate_ddos`, rate limits and SYN cookies; and two measurement-only
+//! wrappers the daemon never loads (`timing`). This file holds the entry
+//! points and the main program's work they share (`gate`).
 //!
 //! The modules are layers in the manner of Katran's `bpf/` split and
 //! Cilium's header per feature; each imports only modules listed before it
@@ -22,6 +23,8 @@
 //! - `limit`: the rate-limit action (GCRA buckets).
 //! - `syncookie`: the SYN-cookie path.
 //! - `ddos`: the DDoS program (limit, then SYN cookies, then steering).
+//! - `timing`: the benchmark's wrappers that restore the frame after the
+//!   load-balancer path (measurement only).
 //!
 //! Order per frame: parse (malformed frames stop here with their reason), then
 //! on interfaces with `IFACE_DROP_UNBOUND` the bound-address check (unbound
@@ -49,10 +52,11 @@ mod parse;
 mod stats;
 mod steer;
 mod syncookie;
+mod timing;
 mod wire;
 
 use acl::Decision;
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_md, macros::xdp, programs::XdpContext};
 use xdpgate_common::{
     Action, DropReason, Family, IFACE_DROP_UNBOUND, IFACE_PASS_MALFORMED,
     acl::MAX_RULES,
@@ -80,14 +84,26 @@ const VARIANT: bool = option_env!("XDPGATE_PROG_VARIANT").is_some();
     reason = "the #[xdp] macro passes the context by value"
 )]
 fn xdpgate(ctx: XdpContext) -> u32 {
+    gate::<false>(&ctx)
+}
+
+/// The main program's work on one frame: parse, classify, count, decide.
+/// `xdpgate` runs it with `DIRECT` false: a packet to steer leaves by tail
+/// call to `xdpgate_steer`. The timing wrapper `xdpgate_time_path` runs it
+/// with `DIRECT` true: where the tail call would be, it returns
+/// `timing::STEER` instead, and the wrapper calls the steering program's work
+/// ([`steer_packet`]) directly, so it times the very code a packet to a VIP
+/// runs in production, in one program.
+#[inline(always)]
+fn gate<const DIRECT: bool>(ctx: &XdpContext) -> u32 {
     if VARIANT {
         // SAFETY: a helper without arguments or side effects on the packet.
         let _ = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     }
-    let iface = stats::iface(&ctx);
-    let len = cursor::frame_len(&ctx);
+    let iface = stats::iface(ctx);
+    let len = cursor::frame_len(ctx);
     let bytes = len as u64;
-    let mut cursor = cursor::Cursor::new(&ctx, len);
+    let mut cursor = cursor::Cursor::new(ctx, len);
     // Each drop goes to `events::dropped` where its cause is known, so the
     // cause is not live across the paths' joins (6.1's verifier, which keeps
     // every scalar precise here, would tell the paths apart by it).
@@ -113,7 +129,7 @@ fn xdpgate(ctx: XdpContext) -> u32 {
                     if rule.flags & (RULE_LIMIT | RULE_SYNCOOKIE) != 0
                         && rule.action == Action::Pass as u32
                     {
-                        ddos::tail_call(&ctx, rule, iface, ifindex, bytes);
+                        ddos::tail_call(ctx, rule, iface, ifindex, bytes);
                         // The DDoS program is not installed: closed.
                         Action::Drop
                     } else if rule.action == Action::Drop as u32 {
@@ -131,7 +147,13 @@ fn xdpgate(ctx: XdpContext) -> u32 {
                 Decision::NoRule => Action::Pass,
             };
             if action == Action::Pass && packet.family != Family::Other {
-                steer::tail_call(&ctx, iface.slot, iface.flags, bytes);
+                if DIRECT {
+                    if steer::hand_over(iface.slot, iface.flags, bytes) {
+                        return timing::STEER;
+                    }
+                } else {
+                    steer::tail_call(ctx, iface.slot, iface.flags, bytes);
+                }
             }
             (packet.family, action)
         }
@@ -158,6 +180,13 @@ fn xdpgate(ctx: XdpContext) -> u32 {
     reason = "the #[xdp] macro passes the context by value"
 )]
 fn xdpgate_steer(ctx: XdpContext) -> u32 {
+    steer_packet(&ctx)
+}
+
+/// The steering program's work on the packet the main program handed over
+/// (`STEER_CTX`, `SCRATCH`): fill the context, steer, count.
+#[inline(always)]
+fn steer_packet(ctx: &XdpContext) -> u32 {
     let Some(s) = maps::STEER_CTX.get_ptr_mut(0) else {
         return Action::Pass as u32;
     };
@@ -175,7 +204,7 @@ fn xdpgate_steer(ctx: XdpContext) -> u32 {
     } else {
         Family::Ipv6
     };
-    let action = steer::run(&ctx, s);
+    let action = steer::run(ctx, s);
     stats::count(s.slot, family, action, s.bytes);
     action as u32
 }
@@ -190,6 +219,72 @@ fn xdpgate_steer(ctx: XdpContext) -> u32 {
 )]
 fn xdpgate_ddos(ctx: XdpContext) -> u32 {
     ddos::run(&ctx)
+}
+
+/// Measurement only, never loaded by the daemon (see `timing`): the path a
+/// packet takes in production, the main program's work, then the steering
+/// program's called directly in place of the tail call, followed by the
+/// restoration of the frame it was given, so that every repetition of a
+/// `BPF_PROG_TEST_RUN` sees the same bytes.
+#[xdp(frags)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] macro passes the context by value"
+)]
+fn xdpgate_time_path(ctx: XdpContext) -> u32 {
+    let Some(saved) = timing::save(&ctx) else {
+        return Action::Aborted as u32;
+    };
+    let mut action = timed_main(ctx.ctx);
+    if action == timing::STEER {
+        action = timed_steer(ctx.ctx);
+    }
+    timing::restore(&ctx, &saved, action)
+}
+
+/// Measurement only, never loaded by the daemon (see `timing`): the same
+/// save and restore work as `xdpgate_time_path`, and the same two calls,
+/// around nothing (XDP_PASS): the baseline the path is timed against.
+#[xdp(frags)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] macro passes the context by value"
+)]
+fn xdpgate_time_noop(ctx: XdpContext) -> u32 {
+    let Some(saved) = timing::save(&ctx) else {
+        return Action::Aborted as u32;
+    };
+    let mut action = timed_nothing(ctx.ctx, timing::STEER);
+    if action == timing::STEER {
+        action = timed_nothing(ctx.ctx, Action::Pass as u32);
+    }
+    timing::restore(&ctx, &saved, action)
+}
+
+/// The main program's part of `xdpgate_time_path`, as a BPF-to-BPF call.
+/// Inlined, the verifier would check the steering code once per state the
+/// main program reaches it in: more than its 1,000,000 instructions
+/// (measured on 6.18). After the call returns, those states are one.
+#[inline(never)]
+fn timed_main(ctx: *mut xdp_md) -> u32 {
+    gate::<true>(&XdpContext::new(ctx))
+}
+
+/// The steering program's part of `xdpgate_time_path`, as a BPF-to-BPF
+/// call: inlined into the wrapper, its stack frame and the saved header
+/// exceed the 512-byte stack (LLVM refuses it, measured).
+#[inline(never)]
+fn timed_steer(ctx: *mut xdp_md) -> u32 {
+    steer_packet(&XdpContext::new(ctx))
+}
+
+/// `xdpgate_time_noop`'s stand-in for [`timed_main`] and [`timed_steer`]:
+/// returns `action` through the same kind of call. Read through memory:
+/// LLVM would otherwise fold the result into the caller and drop the call.
+#[inline(never)]
+fn timed_nothing(_ctx: *mut xdp_md, action: u32) -> u32 {
+    // SAFETY: reads a local through a valid pointer.
+    unsafe { core::ptr::read_volatile(&raw const action) }
 }
 
 #[cfg(not(test))]

@@ -46,32 +46,42 @@ use crate::{
 };
 
 /// Hands a packet the ACL passed to the steering program when its
-/// interface steers (`IFACE_LB` or `IFACE_DECAP`): the interface's slot and
-/// flags and the frame's length go to `STEER_CTX` (the packet's fields are
-/// in the classifier's `SCRATCH` already), then a tail call. Returns only
-/// if the tail call fails (no steering program loaded): the packet then
-/// passes as usual.
+/// interface steers (`IFACE_LB` or `IFACE_DECAP`): [`hand_over`], then a
+/// tail call. Returns only if the interface does not steer or the tail call
+/// fails (no steering program loaded): the packet then passes as usual.
 ///
 /// Nothing of the packet is kept across the classifier for this: per-path
 /// values live across its calls cost the verifier half again as many
 /// instructions (measured).
 #[inline(always)]
 pub(crate) fn tail_call(ctx: &XdpContext, slot: u32, flags: u32, bytes: u64) {
+    if hand_over(slot, flags, bytes) {
+        // SAFETY: a tail call with the program's own context.
+        unsafe { PROGS.tail_call(ctx, PROG_STEER) };
+    }
+}
+
+/// When the interface steers (`IFACE_LB` or `IFACE_DECAP`), writes its slot
+/// and flags and the frame's length to `STEER_CTX` (the packet's fields are
+/// in the classifier's `SCRATCH` already) and returns true: the steering
+/// program's work may follow, by tail call ([`tail_call`]) or, in the
+/// timing wrappers only, by direct call.
+#[inline(always)]
+pub(crate) fn hand_over(slot: u32, flags: u32, bytes: u64) -> bool {
     if flags & (IFACE_LB | IFACE_DECAP) == 0 {
-        return;
+        return false;
     }
     let Some(s) = STEER_CTX.get_ptr_mut(0) else {
-        return;
+        return false;
     };
-    // SAFETY: per-CPU slot, written here and read by the tail-called program
-    // on the same CPU for the same packet; then a tail call with the
-    // program's own context.
+    // SAFETY: per-CPU slot, written here and read by the steering program's
+    // work on the same CPU for the same packet.
     unsafe {
         (*s).bytes = bytes;
         (*s).slot = slot;
         (*s).flags = flags;
-        PROGS.tail_call(ctx, PROG_STEER);
     }
+    true
 }
 
 /// The packet's fields as the classifier laundered them (`handoff::Fields`),

@@ -48,12 +48,14 @@ mod links;
 pub mod pins;
 pub mod seam;
 pub mod stats;
+mod timing;
 
 pub use limit::{MapSizes, RuleLimitStats, limit_totals};
 pub use links::{Attached, Enforced};
 pub use pins::maps_dir;
 pub use pins::{Found, PinDir, PinError, PinnedLink};
 pub use seam::{AclTables, AddrKernel, IfaceTable, LbMaps, LocalAddrs, RcuWait, SystemKernel};
+pub use timing::Wrapper;
 
 /// Name of the steering program in the object (tail-called by the main one).
 pub const STEER_PROGRAM_NAME: &str = "xdpgate_steer";
@@ -92,6 +94,15 @@ pub enum DatapathError {
     /// The verifier refused the steering program (log included).
     #[error("the kernel refused the steering program {STEER_PROGRAM_NAME}: {0}")]
     VerifySteer(#[source] ProgramError),
+    /// The verifier refused a timing wrapper (measurement only; log included).
+    #[error("the kernel refused the benchmark's timing wrapper {name}: {source}")]
+    VerifyTiming {
+        /// The wrapper's program name.
+        name: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: ProgramError,
+    },
     /// `BPF_PROG_TEST_RUN` failed.
     #[error("test run failed: {0}")]
     TestRun(#[source] ProgramError),
