@@ -36,6 +36,7 @@ mod lblive;
 mod lifecycle;
 mod live;
 mod maglev;
+mod memory;
 mod report;
 mod testrun;
 mod update;
@@ -248,6 +249,7 @@ fn main() -> anyhow::Result<()> {
         drop(ns);
         let report = report::Report::new(cli.quick, part1, None, None, None, started.elapsed());
         report.print();
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     if cli.only == Some(Only::Live) {

@@ -403,6 +403,13 @@ impl Report {
             }
             println!("{row}");
         }
+        let mem = &tr.kernel_memory;
+        println!(
+            "   kernel memory of the datapath's maps (memlock in /proc/self/fdinfo, default capacities): {:.1} MiB in {} maps; largest: {}",
+            mem.total as f64 / crate::memory::MIB,
+            mem.maps.len(),
+            mem.largest(6)
+        );
 
         println!();
         println!("2. xdp-filter (xdp-tools), same frames, same repeat count");

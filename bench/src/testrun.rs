@@ -17,7 +17,7 @@ use xdpgate_model::{
 use xdpgate_tests::lab::Netns;
 
 use crate::{
-    bpf,
+    bpf, memory,
     workload::{self, Class},
 };
 
@@ -154,6 +154,9 @@ pub(crate) struct TestRunReport {
     pub words_visited: BTreeMap<usize, BTreeMap<String, usize>>,
     /// Every configuration.
     pub configs: Vec<Config>,
+    /// Kernel memory of the datapath's maps, right after loading (the
+    /// default capacities).
+    pub kernel_memory: memory::MapMemory,
 }
 
 fn slots() -> BTreeMap<String, u32> {
@@ -250,6 +253,12 @@ pub(crate) fn run(
         }
 
         let mut dp = Datapath::load().context("loading xdpgate")?;
+        let kernel_memory = memory::of_this_process().context("reading the maps' memlock")?;
+        eprintln!(
+            "bench: kernel memory of the datapath's maps: {:.1} MiB in {} maps",
+            kernel_memory.total as f64 / memory::MIB,
+            kernel_memory.maps.len()
+        );
         dp.register(1, 1, Malformed::Drop)
             .context("registering lo")?;
         let mut ctl = AclController::new(slots());
@@ -320,6 +329,7 @@ pub(crate) fn run(
             classes: classes.clone(),
             words_visited: words,
             configs,
+            kernel_memory,
         })
     })
 }
