@@ -87,7 +87,7 @@ pub(crate) fn of_this_process() -> anyhow::Result<MapMemory> {
             memlock,
         });
     }
-    maps.sort_by(|a, b| b.memlock.cmp(&a.memlock));
+    maps.sort_by_key(|m| std::cmp::Reverse(m.memlock));
     Ok(MapMemory {
         total: maps.iter().map(|m| m.memlock).sum(),
         maps,
