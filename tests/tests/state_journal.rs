@@ -3,7 +3,7 @@
 //! of the whole state; a change acknowledged to the CLI survives a SIGKILL
 //! of the daemon right after it (the restart replays it from the journal),
 //! and a clean shutdown compacts the journal into the state file.
-use std::{fs, path::Path, time::Duration};
+use std::{fs, path::Path};
 
 use xdpgate_model::state::journal;
 use xdpgate_tests::{

@@ -11,8 +11,8 @@
 //! that is the process start, the socket round trip, the daemon's change
 //! (its snapshot for reads, the validation, the incremental compile, the
 //! switch and the grace period) and its journal append with `fdatasync`,
-//! which comes before the answer. A read (`xdpgate status -o json`) is
-//! timed the same way as the floor of any CLI call.
+//! which comes before the answer. A read (`xdpgate set list -o json`: the
+//! sets' sizes) is timed the same way as the floor of any CLI call.
 use std::{path::PathBuf, process::Stdio, time::Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -168,8 +168,8 @@ pub(crate) fn run(prefixes: usize, rules: usize, n: usize) -> anyhow::Result<Cli
         }
     };
     let priority = ((rules as u32 / 2) * 10 + 5).to_string();
-    let mut series = vec![time_cli(&d, &lab, &bin, "read: xdpgate status", n, |_| {
-        vec!["status".into(), "-o".into(), "json".into()]
+    let mut series = vec![time_cli(&d, &lab, &bin, "read: xdpgate set list", n, |_| {
+        vec!["set".into(), "list".into(), "-o".into(), "json".into()]
     })?];
     series.push(time_cli(
         &d,

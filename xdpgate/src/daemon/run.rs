@@ -404,5 +404,7 @@ fn start_reload(shared: &Arc<Shared>, root: &CancellationToken) -> ReloadTask {
     log::info!("SIGHUP received, reloading the configuration");
     let shared = shared.clone();
     let work = Work::new("reload (SIGHUP)", root.child_token());
-    tokio::task::spawn_blocking(move || shared.change(&work, Daemon::reload))
+    tokio::task::spawn_blocking(move || {
+        shared.change(&work, super::shared::Weight::Full, Daemon::reload)
+    })
 }
