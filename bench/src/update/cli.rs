@@ -168,9 +168,14 @@ pub(crate) fn run(prefixes: usize, rules: usize, n: usize) -> anyhow::Result<Cli
         }
     };
     let priority = ((rules as u32 / 2) * 10 + 5).to_string();
-    let mut series = vec![time_cli(&d, &lab, &bin, "read: xdpgate set list", n, |_| {
-        vec!["set".into(), "list".into(), "-o".into(), "json".into()]
-    })?];
+    let mut series = vec![time_cli(
+        &d,
+        &lab,
+        &bin,
+        "read: xdpgate set list",
+        n,
+        |_| vec!["set".into(), "list".into(), "-o".into(), "json".into()],
+    )?];
     series.push(time_cli(
         &d,
         &lab,
