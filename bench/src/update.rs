@@ -19,6 +19,10 @@
 //! before that save; the CLI answer comes after it). The save of the same
 //! state is timed on its own, and the full compile of the same state too,
 //! for comparison.
+//!
+//! The second half ([`cli`]) times what a user sees: the CLI's round trip
+//! through a running daemon loaded with the same state, at the smallest
+//! rule count.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -36,7 +40,12 @@ use xdpgate_model::{
 };
 use xdpgate_tests::lab::Netns;
 
-use crate::{report::Target, workload};
+use crate::{
+    report::{Section, Target},
+    workload,
+};
+
+mod cli;
 
 /// The bound on one update, milliseconds.
 pub(crate) const TARGET_MS: f64 = 50.0;
@@ -88,7 +97,9 @@ pub(crate) struct Config {
 pub(crate) struct UpdateReport {
     /// Per loaded state.
     pub configs: Vec<Config>,
-    /// The target, evaluated.
+    /// The CLI round trip through a running daemon.
+    pub cli: Section<cli::CliReport>,
+    /// The targets, evaluated.
     pub targets: Vec<Target>,
 }
 
@@ -183,7 +194,7 @@ pub(crate) fn run(
     rule_counts: &[usize],
     n: usize,
 ) -> anyhow::Result<UpdateReport> {
-    ns.run(|| -> anyhow::Result<UpdateReport> {
+    let configs = ns.run(|| -> anyhow::Result<Vec<Config>> {
         let mut dp = Datapath::load().context("loading xdpgate")?;
         dp.register(1, 1, Malformed::Drop)
             .context("registering lo")?;
@@ -247,8 +258,19 @@ pub(crate) fn run(
                 series,
             });
         }
-        let targets = targets(&configs);
-        Ok(UpdateReport { configs, targets })
+        Ok(configs)
+    })?;
+    let cli = Section::from(Some(cli::run(
+        prefixes,
+        rule_counts.first().copied().unwrap_or(1),
+        n,
+    )));
+    let mut targets = targets(&configs);
+    targets.extend(cli.result.as_ref().map(cli::target));
+    Ok(UpdateReport {
+        configs,
+        cli,
+        targets,
     })
 }
 
@@ -304,7 +326,7 @@ fn targets(configs: &[Config]) -> Vec<Target> {
 }
 
 /// Prints the part's table and targets.
-pub(crate) fn print(r: &crate::report::Section<UpdateReport>) {
+pub(crate) fn print(r: &Section<UpdateReport>) {
     println!(
         "7. Update latency: one change through AclController::apply (the daemon's call for `acl set add|del`, `acl rule add|del`)"
     );
@@ -343,6 +365,7 @@ pub(crate) fn print(r: &crate::report::Section<UpdateReport>) {
     println!(
         "   (medians and maxima of the time from the call to: valid: the validated next state; compiled: the delta; enforced: to the switch of generations, after which every packet sees the change; total: to the return, with the RCU grace period and the second copy of the delta; the CLI's socket round trip is in neither; the daemon answers the CLI only after it saved the state file, timed above, which comes after the switch)"
     );
+    cli::print(&rep.cli);
     for t in &rep.targets {
         t.print("   ");
     }

@@ -26,6 +26,8 @@ use crate::{
     fsafe::{FsafeError, SafeDir},
 };
 
+pub mod journal;
+
 /// Format version written into the file.
 pub const STATE_VERSION: u32 = 1;
 
@@ -57,6 +59,18 @@ pub enum StateError {
         /// What is wrong.
         why: String,
     },
+    /// A line of the journal cannot be replayed.
+    #[error(
+        "journal {path} line {line}: {why}; the changes from this line on cannot be replayed: correct or remove that line and the ones after it (their changes are then lost), or move the journal away to start from the state file alone"
+    )]
+    Journal {
+        /// The journal.
+        path: PathBuf,
+        /// The 1-based line.
+        line: usize,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 /// What the state file holds.
@@ -77,6 +91,11 @@ pub struct Saved {
     /// Load-balanced services (absent in files written before they existed).
     #[serde(default)]
     pub services: Vec<crate::lb::ServiceEntry>,
+    /// The last journal entry the file includes ([`journal`]): loading
+    /// replays the journal's entries after it (0 in files written before
+    /// the journal existed).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl Saved {
@@ -92,6 +111,7 @@ impl Saved {
             acl: rule_file_of(acl),
             bindings,
             services: Vec::new(),
+            seq: 0,
         }
     }
 }

@@ -173,6 +173,10 @@ impl Drop for StateDirs {
             return;
         }
         let _ = std::fs::remove_file(&self.state_file);
+        // Its journal (xdpgate_model::state::journal::path_of).
+        let mut journal = self.state_file.clone().into_os_string();
+        journal.push(".journal");
+        let _ = std::fs::remove_file(journal);
         let _ = std::fs::remove_dir_all(&self.run);
         // The datapath outlives its daemon: detach its pinned links now (as
         // `xdpgate down` does), then remove the pins.

@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use xdpgate_model::state::{self, journal};
 use xdpgate_tests::{
     lab::{Lab, Netns, serial},
     traffic::ping_ok,
@@ -146,13 +147,21 @@ fn metric(ns: &Netns, name: &str) -> f64 {
         .unwrap()
 }
 
-/// The policy of `iface` in the state file, read as the daemon left it.
+/// The policy of `iface` as the daemon left it saved: the state file, then
+/// the changes of its journal after it.
 fn saved_policy(path: &Path, iface: &str) -> String {
-    let v: serde_json::Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
-    v["acl"]["policy"][iface]
-        .as_str()
-        .unwrap_or("none")
-        .to_owned()
+    let mut saved = state::load(path).unwrap().expect("a state file");
+    journal::replay(path, &mut saved).unwrap();
+    saved.acl.policy.get(iface).map_or_else(
+        || "none".to_owned(),
+        |v| {
+            serde_json::to_value(v)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        },
+    )
 }
 
 #[test]

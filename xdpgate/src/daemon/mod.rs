@@ -18,7 +18,7 @@ use xdpgate_model::{
     config::{Config, ConfigError},
     iface::XdpMode,
     lb::ServiceEntry,
-    state::{self, StateError},
+    state::StateError,
 };
 
 use crate::{
@@ -386,6 +386,8 @@ pub struct Daemon {
     events_reader: bool,
     /// Whether the state in force is saved ([`save`]).
     save: SaveStatus,
+    /// The journal of ACL changes beside the state file.
+    journal: save::Journaled,
     /// Interfaces the state file named that the configuration does not.
     warnings: Vec<String>,
     /// Whether SYN cookies can be used, and why not ([`ddos`]).
@@ -478,7 +480,7 @@ impl Daemon {
     /// full or read-only filesystem) does not stop the start: the daemon
     /// enforces and reports the state unsaved ([`save`]).
     pub fn start(paths: &Paths, cfg: Config, overrides: Overrides) -> Result<Daemon, DaemonError> {
-        let saved = state::load(&cfg.state_file)?;
+        let (saved, seq) = save::load(&cfg)?;
         let configured: Vec<String> = cfg.interfaces.iter().map(|i| i.name.clone()).collect();
         // Only a state that is resumed (same configuration) can carry
         // policies for interfaces the command line no longer names.
@@ -649,6 +651,7 @@ impl Daemon {
             started: Instant::now(),
             events_reader,
             save: SaveStatus::default(),
+            journal: save::Journaled::new(seq),
             warnings,
             syncookies,
             timestamps_warned,
@@ -683,12 +686,12 @@ impl Daemon {
         Ok(d)
     }
 
-    /// Applies an ACL change and saves the result.
+    /// Applies an ACL change and records it in the journal.
     pub fn apply(&mut self, change: &Change) -> Result<Applied, DaemonError> {
         let ddos = self.config.ddos.clone();
         self.refresh_syncookies(&ddos, &ddos::Needs::of_change(change))?;
         let applied = self.ctl.apply(&mut self.dp, change)?;
-        self.persist().map_err(DaemonError::NotSaved)?;
+        self.record_change(change).map_err(DaemonError::NotSaved)?;
         Ok(applied)
     }
 

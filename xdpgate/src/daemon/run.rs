@@ -308,7 +308,12 @@ impl Running {
         // A change still running stops at its next cancellation point.
         let shared = self.shared.clone();
         let (attached, pins) = tokio::task::spawn_blocking(move || {
-            let d = shared.lock();
+            let mut d = shared.lock();
+            // The journal compacted into the state file (logged if it fails:
+            // the journal then still holds every change).
+            if let Err(e) = d.persist() {
+                log::warn!("state not saved at shutdown (the journal keeps the changes): {e}");
+            }
             (d.dp.attached().len(), d.dp.pin_dir().map(Path::to_path_buf))
         })
         .await
@@ -399,5 +404,7 @@ fn start_reload(shared: &Arc<Shared>, root: &CancellationToken) -> ReloadTask {
     log::info!("SIGHUP received, reloading the configuration");
     let shared = shared.clone();
     let work = Work::new("reload (SIGHUP)", root.child_token());
-    tokio::task::spawn_blocking(move || shared.change(&work, Daemon::reload))
+    tokio::task::spawn_blocking(move || {
+        shared.change(&work, super::shared::Weight::Full, Daemon::reload)
+    })
 }

@@ -1,17 +1,29 @@
-//! Saving the state file, and the degraded condition when it cannot be
-//! written: a full or read-only filesystem never stops the daemon from
+//! Saving the state file and its journal of ACL changes ([`Journaled`]), and
+//! the degraded condition when either cannot be written (a failed append
+//! counts as a failed save): a full or read-only filesystem never stops the daemon from
 //! starting or from applying a change. The change is in force; the daemon
 //! says it is not saved (`status`, the log once, the metrics
 //! `xdpgate_state_unsaved` and `xdpgate_state_save_failures_total`), retries
 //! after every change and every [`SAVE_RETRY`] ([`retry_saves`]), and clears
 //! the condition at the first save that succeeds.
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use xdpgate_model::{
+    acl::Change,
+    config::Config,
     lb::ServiceEntry,
-    state::{self, Saved, StateError},
+    state::{
+        self, Saved, StateError,
+        journal::{self, Journal},
+    },
 };
 
 use super::{Daemon, now_unix, shared::Shared};
@@ -40,7 +52,7 @@ pub struct Unsaved {
 impl SaveStatus {
     /// Records the outcome of one save: logs when the condition starts (once,
     /// not at every retry) and when it clears.
-    fn record(&mut self, path: &std::path::Path, result: &Result<(), StateError>) {
+    fn record(&mut self, path: &Path, result: &Result<(), StateError>) {
         match (result, &mut self.unsaved) {
             (Ok(()), None) => {}
             (Ok(()), Some(u)) => {
@@ -71,26 +83,222 @@ impl SaveStatus {
     }
 }
 
+/// The write-ahead journal of ACL changes ([`journal`]) and its compaction.
+///
+/// An ACL change is appended (and `fdatasync`ed) before the CLI is answered;
+/// every full save ([`Daemon::persist`]: binds, services, reload, start,
+/// shutdown, an unsaved state retried) writes the state file with the
+/// sequence number it includes and trims the journal to the entries after
+/// it. When the journal grows past its bound, a background thread writes
+/// the state as of the last entry (the controller's immutable state, shared,
+/// not copied) and trims; appends meanwhile only wait for the short trim.
+#[derive(Debug, Default)]
+pub struct Journaled {
+    /// The sequence number of the last change in force.
+    seq: u64,
+    /// The journal open for appending: `None` before the first full save
+    /// and after a failed append (a full save opens it again, clean).
+    open: Arc<Mutex<Option<Journal>>>,
+    /// The background compaction under way.
+    compaction: Option<JoinHandle<()>>,
+}
+
+impl Journaled {
+    /// Starts at sequence number `seq` (the state file's after replay, or
+    /// the journal's last when the journal is not replayed).
+    pub(super) fn new(seq: u64) -> Self {
+        Journaled {
+            seq,
+            ..Journaled::default()
+        }
+    }
+
+    fn wait_compaction(&mut self) {
+        if let Some(t) = self.compaction.take()
+            && t.join().is_err()
+        {
+            log::error!("the journal's compaction thread panicked");
+        }
+    }
+}
+
+/// Trims the journal of `path` to the entries after `seq`, opening it
+/// first if it is not open.
+fn trim(open: &Mutex<Option<Journal>>, path: &Path, seq: u64) -> Result<(), StateError> {
+    let mut j = open.lock().unwrap_or_else(PoisonError::into_inner);
+    let r = match j.as_mut() {
+        Some(j) => j.trim(seq),
+        None => Journal::open(path).and_then(|mut n| {
+            n.trim(seq)?;
+            *j = Some(n);
+            Ok(())
+        }),
+    };
+    if r.is_err() {
+        *j = None;
+    }
+    r
+}
+
+/// Reads the state file of `cfg` and, when the daemon resumes from it (same
+/// configuration), replays its journal onto it; with the sequence number
+/// the daemon goes on from (never below the journal's last, so that a full
+/// save trims entries that were not replayed).
+pub(super) fn load(cfg: &Config) -> Result<(Option<Saved>, u64), StateError> {
+    let path = &cfg.state_file;
+    let mut saved = state::load(path)?;
+    match saved.as_mut() {
+        Some(s) if s.config_digest == cfg.digest => {
+            let t0 = Instant::now();
+            let r = journal::replay(path, s)?;
+            if let Some(line) = r.torn {
+                log::warn!(
+                    "journal {} ends in a torn line {line} (a change cut short by a crash, never acknowledged): ignored",
+                    journal::path_of(path).display()
+                );
+            }
+            if r.applied > 0 {
+                log::info!(
+                    "replayed {} change(s) of the journal {} in {:?}",
+                    r.applied,
+                    journal::path_of(path).display(),
+                    t0.elapsed()
+                );
+            }
+            Ok((saved, r.last_seq))
+        }
+        other => {
+            let file_seq = other.as_ref().map_or(0, |s| s.seq);
+            let last = journal::read(path)?.last_seq().unwrap_or(0);
+            if last > file_seq {
+                log::info!(
+                    "the journal {} is not replayed: the daemon does not resume from the state file",
+                    journal::path_of(path).display()
+                );
+            }
+            Ok((saved, last.max(file_seq)))
+        }
+    }
+}
+
 impl Daemon {
-    /// Saves the state in force to the state file, and records the outcome
-    /// ([`SaveStatus`]): a failure leaves the daemon degraded, not stopped.
-    pub fn persist(&mut self) -> Result<(), StateError> {
-        let saved = Saved {
+    /// The state in force as the state file holds it.
+    fn saved_now(&self) -> Saved {
+        Saved {
             services: self
                 .lb
                 .specs()
                 .iter()
                 .map(ServiceEntry::from_spec)
                 .collect(),
+            seq: self.journal.seq,
             ..Saved::new(
                 &self.config.digest,
                 self.ctl.state(),
                 self.binds.list().to_vec(),
             )
-        };
-        let result = state::save(&self.config.state_file, &saved);
+        }
+    }
+
+    /// Saves the state in force to the state file (after a background
+    /// compaction under way), trims the journal to the changes after it, and
+    /// records the outcome ([`SaveStatus`]): a failure leaves the daemon
+    /// degraded, not stopped.
+    pub fn persist(&mut self) -> Result<(), StateError> {
+        self.journal.wait_compaction();
+        let saved = self.saved_now();
+        let path = &self.config.state_file;
+        let result =
+            state::save(path, &saved).and_then(|()| trim(&self.journal.open, path, saved.seq));
         self.save.record(&self.config.state_file, &result);
         result
+    }
+
+    /// Records the ACL change just made in force: appended to the journal
+    /// (a full save instead while the state is unsaved, as every change
+    /// retries it), then a background compaction if the journal is over
+    /// its bound.
+    pub(super) fn record_change(&mut self, change: &Change) -> Result<(), StateError> {
+        self.journal.seq += 1;
+        let seq = self.journal.seq;
+        let path = self.config.state_file.clone();
+        let appended = {
+            let mut open = self
+                .journal
+                .open
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match open.as_mut() {
+                Some(j) if self.save.unsaved.is_none() => {
+                    let r = j.append(seq, change).map(|()| j.over_bound());
+                    if r.is_err() {
+                        *open = None;
+                    }
+                    Some(r)
+                }
+                _ => None,
+            }
+        };
+        match appended {
+            None => self.persist(),
+            Some(r) => {
+                let r = r.map(|over| {
+                    if over {
+                        self.compact_in_background();
+                    }
+                });
+                self.save.record(&path, &r);
+                r
+            }
+        }
+    }
+
+    /// Writes the state as of the last change on a background thread, then
+    /// trims the journal to the entries after it (unless one is under way).
+    fn compact_in_background(&mut self) {
+        if self
+            .journal
+            .compaction
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+        {
+            return;
+        }
+        self.journal.wait_compaction();
+        let acl = self.ctl.shared_state();
+        let bindings = self.binds.list().to_vec();
+        let services: Vec<ServiceEntry> = self
+            .lb
+            .specs()
+            .iter()
+            .map(ServiceEntry::from_spec)
+            .collect();
+        let (digest, seq) = (self.config.digest.clone(), self.journal.seq);
+        let path = self.config.state_file.clone();
+        let open = self.journal.open.clone();
+        let spawned = std::thread::Builder::new()
+            .name("journal-compaction".into())
+            .spawn(move || {
+                let t0 = Instant::now();
+                let saved = Saved {
+                    services,
+                    seq,
+                    ..Saved::new(&digest, &acl, bindings)
+                };
+                match state::save(&path, &saved).and_then(|()| trim(&open, &path, seq)) {
+                    Ok(()) => log::info!(
+                        "journal compacted into {} as of change {seq} in {:?}",
+                        path.display(),
+                        t0.elapsed()
+                    ),
+                    // The journal still holds every change: nothing is lost.
+                    Err(e) => log::warn!("journal not compacted (it keeps every change): {e}"),
+                }
+            });
+        match spawned {
+            Ok(t) => self.journal.compaction = Some(t),
+            Err(e) => log::warn!("journal not compacted (it keeps every change): {e}"),
+        }
     }
 
     /// Saves again if the state in force is not saved; true if it is saved
@@ -154,7 +362,7 @@ where
 
 /// Interfaces `saved` names that `configured` does not, each with a
 /// warning for the log and `status`.
-pub(super) fn orphans(saved: &Saved, configured: &[String], path: &std::path::Path) -> Vec<String> {
+pub(super) fn orphans(saved: &Saved, configured: &[String], path: &Path) -> Vec<String> {
     saved
         .interfaces_named()
         .into_iter()
