@@ -13,8 +13,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use xdpgate_common::{
-    Counter, EventConfig, IfaceConfig, LOCAL_ADDR_ENTRIES, LocalAddrKey, MAX_IFACES,
-    REASON_ENTRIES, STATS_ENTRIES,
+    Counter, EventConfig, IFACE_INDEX_ENTRIES, IfaceConfig, LOCAL_ADDR_ENTRIES, LocalAddrKey,
+    MAX_IFACES, REASON_ENTRIES, STATS_ENTRIES,
     acl::{
         AclConfig, Bitmap, CACHE_ENTRIES, CacheEntry, DPORT_QUADS, LENSETS, LenSet,
         MAX_PHASE_GROUPS, PHASE_CELLS, PREFIX_BUCKETS, Pair, PhaseGroup, PrefixBucket, Quad,
@@ -37,6 +37,16 @@ const MMAP: u32 = 1 << 10;
 /// Interfaces the daemon attached to, by ifindex: counter slot and flags.
 #[map(name = "XG_IFACES")]
 pub(crate) static IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// `IFACES`' entries for ifindexes below `IFACE_INDEX_ENTRIES`, by index
+/// (zero: not registered); the per-packet lookup (`stats::iface`).
+#[map(name = "XG_IFACE_INDEX")]
+pub(crate) static IFACE_INDEX: Array<IfaceConfig> = Array::with_max_entries(IFACE_INDEX_ENTRIES, 0);
+
+/// Per-CPU copy of the receiving interface's configuration (`stats::iface`
+/// launders it through here).
+#[map(name = "XG_IFACE_SCRATCH")]
+pub(crate) static IFACE_SCRATCH: PerCpuArray<IfaceConfig> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU packet and byte counters by interface slot, family and action.
 #[map(name = "XG_STATS")]

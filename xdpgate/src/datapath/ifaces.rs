@@ -1,9 +1,10 @@
 //! Interfaces in the datapath: registration in `XG_IFACES` (counter slot,
-//! flags) and the local-address map `XG_LOCAL_ADDRS` of bound addresses.
-use aya::maps::{HashMap, MapData, MapError};
+//! flags) with its copy by index in `XG_IFACE_INDEX`, and the local-address
+//! map `XG_LOCAL_ADDRS` of bound addresses.
+use aya::maps::{Array, HashMap, MapData, MapError};
 use xdpgate_common::{
-    IFACE_DECAP, IFACE_DROP_UNBOUND, IFACE_LB, IFACE_PASS_MALFORMED, IfaceConfig, LOCAL_ADDR_BOUND,
-    LocalAddrKey, MAX_IFACES, maps,
+    IFACE_DECAP, IFACE_DROP_UNBOUND, IFACE_INDEX_ENTRIES, IFACE_LB, IFACE_PASS_MALFORMED,
+    IfaceConfig, LOCAL_ADDR_BOUND, LocalAddrKey, MAX_IFACES, maps,
 };
 use xdpgate_model::iface::Malformed;
 
@@ -29,12 +30,13 @@ impl Datapath {
             .ebpf
             .map_mut(maps::IFACES)
             .ok_or_else(|| DatapathError::Missing(format!("map {}", maps::IFACES)))?;
-        let mut map: HashMap<_, u32, IfaceConfig> =
+        let map: HashMap<_, u32, IfaceConfig> =
             HashMap::try_from(map).map_err(|source| DatapathError::Map {
                 map: maps::IFACES,
                 source,
             })?;
-        let kept = map.get(&ifindex, 0).map_or(0, |c| {
+        let old = map.get(&ifindex, 0).ok();
+        let kept = old.map_or(0, |c| {
             c.flags & (IFACE_DROP_UNBOUND | IFACE_DECAP | IFACE_LB)
         });
         let flags = kept
@@ -42,11 +44,52 @@ impl Datapath {
                 Malformed::Drop => 0,
                 Malformed::Pass => IFACE_PASS_MALFORMED,
             };
-        map.insert(ifindex, IfaceConfig { slot, flags }, 0)
+        self.put_iface(ifindex, IfaceConfig { slot, flags }, old)
+    }
+
+    /// Writes `cfg` for `ifindex` into `XG_IFACES` and its copy in
+    /// `XG_IFACE_INDEX`. All or nothing: if the copy cannot be written, the
+    /// hash map gets `old` back (`None`: the entry is removed again).
+    fn put_iface(
+        &mut self,
+        ifindex: u32,
+        cfg: IfaceConfig,
+        old: Option<IfaceConfig>,
+    ) -> Result<(), DatapathError> {
+        self.ifaces_map()?
+            .insert(ifindex, cfg, 0)
             .map_err(|source| DatapathError::Map {
                 map: maps::IFACES,
                 source,
-            })
+            })?;
+        if let Err(e) = self.set_iface_index(ifindex, cfg) {
+            if let Ok(mut map) = self.ifaces_map() {
+                let _ = match old {
+                    Some(o) => map.insert(ifindex, o, 0),
+                    None => map.remove(&ifindex),
+                };
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Writes entry `ifindex` of `XG_IFACE_INDEX` (nothing for an ifindex the
+    /// array does not cover: the datapath looks those up in `XG_IFACES`).
+    fn set_iface_index(&mut self, ifindex: u32, cfg: IfaceConfig) -> Result<(), DatapathError> {
+        if ifindex >= IFACE_INDEX_ENTRIES {
+            return Ok(());
+        }
+        let err = |source| DatapathError::Map {
+            map: maps::IFACE_INDEX,
+            source,
+        };
+        let map = self
+            .ebpf
+            .map_mut(maps::IFACE_INDEX)
+            .ok_or_else(|| DatapathError::Missing(format!("map {}", maps::IFACE_INDEX)))?;
+        let mut array: Array<_, IfaceConfig> = Array::try_from(map).map_err(err)?;
+        array.set(ifindex, cfg, 0).map_err(err)
     }
 
     fn ifaces_map(&mut self) -> Result<HashMap<&mut MapData, u32, IfaceConfig>, DatapathError> {
@@ -72,6 +115,8 @@ impl Datapath {
 
     /// Removes interface `ifindex` from the interface map (after its link is gone).
     pub fn unregister(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        // The copy first: a failure leaves the interface registered as it was.
+        self.set_iface_index(ifindex, IfaceConfig::default())?;
         match self.ifaces_map()?.remove(&ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(DatapathError::Map {
@@ -109,22 +154,18 @@ impl Datapath {
         flag: u32,
         on: bool,
     ) -> Result<(), DatapathError> {
-        let Some(mut cfg) = self.iface_config(ifindex)? else {
+        let Some(old) = self.iface_config(ifindex)? else {
             return Err(DatapathError::Missing(format!(
                 "registered interface with ifindex {ifindex}"
             )));
         };
+        let mut cfg = old;
         if on {
             cfg.flags |= flag;
         } else {
             cfg.flags &= !flag;
         }
-        self.ifaces_map()?
-            .insert(ifindex, cfg, 0)
-            .map_err(|source| DatapathError::Map {
-                map: maps::IFACES,
-                source,
-            })
+        self.put_iface(ifindex, cfg, Some(old))
     }
 
     fn local_addrs_map(
