@@ -590,6 +590,25 @@ impl Long {
     }
 }
 
+/// Which of a key's two buckets it goes to first: the emptier one, ties
+/// broken by bit 1 of the random word `r` (the full compile's [`place`] and
+/// the incremental compiler place keys alike).
+pub(super) fn emptier(buckets: &[PrefixBucket], b1: u32, b2: u32, r: u64) -> u32 {
+    let fill = |b: u32| {
+        buckets[b as usize]
+            .slots
+            .iter()
+            .filter(|s| s.len != 0)
+            .count()
+    };
+    let (f1, f2) = (fill(b1), fill(b2));
+    if f1 < f2 || (f1 == f2 && r & 2 == 0) {
+        b1
+    } else {
+        b2
+    }
+}
+
 /// Places every long prefix and marker in a bucketized cuckoo table: each key
 /// in one of its two [`prefix_buckets`], evicting and moving occupants to their
 /// other bucket when both are full. Fails only when a key cannot be placed
@@ -613,19 +632,7 @@ fn place(table: &HashMap<PrefixKey, PrefixEntry>) -> Result<Vec<PrefixBucket>, (
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let fill = |b: u32| {
-            buckets[b as usize]
-                .slots
-                .iter()
-                .filter(|s| s.len != 0)
-                .count()
-        };
-        let (f1, f2) = (fill(b1), fill(b2));
-        let first = if f1 < f2 || (f1 == f2 && rng & 2 == 0) {
-            b1
-        } else {
-            b2
-        };
+        let first = emptier(&buckets, b1, b2, rng);
         let mut placed = false;
         if let Some(f) = free(&buckets[first as usize]) {
             buckets[first as usize].slots[f] = slot;

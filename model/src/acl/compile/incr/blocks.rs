@@ -10,7 +10,7 @@ use xdpgate_common::acl::{
 };
 
 use super::{Delta, FAMS, Fallback, Incremental};
-use crate::acl::compile::{cidrs, key, v4_key};
+use crate::acl::compile::{cidrs, emptier, key, v4_key};
 
 /// The content of one first-level block: its class (the block is one class)
 /// or its length set and long-prefix entries.
@@ -260,19 +260,7 @@ impl Incremental {
         let (b1, b2) = prefix_buckets(&slot.addr, k.len);
         let r = self.next_rng();
         let table = &self.image.prefix_table;
-        let fill = |b: u32| {
-            table[b as usize]
-                .slots
-                .iter()
-                .filter(|s| s.len != 0)
-                .count()
-        };
-        let (f1, f2) = (fill(b1), fill(b2));
-        let first = if f1 < f2 || (f1 == f2 && r & 2 == 0) {
-            b1
-        } else {
-            b2
-        };
+        let first = emptier(table, b1, b2, r);
         if let Some(s) = table[first as usize].slots.iter().position(|s| s.len == 0) {
             self.image.prefix_table[first as usize].slots[s] = slot;
             self.image.prefix_entries += 1;
