@@ -444,22 +444,7 @@ impl Datapath {
     /// The ingress interface the program sees is the loopback device of the
     /// calling thread's network namespace.
     pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<TestRunOutcome, DatapathError> {
-        use aya::programs::{TestRun as _, TestRunOptions};
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.repeat = repeat.max(1);
-        let result = self
-            .program()?
-            .test_run(opts)
-            .map_err(DatapathError::TestRun)?;
-        out.truncate(result.data_size_out as usize);
-        Ok(TestRunOutcome {
-            action: result.return_value,
-            frame: out,
-            duration: result.duration,
-        })
+        test_run_of(self.program()?, frame, repeat)
     }
 
     pub(super) fn map_data(&self, name: &str) -> Result<&MapData, DatapathError> {
@@ -588,4 +573,26 @@ impl Datapath {
             .map_mut(name)
             .ok_or_else(|| DatapathError::Missing(format!("map {name}")))
     }
+}
+
+/// Runs `prog` `repeat` times (at least once) on `frame` with
+/// `BPF_PROG_TEST_RUN`: its action, output frame and average duration.
+pub(super) fn test_run_of(
+    prog: &mut Xdp,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<TestRunOutcome, DatapathError> {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    opts.repeat = repeat.max(1);
+    let result = prog.test_run(opts).map_err(DatapathError::TestRun)?;
+    out.truncate(result.data_size_out as usize);
+    Ok(TestRunOutcome {
+        action: result.return_value,
+        frame: out,
+        duration: result.duration,
+    })
 }

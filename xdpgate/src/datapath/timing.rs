@@ -1,7 +1,7 @@
 //! The benchmark's timing wrappers (`xdp-prog/src/timing.rs`): loaded from
 //! the same object as the datapath, so they share its maps, and only on
 //! request ([`Datapath::load_timing`]); the daemon never loads them.
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 
 use super::{Datapath, DatapathError, TestRunOutcome};
 
@@ -52,20 +52,6 @@ impl Datapath {
         frame: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutcome, DatapathError> {
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.repeat = repeat.max(1);
-        let result = self
-            .tail_program(w.program_name())?
-            .test_run(opts)
-            .map_err(DatapathError::TestRun)?;
-        out.truncate(result.data_size_out as usize);
-        Ok(TestRunOutcome {
-            action: result.return_value,
-            frame: out,
-            duration: result.duration,
-        })
+        super::test_run_of(self.tail_program(w.program_name())?, frame, repeat)
     }
 }
