@@ -117,6 +117,19 @@ impl Saved {
 }
 
 impl Saved {
+    /// The saved ACL state, checked as a rule file is; a state file at
+    /// `path` whose rules do not check is corrupt (every error named).
+    pub fn acl_state(&self, path: &Path) -> Result<AclState, StateError> {
+        AclState::from_file(&self.acl).map_err(|errs| StateError::Corrupt {
+            path: path.to_path_buf(),
+            why: errs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+
     /// Every interface the saved state names: in a default policy, a rule's
     /// `iface` or a binding. One the configuration does not configure is an
     /// orphan: its policy and rules apply nowhere.

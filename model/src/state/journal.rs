@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Saved, StateError, fs_error, rule_file_of, split};
 use crate::{
-    acl::{AclState, Change},
+    acl::Change,
     fsafe::{FsafeError, SafeDir},
 };
 
@@ -187,14 +187,7 @@ pub fn replay(state: &Path, saved: &mut Saved) -> Result<Replayed, StateError> {
             ),
         ));
     }
-    let mut acl = AclState::from_file(&saved.acl).map_err(|errs| StateError::Corrupt {
-        path: state.to_path_buf(),
-        why: errs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "),
-    })?;
+    let mut acl = saved.acl_state(state)?;
     for (i, e) in contents.entries.iter().enumerate().skip(first) {
         acl = acl.apply(&e.change).map_err(|errs| {
             let why = errs

@@ -579,14 +579,7 @@ impl Daemon {
                     cfg.state_file.display(),
                     s.saved_at
                 );
-                let acl = AclState::from_file(&s.acl).map_err(|errs| StateError::Corrupt {
-                    path: cfg.state_file.clone(),
-                    why: errs
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                })?;
+                let acl = s.acl_state(&cfg.state_file)?;
                 ctl.install(&mut dp, acl)?;
                 binds.restore(&mut dp, s.bindings)?;
                 lb.apply(&mut dp, &specs_of(&s.services)?)?;

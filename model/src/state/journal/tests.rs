@@ -5,7 +5,10 @@ use std::{
 };
 
 use super::*;
-use crate::state::{self, Saved};
+use crate::{
+    acl::AclState,
+    state::{self, Saved},
+};
 
 /// A fresh directory (mode 0700) and the state file path in it.
 fn scratch(tag: &str) -> (PathBuf, PathBuf) {
