@@ -66,10 +66,12 @@ pub const V6_NONE_CLASS: u16 = 1;
 pub const MAX_PORT_CLASSES: u32 = 65535;
 /// Most address classes, both families together (class ids are `u16`).
 pub const MAX_ADDR_CLASSES: u32 = 65535;
-/// Port classes the rule-bitmap tables hold: a rule set with more is
-/// resolved by its phased tables only, and refused if it has none.
+/// Most (and default) port classes the rule-bitmap tables hold (`[acl]
+/// walk_port_classes` sets fewer): a rule set with more is resolved by its
+/// phased tables only, and refused if it has none.
 pub const WALK_PORT_CLASSES: u32 = 4096;
-/// Address classes the rule-bitmap tables hold (see [`WALK_PORT_CLASSES`]).
+/// Most (and default) address classes the rule-bitmap tables hold (`[acl]
+/// walk_addr_classes`; see [`WALK_PORT_CLASSES`]).
 pub const WALK_ADDR_CLASSES: u32 = 8192;
 
 /// IPv4 first-level entry flag: the /24 holds longer prefixes. The entry's low
@@ -102,17 +104,32 @@ pub const DPORT_QUADS: u32 = group::DPORT_GROUPS * 65536 / 4;
 /// Distinct length sets of both families (index 0 is the empty set; at most
 /// 4096 so an id fits the 12 bits of an IPv4 entry).
 pub const LENSETS: u32 = 4096;
-/// Buckets of the long-prefix table (a power of two): IPv4 prefixes longer
-/// than /24, IPv6 prefixes longer than /16, and binary-search markers of both.
+/// Most buckets of the long-prefix table (a power of two; the default):
+/// IPv4 prefixes longer than /24, IPv6 prefixes longer than /16, and
+/// binary-search markers of both. The table a datapath is loaded with has
+/// `1 << bits` buckets, `bits` in [`MIN_PREFIX_BUCKET_BITS`]`..=`
+/// [`PREFIX_BUCKET_BITS`] (`[acl] prefix_slots`).
 pub const PREFIX_BUCKETS: u32 = 1 << PREFIX_BUCKET_BITS;
-/// Index bits of [`PREFIX_BUCKETS`].
+/// Most (and default) index bits of the long-prefix table.
 pub const PREFIX_BUCKET_BITS: u32 = 20;
+/// Fewest index bits of the long-prefix table (256 buckets, 1,024 slots).
+pub const MIN_PREFIX_BUCKET_BITS: u32 = 8;
 /// Slots per bucket of the long-prefix table.
 pub const PREFIX_BUCKET_SLOTS: usize = 4;
-/// Most entries the long-prefix table is filled to (95% of its slots; a
-/// bucketized cuckoo table with two choices and four slots places that many
-/// with room to spare).
-pub const PREFIX_ENTRIES: u32 = PREFIX_BUCKETS * PREFIX_BUCKET_SLOTS as u32 / 20 * 19;
+/// Most entries the largest long-prefix table is filled to (see
+/// [`prefix_entries`]).
+pub const PREFIX_ENTRIES: u32 = prefix_entries(PREFIX_BUCKET_BITS);
+/// Name of the datapath's read-only global holding the index bits of the
+/// long-prefix table it was loaded with (set by the loader; the verifier
+/// sees a constant).
+pub const PREFIX_BITS_GLOBAL: &str = "XG_PREFIX_BUCKET_BITS";
+
+/// Most entries a long-prefix table of `1 << bits` buckets is filled to (95%
+/// of its slots; a bucketized cuckoo table with two choices and four slots
+/// places that many with room to spare).
+pub const fn prefix_entries(bits: u32) -> u32 {
+    (1u32 << bits) * PREFIX_BUCKET_SLOTS as u32 / 20 * 19
+}
 
 /// Which generation of the ACL tables is live, and its rule count.
 ///
@@ -270,18 +287,28 @@ pub struct PrefixBucket {
 }
 
 /// The two candidate buckets of a long-prefix key (address words as stored,
-/// length as in [`PrefixKey::len`]). Shared by the datapath and the compiler,
-/// which must agree bit for bit. The two are always different.
+/// length as in [`PrefixKey::len`]) in a table of `1 << bits` buckets
+/// (`bits` in [`MIN_PREFIX_BUCKET_BITS`]`..=`[`PREFIX_BUCKET_BITS`]). Shared
+/// by the datapath and the compiler, which must agree bit for bit. The two
+/// are always different.
 #[inline(always)]
-pub const fn prefix_buckets(addr: &[u32; 4], len: u32) -> (u32, u32) {
+pub const fn prefix_buckets(addr: &[u32; 4], len: u32, bits: u32) -> (u32, u32) {
     let a = ((addr[0] as u64) << 32 | addr[1] as u64)
         ^ (len as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let b = (addr[2] as u64) << 32 | addr[3] as u64;
     let h = a.wrapping_mul(0xff51_afd7_ed55_8ccd) ^ b.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     let h = (h ^ (h >> 31)).wrapping_mul(0xd6e8_feb8_6659_fd93);
     let h = h ^ (h >> 32);
-    let mask = PREFIX_BUCKETS - 1;
-    let b1 = (h >> (64 - PREFIX_BUCKET_BITS)) as u32 & mask;
+    // Clamped so that a shift is never out of range, whatever `bits` holds.
+    let bits = if bits > PREFIX_BUCKET_BITS {
+        PREFIX_BUCKET_BITS
+    } else if bits < MIN_PREFIX_BUCKET_BITS {
+        MIN_PREFIX_BUCKET_BITS
+    } else {
+        bits
+    };
+    let mask = (1u32 << bits) - 1;
+    let b1 = (h >> (64 - bits)) as u32 & mask;
     let mut b2 = (h as u32) & mask;
     if b2 == b1 {
         b2 ^= 1;
@@ -338,8 +365,9 @@ pub const PHASE_STEPS: usize = leaf::COUNT - 1;
 /// Most rule groups one generation's phased tables are split into (each group
 /// resolves its own rules; the packet takes the lowest rule index over groups).
 pub const MAX_PHASE_GROUPS: usize = 16;
-/// Most `u16` cells of one generation's phased tables, all groups together
-/// (32 MiB). A rule set that needs more is resolved by the bitmap walk.
+/// Most (and default) `u16` cells of one generation's phased tables, all
+/// groups together (32 MiB; `[acl] phase_cells` sets fewer, down to 0). A
+/// rule set that needs more is resolved by the bitmap walk.
 pub const PHASE_CELLS: u32 = 1 << 24;
 /// Most classes of one step of a phased reduction (ids are `u16`, and
 /// [`PHASE_NONE`] is reserved).

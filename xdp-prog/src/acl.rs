@@ -407,7 +407,7 @@ pub(crate) static PREFIX_MASKS: [[u32; 4]; 129] = {
 /// in one of its two buckets or nowhere.
 #[inline(always)]
 fn lookup<G: Generation>(addr: &[u32; 4], len: u32) -> Option<(u16, u8)> {
-    let (b1, b2) = prefix_buckets(addr, len);
+    let (b1, b2) = prefix_buckets(addr, len, crate::maps::prefix_bucket_bits());
     for b in [b1, b2] {
         let bucket = G::prefixes().get(b)?;
         for s in &bucket.slots {

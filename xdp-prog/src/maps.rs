@@ -17,9 +17,9 @@ use xdpgate_common::{
     MAX_IFACES, REASON_ENTRIES, STATS_ENTRIES,
     acl::{
         AclConfig, Bitmap, CACHE_ENTRIES, CacheEntry, DPORT_QUADS, LENSETS, LenSet,
-        MAX_PHASE_GROUPS, PHASE_CELLS, PREFIX_BUCKETS, Pair, PhaseGroup, PrefixBucket, Quad,
-        RULE_BITS, RULE_COUNTERS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS, V6Bucket,
-        WALK_ADDR_CLASSES, WALK_PORT_CLASSES, cache_stat,
+        MAX_PHASE_GROUPS, PHASE_CELLS, PREFIX_BUCKET_BITS, PREFIX_BUCKETS, Pair, PhaseGroup,
+        PrefixBucket, Quad, RULE_BITS, RULE_COUNTERS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS,
+        V6Bucket, WALK_ADDR_CLASSES, WALK_PORT_CLASSES, cache_stat,
     },
     lb::{
         Backend, DECAP_STAT_ENTRIES, DEFAULT_RING_SERVICES, DEFAULT_RING_SIZE, LbConfig,
@@ -33,6 +33,21 @@ use crate::handoff::{DdosCtx, Fields, NextHop, Pending, SteerCtx, SynScratch};
 
 /// `BPF_F_MMAPABLE`: the control plane writes these arrays through mmap.
 const MMAP: u32 = 1 << 10;
+
+/// Index bits of the long-prefix tables (`XG_PREFIXES_*` hold `1 << bits`
+/// buckets): a read-only global the loader sets to the size it gives those
+/// maps (`xdpgate_common::acl::PREFIX_BITS_GLOBAL`, `[acl] prefix_slots`),
+/// so the verifier sees a constant. The default is the largest table.
+#[unsafe(no_mangle)]
+static XG_PREFIX_BUCKET_BITS: u32 = PREFIX_BUCKET_BITS;
+
+/// The index bits of the long-prefix tables ([`XG_PREFIX_BUCKET_BITS`]),
+/// read volatile so the compiler cannot fold in the default.
+#[inline(always)]
+pub(crate) fn prefix_bucket_bits() -> u32 {
+    // SAFETY: a read of an initialised static through a valid pointer.
+    unsafe { core::ptr::read_volatile(&raw const XG_PREFIX_BUCKET_BITS) }
+}
 
 /// Interfaces the daemon attached to, by ifindex: counter slot and flags.
 #[map(name = "XG_IFACES")]

@@ -111,7 +111,7 @@ fn assert_same(step: &str, got: &Incremental, want: &Incremental) {
         let mut out = HashMap::new();
         for (b, bucket) in img.prefix_table.iter().enumerate() {
             for s in bucket.slots.iter().filter(|s| s.len != 0) {
-                let (b1, b2) = prefix_buckets(&s.addr, s.len as u32);
+                let (b1, b2) = prefix_buckets(&s.addr, s.len as u32, img.caps.prefix_bucket_bits);
                 assert!(b as u32 == b1 || b as u32 == b2, "{step}: misplaced {s:?}");
                 let class = match map {
                     Some(m) if s.marker == 0 => m[s.class as usize],

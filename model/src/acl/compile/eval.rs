@@ -161,9 +161,11 @@ pub fn v4_word(a: Ipv4Addr) -> u32 {
     u32::from(a).to_be()
 }
 
-/// Looks `key` up in a placed table, as the datapath does.
+/// Looks `key` up in a placed table (of a power of two buckets), as the
+/// datapath does.
 fn table_get(buckets: &[PrefixBucket], key: &PrefixKey) -> Option<PrefixEntry> {
-    let (b1, b2) = prefix_buckets(&key.addr, key.len);
+    let bits = buckets.len().trailing_zeros();
+    let (b1, b2) = prefix_buckets(&key.addr, key.len, bits);
     [b1, b2]
         .into_iter()
         .flat_map(|b| buckets[b as usize].slots.iter())

@@ -27,7 +27,7 @@ use xdpgate_common::{
     acl::{Bitmap, MAX_ADDR_CLASSES, V4_EXT, V4_NONE_CLASS, V6_NONE_CLASS},
 };
 
-use super::{AddrParts, Bits, Image, compile_parts, phases, sweep};
+use super::{AddrParts, Bits, Capacities, Image, compile_parts, phases, sweep};
 use crate::acl::model::{AclError, AclState, AddrMatch, Change, Rule, parse_prefix};
 use blocks::Block;
 
@@ -160,7 +160,17 @@ impl Incremental {
     /// Compiles `state` in full for the interfaces in `slots`, keeping what
     /// the next [`Incremental::update`] needs.
     pub fn build(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Self, Vec<AclError>> {
-        let (image, parts) = compile_parts(state, slots)?;
+        Self::build_for(state, slots, &Capacities::default())
+    }
+
+    /// [`Incremental::build`] for tables of capacities `caps` (updates keep
+    /// to them: see [`Image::caps`]).
+    pub fn build_for(
+        state: &AclState,
+        slots: &BTreeMap<String, u32>,
+        caps: &Capacities,
+    ) -> Result<Self, Vec<AclError>> {
+        let (image, parts) = compile_parts(state, slots, caps)?;
         let AddrParts {
             conds,
             v4,
@@ -339,9 +349,9 @@ impl Incremental {
             ],
             rules: img.rule_ids.len(),
         };
-        let next = phases::build(&dims);
+        let next = phases::build_within(&dims, img.caps.phase_cells as usize);
         if next.is_some() != img.phases.is_some()
-            || phases::walk_fits(next.as_ref(), &dims).is_err()
+            || img.caps.walk_fits(next.as_ref(), &dims).is_err()
         {
             return Err(Fallback::Spoiled);
         }

@@ -11,21 +11,22 @@ use xdpgate_common::{
     MAX_IFACES,
     acl::{
         Bitmap, LENSETS, LenSet, MAX_ADDR_CLASSES, MAX_LENS, MAX_PORT_CLASSES, NO_L4_CLASS,
-        PREFIX_BUCKET_SLOTS, PREFIX_BUCKETS, PREFIX_ENTRIES, PrefixBucket, PrefixEntry, PrefixKey,
-        PrefixSlot, V4_KEY_LEN_OFFSET, V4_NONE_CLASS, V4_TBL24_ENTRIES, V6_NONE_CLASS, V6Bucket,
-        group, prefix_buckets, v4_entry,
+        PREFIX_BUCKET_SLOTS, PrefixBucket, PrefixEntry, PrefixKey, PrefixSlot, V4_KEY_LEN_OFFSET,
+        V4_NONE_CLASS, V4_TBL24_ENTRIES, V6_NONE_CLASS, V6Bucket, group, prefix_buckets, v4_entry,
     },
     limit::{LimitSpec, RULE_LIMIT, RULE_SYNCOOKIE},
 };
 
 use super::model::{AclError, AclState, AddrMatch, Rule, RuleFamily, Verdict, limits, proto};
 
+mod caps;
 mod dims;
 #[cfg(any(test, feature = "test-support"))]
 pub mod eval;
 pub mod incr;
 pub mod phases;
 
+pub use caps::{Capacities, MIN_WALK_ADDR_CLASSES, MIN_WALK_PORT_CLASSES};
 use dims::rule_tables;
 
 /// [`LimitSpec::tag`] of a rule: FNV-1a of its definition, never 0 (the
@@ -90,12 +91,15 @@ pub struct Image {
     pub lensets: Vec<LenSet>,
     /// IPv4 prefixes longer than /24, IPv6 prefixes longer than /16, and the
     /// binary-search markers of both, placed in the datapath's cuckoo table
-    /// ([`PREFIX_BUCKETS`] buckets).
+    /// ([`Capacities::prefix_buckets`] buckets).
     pub prefix_table: Vec<PrefixBucket>,
     /// Entries in `prefix_table`.
     pub prefix_entries: usize,
     /// Phased rule resolution (`None`: over budget, the bitmaps are walked).
     pub phases: Option<phases::Phases>,
+    /// The capacities it was compiled for (the datapath's tables must have
+    /// these sizes).
+    pub caps: Capacities,
 }
 
 /// Compile statistics, for logs and progress.
@@ -240,9 +244,20 @@ fn events(state: &AclState, conds: &Conditions, v6: bool) -> Vec<(Pos, i32, u32)
     ev
 }
 
-/// Compiles `state` for the interfaces in `slots` (name -> slot 1..MAX_IFACES).
+/// Compiles `state` for the interfaces in `slots` (name -> slot 1..MAX_IFACES),
+/// for tables of the default (largest) capacities.
 pub fn compile(state: &AclState, slots: &BTreeMap<String, u32>) -> Result<Image, Vec<AclError>> {
-    compile_parts(state, slots).map(|(image, _)| image)
+    compile_for(state, slots, &Capacities::default())
+}
+
+/// [`compile`] for tables of capacities `caps` (`[acl]`): a rule set that
+/// does not fit them is refused, naming the key.
+pub fn compile_for(
+    state: &AclState,
+    slots: &BTreeMap<String, u32>,
+    caps: &Capacities,
+) -> Result<Image, Vec<AclError>> {
+    compile_parts(state, slots, caps).map(|(image, _)| image)
 }
 
 /// The address part of a compile, kept by the incremental compiler
@@ -259,6 +274,7 @@ struct AddrParts {
 fn compile_parts(
     state: &AclState,
     slots: &BTreeMap<String, u32>,
+    caps: &Capacities,
 ) -> Result<(Image, AddrParts), Vec<AclError>> {
     let rules = state.ordered_rules();
     if rules.len() > xdpgate_common::acl::MAX_RULES as usize {
@@ -305,24 +321,21 @@ fn compile_parts(
     let mut long = Long::default();
     let v4_tbl24 = build_v4(&v4, &mut long);
     let v6_buckets = build_v6(&v6, &mut long);
-    let caps = [
-        ("prefix-length sets", long.lensets.len(), LENSETS as usize),
-        (
-            "long prefixes (IPv4 > /24, IPv6 > /16) and search markers",
-            long.table.len(),
-            PREFIX_ENTRIES as usize,
-        ),
-    ];
-    for (what, have, max) in caps {
-        if have > max {
-            errs.push(AclError::Capacity { what, have, max });
-        }
+    if long.lensets.len() > LENSETS as usize {
+        errs.push(AclError::Capacity {
+            what: "prefix-length sets",
+            have: long.lensets.len(),
+            max: LENSETS as usize,
+        });
+    }
+    if let Err(e) = caps.check_prefixes(long.table.len()) {
+        errs.push(e);
     }
     if !errs.is_empty() {
         return Err(errs);
     }
     let prefix_entries = long.table.len();
-    let prefix_table = place(&long.table).map_err(|()| {
+    let prefix_table = place(&long.table, caps.prefix_bucket_bits).map_err(|()| {
         vec![AclError::Capacity {
             what: "long prefixes (IPv4 > /24, IPv6 > /16) and search markers (table could not place them all)",
             have: prefix_entries,
@@ -339,8 +352,8 @@ fn compile_parts(
         &rt.dport_bm,
     ];
     let dims = phases::Dims { bms, rules: n };
-    let phases = phases::build(&dims);
-    phases::walk_fits(phases.as_ref(), &dims)?;
+    let phases = phases::build_within(&dims, caps.phase_cells as usize);
+    caps.walk_fits(phases.as_ref(), &dims)?;
     let image = Image {
         rule_ids: rules.iter().map(|r| r.id).collect(),
         rule_verdicts: rules.iter().map(|r| r.action).collect(),
@@ -360,6 +373,7 @@ fn compile_parts(
         prefix_table,
         prefix_entries,
         phases,
+        caps: *caps,
     };
     let parts = AddrParts {
         conds: conds.list,
@@ -610,12 +624,13 @@ pub(super) fn emptier(buckets: &[PrefixBucket], b1: u32, b2: u32, r: u64) -> u32
 }
 
 /// Places every long prefix and marker in a bucketized cuckoo table: each key
-/// in one of its two [`prefix_buckets`], evicting and moving occupants to their
-/// other bucket when both are full. Fails only when a key cannot be placed
-/// after many moves (far beyond [`PREFIX_ENTRIES`] in practice).
-fn place(table: &HashMap<PrefixKey, PrefixEntry>) -> Result<Vec<PrefixBucket>, ()> {
+/// in one of its two [`prefix_buckets`] of a table of `1 << bits` buckets,
+/// evicting and moving occupants to their other bucket when both are full.
+/// Fails only when a key cannot be placed after many moves (far beyond
+/// [`Capacities::prefix_entries`] in practice).
+fn place(table: &HashMap<PrefixKey, PrefixEntry>, bits: u32) -> Result<Vec<PrefixBucket>, ()> {
     const MAX_KICKS: usize = 2000;
-    let mut buckets = vec![PrefixBucket::default(); PREFIX_BUCKETS as usize];
+    let mut buckets = vec![PrefixBucket::default(); 1usize << bits];
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let free = |b: &PrefixBucket| b.slots.iter().position(|s| s.len == 0);
     for (k, e) in table {
@@ -625,7 +640,7 @@ fn place(table: &HashMap<PrefixKey, PrefixEntry>) -> Result<Vec<PrefixBucket>, (
             marker: e.marker as u8,
             class: e.class,
         };
-        let (b1, b2) = prefix_buckets(&slot.addr, k.len);
+        let (b1, b2) = prefix_buckets(&slot.addr, k.len, bits);
         // The emptier bucket, ties broken at random: spreads the load, and
         // puts keys in both buckets even in small tables, so tests exercise
         // both of the datapath's probes.
@@ -651,7 +666,7 @@ fn place(table: &HashMap<PrefixKey, PrefixEntry>) -> Result<Vec<PrefixBucket>, (
             rng ^= rng << 17;
             let victim = (rng % PREFIX_BUCKET_SLOTS as u64) as usize;
             std::mem::swap(&mut buckets[at as usize].slots[victim], &mut slot);
-            let (v1, v2) = prefix_buckets(&slot.addr, slot.len as u32);
+            let (v1, v2) = prefix_buckets(&slot.addr, slot.len as u32, bits);
             at = if v1 == at { v2 } else { v1 };
             if let Some(f) = free(&buckets[at as usize]) {
                 buckets[at as usize].slots[f] = slot;

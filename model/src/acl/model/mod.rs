@@ -80,6 +80,21 @@ pub enum AclError {
         /// The limit.
         max: usize,
     },
+    /// A capacity the configuration sets (`[acl]`), exceeded: the message
+    /// names the key and its value.
+    #[error("{what}: {have} needed, {key} = {setting} holds {max}")]
+    Configured {
+        /// What ran out.
+        what: &'static str,
+        /// The configuration key that sets the capacity.
+        key: &'static str,
+        /// The key's value in force.
+        setting: usize,
+        /// How many the change would need.
+        have: usize,
+        /// How many the capacity holds.
+        max: usize,
+    },
 }
 
 /// What a rule or a default policy does with a packet.

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use xdpgate_common::acl::{
-    LENSETS, LenSet, MAX_LENS, PREFIX_BUCKET_SLOTS, PREFIX_ENTRIES, PrefixEntry, PrefixKey,
-    PrefixSlot, V4_EXT, V4_NONE_CLASS, V6_NONE_CLASS, prefix_buckets, v4_entry,
+    LENSETS, LenSet, MAX_LENS, PREFIX_BUCKET_SLOTS, PrefixEntry, PrefixKey, PrefixSlot, V4_EXT,
+    V4_NONE_CLASS, V6_NONE_CLASS, prefix_buckets, v4_entry,
 };
 
 use super::{Delta, FAMS, Fallback, Incremental};
@@ -172,7 +172,7 @@ impl Incremental {
                     .map(|(k, e)| (*k, *e)),
             );
         }
-        if self.image.prefix_entries + inserts.len() > PREFIX_ENTRIES as usize {
+        if self.image.prefix_entries + inserts.len() > self.image.caps.prefix_entries() as usize {
             return Err(Fallback::Spoiled);
         }
         for (k, e) in inserts {
@@ -224,7 +224,7 @@ impl Incremental {
 
     /// The bucket and slot holding `k`.
     fn find(&self, k: &PrefixKey) -> Option<(usize, usize)> {
-        let (b1, b2) = prefix_buckets(&k.addr, k.len);
+        let (b1, b2) = prefix_buckets(&k.addr, k.len, self.image.caps.prefix_bucket_bits);
         [b1, b2].into_iter().find_map(|b| {
             self.image.prefix_table[b as usize]
                 .slots
@@ -257,7 +257,7 @@ impl Incremental {
             marker: e.marker as u8,
             class: e.class,
         };
-        let (b1, b2) = prefix_buckets(&slot.addr, k.len);
+        let (b1, b2) = prefix_buckets(&slot.addr, k.len, self.image.caps.prefix_bucket_bits);
         let r = self.next_rng();
         let table = &self.image.prefix_table;
         let first = emptier(table, b1, b2, r);
@@ -275,7 +275,11 @@ impl Incremental {
                 &mut slot,
             );
             touched.insert(at);
-            let (v1, v2) = prefix_buckets(&slot.addr, slot.len as u32);
+            let (v1, v2) = prefix_buckets(
+                &slot.addr,
+                slot.len as u32,
+                self.image.caps.prefix_bucket_bits,
+            );
             at = if v1 == at { v2 } else { v1 };
             if let Some(s) = self.image.prefix_table[at as usize]
                 .slots
