@@ -13,7 +13,7 @@ use super::{
 };
 use crate::acl::{
     AclError, AclState, AddrMatch, PortRange, Rule, Verdict,
-    compile::compile,
+    compile::compile_for,
     model::{limits, parse_prefix, proto},
 };
 
@@ -161,7 +161,9 @@ pub(super) fn acl(
         // Too many interfaces (reported at the first one too many) have no
         // slots to compile for.
         Ok(_) if cfg.interfaces.len() >= xdpgate_common::MAX_IFACES as usize => Vec::new(),
-        Ok(state) => compile(&state, &cfg.slots()).err().unwrap_or_default(),
+        Ok(state) => compile_for(&state, &cfg.slots(), &cfg.capacities)
+            .err()
+            .unwrap_or_default(),
         Err(errs) => errs,
     };
     for e in errors {

@@ -18,12 +18,15 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::{
-    acl::{AclState, RuleFile, Verdict},
+    acl::{AclState, RuleFile, Verdict, compile::Capacities},
     iface::{Malformed, XdpMode},
     lb::{LoadOptions, ParseError, ServiceEntry},
 };
 
 mod acl;
+mod capacity;
+#[cfg(test)]
+mod capacity_tests;
 mod ddos;
 #[cfg(test)]
 mod ddos_tests;
@@ -260,6 +263,8 @@ pub struct Config {
     pub services: Vec<ServiceEntry>,
     /// `[ddos]` settings.
     pub ddos: DdosSettings,
+    /// `[acl]`: the capacities of the ACL tables (fixed at start).
+    pub capacities: Capacities,
 }
 
 impl Config {
@@ -312,6 +317,7 @@ impl Config {
             lb: LbSettings::default(),
             services: Vec::new(),
             ddos: DdosSettings::default(),
+            capacities: Capacities::default(),
         }
     }
 }

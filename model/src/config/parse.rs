@@ -11,7 +11,7 @@ use std::{collections::BTreeSet, net::SocketAddr, path::Path, time::Duration};
 use toml::de::DeTable;
 
 use super::{
-    BindEntry, Config, ConfigError, Interface, acl, ddos,
+    BindEntry, Config, ConfigError, Interface, acl, capacity, ddos,
     fields::{Ctx, Section, Span, Value, entries},
     paths, service,
 };
@@ -33,6 +33,7 @@ const TABLES: &[&str] = &[
     "lb",
     "service",
     "ddos",
+    "acl",
 ];
 
 fn mode_of(s: &str) -> Result<XdpMode, String> {
@@ -103,7 +104,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             cx.push(
                 &k.span(),
                 format!(
-                    "unknown table [{}] (the tables are [daemon], [metrics], [bindings], [[interface]], [[bind]], [sets], [[rule]], [lb], [[service]] and [ddos])",
+                    "unknown table [{}] (the tables are [daemon], [metrics], [bindings], [[interface]], [[bind]], [sets], [[rule]], [lb], [[service]], [ddos] and [acl])",
                     k.get_ref()
                 ),
             );
@@ -141,6 +142,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     );
     if let Some(s) = top.section(&mut cx, "ddos") {
         ddos::ddos(&mut cx, &s, &mut cfg.ddos);
+    }
+    // Before the rules: they are compiled for these capacities.
+    if let Some(s) = top.section(&mut cx, "acl") {
+        capacity::capacities(&mut cx, &s, &mut cfg.capacities);
     }
     let sets = top.section(&mut cx, "sets");
     let list = top.entries(&mut cx, "rule");
