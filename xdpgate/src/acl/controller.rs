@@ -35,7 +35,7 @@ use xdpgate_common::acl::MAX_RULES;
 use xdpgate_model::acl::{
     AclError, AclState, Applied, Change, Rule,
     compile::{
-        Image,
+        Capacities, Image,
         incr::{Delta, Fallback, Incremental},
     },
 };
@@ -148,6 +148,8 @@ pub struct AclController {
     counter_of: HashMap<Rule, u32>,
     free: Vec<u32>,
     compiled: Compiled,
+    /// The capacities every change is compiled for (`[acl]`).
+    caps: Capacities,
 }
 
 impl AclController {
@@ -160,7 +162,15 @@ impl AclController {
             counter_of: HashMap::new(),
             free: (0..MAX_RULES).rev().collect(),
             compiled: Compiled::default(),
+            caps: Capacities::default(),
         }
+    }
+
+    /// This controller compiling for tables of capacities `caps` (`[acl]`,
+    /// those the datapath was loaded with) instead of the largest.
+    pub fn with_capacities(mut self, caps: Capacities) -> Self {
+        self.caps = caps;
+        self
     }
 
     /// Takes over the rule counters of a running datapath whose live
@@ -361,7 +371,8 @@ impl AclController {
         let prefixes: u64 = next.sets.values().map(|s| s.len() as u64).sum();
         cancel::progress("compiling prefixes", 0, prefixes);
         cancel::checkpoint()?;
-        let tables = Incremental::build(&next, &self.slots).map_err(ApplyError::Invalid)?;
+        let tables =
+            Incremental::build_for(&next, &self.slots, &self.caps).map_err(ApplyError::Invalid)?;
         let image = tables.image();
         let compiled = t0.elapsed();
         // The last point where stopping leaves everything as it was.

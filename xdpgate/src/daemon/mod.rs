@@ -501,6 +501,7 @@ impl Daemon {
             MapSizes {
                 rings: cfg.lb.load_options(),
                 limit_buckets: cfg.ddos.limit_buckets,
+                acl: cfg.capacities,
             },
         )?;
         match &opened {
@@ -548,7 +549,7 @@ impl Daemon {
         dp.set_decision_cache(cfg.decision_cache)?;
         let mut events_reader = false;
         apply_events(&mut dp, &cfg, &mut events_reader)?;
-        let mut ctl = AclController::new(slots.clone());
+        let mut ctl = AclController::new(slots.clone()).with_capacities(dp.acl_capacities());
         let mut binds = Bindings::new(cfg.bind_limit);
         let mut lb = LbController::new(&dp, resolved.clone());
         let ring_services = cfg.lb.max_services;

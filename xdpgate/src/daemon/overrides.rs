@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use xdpgate_model::{
-    acl::{AclState, RuleFile, Verdict, compile::compile},
+    acl::{AclState, RuleFile, Verdict, compile::compile_for},
     bind::BindRequest,
     config::{self, Config, ConfigError},
     iface::{Malformed, XdpMode},
@@ -100,7 +100,7 @@ pub fn apply_overrides(mut cfg: Config, o: &Overrides) -> Result<Config, DaemonE
     if let Err(errs) = AclState::from_file(&cfg.acl)
         .map_err(|e| e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())
         .and_then(|s| {
-            compile(&s, &cfg.slots())
+            compile_for(&s, &cfg.slots(), &cfg.capacities)
                 .map(|_| ())
                 .map_err(|e| e.into_iter().map(|e| e.to_string()).collect())
         })

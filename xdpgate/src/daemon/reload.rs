@@ -106,6 +106,9 @@ impl Daemon {
         if let Some(why) = running.ddos.needs_restart(&next.ddos) {
             return Err(DaemonError::NeedsRestart(why));
         }
+        if let Some(why) = running.capacities.needs_restart(&next.capacities) {
+            return Err(DaemonError::NeedsRestart(why));
+        }
         // Rules with a limit or `syncookie` are refused before anything is
         // touched when they cannot be honoured; the SYN-cookie configuration
         // is written once the reload succeeded.

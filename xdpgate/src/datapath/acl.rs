@@ -9,15 +9,15 @@ use aya::maps::{Array, PerCpuArray};
 use xdpgate_common::{
     Action, Counter, MAX_IFACES,
     acl::{
-        ACL_NO_CACHE, AclConfig, DPORT_QUADS, LENSETS, MAX_PHASE_GROUPS, MAX_RULES, PHASE_CELLS,
-        PHASE_CELLS_MAP, PHASE_GROUPS_MAP, PREFIX_BUCKETS, Pair, PhaseGroup, Quad, RULE_BITS,
-        RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS, WALK_ADDR_CLASSES, WALK_PORT_CLASSES,
+        ACL_NO_CACHE, AclConfig, DPORT_QUADS, LENSETS, MAX_PHASE_GROUPS, MAX_RULES,
+        MIN_PREFIX_BUCKET_BITS, PHASE_CELLS_MAP, PHASE_GROUPS_MAP, PREFIX_BUCKET_BITS, Pair,
+        PhaseGroup, Quad, RULE_BITS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS,
     },
     maps::{self, GEN_TABLES},
 };
 use xdpgate_model::acl::{
     Verdict,
-    compile::{Image, incr::Delta},
+    compile::{Capacities, Image, incr::Delta},
 };
 
 use super::{
@@ -27,7 +27,112 @@ use super::{
 };
 use crate::sys::bpf;
 
+/// Base names of the per-generation maps whose size the ACL capacities
+/// (`[acl]`) set, with the key that sets each.
+const SIZED: [(&str, &str); 6] = [
+    (GEN_TABLES[11], "[acl] prefix_slots"),
+    (PHASE_CELLS_MAP, "[acl] phase_cells"),
+    (GEN_TABLES[2], "[acl] walk_port_classes"),
+    (GEN_TABLES[3], "[acl] walk_port_classes"),
+    (GEN_TABLES[4], "[acl] walk_addr_classes"),
+    (GEN_TABLES[5], "[acl] walk_addr_classes"),
+];
+
+/// The maps of [`SIZED`], both generations (the loader keeps the names for
+/// its lifetime, so they are spelled out).
+const SIZED_MAPS: [&str; 12] = [
+    "XG_PREFIXES_0",
+    "XG_PREFIXES_1",
+    "XG_PHASE_CELLS_0",
+    "XG_PHASE_CELLS_1",
+    "XG_BM_SPORT_0",
+    "XG_BM_SPORT_1",
+    "XG_BM_DPORT_0",
+    "XG_BM_DPORT_1",
+    "XG_BM_SRC_0",
+    "XG_BM_SRC_1",
+    "XG_BM_DST_0",
+    "XG_BM_DST_1",
+];
+
+/// Every value the long-prefix index bits can take, so the loader can hold
+/// a reference to the one it sets for as long as it lives.
+static PREFIX_BITS: [u32; (PREFIX_BUCKET_BITS - MIN_PREFIX_BUCKET_BITS + 1) as usize] = {
+    let mut v = [0; (PREFIX_BUCKET_BITS - MIN_PREFIX_BUCKET_BITS + 1) as usize];
+    let mut i = 0;
+    while i < v.len() {
+        v[i] = MIN_PREFIX_BUCKET_BITS + i as u32;
+        i += 1;
+    }
+    v
+};
+
+/// The value of the datapath's `PREFIX_BITS_GLOBAL` for `caps` (valid
+/// capacities: see `MapSizes::is_valid`).
+pub(super) fn prefix_bits_ref(caps: &Capacities) -> &'static u32 {
+    let i = caps
+        .prefix_bucket_bits
+        .clamp(MIN_PREFIX_BUCKET_BITS, PREFIX_BUCKET_BITS)
+        - MIN_PREFIX_BUCKET_BITS;
+    &PREFIX_BITS[i as usize]
+}
+
+/// Elements of map `base` (a base name of [`SIZED`]) under `caps`.
+fn entries_of(base: &str, caps: &Capacities) -> Option<u32> {
+    Some(match base {
+        b if b == GEN_TABLES[11] => caps.prefix_buckets(),
+        PHASE_CELLS_MAP => caps.phase_quads(),
+        b if b == GEN_TABLES[2] || b == GEN_TABLES[3] => caps.walk_port_classes,
+        b if b == GEN_TABLES[4] || b == GEN_TABLES[5] => caps.walk_addr_classes,
+        _ => return None,
+    })
+}
+
+/// The generation of map `name` stripped (`XG_PREFIXES_1` -> `XG_PREFIXES`).
+fn base_of(name: &str) -> &str {
+    name.strip_suffix("_0")
+        .or_else(|| name.strip_suffix("_1"))
+        .unwrap_or(name)
+}
+
+/// Elements of map `name` when the ACL capacities size it.
+pub(super) fn sized_entries(name: &str, caps: &Capacities) -> Option<u32> {
+    entries_of(base_of(name), caps)
+}
+
+/// Every map the ACL capacities size (both generations) and its elements.
+pub(super) fn sized_maps(caps: &Capacities) -> Vec<(&'static str, u32)> {
+    SIZED_MAPS
+        .iter()
+        .filter_map(|name| Some((*name, sized_entries(name, caps)?)))
+        .collect()
+}
+
+/// The `[acl]` key that sizes map `name`, when one does.
+pub(super) fn resizable(name: &str) -> Option<&'static str> {
+    let base = base_of(name);
+    SIZED.iter().find(|(b, _)| *b == base).map(|(_, key)| *key)
+}
+
+/// The value of `[acl]` key `key` that makes its maps `entries` elements.
+pub(super) fn setting_of(key: &str, entries: u32) -> Option<String> {
+    match key {
+        "[acl] prefix_slots" => Some((u64::from(entries) * 4).to_string()),
+        // One element is the table of `phase_cells = 0` (the kernel has no
+        // empty arrays).
+        "[acl] phase_cells" if entries <= 1 => Some("0".to_owned()),
+        "[acl] phase_cells" => Some((u64::from(entries) * 4).to_string()),
+        "[acl] walk_addr_classes" | "[acl] walk_port_classes" => Some(entries.to_string()),
+        _ => None,
+    }
+}
+
 impl Datapath {
+    /// The ACL tables' capacities (`[acl]`) the datapath was loaded with.
+    pub fn acl_capacities(&self) -> Capacities {
+        self.acl_caps
+    }
+
     pub(super) fn write<T: Copy>(
         &self,
         base: &'static str,
@@ -116,11 +221,18 @@ impl Datapath {
         counters: &[u32],
     ) -> Result<(), DatapathError> {
         let t = generation;
+        let caps = self.acl_caps;
+        if image.caps != caps {
+            return Err(DatapathError::Missing(format!(
+                "ACL tables compiled for the capacities the datapath was loaded with ({caps:?}, not {:?})",
+                image.caps
+            )));
+        }
         match &image.phases {
             Some(p) => {
                 let mut cells = p.cells.clone();
                 cells.resize(cells.len().div_ceil(4) * 4, 0);
-                self.write(PHASE_CELLS_MAP, t, PHASE_CELLS / 4, quads(&cells))?;
+                self.write(PHASE_CELLS_MAP, t, caps.phase_quads(), quads(&cells))?;
                 self.write(PHASE_GROUPS_MAP, t, MAX_PHASE_GROUPS as u32, &p.groups)?;
             }
             None => {
@@ -132,10 +244,10 @@ impl Datapath {
                 )?;
                 self.write(GEN_TABLES[0], t, MAX_IFACES, &image.iface_bm)?;
                 self.write(GEN_TABLES[1], t, 256, &image.proto_bm)?;
-                self.write(GEN_TABLES[2], t, WALK_PORT_CLASSES, &image.sport_bm)?;
-                self.write(GEN_TABLES[3], t, WALK_PORT_CLASSES, &image.dport_bm)?;
-                self.write(GEN_TABLES[4], t, WALK_ADDR_CLASSES, &image.src_bm)?;
-                self.write(GEN_TABLES[5], t, WALK_ADDR_CLASSES, &image.dst_bm)?;
+                self.write(GEN_TABLES[2], t, caps.walk_port_classes, &image.sport_bm)?;
+                self.write(GEN_TABLES[3], t, caps.walk_port_classes, &image.dport_bm)?;
+                self.write(GEN_TABLES[4], t, caps.walk_addr_classes, &image.src_bm)?;
+                self.write(GEN_TABLES[5], t, caps.walk_addr_classes, &image.dst_bm)?;
             }
         }
         self.write(GEN_TABLES[6], t, SPORT_QUADS, quads(&image.sport_class))?;
@@ -143,7 +255,12 @@ impl Datapath {
         self.write(GEN_TABLES[8], t, V4_TBL24_PAIRS, pairs(&image.v4_tbl24))?;
         self.write(GEN_TABLES[9], t, 65536, &image.v6_buckets)?;
         self.write(GEN_TABLES[10], t, LENSETS, &image.lensets)?;
-        self.write(GEN_TABLES[11], t, PREFIX_BUCKETS, &image.prefix_table)?;
+        self.write(
+            GEN_TABLES[11],
+            t,
+            caps.prefix_buckets(),
+            &image.prefix_table,
+        )?;
         self.write(maps::RULE_INFO, t, RULE_BITS, &rule_info(image, counters))
     }
 

@@ -9,8 +9,7 @@ use aya::{Pod, maps::Array};
 
 use xdpgate_common::{
     acl::{
-        DPORT_QUADS, MAX_PHASE_GROUPS, PHASE_CELLS, PHASE_CELLS_MAP, PHASE_GROUPS_MAP, RULE_BITS,
-        SPORT_QUADS,
+        DPORT_QUADS, MAX_PHASE_GROUPS, PHASE_CELLS_MAP, PHASE_GROUPS_MAP, RULE_BITS, SPORT_QUADS,
     },
     maps::{self, GEN_TABLES},
 };
@@ -131,7 +130,7 @@ impl Datapath {
         if q.len() <= SMALL_PHASE_QUADS {
             self.write_entries(PHASE_CELLS_MAP, generation, q, 0..q.len())?;
         } else {
-            self.write(PHASE_CELLS_MAP, generation, PHASE_CELLS / 4, q)?;
+            self.write(PHASE_CELLS_MAP, generation, self.acl_caps.phase_quads(), q)?;
         }
         self.write(
             PHASE_GROUPS_MAP,

@@ -16,7 +16,7 @@ use xdpgate_common::{
     },
     maps,
 };
-use xdpgate_model::lb::LoadOptions;
+use xdpgate_model::{acl::compile::Capacities, lb::LoadOptions};
 
 use super::{DDOS_PROGRAM_NAME, Datapath, DatapathError};
 use crate::sys::bpf;
@@ -29,6 +29,8 @@ pub struct MapSizes {
     pub rings: LoadOptions,
     /// Entries of the per-prefix bucket table (`[ddos] limit_buckets`).
     pub limit_buckets: u32,
+    /// The ACL tables' capacities (`[acl]`).
+    pub acl: Capacities,
 }
 
 impl Default for MapSizes {
@@ -36,6 +38,7 @@ impl Default for MapSizes {
         MapSizes {
             rings: LoadOptions::default(),
             limit_buckets: DEFAULT_BUCKETS,
+            acl: Capacities::default(),
         }
     }
 }
@@ -43,7 +46,9 @@ impl Default for MapSizes {
 impl MapSizes {
     /// Whether the datapath can be loaded with these sizes.
     pub fn is_valid(&self) -> bool {
-        self.rings.is_valid() && (MIN_BUCKETS..=MAX_BUCKETS).contains(&self.limit_buckets)
+        self.rings.is_valid()
+            && (MIN_BUCKETS..=MAX_BUCKETS).contains(&self.limit_buckets)
+            && self.acl.is_valid()
     }
 }
 
@@ -89,6 +94,7 @@ impl Datapath {
         MapSizes {
             rings: self.sizes,
             limit_buckets: self.limit_buckets,
+            acl: self.acl_caps,
         }
     }
 
@@ -196,7 +202,7 @@ pub(super) fn resizable(name: &str) -> Option<&'static str> {
     } else if name == limit_maps::LIMIT_BUCKETS {
         Some("[ddos] limit_buckets")
     } else {
-        None
+        super::acl::resizable(name)
     }
 }
 

@@ -23,12 +23,13 @@ use aya::{
 use thiserror::Error;
 use xdpgate_common::{
     EventConfig, MAX_IFACES, PROGRAM_NAME,
+    acl::PREFIX_BITS_GLOBAL,
     lb::{MAX_SERVICES, ring_entries},
     limit::{MAX_BUCKETS, MIN_BUCKETS, maps as limit_maps},
     maps,
     pins::Meta,
 };
-use xdpgate_model::{iface::XdpMode, lb::LoadOptions};
+use xdpgate_model::{acl::compile::Capacities, iface::XdpMode, lb::LoadOptions};
 
 use crate::{
     paths::Paths,
@@ -202,6 +203,8 @@ pub struct Datapath {
     sizes: LoadOptions,
     /// Entries of the per-prefix bucket table.
     limit_buckets: u32,
+    /// The ACL tables' capacities (`[acl]`) its maps were made with.
+    acl_caps: Capacities,
     /// Why the kernel refused the DDoS program, if it did.
     ddos_unavailable: Option<String>,
 }
@@ -332,16 +335,21 @@ impl Datapath {
         }
         if !all.is_valid() {
             return Err(DatapathError::Missing(format!(
-                "valid bucket table size ({} entries: {MIN_BUCKETS}..={MAX_BUCKETS})",
-                all.limit_buckets
+                "valid bucket table size ({} entries: {MIN_BUCKETS}..={MAX_BUCKETS}) and ACL capacities ({:?})",
+                all.limit_buckets, all.acl
             )));
         }
-        let ebpf = loader
+        loader
             .map_max_entries(
                 maps::LB_RINGS,
                 ring_entries(sizes.ring_services, sizes.ring_size),
             )
-            .map_max_entries(limit_maps::LIMIT_BUCKETS, all.limit_buckets)
+            .map_max_entries(limit_maps::LIMIT_BUCKETS, all.limit_buckets);
+        for (name, entries) in acl::sized_maps(&all.acl) {
+            loader.map_max_entries(name, entries);
+        }
+        let ebpf = loader
+            .override_global(PREFIX_BITS_GLOBAL, acl::prefix_bits_ref(&all.acl), true)
             .load(OBJECT)
             .map_err(DatapathError::Load)?;
         let barrier = RcuBarrier::new().map_err(|source| DatapathError::Io {
@@ -359,6 +367,7 @@ impl Datapath {
             barrier,
             sizes,
             limit_buckets: all.limit_buckets,
+            acl_caps: all.acl,
             ddos_unavailable: None,
         };
         dp.program()?.load().map_err(DatapathError::Verify)?;
@@ -529,6 +538,8 @@ fn map_specs(all: MapSizes) -> Result<BTreeMap<String, pins::MapSpec>, DatapathE
                 ring_entries(sizes.ring_services, sizes.ring_size)
             } else if name == limit_maps::LIMIT_BUCKETS {
                 all.limit_buckets
+            } else if let Some(n) = acl::sized_entries(name, &all.acl) {
+                n
             } else {
                 m.max_entries()
             };

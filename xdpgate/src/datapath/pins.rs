@@ -342,7 +342,8 @@ impl PinDir {
                 found_setting: if setting.contains(" and ") {
                     "what they were when it started".to_owned()
                 } else {
-                    info.max_entries.to_string()
+                    super::acl::setting_of(setting, info.max_entries)
+                        .unwrap_or_else(|| info.max_entries.to_string())
                 },
             });
         }
