@@ -121,6 +121,9 @@ enum Only {
     /// Live frames (3) without nftables: the rig's ceiling, xdpgate, and
     /// xdp-filter unless `--no-xdp-filter`.
     Live,
+    /// Kernel memory of the datapath's maps at the default and at small
+    /// capacities.
+    Memory,
 }
 
 /// Lab subnet of the benchmark's veth pair (10.200.X.0/24); the tests and the
@@ -243,6 +246,13 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if cli.only == Some(Only::Memory) {
+        let ns = Netns::new("benchmem").context("creating the benchmark namespace")?;
+        let c = memory::compare(&ns)?;
+        memory::print(&c);
+        println!("{}", serde_json::to_string_pretty(&c)?);
+        return Ok(());
+    }
     if cli.only == Some(Only::Cost) {
         let ns = Netns::new("bench").context("creating the benchmark namespace")?;
         let part1 = testrun::run(&ns, repeat, prefixes, rules)?;
@@ -281,6 +291,7 @@ fn main() -> anyhow::Result<()> {
     let ns = Netns::new("bench").context("creating the benchmark namespace")?;
     let part1 = testrun::run(&ns, repeat, prefixes, rules)?;
     let only_acl = cli.only == Some(Only::Acl);
+    let memory = report::Section::from((!only_acl).then(|| memory::compare(&ns)));
     let lb_path = report::Section::from((!only_acl).then(|| lb::run(&ns, repeat)));
     let update = report::Section::from((!only_acl).then(|| run_update(&ns)));
     drop(ns);
@@ -337,6 +348,12 @@ fn main() -> anyhow::Result<()> {
     flood::print(&flood);
     println!();
     update::print(&update);
+    println!();
+    match (&memory.result, &memory.error) {
+        (Some(m), _) => memory::print(m),
+        (None, Some(e)) => println!("Kernel memory by configuration: not measured: {e}"),
+        _ => {}
+    }
     if let Some(dir) = cli.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -348,6 +365,7 @@ fn main() -> anyhow::Result<()> {
     json["lifecycle"] = serde_json::to_value(&gap)?;
     json["flood"] = serde_json::to_value(&flood)?;
     json["update"] = serde_json::to_value(&update)?;
+    json["memory"] = serde_json::to_value(&memory)?;
     std::fs::write(&cli.out, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", cli.out.display()))?;
     eprintln!("bench: wrote {}", cli.out.display());
