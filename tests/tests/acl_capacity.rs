@@ -16,7 +16,7 @@ use xdpgate::{
 };
 use xdpgate_model::{
     acl::{
-        AclError, AclState, RuleFile, Verdict,
+        AclError, AclState, Exceeded, RuleFile, Verdict,
         compile::{Capacities, compile_for},
         random::{Rng, rand_packet, rand_state, slots},
         reference::{PacketInfo, classify},
@@ -261,12 +261,12 @@ fn an_over_capacity_change_is_refused_naming_the_key_and_the_old_rules_keep_enfo
         assert!(
             errs.iter().any(|e| matches!(
                 e,
-                AclError::Configured {
+                AclError::Configured(Exceeded {
                     key: "[acl] prefix_slots",
                     setting: 1024,
                     max: 969,
                     ..
-                }
+                })
             )),
             "{errs:?}"
         );

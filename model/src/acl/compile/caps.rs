@@ -10,7 +10,7 @@ use xdpgate_common::acl::{
 };
 
 use super::{
-    super::model::AclError,
+    super::model::{AclError, Exceeded},
     phases::{Dims, Phases},
 };
 
@@ -138,13 +138,13 @@ impl Capacities {
         if have <= max {
             return Ok(());
         }
-        Err(AclError::Configured {
+        Err(AclError::Configured(Exceeded {
             what: "long-prefix table full (IPv4 prefixes longer than /24, IPv6 longer than /16, and search markers)",
             key: "[acl] prefix_slots",
             setting: self.prefix_slots() as usize,
             have,
             max,
-        })
+        }))
     }
 
     /// Without phased tables the datapath walks the rule bitmaps, whose
@@ -156,13 +156,13 @@ impl Capacities {
             return Ok(());
         }
         let walk = |what, key, setting: u32, have: usize| {
-            (have > setting as usize).then_some(AclError::Configured {
+            (have > setting as usize).then_some(AclError::Configured(Exceeded {
                 what,
                 key,
                 setting: setting as usize,
                 have,
                 max: setting as usize,
-            })
+            }))
         };
         let errs: Vec<AclError> = [
             walk(

@@ -6,9 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use xdpgate_common::acl::{
     BITMAP_WORDS, NO_L4_CLASS, PrefixBucket, PrefixEntry, PrefixKey, SUMMARY_WORDS, V4_EXT, group,
+    prefix_buckets,
 };
 
-use super::{Image, key, port_group, prefix_buckets, v4_key};
+use super::{Image, key, port_group, v4_key};
 use crate::acl::{
     model::Verdict,
     reference::{Decision, PacketInfo},

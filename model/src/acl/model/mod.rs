@@ -80,21 +80,9 @@ pub enum AclError {
         /// The limit.
         max: usize,
     },
-    /// A capacity the configuration sets (`[acl]`), exceeded: the message
-    /// names the key and its value.
-    #[error("{what}: {have} needed, {key} = {setting} holds {max}")]
-    Configured {
-        /// What ran out.
-        what: &'static str,
-        /// The configuration key that sets the capacity.
-        key: &'static str,
-        /// The key's value in force.
-        setting: usize,
-        /// How many the change would need.
-        have: usize,
-        /// How many the capacity holds.
-        max: usize,
-    },
+    /// A capacity the configuration sets (`[acl]`), exceeded.
+    #[error("{0}")]
+    Configured(Exceeded),
 }
 
 /// What a rule or a default policy does with a packet.
@@ -276,7 +264,10 @@ impl<'de> Deserialize<'de> for AddrMatch {
     }
 }
 
+mod exceeded;
 pub mod proto;
+
+pub use exceeded::Exceeded;
 
 fn de_proto<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
     #[derive(Deserialize)]
