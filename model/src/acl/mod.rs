@@ -23,5 +23,6 @@ pub mod reference;
 
 pub use limit::{Limit, LimitKey};
 pub use model::{
-    AclError, AclState, AddrMatch, Applied, Change, PortRange, PrefixSet, Rule, RuleFile, Verdict,
+    AclError, AclState, AddrMatch, Applied, Change, PortRange, PrefixSet, Rule, RuleFile, Undo,
+    Verdict,
 };

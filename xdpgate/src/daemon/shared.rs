@@ -21,7 +21,7 @@
 //! - Health events take the daemon on a blocking thread too, one at a time,
 //!   so that the probes (async tasks) keep their timing during a change.
 use std::{
-    sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak},
     time::{Duration, Instant},
 };
 
@@ -108,6 +108,8 @@ pub(super) struct Shared {
     paths: Paths,
     /// The running change and the snapshot taken at its start.
     busy: Mutex<Option<(Arc<Work>, Arc<Snapshot>)>>,
+    /// This, for the thread that finishes a change after its answer.
+    me: Weak<Shared>,
 }
 
 /// Where a read is answered.
@@ -118,10 +120,11 @@ enum Source<'a> {
 
 impl Shared {
     pub(super) fn new(daemon: Daemon) -> Arc<Self> {
-        Arc::new(Shared {
+        Arc::new_cyclic(|me| Shared {
             paths: daemon.paths.clone(),
             daemon: Mutex::new(daemon),
             busy: Mutex::new(None),
+            me: me.clone(),
         })
     }
 
@@ -147,7 +150,11 @@ impl Shared {
         *self.busy_slot() = Some((work.clone(), snapshot));
         let r = cancel::scope(work, || f(&mut d));
         let done = self.busy_slot().take();
+        let unfinished = d.ctl.unfinished();
         drop(d);
+        if unfinished {
+            self.finish_in_background();
+        }
         // Freed off the answer's path (it may hold the replaced ACL state).
         if let Err(e) = std::thread::Builder::new()
             .name("snapshot-drop".into())
@@ -156,6 +163,27 @@ impl Shared {
             log::debug!("snapshot freed in place: {e}");
         }
         Ok(r)
+    }
+
+    /// Writes the deferred second copy of the last ACL change
+    /// (`AclController::apply_deferred`) off the answer's path, on a thread
+    /// that takes the daemon when it is free: the change is enforced
+    /// already, and the next change writes the copy first if this thread
+    /// has not yet.
+    fn finish_in_background(&self) {
+        let me = self.me.clone();
+        let spawned = std::thread::Builder::new()
+            .name("acl-second-copy".into())
+            .spawn(move || {
+                if let Some(shared) = me.upgrade() {
+                    let mut d = shared.lock();
+                    let d = &mut *d;
+                    d.ctl.finish(&mut d.dp);
+                }
+            });
+        if let Err(e) = spawned {
+            log::debug!("the second copy waits for the next change: {e}");
+        }
     }
 
     fn busy_slot(&self) -> MutexGuard<'_, Option<(Arc<Work>, Arc<Snapshot>)>> {
