@@ -312,7 +312,7 @@ pub(crate) fn run(
             .collect::<anyhow::Result<Vec<_>>>(),
     ));
     let mut targets = targets(&configs);
-    targets.extend(cli.result.iter().flatten().map(cli::target));
+    targets.extend(cli.result.iter().flatten().flat_map(cli::targets));
     Ok(UpdateReport {
         configs,
         cli,
@@ -342,32 +342,46 @@ fn time_state_save(state: &AclState) -> Option<f64> {
 fn targets(configs: &[Config]) -> Vec<Target> {
     let mut out = Vec::new();
     for c in configs {
-        let worst = c
-            .series
-            .iter()
-            .max_by(|a, b| a.total_max_ms.total_cmp(&b.total_max_ms));
-        let Some(worst) = worst else { continue };
-        let all_incremental = c.series.iter().all(|s| s.incremental == s.n);
-        out.push(Target {
-            goal: format!(
-                "one-prefix and one-rule update enforced within {TARGET_MS:.0} ms at {} prefixes per family, {} rules (call to return, every change)",
-                c.prefixes, c.rules
-            ),
-            measured: format!(
-                "worst {}: max {:.1} ms (median {:.1}, p99 {:.1}); full compile {:.0} ms{}",
-                worst.what,
-                worst.total_max_ms,
-                worst.total_median_ms,
-                worst.total_p99_ms,
-                c.full_compile_ms,
-                if all_incremental {
-                    ""
-                } else {
-                    "; some changes were compiled in full"
-                }
-            ),
-            met: Some(worst.total_max_ms <= TARGET_MS),
-        });
+        // Prefix changes and rule changes apart (their costs differ by
+        // orders of magnitude at 10,000 rules), then every change.
+        // (what, rule changes only / prefix changes only / every change)
+        let kinds = [
+            ("one-prefix update", Some(false)),
+            ("one-rule update", Some(true)),
+            ("one-prefix and one-rule update", None),
+        ];
+        for (kind, rules) in kinds {
+            let series: Vec<&Series> = c
+                .series
+                .iter()
+                .filter(|s| rules.is_none_or(|r| s.what.starts_with("rule") == r))
+                .collect();
+            let worst = series
+                .iter()
+                .max_by(|a, b| a.total_max_ms.total_cmp(&b.total_max_ms));
+            let Some(worst) = worst else { continue };
+            let all_incremental = series.iter().all(|s| s.incremental == s.n);
+            out.push(Target {
+                goal: format!(
+                    "{kind} enforced within {TARGET_MS:.0} ms at {} prefixes per family, {} rules (call to return, every change)",
+                    c.prefixes, c.rules
+                ),
+                measured: format!(
+                    "worst {}: max {:.1} ms (median {:.1}, p99 {:.1}); full compile {:.0} ms{}",
+                    worst.what,
+                    worst.total_max_ms,
+                    worst.total_median_ms,
+                    worst.total_p99_ms,
+                    c.full_compile_ms,
+                    if all_incremental {
+                        ""
+                    } else {
+                        "; some changes were compiled in full"
+                    }
+                ),
+                met: Some(worst.total_max_ms <= TARGET_MS),
+            });
+        }
     }
     out
 }

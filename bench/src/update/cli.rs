@@ -259,29 +259,42 @@ pub(crate) fn run(prefixes: usize, rules: usize, n: usize) -> anyhow::Result<Cli
     })
 }
 
-/// The target judged on the CLI round trip: every change's max.
-pub(crate) fn target(r: &CliReport) -> Target {
-    let worst = r
-        .series
-        .iter()
-        .skip(1)
-        .max_by(|a, b| a.max_ms.total_cmp(&b.max_ms));
-    Target {
-        goal: format!(
-            "one-prefix and one-rule change answered by the CLI within {TARGET_MS:.0} ms at {} prefixes per family, {} rules (CLI spawn to exit, every call)",
-            r.prefixes, r.rules
-        ),
-        measured: worst.map_or_else(
-            || "no change timed".to_string(),
-            |w| {
-                format!(
-                    "worst {}: max {:.1} ms (median {:.1}, p99 {:.1}); a read's round trip median {:.1} ms",
-                    w.what, w.max_ms, w.median_ms, w.p99_ms, r.series[0].median_ms
-                )
-            },
-        ),
-        met: worst.map(|w| w.max_ms <= TARGET_MS),
-    }
+/// The targets judged on the CLI round trip: the max of the set changes,
+/// of the rule changes, and of every change.
+pub(crate) fn targets(r: &CliReport) -> Vec<Target> {
+    // (what, rule changes only / set changes only / every change)
+    let kinds = [
+        ("one-prefix change", Some(false)),
+        ("one-rule change", Some(true)),
+        ("one-prefix and one-rule change", None),
+    ];
+    kinds
+        .into_iter()
+        .map(|(kind, rules)| {
+            let worst = r
+                .series
+                .iter()
+                .skip(1)
+                .filter(|s| rules.is_none_or(|r| s.what.starts_with("acl") == r))
+                .max_by(|a, b| a.max_ms.total_cmp(&b.max_ms));
+            Target {
+                goal: format!(
+                    "{kind} answered by the CLI within {TARGET_MS:.0} ms at {} prefixes per family, {} rules (CLI spawn to exit, every call)",
+                    r.prefixes, r.rules
+                ),
+                measured: worst.map_or_else(
+                    || "no change timed".to_string(),
+                    |w| {
+                        format!(
+                            "worst {}: max {:.1} ms (median {:.1}, p99 {:.1}); a read's round trip median {:.1} ms",
+                            w.what, w.max_ms, w.median_ms, w.p99_ms, r.series[0].median_ms
+                        )
+                    },
+                ),
+                met: worst.map(|w| w.max_ms <= TARGET_MS),
+            }
+        })
+        .collect()
 }
 
 /// Prints the CLI half's table.
