@@ -9,20 +9,21 @@
 //! - one rule (a new source /32, priority in the middle of the filler rules)
 //!   added, then each removed.
 //!
-//! What is timed, per change: from the call (validation of the change
-//! included) to the switch of generations (`enforced`: the next packet sees
-//! the change), and to the return of the call (`total`: also the grace
-//! period and the second copy of the delta). The target is judged on
-//! `total`, the larger. Not included: the CLI's socket round trip and JSON,
-//! the daemon's snapshot for reads at the start of a change, and its save
-//! of the state file after the change (the datapath enforces the change
-//! before that save; the CLI answer comes after it). The save of the same
-//! state is timed on its own, and the full compile of the same state too,
-//! for comparison.
+//! What is timed, per change, as the daemon makes it: its snapshot for the
+//! reads during the change (`AclController::shared_state`), then from the
+//! call (validation of the change included) to the compiled delta, the idle
+//! generation written, the switch of generations (the next packet sees the
+//! change), the end of the grace period (`enforced`: no packet uses the old
+//! generation), and the return of the call (`total`, with the snapshot;
+//! `apply_deferred`, the daemon's call, which leaves the second copy of the
+//! delta for after the answer: timed apart). The target is judged on
+//! `total`'s maximum. Not included: the CLI's socket round trip and JSON and the
+//! daemon's journal append (both in the second half). The daemon's old
+//! whole-state save and the full compile of the same state are timed on
+//! their own, for comparison.
 //!
 //! The second half ([`cli`]) times what a user sees: the CLI's round trip
-//! through a running daemon loaded with the same state, at the smallest
-//! rule count.
+//! through a running daemon loaded with the same state, at each rule count.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -59,16 +60,34 @@ pub(crate) struct Series {
     pub n: usize,
     /// Of which went through the incremental compiler.
     pub incremental: usize,
-    /// Call to the validated next state (the copy of the state): median, ms.
+    /// The daemon's snapshot for reads taken before the change
+    /// (`AclController::shared_state`: the previous change replayed into
+    /// the readers' copy): median and max, ms.
+    pub snapshot_median_ms: f64,
+    /// See `snapshot_median_ms`.
+    pub snapshot_max_ms: f64,
+    /// Call to the validated next state (the change made in place): median, ms.
     pub validated_median_ms: f64,
     /// Call to the compiled delta (validation included): median, ms.
     pub compiled_median_ms: f64,
-    /// Call to switch: median and max, milliseconds.
+    /// Call to the idle generation written: median, ms.
+    pub written_median_ms: f64,
+    /// Call to the switch: median, ms.
+    pub switched_median_ms: f64,
+    /// Call to the end of the grace period (every packet sees the change):
+    /// median and max, milliseconds.
     pub enforced_median_ms: f64,
     /// See `enforced_median_ms`.
     pub enforced_max_ms: f64,
-    /// Call to return: median and max, milliseconds.
+    /// The second copy of the delta, written after the return (as the
+    /// daemon does after its answer): median and max, ms.
+    pub second_copy_median_ms: f64,
+    /// See `second_copy_median_ms`.
+    pub second_copy_max_ms: f64,
+    /// Snapshot and call to return: median, 99th percentile and max, ms.
     pub total_median_ms: f64,
+    /// See `total_median_ms`.
+    pub total_p99_ms: f64,
     /// See `total_median_ms`.
     pub total_max_ms: f64,
 }
@@ -97,8 +116,8 @@ pub(crate) struct Config {
 pub(crate) struct UpdateReport {
     /// Per loaded state.
     pub configs: Vec<Config>,
-    /// The CLI round trip through a running daemon.
-    pub cli: Section<cli::CliReport>,
+    /// The CLI round trip through a running daemon, per rule count.
+    pub cli: Section<Vec<cli::CliReport>>,
     /// The targets, evaluated.
     pub targets: Vec<Target>,
 }
@@ -114,6 +133,11 @@ fn ms(d: Duration) -> f64 {
 fn median_max(v: &mut [f64]) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[v.len() - 1])
+}
+
+/// The 99th percentile (nearest rank) of `v`, sorted.
+fn p99(v: &[f64]) -> f64 {
+    v[(v.len() * 99).div_ceil(100).max(1) - 1]
 }
 
 /// `n` addresses of the family in none of `state`'s deny-set prefixes,
@@ -150,39 +174,60 @@ fn fresh_prefixes(
     Ok(out)
 }
 
-/// Applies `changes` one by one, timing each.
+/// Applies `changes` one by one as the daemon does (its snapshot for reads
+/// first, then the change), timing each.
 fn time_changes(
     dp: &mut Datapath,
     ctl: &mut AclController,
     what: &str,
     changes: &[Change],
 ) -> anyhow::Result<Series> {
-    let (mut enforced, mut total) = (Vec::new(), Vec::new());
+    let (mut snapshot, mut enforced, mut total) = (Vec::new(), Vec::new(), Vec::new());
     let (mut validated, mut compiled) = (Vec::new(), Vec::new());
+    let (mut written, mut switched, mut copy) = (Vec::new(), Vec::new(), Vec::new());
     let mut incremental = 0;
     for c in changes {
         let t = Instant::now();
-        ctl.apply(dp, c)
+        let shared = ctl.shared_state();
+        let snap = t.elapsed();
+        let t1 = Instant::now();
+        ctl.apply_deferred(dp, c)
             .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
-        let wall = t.elapsed();
+        let wall = t1.elapsed();
+        drop(shared);
+        let t2 = Instant::now();
+        ctl.finish(dp);
+        copy.push(ms(t2.elapsed()));
         let timing = ctl.last_timing().context("the change is timed")?;
         incremental += usize::from(timing.incremental);
-        enforced.push(ms(timing.enforced));
+        snapshot.push(ms(snap));
         validated.push(ms(timing.validated));
         compiled.push(ms(timing.compiled));
-        total.push(ms(wall.max(timing.total)));
+        written.push(ms(timing.written));
+        switched.push(ms(timing.switched));
+        enforced.push(ms(timing.enforced));
+        total.push(ms(snap + wall.max(timing.total)));
     }
+    let (sm, sx) = median_max(&mut snapshot);
     let (em, ex) = median_max(&mut enforced);
     let (tm, tx) = median_max(&mut total);
+    let (cm, cx) = median_max(&mut copy);
     Ok(Series {
         what: what.to_string(),
         n: changes.len(),
         incremental,
+        snapshot_median_ms: sm,
+        snapshot_max_ms: sx,
         validated_median_ms: median_max(&mut validated).0,
         compiled_median_ms: median_max(&mut compiled).0,
+        written_median_ms: median_max(&mut written).0,
+        switched_median_ms: median_max(&mut switched).0,
         enforced_median_ms: em,
         enforced_max_ms: ex,
+        second_copy_median_ms: cm,
+        second_copy_max_ms: cx,
         total_median_ms: tm,
+        total_p99_ms: p99(&total),
         total_max_ms: tx,
     })
 }
@@ -260,13 +305,14 @@ pub(crate) fn run(
         }
         Ok(configs)
     })?;
-    let cli = Section::from(Some(cli::run(
-        prefixes,
-        rule_counts.first().copied().unwrap_or(1),
-        n,
-    )));
+    let cli = Section::from(Some(
+        rule_counts
+            .iter()
+            .map(|&r| cli::run(prefixes, r, n))
+            .collect::<anyhow::Result<Vec<_>>>(),
+    ));
     let mut targets = targets(&configs);
-    targets.extend(cli.result.as_ref().map(cli::target));
+    targets.extend(cli.result.iter().flatten().flat_map(cli::targets));
     Ok(UpdateReport {
         configs,
         cli,
@@ -296,31 +342,46 @@ fn time_state_save(state: &AclState) -> Option<f64> {
 fn targets(configs: &[Config]) -> Vec<Target> {
     let mut out = Vec::new();
     for c in configs {
-        let worst = c
-            .series
-            .iter()
-            .max_by(|a, b| a.total_max_ms.total_cmp(&b.total_max_ms));
-        let Some(worst) = worst else { continue };
-        let all_incremental = c.series.iter().all(|s| s.incremental == s.n);
-        out.push(Target {
-            goal: format!(
-                "one-prefix and one-rule update enforced within {TARGET_MS:.0} ms at {} prefixes per family, {} rules (call to return, every change)",
-                c.prefixes, c.rules
-            ),
-            measured: format!(
-                "worst {}: max {:.1} ms (median {:.1}); full compile {:.0} ms{}",
-                worst.what,
-                worst.total_max_ms,
-                worst.total_median_ms,
-                c.full_compile_ms,
-                if all_incremental {
-                    ""
-                } else {
-                    "; some changes were compiled in full"
-                }
-            ),
-            met: Some(worst.total_max_ms <= TARGET_MS),
-        });
+        // Prefix changes and rule changes apart (their costs differ by
+        // orders of magnitude at 10,000 rules), then every change.
+        // (what, rule changes only / prefix changes only / every change)
+        let kinds = [
+            ("one-prefix update", Some(false)),
+            ("one-rule update", Some(true)),
+            ("one-prefix and one-rule update", None),
+        ];
+        for (kind, rules) in kinds {
+            let series: Vec<&Series> = c
+                .series
+                .iter()
+                .filter(|s| rules.is_none_or(|r| s.what.starts_with("rule") == r))
+                .collect();
+            let worst = series
+                .iter()
+                .max_by(|a, b| a.total_max_ms.total_cmp(&b.total_max_ms));
+            let Some(worst) = worst else { continue };
+            let all_incremental = series.iter().all(|s| s.incremental == s.n);
+            out.push(Target {
+                goal: format!(
+                    "{kind} enforced within {TARGET_MS:.0} ms at {} prefixes per family, {} rules (call to return, every change)",
+                    c.prefixes, c.rules
+                ),
+                measured: format!(
+                    "worst {}: max {:.1} ms (median {:.1}, p99 {:.1}); full compile {:.0} ms{}",
+                    worst.what,
+                    worst.total_max_ms,
+                    worst.total_median_ms,
+                    worst.total_p99_ms,
+                    c.full_compile_ms,
+                    if all_incremental {
+                        ""
+                    } else {
+                        "; some changes were compiled in full"
+                    }
+                ),
+                met: Some(worst.total_max_ms <= TARGET_MS),
+            });
+        }
     }
     out
 }
@@ -345,25 +406,32 @@ pub(crate) fn print(r: &Section<UpdateReport>) {
                 .map_or_else(|| "failed".to_string(), |v| format!("{v:.0} ms"))
         );
         println!(
-            "   change                                  n  incr | valid compiled | enforced med/max ms |  total med/max ms"
+            "   change                                  n  incr | snap med/max | valid compiled written switched | enforced med/max |  total med/p99/max | 2nd copy med/max ms"
         );
         for s in &c.series {
             println!(
-                "   {:<38} {:>3} {:>5} | {:>5.1} {:>8.1} | {:>9.2} {:>9.2} | {:>8.2} {:>8.2}",
+                "   {:<38} {:>3} {:>5} | {:>5.2} {:>6.2} | {:>5.1} {:>8.1} {:>7.1} {:>8.1} | {:>8.2} {:>7.2} | {:>6.2} {:>6.2} {:>6.2} | {:>6.2} {:>6.2}",
                 s.what,
                 s.n,
                 s.incremental,
+                s.snapshot_median_ms,
+                s.snapshot_max_ms,
                 s.validated_median_ms,
                 s.compiled_median_ms,
+                s.written_median_ms,
+                s.switched_median_ms,
                 s.enforced_median_ms,
                 s.enforced_max_ms,
                 s.total_median_ms,
-                s.total_max_ms
+                s.total_p99_ms,
+                s.total_max_ms,
+                s.second_copy_median_ms,
+                s.second_copy_max_ms
             );
         }
     }
     println!(
-        "   (medians and maxima of the time from the call to: valid: the validated next state; compiled: the delta; enforced: to the switch of generations, after which every packet sees the change; total: to the return, with the RCU grace period and the second copy of the delta; the CLI's socket round trip is in neither; the daemon answers the CLI only after it saved the state file, timed above, which comes after the switch)"
+        "   (snap: the daemon's snapshot for reads before the change (`shared_state`); then medians of the time from the call to: valid: the change made and validated; compiled: the delta and counter slots; written: the idle generation written; switched: the configuration word switched, after which every packet that starts sees the change; enforced: the grace period over, no packet uses the old generation; total: snapshot plus the call to its return (`apply_deferred`, as the daemon calls it); 2nd copy: the delta written into the other generation after the return (`finish`, the daemon's after its answer); the CLI's socket round trip and the journal append are in the CLI table below)"
     );
     cli::print(&rep.cli);
     for t in &rep.targets {

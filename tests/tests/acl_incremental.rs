@@ -3,7 +3,8 @@
 //! added to the set through the controller drops the next packet from it,
 //! its removal passes the next one again, a rule added and removed does the
 //! same, every rule keeps its counters throughout, and rejected changes
-//! change nothing. Packets go through the real XDP program with
+//! change nothing (they are made in the controller's state in place and
+//! undone: the rules and prefixes they took out are back). Packets go through the real XDP program with
 //! `BPF_PROG_TEST_RUN`; the changes go through `AclController::apply`, as
 //! the daemon makes them, and are checked to have taken the incremental path.
 use std::{
@@ -216,6 +217,29 @@ fn a_rejected_change_at_100k_prefixes_changes_nothing() {
                         src: Some(AddrMatch::Set("nope".into())),
                         ..Rule::new(4, 1, Verdict::Deny)
                     }],
+                },
+            ),
+            (
+                "a good rule and one with an id in use (the good one is undone)",
+                Change::RuleAdd {
+                    rules: vec![
+                        Rule {
+                            src: Some(AddrMatch::Prefix("192.0.2.1/32".parse().unwrap())),
+                            ..Rule::new(5, 1, Verdict::Deny)
+                        },
+                        Rule::new(1, 1, Verdict::Allow),
+                    ],
+                },
+            ),
+            (
+                "removing a rule and one that does not exist (the removal is undone)",
+                Change::RuleDel { ids: vec![1, 99] },
+            ),
+            (
+                "removing a set a rule names (its prefixes stay)",
+                Change::SetDel {
+                    name: "block".into(),
+                    prefixes: Vec::new(),
                 },
             ),
         ];

@@ -7,7 +7,7 @@ use ipnetwork::IpNetwork;
 use xdpgate_common::acl::{V4_EXT, prefix_buckets};
 
 use super::{
-    AclState, AddrMatch, Change, Rule,
+    AclError, AclState, AddrMatch, Change, Rule,
     compile::{
         Image,
         incr::{Fallback, Incremental},
@@ -18,6 +18,17 @@ use super::{
 
 /// A class as what it means: its family and the address matches it holds.
 type Meaning = (u8, Vec<AddrMatch>);
+
+/// `state` with `change` applied in place on a copy, and its undo (what
+/// the controller hands the incremental compiler).
+fn applied(
+    state: &AclState,
+    change: &Change,
+) -> Result<(AclState, super::model::Undo), Vec<AclError>> {
+    let mut next = state.clone();
+    let undo = next.apply_in_place(change)?;
+    Ok((next, undo))
+}
 
 fn meaning(x: &Incremental, c: u16) -> Meaning {
     let (tag, mut m) = x.class_meaning(c).expect("a live class");
@@ -194,11 +205,11 @@ fn incremental_updates_equal_a_full_compile_of_the_same_state() {
         let mut x = Incremental::build(&state, &slots).expect("compile");
         for step in 0..8 {
             let change = rand_change(&mut rng, &state);
-            let Ok(next) = state.apply(&change) else {
+            let Ok((next, undo)) = applied(&state, &change) else {
                 continue;
             };
             let name = format!("seed {seed}, step {step}, {change:?}");
-            match x.update(&state, &next, &change) {
+            match x.update(&next, &undo, &change) {
                 Ok(_) => incremental += 1,
                 Err(Fallback::Shape) => {
                     full += 1;
@@ -311,9 +322,9 @@ fn a_delta_names_exactly_the_entries_that_change() {
     ];
     for case in cases {
         let state = state_with(&["192.0.2.0/24"]);
-        let next = state.apply(&case.change).expect(case.name);
+        let (next, undo) = applied(&state, &case.change).expect(case.name);
         let mut x = Incremental::build(&state, &slots()).expect("compile");
-        let delta = x.update(&state, &next, &case.change).expect(case.name);
+        let delta = x.update(&next, &undo, &case.change).expect(case.name);
         assert_eq!(delta.v4_tbl24, case.v4, "{}", case.name);
         assert_eq!(delta.v6_buckets, case.v6, "{}", case.name);
         assert_eq!(!delta.prefix_buckets.is_empty(), case.long, "{}", case.name);
@@ -330,10 +341,10 @@ fn a_prefix_added_to_a_set_no_rule_names_changes_no_table() {
         name: "unused".into(),
         prefixes: vec!["198.51.100.0/24".into()],
     };
-    let next = state.apply(&change).expect("valid");
+    let (next, undo) = applied(&state, &change).expect("valid");
     let mut x = Incremental::build(&state, &slots()).expect("compile");
     assert!(
-        x.update(&state, &next, &change)
+        x.update(&next, &undo, &change)
             .expect("incremental")
             .is_empty()
     );
@@ -346,9 +357,9 @@ fn a_prefix_wider_than_a_slash_8_is_compiled_in_full_and_changes_nothing() {
         name: "block".into(),
         prefixes: vec!["0.0.0.0/1".into()],
     };
-    let next = state.apply(&change).expect("valid");
+    let (next, undo) = applied(&state, &change).expect("valid");
     let mut x = Incremental::build(&state, &slots()).expect("compile");
-    assert_eq!(x.update(&state, &next, &change), Err(Fallback::Shape));
+    assert_eq!(x.update(&next, &undo, &change), Err(Fallback::Shape));
     assert_same(
         "after a fallback",
         &x,
@@ -366,15 +377,15 @@ fn freed_classes_and_length_sets_are_reused() {
             ..Rule::new(2, 2, crate::acl::Verdict::Allow)
         }],
     };
-    let with = state.apply(&rule).expect("valid");
-    let added = x.update(&state, &with, &rule).expect("incremental");
+    let (with, undo) = applied(&state, &rule).expect("valid");
+    let added = x.update(&with, &undo, &rule).expect("incremental");
     assert_eq!(added.new_classes.len(), 1, "{added:?}");
     let del = Change::RuleDel { ids: vec![2] };
-    let without = with.apply(&del).expect("valid");
-    let removed = x.update(&with, &without, &del).expect("incremental");
+    let (without, undo_del) = applied(&with, &del).expect("valid");
+    let removed = x.update(&without, &undo_del, &del).expect("incremental");
     assert_eq!(removed.freed_classes, added.new_classes);
     let (classes, lensets) = (x.class_ids(), x.image().lensets.len());
-    let again = x.update(&state, &with, &rule).expect("incremental");
+    let again = x.update(&with, &undo, &rule).expect("incremental");
     assert_eq!(again.new_classes, added.new_classes, "the freed id again");
     assert_eq!((x.class_ids(), x.image().lensets.len()), (classes, lensets));
 }

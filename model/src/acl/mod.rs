@@ -24,5 +24,6 @@ pub mod reference;
 pub use limit::{Limit, LimitKey};
 pub use model::{
     AclError, AclState, AddrMatch, Applied, Change, Exceeded, PortRange, PrefixSet, Rule, RuleFile,
+    Undo,
     Verdict,
 };

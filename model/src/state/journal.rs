@@ -188,8 +188,10 @@ pub fn replay(state: &Path, saved: &mut Saved) -> Result<Replayed, StateError> {
         ));
     }
     let mut acl = saved.acl_state(state)?;
+    // In place: a replay of many changes to millions of prefixes copies
+    // nothing (a rejected change is undone, and the replay stops there).
     for (i, e) in contents.entries.iter().enumerate().skip(first) {
-        acl = acl.apply(&e.change).map_err(|errs| {
+        let _applied = acl.apply_in_place(&e.change).map_err(|errs| {
             let why = errs
                 .iter()
                 .map(ToString::to_string)

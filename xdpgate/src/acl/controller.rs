@@ -18,11 +18,19 @@
 //! both generations hold the same tables. A change of prefixes or rules is
 //! then compiled into a [`Delta`] (the entries that change), written into
 //! the idle generation, switched to and waited for as above, and written
-//! into the other generation. A failed write of that second copy leaves it
+//! into the other generation (by [`AclController::apply`] before it returns;
+//! after [`AclController::apply_deferred`], by [`AclController::finish`],
+//! which the daemon calls after its answer, and which every change calls
+//! first). A failed write of that second copy leaves it
 //! stale: the next change writes the idle generation whole from the kept
 //! tables (which equal the live ones) instead of the delta. A change the
 //! incremental compiler does not take (a replacement, a policy, a range too
 //! wide) is compiled and written in full.
+//!
+//! A change is made in the controller's state itself and validated there
+//! (`AclState::apply_in_place`: no copy of the state); a change rejected or
+//! not installed is undone. Readers get a copy of the state kept beside it
+//! ([`AclController::shared_state`]).
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -33,7 +41,7 @@ use serde::Serialize;
 use thiserror::Error;
 use xdpgate_common::acl::MAX_RULES;
 use xdpgate_model::acl::{
-    AclError, AclState, Applied, Change, Rule,
+    AclError, AclState, Applied, Change, Rule, Undo,
     compile::{
         Capacities, Image,
         incr::{Delta, Fallback, Incremental},
@@ -86,19 +94,96 @@ pub struct RuleCounters {
     pub limits: Option<RuleLimitStats>,
 }
 
-/// Where the time of the last change went (for the benchmark and logs).
+/// Where the time of the last change went (for the benchmark and logs),
+/// each from the call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UpdateTiming {
     /// Whether the change went through the incremental compiler.
     pub incremental: bool,
-    /// From the call to the validated next state.
+    /// To the validated next state (the change made in place).
     pub validated: std::time::Duration,
-    /// From the call to the compiled tables (or delta).
+    /// To the compiled tables (or delta), counter slots included.
     pub compiled: std::time::Duration,
-    /// From the call to the switch: from then on the datapath enforces it.
+    /// To the tables written into the idle generation.
+    pub written: std::time::Duration,
+    /// To the switch: from then on every packet that starts sees the change.
+    pub switched: std::time::Duration,
+    /// To the end of the grace period: no packet still uses the old
+    /// generation (the change is enforced for every packet).
     pub enforced: std::time::Duration,
-    /// From the call to the end (the wait, and the second copy written).
+    /// To the return: with the second copy written, unless it was deferred
+    /// ([`AclController::apply_deferred`]).
     pub total: std::time::Duration,
+}
+
+/// The copy of the state handed to readers ([`AclController::shared_state`]):
+/// the daemon's snapshot for the reads during a change, and its journal
+/// compaction. The controller changes its own state in place; the changes
+/// since the copy was last handed out are replayed into it when it is asked
+/// for (microseconds each; the copy is cloned only when a reader still holds
+/// it, and after a whole install).
+#[derive(Clone, Default)]
+struct Published {
+    copy: Option<Arc<AclState>>,
+    behind: Vec<Change>,
+}
+
+/// Changes kept for the readers' copy before it is dropped (and cloned
+/// again when asked for).
+const MAX_BEHIND: usize = 64;
+
+impl Published {
+    /// `change` was applied to the controller's state incrementally.
+    fn changed(&mut self, change: &Change) {
+        if self.behind.len() >= MAX_BEHIND {
+            *self = Published::default();
+        } else if self.copy.is_some() {
+            self.behind.push(change.clone());
+        }
+    }
+
+    /// `state` was installed in full: a fresh copy, made in the install's
+    /// time (seconds) rather than in the next small change's (measured:
+    /// 15-40 ms at 1M prefixes per family).
+    fn installed(&mut self, state: &AclState) {
+        *self = Published {
+            copy: Some(Arc::new(state.clone())),
+            behind: Vec::new(),
+        };
+    }
+
+    /// The copy, brought up to `state` (which it equals once the changes
+    /// behind are replayed).
+    fn get(&mut self, state: &AclState) -> Arc<AclState> {
+        let behind = std::mem::take(&mut self.behind);
+        if let Some(copy) = &mut self.copy {
+            let s = Arc::make_mut(copy);
+            // The same changes succeeded on the same state: none fails.
+            if behind.iter().any(|c| s.apply_in_place(c).is_err()) {
+                self.copy = None;
+            }
+        }
+        self.copy
+            .get_or_insert_with(|| Arc::new(state.clone()))
+            .clone()
+    }
+}
+
+impl PartialEq for Published {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Published {}
+
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Published")
+            .field("copy", &self.copy.is_some())
+            .field("behind", &self.behind.len())
+            .finish()
+    }
 }
 
 /// The compiled tables kept between changes, and whether both generations
@@ -109,6 +194,11 @@ struct Compiled {
     tables: Option<Box<Incremental>>,
     /// Both generations hold `tables` (else only the live one does).
     synced: bool,
+    /// The second copy of the last change, deferred
+    /// ([`AclController::apply_deferred`]): the generation that went idle
+    /// and the delta it lacks. Written by [`AclController::finish`], at the
+    /// latest when the next change begins.
+    behind: Option<(usize, Delta)>,
     /// The counter slot of each rule of `tables`, in evaluation order.
     counters: Vec<u32>,
     last: Option<UpdateTiming>,
@@ -127,6 +217,7 @@ impl std::fmt::Debug for Compiled {
         f.debug_struct("Compiled")
             .field("tables", &self.tables.is_some())
             .field("synced", &self.synced)
+            .field("behind", &self.behind.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -142,8 +233,10 @@ struct Slots {
 /// The controller. See the module documentation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AclController {
-    /// Shared with the snapshots reads are answered from while a change runs.
-    state: Arc<AclState>,
+    /// The installed state, changed in place by [`AclController::apply`].
+    state: AclState,
+    /// Its copy for readers.
+    published: Published,
     slots: BTreeMap<String, u32>,
     counter_of: HashMap<Rule, u32>,
     free: Vec<u32>,
@@ -157,7 +250,8 @@ impl AclController {
     /// empty state: nothing is installed until the first [`AclController::install`].
     pub fn new(slots: BTreeMap<String, u32>) -> Self {
         AclController {
-            state: Arc::default(),
+            state: AclState::default(),
+            published: Published::default(),
             slots,
             counter_of: HashMap::new(),
             free: (0..MAX_RULES).rev().collect(),
@@ -203,9 +297,11 @@ impl AclController {
         &self.state
     }
 
-    /// The installed state, shared (for a snapshot; no copy).
-    pub fn shared_state(&self) -> Arc<AclState> {
-        self.state.clone()
+    /// The installed state, shared (for a snapshot): a copy kept for
+    /// readers, brought up to date by replaying the changes since it was
+    /// last asked for (see [`Published`]).
+    pub fn shared_state(&mut self) -> Arc<AclState> {
+        self.published.get(&self.state)
     }
 
     /// The interfaces and their slots.
@@ -221,73 +317,139 @@ impl AclController {
     /// Validates `change` against the installed state and installs the
     /// result: incrementally when it can (see the module documentation),
     /// else in full.
+    ///
+    /// The change is made in the controller's state itself and validated
+    /// there (no copy of the state); a change that is rejected or cannot be
+    /// installed is undone, so on every error the state is as before.
     pub fn apply<D: AclTables + ?Sized>(
         &mut self,
         dp: &mut D,
         change: &Change,
     ) -> Result<Applied, ApplyError> {
         let t0 = Instant::now();
-        let next = self.state.apply(change).map_err(ApplyError::Invalid)?;
+        let applied = self.apply_deferred(dp, change)?;
+        if self.finish(dp)
+            && let Some(t) = &mut self.compiled.last
+        {
+            t.total = t0.elapsed();
+        }
+        Ok(applied)
+    }
+
+    /// As [`AclController::apply`], but an incremental change returns when
+    /// it is enforced (after the grace period) and leaves the copy of its
+    /// delta into the other generation to [`AclController::finish`] (the
+    /// daemon calls it after its answer; the next change calls it first).
+    /// Until then only the live generation holds the change, as after a
+    /// failed second copy; nothing reads the other one.
+    pub fn apply_deferred<D: AclTables + ?Sized>(
+        &mut self,
+        dp: &mut D,
+        change: &Change,
+    ) -> Result<Applied, ApplyError> {
+        self.finish(dp);
+        let t0 = Instant::now();
+        let undo = self
+            .state
+            .apply_in_place(change)
+            .map_err(ApplyError::Invalid)?;
         let validated = t0.elapsed();
-        match self.apply_delta(dp, change, next, (t0, validated))? {
-            Ok(applied) => Ok(applied),
-            Err(next) => self.install_timed(dp, next, (t0, validated)),
+        let installed = match self.apply_delta(dp, change, &undo, (t0, validated)) {
+            Ok(Some(timing)) => Ok(timing),
+            Ok(None) => self.install_timed(dp, (t0, validated)),
+            Err(e) => Err(e),
+        };
+        match installed {
+            Ok(timing) => {
+                if timing.incremental {
+                    self.published.changed(change);
+                } else {
+                    self.published.installed(&self.state);
+                }
+                Ok(self.applied(timing))
+            }
+            Err(e) => {
+                self.state.undo(undo);
+                Err(e)
+            }
         }
     }
 
-    /// The incremental path of [`AclController::apply`]; gives `next` back
-    /// when the change is to be installed in full. On error the kept tables
-    /// are dropped (the next change compiles in full); the state, counter
-    /// slots and live generation are as before.
+    /// Writes the deferred second copy of the last change, if any
+    /// ([`AclController::apply_deferred`]); returns whether one was
+    /// written. A failed write leaves that generation stale: the next change
+    /// writes it whole from the kept tables.
+    pub fn finish<D: AclTables + ?Sized>(&mut self, dp: &mut D) -> bool {
+        let Some((generation, delta)) = self.compiled.behind.take() else {
+            return false;
+        };
+        let Some(tables) = &self.compiled.tables else {
+            return false;
+        };
+        self.compiled.synced = dp
+            .write_acl_delta(generation, tables.image(), &delta, &self.compiled.counters)
+            .is_ok();
+        self.compiled.synced
+    }
+
+    /// Whether a deferred second copy waits for [`AclController::finish`].
+    pub fn unfinished(&self) -> bool {
+        self.compiled.behind.is_some()
+    }
+
+    /// The incremental path of [`AclController::apply`] (the state already
+    /// holds the change); `None` when the change is to be installed in
+    /// full. On error the kept tables are dropped (the next change compiles
+    /// in full); the counter slots and live generation are as before.
     fn apply_delta<D: AclTables + ?Sized>(
         &mut self,
         dp: &mut D,
         change: &Change,
-        next: AclState,
+        undo: &Undo,
         t0: (Instant, std::time::Duration),
-    ) -> Result<Result<Applied, AclState>, ApplyError> {
+    ) -> Result<Option<UpdateTiming>, ApplyError> {
         cancel::checkpoint()?;
         let Some(mut tables) = self.compiled.tables.take() else {
-            return Ok(Err(next));
+            return Ok(None);
         };
-        let delta = match tables.update(&self.state, &next, change) {
+        let delta = match tables.update(&self.state, undo, change) {
             Ok(delta) => delta,
             Err(Fallback::Shape) => {
                 self.compiled.tables = Some(tables);
-                return Ok(Err(next));
+                return Ok(None);
             }
             // Half updated: dropped.
-            Err(Fallback::Spoiled) => return Ok(Err(next)),
+            Err(Fallback::Spoiled) => return Ok(None),
         };
-        // From here the tables are `next`'s: a failure drops them.
-        let (timing, synced, counters) = self.install_delta(dp, &tables, &next, &delta, t0)?;
+        // From here the tables are the new state's: a failure drops them.
+        let (timing, counters) = self.install_delta(dp, &tables, &delta, t0)?;
         self.compiled = Compiled {
             tables: Some(tables),
-            synced,
+            synced: false,
+            behind: Some((1 - timing.1, delta)),
             counters,
-            last: Some(timing),
+            last: Some(timing.0),
         };
-        self.state = Arc::new(next);
-        Ok(Ok(self.applied(timing)))
+        let timing = timing.0;
+        Ok(Some(timing))
     }
 
     /// Writes `delta` (or, when the idle generation is stale, the whole
-    /// tables) into the idle generation, switches, waits, and writes the
-    /// delta into the other generation. Commits the counter slots; returns
-    /// the timing, whether the second copy was written, and the counter
+    /// tables) into the idle generation, switches and waits (the copy into
+    /// the other generation is the caller's). Commits the counter slots;
+    /// returns the timing with the generation now live, and the counter
     /// slot of each rule.
     fn install_delta<D: AclTables + ?Sized>(
         &mut self,
         dp: &mut D,
         tables: &Incremental,
-        next: &AclState,
         delta: &Delta,
         (t0, validated): (Instant, std::time::Duration),
-    ) -> Result<(UpdateTiming, bool, Vec<u32>), ApplyError> {
+    ) -> Result<((UpdateTiming, usize), Vec<u32>), ApplyError> {
         let image = tables.image();
         // Prefix changes keep every rule, and so every counter slot.
         let slots = if delta.rules {
-            Some(self.counters(image, next)?)
+            Some(self.counters(image, &self.state)?)
         } else {
             None
         };
@@ -298,27 +460,18 @@ impl AclController {
         let compiled = t0.elapsed();
         cancel::checkpoint()?;
         let synced = self.compiled.synced;
-        let t = switch_generation(dp, image, fresh, |dp, t| {
+        let sw = switch_generation(dp, image, fresh, |dp, t| {
             if synced {
                 dp.write_acl_delta(t, image, delta, &counters)
             } else {
                 dp.write_acl_generation(t, image, &counters)
             }
         })?;
-        let enforced = t0.elapsed();
-        // The generation that was live held the tables before the change.
-        let synced = dp.write_acl_delta(1 - t, image, delta, &counters).is_ok();
         if let Some(slots) = slots {
             self.commit_slots(slots);
         }
-        let timing = UpdateTiming {
-            incremental: true,
-            validated,
-            compiled,
-            enforced,
-            total: t0.elapsed(),
-        };
-        Ok((timing, synced, counters))
+        let timing = sw.timing(true, t0, validated, compiled);
+        Ok(((timing, sw.live), counters))
     }
 
     /// Installs a whole (already validated) state for the interfaces in
@@ -358,27 +511,39 @@ impl AclController {
         if !errs.is_empty() {
             return Err(ApplyError::Invalid(errs));
         }
+        self.finish(dp);
         let t0 = Instant::now();
-        self.install_timed(dp, next, (t0, std::time::Duration::ZERO))
+        let before = std::mem::replace(&mut self.state, next);
+        match self.install_timed(dp, (t0, std::time::Duration::ZERO)) {
+            Ok(timing) => {
+                self.published.installed(&self.state);
+                Ok(self.applied(timing))
+            }
+            Err(e) => {
+                self.state = before;
+                Err(e)
+            }
+        }
     }
 
+    /// Compiles the controller's state in full and installs it (the caller
+    /// puts the state back on error).
     fn install_timed<D: AclTables + ?Sized>(
         &mut self,
         dp: &mut D,
-        next: AclState,
         (t0, validated): (Instant, std::time::Duration),
-    ) -> Result<Applied, ApplyError> {
-        let prefixes: u64 = next.sets.values().map(|s| s.len() as u64).sum();
+    ) -> Result<UpdateTiming, ApplyError> {
+        let prefixes: u64 = self.state.sets.values().map(|s| s.len() as u64).sum();
         cancel::progress("compiling prefixes", 0, prefixes);
         cancel::checkpoint()?;
-        let tables =
-            Incremental::build_for(&next, &self.slots, &self.caps).map_err(ApplyError::Invalid)?;
+        let tables = Incremental::build_for(&self.state, &self.slots, &self.caps)
+            .map_err(ApplyError::Invalid)?;
         let image = tables.image();
-        let compiled = t0.elapsed();
         // The last point where stopping leaves everything as it was.
         cancel::progress("installing prefixes", 0, prefixes);
         cancel::checkpoint()?;
-        let slots = self.counters(image, &next)?;
+        let slots = self.counters(image, &self.state)?;
+        let compiled = t0.elapsed();
         let switched = switch_generation(dp, image, &slots.fresh, |dp, t| {
             dp.write_acl_generation(t, image, &slots.counters)
         });
@@ -387,30 +552,23 @@ impl AclController {
             self.compiled.synced = false;
             return Err(e);
         }
-        let t = switched?;
-        let enforced = t0.elapsed();
+        let sw = switched?;
         // The same tables into the generation that went idle, so the next
         // change can write just its delta there.
         let synced = dp
-            .write_acl_generation(1 - t, image, &slots.counters)
+            .write_acl_generation(1 - sw.live, image, &slots.counters)
             .is_ok();
         let counters = slots.counters.clone();
         self.commit_slots(slots);
-        let timing = UpdateTiming {
-            incremental: false,
-            validated,
-            compiled,
-            enforced,
-            total: t0.elapsed(),
-        };
+        let timing = sw.timing(false, t0, validated, compiled);
         self.compiled = Compiled {
             tables: Some(Box::new(tables)),
             synced,
+            behind: None,
             counters,
             last: Some(timing),
         };
-        self.state = Arc::new(next);
-        Ok(self.applied(timing))
+        Ok(timing)
     }
 
     /// What an install reports.
@@ -529,6 +687,37 @@ impl AclController {
     }
 }
 
+/// A generation switched to by [`switch_generation`].
+struct Switched {
+    /// The generation now live.
+    live: usize,
+    /// When its tables were written, the switch made and the grace period over.
+    written: Instant,
+    switched: Instant,
+    waited: Instant,
+}
+
+impl Switched {
+    /// The timing of a change called at `t0`, ending now.
+    fn timing(
+        &self,
+        incremental: bool,
+        t0: Instant,
+        validated: std::time::Duration,
+        compiled: std::time::Duration,
+    ) -> UpdateTiming {
+        UpdateTiming {
+            incremental,
+            validated,
+            compiled,
+            written: self.written - t0,
+            switched: self.switched - t0,
+            enforced: self.waited - t0,
+            total: t0.elapsed(),
+        }
+    }
+}
+
 /// Installs `image` as the new generation (see the module documentation for
 /// the order): `write` fills the idle generation (with the counter slot of
 /// each rule), `fresh` are the slots to zero first. Returns the
@@ -538,17 +727,19 @@ fn switch_generation<D: AclTables + ?Sized>(
     image: &Image,
     fresh: &[u32],
     write: impl FnOnce(&mut D, usize) -> Result<(), DatapathError>,
-) -> Result<usize, ApplyError> {
+) -> Result<Switched, ApplyError> {
     let cfg = dp.acl_config()?;
     let epoch = cfg.next_epoch();
     let t = (epoch & 1) as usize;
     write(dp, t)?;
     dp.zero_rule_counters(fresh)?;
+    let written = Instant::now();
     // The switch: one map update, seen atomically by the next packet.
     let mut next = cfg;
     next.epoch = epoch;
     next.rules[t] = image.rule_ids.len() as u32;
     dp.set_acl_config(next)?;
+    let switched = Instant::now();
     // Packets that read the old generation before the switch finish before
     // this returns; only then may the next install overwrite it.
     if let Err(cause) = dp.rcu_wait() {
@@ -560,7 +751,12 @@ fn switch_generation<D: AclTables + ?Sized>(
             },
         });
     }
-    Ok(t)
+    Ok(Switched {
+        live: t,
+        written,
+        switched,
+        waited: Instant::now(),
+    })
 }
 
 #[cfg(test)]

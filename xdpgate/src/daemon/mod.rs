@@ -684,7 +684,8 @@ impl Daemon {
     pub fn apply(&mut self, change: &Change) -> Result<Applied, DaemonError> {
         let ddos = self.config.ddos.clone();
         self.refresh_syncookies(&ddos, &ddos::Needs::of_change(change))?;
-        let applied = self.ctl.apply(&mut self.dp, change)?;
+        // The second copy of the delta goes after the answer (`Shared::change`).
+        let applied = self.ctl.apply_deferred(&mut self.dp, change)?;
         self.record_change(change).map_err(DaemonError::NotSaved)?;
         Ok(applied)
     }

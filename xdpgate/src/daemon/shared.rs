@@ -13,15 +13,17 @@
 //!   no daemon at all. A [`Weight::Small`] change (a few prefixes or rules,
 //!   a policy: tens of milliseconds) leaves the metrics exposition out of
 //!   its snapshot (gathering it reads every pinned counter: 18-30 ms at 1M
-//!   prefixes per family, as long as the change itself); a scrape during
-//!   such a change waits for it, as reads wait for anything brief.
+//!   prefixes per family, as long as the change itself), and the rule list
+//!   with its counters (one counter read per rule: 10,000 rules made every
+//!   change slower than at 10); a scrape or an `acl list` during such a
+//!   change waits for it, as reads wait for anything brief.
 //! - The snapshot (the only other holder of the ACL state the change
 //!   replaced) is dropped on a thread of its own: freeing 2M prefixes took
 //!   7-11 ms, after the change and before its answer.
 //! - Health events take the daemon on a blocking thread too, one at a time,
 //!   so that the probes (async tasks) keep their timing during a change.
 use std::{
-    sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak},
     time::{Duration, Instant},
 };
 
@@ -45,7 +47,8 @@ const READ_WAIT: Duration = Duration::from_secs(5);
 /// Every read's answer as of the start of the running change.
 struct Snapshot {
     status: Status,
-    acl_list: Response,
+    /// `None`: not taken (a small change; `acl list` waits for it).
+    acl_list: Option<Response>,
     set_list: Response,
     bind_list: Response,
     lb_list: Response,
@@ -57,7 +60,8 @@ struct Snapshot {
 /// How much of a snapshot a change needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Weight {
-    /// A change of a few items: everything but the metrics exposition.
+    /// A change of a few items: everything but the metrics exposition and
+    /// the rule list (with its counters).
     Small,
     /// Any other change: every read's answer.
     Full,
@@ -92,7 +96,7 @@ impl Snapshot {
     fn take(d: &mut Daemon, weight: Weight) -> Self {
         Snapshot {
             status: handler::status(d),
-            acl_list: handler::execute(d, Request::AclList),
+            acl_list: (weight == Weight::Full).then(|| handler::execute(d, Request::AclList)),
             set_list: handler::execute(d, Request::SetList { name: None }),
             bind_list: handler::execute(d, Request::BindList),
             lb_list: handler::execute(d, Request::LbList),
@@ -108,6 +112,8 @@ pub(super) struct Shared {
     paths: Paths,
     /// The running change and the snapshot taken at its start.
     busy: Mutex<Option<(Arc<Work>, Arc<Snapshot>)>>,
+    /// This, for the thread that finishes a change after its answer.
+    me: Weak<Shared>,
 }
 
 /// Where a read is answered.
@@ -118,10 +124,11 @@ enum Source<'a> {
 
 impl Shared {
     pub(super) fn new(daemon: Daemon) -> Arc<Self> {
-        Arc::new(Shared {
+        Arc::new_cyclic(|me| Shared {
             paths: daemon.paths.clone(),
             daemon: Mutex::new(daemon),
             busy: Mutex::new(None),
+            me: me.clone(),
         })
     }
 
@@ -147,7 +154,11 @@ impl Shared {
         *self.busy_slot() = Some((work.clone(), snapshot));
         let r = cancel::scope(work, || f(&mut d));
         let done = self.busy_slot().take();
+        let unfinished = d.ctl.unfinished();
         drop(d);
+        if unfinished {
+            self.finish_in_background();
+        }
         // Freed off the answer's path (it may hold the replaced ACL state).
         if let Err(e) = std::thread::Builder::new()
             .name("snapshot-drop".into())
@@ -156,6 +167,27 @@ impl Shared {
             log::debug!("snapshot freed in place: {e}");
         }
         Ok(r)
+    }
+
+    /// Writes the deferred second copy of the last ACL change
+    /// (`AclController::apply_deferred`) off the answer's path, on a thread
+    /// that takes the daemon when it is free: the change is enforced
+    /// already, and the next change writes the copy first if this thread
+    /// has not yet.
+    fn finish_in_background(&self) {
+        let me = self.me.clone();
+        let spawned = std::thread::Builder::new()
+            .name("acl-second-copy".into())
+            .spawn(move || {
+                if let Some(shared) = me.upgrade() {
+                    let mut d = shared.lock();
+                    let d = &mut *d;
+                    d.ctl.finish(&mut d.dp);
+                }
+            });
+        if let Err(e) = spawned {
+            log::debug!("the second copy waits for the next change: {e}");
+        }
     }
 
     fn busy_slot(&self) -> MutexGuard<'_, Option<(Arc<Work>, Arc<Snapshot>)>> {
@@ -201,7 +233,13 @@ impl Shared {
                     uptime_seconds: s.status.uptime_seconds + work.elapsed().as_secs(),
                     ..s.status.clone()
                 }))),
-                Request::AclList => s.acl_list.clone(),
+                Request::AclList => match &s.acl_list {
+                    Some(r) => r.clone(),
+                    None => self.after_change(
+                        |d| handler::execute(d, Request::AclList),
+                        |why| Response::refused(vec![format!("{why}; retry")], false),
+                    ),
+                },
                 Request::SetList { name: None } => s.set_list.clone(),
                 Request::SetList { name } => handler::respond(handler::set_list(&s.acl, name)),
                 Request::BindList => s.bind_list.clone(),
@@ -221,23 +259,27 @@ impl Shared {
             Some(Source::Live(d)) => d.metrics(),
             Some(Source::Snapshot(_, s)) => match &s.metrics {
                 Some(m) => m.clone(),
-                None => self.metrics_after_change(),
+                None => self.after_change(|d| d.metrics(), Err),
             },
         }
     }
 
-    /// The live exposition once the small change running now is done
-    /// (polling, at most [`READ_WAIT`]).
-    fn metrics_after_change(&self) -> Result<String, String> {
+    /// `read` of the live daemon once the small change running now is done
+    /// (polling, at most [`READ_WAIT`]; else `gave_up` with the reason).
+    fn after_change<T>(
+        &self,
+        read: impl FnOnce(&mut Daemon) -> T,
+        gave_up: impl FnOnce(String) -> T,
+    ) -> T {
         let t0 = Instant::now();
         loop {
             match self.daemon.try_lock() {
-                Ok(d) => return d.metrics(),
-                Err(TryLockError::Poisoned(p)) => return p.into_inner().metrics(),
+                Ok(mut d) => return read(&mut d),
+                Err(TryLockError::Poisoned(p)) => return read(&mut p.into_inner()),
                 Err(TryLockError::WouldBlock) => {}
             }
             if t0.elapsed() >= READ_WAIT {
-                return Err(format!(
+                return gave_up(format!(
                     "the daemon did not become available within {READ_WAIT:?}"
                 ));
             }
@@ -287,7 +329,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_change_of_a_few_items_leaves_the_metrics_out_of_its_snapshot_and_any_other_takes_them() {
+    fn a_change_of_a_few_items_leaves_the_metrics_and_rule_list_out_of_its_snapshot_and_any_other_takes_them()
+     {
         let prefixes = |n: usize| (0..n).map(|i| format!("10.200.0.{i}/32")).collect();
         let apply = |change| Request::Apply { change };
         let cases = [

@@ -28,7 +28,7 @@ use xdpgate_common::{
 };
 
 use super::{AddrParts, Bits, Capacities, Image, compile_parts, phases, sweep};
-use crate::acl::model::{AclError, AclState, AddrMatch, Change, Rule, parse_prefix};
+use crate::acl::model::{AclError, AclState, AddrMatch, Change, Rule, Undo, parse_prefix};
 use blocks::Block;
 
 /// A change touching more prefixes than this (a rule naming a large set, a
@@ -242,14 +242,16 @@ impl Incremental {
         &self.image
     }
 
-    /// Updates the tables from `old` (the state they were compiled from) to
-    /// `next` (`old` with `change` applied and validated). On
+    /// Updates the tables from the state they were compiled from to `next`,
+    /// that state with `change` applied and validated in place (`undo`, from
+    /// [`AclState::apply_in_place`], holds the rules it removed: the rules
+    /// before are `next`'s without the added ones plus the removed ones). On
     /// [`Fallback::Shape`] nothing changed; on [`Fallback::Spoiled`] the
     /// tables are half updated and must be dropped.
     pub fn update(
         &mut self,
-        old: &AclState,
         next: &AclState,
+        undo: &Undo,
         change: &Change,
     ) -> Result<Delta, Fallback> {
         let mut ranges: [Vec<(u128, u128)>; 2] = [Vec::new(), Vec::new()];
@@ -274,11 +276,11 @@ impl Incremental {
             }
             Change::RuleAdd { rules } => {
                 let added: Vec<&Rule> = rules.iter().collect();
-                self.rule_change(old, next, &[], &added, &mut ranges, &mut delta)?;
+                self.rule_change(next, &[], &added, &mut ranges, &mut delta)?;
             }
-            Change::RuleDel { ids } => {
-                let removed: Vec<&Rule> = ids.iter().filter_map(|id| old.rules.get(id)).collect();
-                self.rule_change(old, next, &removed, &[], &mut ranges, &mut delta)?;
+            Change::RuleDel { .. } => {
+                let removed: Vec<&Rule> = undo.removed_rules().iter().collect();
+                self.rule_change(next, &removed, &[], &mut ranges, &mut delta)?;
             }
             Change::Replace { .. } | Change::Policy { .. } => return Err(Fallback::Shape),
         }

@@ -264,9 +264,11 @@ impl<'de> Deserialize<'de> for AddrMatch {
     }
 }
 
+mod apply;
 mod exceeded;
 pub mod proto;
 
+pub use apply::Undo;
 pub use exceeded::Exceeded;
 
 fn de_proto<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
@@ -593,171 +595,6 @@ impl AclState {
         let mut v: Vec<&Rule> = self.rules.values().collect();
         v.sort_by_key(|r| r.order());
         v
-    }
-
-    /// Applies `change` to a copy of the state and validates the result. On any
-    /// error the state is untouched and every error found is returned.
-    pub fn apply(&self, change: &Change) -> Result<AclState, Vec<AclError>> {
-        let mut next = self.clone();
-        let mut errs = Vec::new();
-        match change {
-            Change::SetAdd { name, prefixes } => {
-                if let Err(e) = check_set_name(name) {
-                    errs.push(e);
-                }
-                let set = next.sets.entry(name.clone()).or_default();
-                for p in prefixes {
-                    match parse_prefix(p) {
-                        Ok(IpNetwork::V4(n)) => {
-                            set.v4.insert(n);
-                        }
-                        Ok(IpNetwork::V6(n)) => {
-                            set.v6.insert(n);
-                        }
-                        Err(e) => errs.push(e),
-                    }
-                }
-            }
-            Change::SetDel { name, prefixes } => match next.sets.get_mut(name) {
-                None => errs.push(AclError::NoSuchSet(name.clone())),
-                Some(_) if prefixes.is_empty() => {
-                    let rules = self.set_users(name);
-                    if rules.is_empty() {
-                        next.sets.remove(name);
-                    } else {
-                        errs.push(AclError::SetInUse {
-                            set: name.clone(),
-                            rules,
-                        });
-                    }
-                }
-                Some(set) => {
-                    for p in prefixes {
-                        match parse_prefix(p) {
-                            Ok(IpNetwork::V4(n)) if set.v4.remove(&n) => {}
-                            Ok(IpNetwork::V6(n)) if set.v6.remove(&n) => {}
-                            Ok(n) => errs.push(AclError::BadPrefix(
-                                n.to_string(),
-                                format!("not in set {name}"),
-                            )),
-                            Err(e) => errs.push(e),
-                        }
-                    }
-                }
-            },
-            Change::RuleAdd { rules } => {
-                for r in rules {
-                    if next.rules.insert(r.id, r.clone()).is_some() {
-                        errs.push(AclError::DuplicateRule(r.id));
-                    }
-                }
-            }
-            Change::RuleDel { ids } => {
-                for id in ids {
-                    if next.rules.remove(id).is_none() {
-                        errs.push(AclError::NoSuchRule(*id));
-                    }
-                }
-            }
-            Change::Replace { file } => match AclState::from_file(file) {
-                Ok(state) => next = state,
-                Err(e) => errs.extend(e),
-            },
-            Change::Policy { iface, verdict } => {
-                if iface.is_empty() || iface.len() > 15 {
-                    errs.push(AclError::BadValue {
-                        field: "iface",
-                        reason: format!("{iface:?} is not an interface name"),
-                    });
-                }
-                next.policies.insert(iface.clone(), *verdict);
-            }
-        }
-        errs.extend(next.validate());
-        if errs.is_empty() { Ok(next) } else { Err(errs) }
-    }
-
-    /// Builds a state from a rule file, validating it.
-    pub fn from_file(file: &RuleFile) -> Result<AclState, Vec<AclError>> {
-        let mut state = AclState {
-            policies: file.policy.clone(),
-            ..Default::default()
-        };
-        let mut errs = Vec::new();
-        for (name, prefixes) in &file.sets {
-            match state.apply(&Change::SetAdd {
-                name: name.clone(),
-                prefixes: prefixes.clone(),
-            }) {
-                Ok(s) => state = s,
-                Err(e) => errs.extend(e),
-            }
-        }
-        let mut seen = BTreeSet::new();
-        for r in &file.rules {
-            if !seen.insert(r.id) {
-                errs.push(AclError::DuplicateRule(r.id));
-            }
-            state.rules.insert(r.id, r.clone());
-        }
-        errs.extend(state.validate());
-        if errs.is_empty() {
-            Ok(state)
-        } else {
-            Err(errs)
-        }
-    }
-
-    /// Every error in the state (empty when valid).
-    pub fn validate(&self) -> Vec<AclError> {
-        let mut errs = Vec::new();
-        for r in self.rules.values() {
-            errs.extend(r.check());
-            for m in [&r.src, &r.dst].into_iter().flatten() {
-                if let AddrMatch::Set(s) = m
-                    && !self.sets.contains_key(s)
-                {
-                    errs.push(AclError::UnknownSet {
-                        rule: r.id,
-                        set: s.clone(),
-                    });
-                }
-            }
-        }
-        let cap = |errs: &mut Vec<AclError>, what, have, max| {
-            if have > max {
-                errs.push(AclError::Capacity { what, have, max });
-            }
-        };
-        cap(&mut errs, "rules", self.rules.len(), limits::MAX_RULES);
-        cap(&mut errs, "prefix sets", self.sets.len(), limits::MAX_SETS);
-        let (mut v4, mut v6) = (0, 0);
-        for s in self.sets.values() {
-            v4 += s.v4.len();
-            v6 += s.v6.len();
-        }
-        for r in self.rules.values() {
-            for m in [&r.src, &r.dst].into_iter().flatten() {
-                match m {
-                    AddrMatch::Prefix(IpNetwork::V4(_)) => v4 += 1,
-                    AddrMatch::Prefix(IpNetwork::V6(_)) => v6 += 1,
-                    AddrMatch::Set(_) => {}
-                }
-            }
-        }
-        cap(
-            &mut errs,
-            "IPv4 prefixes",
-            v4,
-            limits::MAX_PREFIXES_PER_FAMILY,
-        );
-        cap(
-            &mut errs,
-            "IPv6 prefixes",
-            v6,
-            limits::MAX_PREFIXES_PER_FAMILY,
-        );
-        errs
     }
 
     /// Whether set `name` is referenced by a rule; returns the rule ids.

@@ -459,3 +459,123 @@ fn a_failed_second_copy_is_written_whole_by_the_next_change() {
     assert!(ctl.last_timing().expect("timed").incremental);
     assert_eq!(dp.maps().acl_generations[0], dp.maps().acl_generations[1]);
 }
+
+/// Rule 7 (no port: the incremental path), in front of the others.
+fn add_rule() -> Change {
+    Change::RuleAdd {
+        rules: vec![xdpgate_model::acl::Rule {
+            src: Some(xdpgate_model::acl::AddrMatch::Prefix(
+                "198.51.100.7/32".parse().unwrap(),
+            )),
+            ..xdpgate_model::acl::Rule::new(7, 1, xdpgate_model::acl::Verdict::Deny)
+        }],
+    }
+}
+
+#[test]
+fn a_deferred_second_copy_is_written_by_finish_or_first_by_the_next_change() {
+    let (mut dp, mut ctl) = installed();
+    let counts = dp.maps().rule_counters.clone();
+    ctl.apply_deferred(&mut dp, &add_rule()).expect("apply");
+    let (cfg, live) = dp.acl_view();
+    assert!(
+        matches!(&live, AclGeneration::Written { rule_ids, .. } if rule_ids == &[7, 1, 2]),
+        "enforced: {live:?}"
+    );
+    assert_ne!(
+        dp.maps().acl_generations[1 - cfg.generation()],
+        live,
+        "the other generation still holds the tables before"
+    );
+    assert!(ctl.unfinished());
+    assert!(ctl.finish(&mut dp), "the copy is written");
+    assert!(!ctl.unfinished());
+    assert!(!ctl.finish(&mut dp), "nothing is left to write");
+    assert_eq!(dp.maps().acl_generations[0], dp.maps().acl_generations[1]);
+
+    // Not finished: the next change writes the copy first, then its own
+    // delta (not the whole generation: the copy made it current).
+    ctl.apply_deferred(&mut dp, &Change::RuleDel { ids: vec![7] })
+        .expect("del");
+    let steps = dp.steps();
+    ctl.apply_deferred(&mut dp, &add_rule()).expect("again");
+    assert_eq!(
+        dp.log()[steps..],
+        [
+            Op::WriteAclDelta,
+            Op::WriteAclDelta,
+            Op::ZeroRuleCounters,
+            Op::SetAclConfig,
+            Op::RcuWait,
+        ],
+        "the pending copy, then the change"
+    );
+    ctl.finish(&mut dp);
+    assert_eq!(dp.maps().acl_generations[0], dp.maps().acl_generations[1]);
+    for (slot, c) in &counts {
+        assert_eq!(dp.maps().rule_counters.get(slot), Some(c), "counters kept");
+    }
+}
+
+#[test]
+fn a_rule_change_that_fails_is_undone_in_the_state_and_leaves_the_live_generation() {
+    let cases: &[(&str, Change, Op)] = &[
+        (
+            "a rule added, the switch fails",
+            add_rule(),
+            Op::SetAclConfig,
+        ),
+        (
+            "a rule removed, the delta write fails",
+            Change::RuleDel { ids: vec![1] },
+            Op::WriteAclDelta,
+        ),
+        (
+            "a rule removed, the wait fails",
+            Change::RuleDel { ids: vec![2] },
+            Op::RcuWait,
+        ),
+    ];
+    for (name, change, op) in cases {
+        let (mut dp, mut ctl) = installed();
+        let live = dp.acl_view();
+        let counts = dp.maps().rule_counters.clone();
+        let before = ctl.clone();
+        dp.fail_next(*op);
+        ctl.apply(&mut dp, change).unwrap_err();
+        assert!(!dp.failures_pending(), "{name}: the failure happened");
+        assert_eq!(dp.acl_view(), live, "{name}: the live generation");
+        assert_eq!(dp.maps().rule_counters, counts, "{name}: the counters");
+        assert_eq!(ctl, before, "{name}: the controller's state");
+        assert_eq!(
+            *ctl.shared_state(),
+            *before.state(),
+            "{name}: the readers' copy"
+        );
+    }
+}
+
+#[test]
+fn the_readers_copy_follows_every_change_and_a_copy_held_keeps_the_state_before() {
+    let (mut dp, mut ctl) = installed();
+    let first = ctl.shared_state();
+    assert_eq!(*first, *ctl.state());
+    ctl.apply(&mut dp, &add_prefix()).expect("prefix");
+    let second = ctl.shared_state();
+    assert_eq!(*second, *ctl.state(), "replayed into the copy");
+    assert_eq!(
+        *first,
+        state(BEFORE),
+        "the copy held keeps the state before"
+    );
+    drop((first, second));
+    ctl.apply(&mut dp, &add_rule()).expect("rule");
+    ctl.apply(&mut dp, &Change::RuleDel { ids: vec![2] })
+        .expect("del");
+    assert_eq!(*ctl.shared_state(), *ctl.state(), "two changes replayed");
+    let rejected = Change::RuleDel { ids: vec![1, 99] };
+    ctl.apply(&mut dp, &rejected).unwrap_err();
+    assert_eq!(*ctl.shared_state(), *ctl.state(), "a rejected change");
+    ctl.apply(&mut dp, &change()).expect("replace");
+    assert_eq!(*ctl.shared_state(), *ctl.state(), "after a replacement");
+}

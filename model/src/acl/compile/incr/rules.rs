@@ -1,6 +1,6 @@
 //! Rule changes in the incremental compiler: condition reference counts,
 //! bit columns in and out of the bitmaps, and the rule-dimension tables.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ipnetwork::IpNetwork;
 use xdpgate_common::acl::{Bitmap, SUMMARY_WORDS};
@@ -17,13 +17,14 @@ impl Incremental {
     /// conditions that appear or disappear.
     pub(super) fn rule_change(
         &mut self,
-        old: &AclState,
         next: &AclState,
         removed: &[&Rule],
         added: &[&Rule],
         ranges: &mut [Vec<(u128, u128)>; 2],
         delta: &mut Delta,
     ) -> Result<(), Fallback> {
+        // A rule change leaves the sets as they were: `next`'s are also the
+        // sets before the change.
         let cover = |ranges: &mut [Vec<(u128, u128)>; 2], m: &AddrMatch, st: &AclState| match m {
             AddrMatch::Prefix(p) => push_range(ranges, p),
             AddrMatch::Set(s) => {
@@ -59,11 +60,7 @@ impl Incremental {
                 if (have == 0) != (after == 0) {
                     size += match m {
                         AddrMatch::Prefix(_) => 1,
-                        AddrMatch::Set(s) => old
-                            .sets
-                            .get(s)
-                            .or(next.sets.get(s))
-                            .map_or(0, PrefixSet::len),
+                        AddrMatch::Set(s) => next.sets.get(s).map_or(0, PrefixSet::len),
                     };
                 }
             }
@@ -71,7 +68,19 @@ impl Incremental {
                 return Err(Fallback::Shape);
             }
         }
-        let old_order = old.ordered_rules();
+        // The rules before the change, in evaluation order: `next`'s but
+        // the added ones, and the removed ones (no copy of the state kept).
+        let old_order = {
+            let ids: HashSet<u32> = added.iter().map(|r| r.id).collect();
+            let mut v: Vec<&Rule> = next
+                .rules
+                .values()
+                .filter(|r| !ids.contains(&r.id))
+                .chain(removed.iter().copied())
+                .collect();
+            v.sort_by_key(|r| r.order());
+            v
+        };
         let new_order = next.ordered_rules();
         // Rules naming no port and no ICMP type leave the port classes as
         // they are (their column is the same in every class but the
@@ -110,7 +119,7 @@ impl Incremental {
                 let c = self.cond_of[m];
                 self.cond_users[c as usize] -= 1;
                 if self.cond_users[c as usize] == 0 {
-                    cover(ranges, m, old);
+                    cover(ranges, m, next);
                     self.cond_of.remove(m);
                     self.conds[c as usize] = None;
                     self.free_conds.push(c);
