@@ -377,6 +377,10 @@ pub const PHASE_NONE: u16 = 0xffff;
 /// Flag in a destination-port remap entry: the class is neighbour discovery
 /// that only rules naming it match, so the interface default does not apply.
 pub const PHASE_NODEFAULT: u16 = 0x8000;
+/// [`PhaseGroup::remap`] of a leaf folded into its step: the raw class is
+/// the group's class, no remap read (never the destination-port leaf, whose
+/// remap carries [`PHASE_NODEFAULT`]).
+pub const PHASE_RAW: u32 = u32::MAX;
 
 /// One step of a phased reduction: `id[LEAVES + s] = cells[off + id[left] *
 /// stride + id[right]]`.
@@ -404,7 +408,8 @@ pub struct PhaseGroup {
     /// Real rules of the generation: the interface default of slot `s` is
     /// rule index `rules + s`.
     pub rules: u32,
-    /// Offset of each leaf's remap table (raw class -> the group's class).
+    /// Offset of each leaf's remap table (raw class -> the group's class),
+    /// or [`PHASE_RAW`].
     pub remap: [u32; leaf::COUNT],
     /// The steps, in evaluation order.
     pub steps: [PhaseStep; PHASE_STEPS],

@@ -54,8 +54,9 @@ fn install_image(dp: &mut Datapath, image: &Image) {
 /// Rule sets built to be hard for the phased tables (own address pairs and
 /// port ranges, overlapping ports, alternating wildcards), with the decision
 /// cache off so every packet is resolved by the phased tables: every verdict
-/// agrees with the reference. The own-pairs set is also installed split into
-/// several rule groups, and without phased tables (the bitmap walk).
+/// agrees with the reference. The own-pairs set is installed with the remaps
+/// folded into the steps, with its remaps, split into several rule groups,
+/// and without phased tables (the bitmap walk).
 #[test]
 fn datapath_agrees_with_reference_on_adversarial_rule_sets() {
     let _g = serial();
@@ -70,26 +71,32 @@ fn datapath_agrees_with_reference_on_adversarial_rule_sets() {
             let mut rng = Rng::new(seed as u64);
             let state = adversarial_state(&mut rng, kind, 300);
             let mut image = compile(&state, &slots()).expect("compile");
-            let cells = image.stats().phases.expect("phased tables").1;
             // One image at a time (each holds the 64 MiB IPv4 table): the
-            // phased tables, then for the own-pairs set the same image split
-            // into groups, then without phased tables.
-            let budgets: &[Option<usize>] = if kind == Adversary::OwnPairs {
-                &[None, Some(cells - 1), Some(0)]
-            } else {
-                &[None]
-            };
+            // phased tables (remaps folded into the steps where they fit),
+            // then for the own-pairs set the same image within one cell
+            // less, twice (one group with its remaps, then several groups),
+            // then without phased tables.
+            let steps = if kind == Adversary::OwnPairs { 4 } else { 1 };
             let rules = state.ordered_rules();
-            for budget in budgets {
-                if let Some(b) = *budget {
-                    image = image.with_phase_budget(b);
+            let mut seen = Vec::new();
+            for step in 0..steps {
+                match step {
+                    0 => {}
+                    3 => image = image.with_phase_budget(0),
+                    _ => {
+                        let cells = image.stats().phases.expect("phased tables").1;
+                        image = image.with_phase_budget(cells - 1);
+                    }
                 }
-                let what = match (budget, image.stats().phases) {
-                    (None, _) => "phased".to_string(),
-                    (Some(0), None) => "bitmap walk".to_string(),
-                    (Some(_), Some((groups, _))) if groups > 1 => format!("{groups} groups"),
-                    other => panic!("budget {budget:?}: unexpected phased tables {other:?}"),
+                let (shape, what) = match image.phases.as_ref() {
+                    None => ("walk", "bitmap walk".to_string()),
+                    Some(p) if p.groups.len() > 1 => {
+                        ("groups", format!("{} groups", p.groups.len()))
+                    }
+                    Some(p) if p.folded => ("folded", "phased, remaps folded".to_string()),
+                    Some(_) => ("remaps", "phased, with remaps".to_string()),
                 };
+                seen.push(shape);
                 install_image(&mut dp, &image);
                 for _ in 0..per_set {
                     let pkt = adversarial_packet(&mut rng, &rules);
@@ -109,8 +116,15 @@ fn datapath_agrees_with_reference_on_adversarial_rule_sets() {
                     checked += 1;
                 }
             }
+            if kind == Adversary::OwnPairs {
+                assert_eq!(
+                    seen,
+                    ["folded", "remaps", "groups", "walk"],
+                    "{kind:?}: every shape of the tables installed"
+                );
+            }
         }
         checked
     });
-    assert_eq!(checked, per_set * (ADVERSARIES.len() + 2));
+    assert_eq!(checked, per_set * (ADVERSARIES.len() + 3));
 }

@@ -7,8 +7,9 @@ use xdpgate_common::{
     Family,
     acl::{
         ACL_NO_CACHE, BITMAP_WORDS, Bitmap, CACHE_BITS, CACHE_NO_RULE, CACHE_VALID, MAX_LENS,
-        MAX_PHASE_GROUPS, NO_L4_CLASS, PHASE_NODEFAULT, PHASE_NONE, PHASE_STEPS, Quad, RuleInfo,
-        SUMMARY_WORDS, V4_EXT, V4_KEY_LEN_OFFSET, cache_stat, group, leaf, prefix_buckets,
+        MAX_PHASE_GROUPS, NO_L4_CLASS, PHASE_NODEFAULT, PHASE_NONE, PHASE_RAW, PHASE_STEPS, Quad,
+        RuleInfo, SUMMARY_WORDS, V4_EXT, V4_KEY_LEN_OFFSET, cache_stat, group, leaf,
+        prefix_buckets,
     },
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -249,7 +250,8 @@ fn id_set(ids: *mut [u32; 32], i: usize, v: u32) {
 
 /// The deciding rule index through the phased tables (`compile::phases`),
 /// from the raw leaf ids in `ids` (slots [`RAW`]`..RAW + 6`):
-/// per group, six remaps of the leaf ids and five step reads, no loop over
+/// per group, six remaps of the leaf ids (one when the compiler folded the
+/// other five into the steps, `PHASE_RAW`) and five step reads, no loop over
 /// rules; the lowest rule over the groups, else the interface default of
 /// `slot` (rule index `rules + slot`), or [`CACHE_NO_RULE`] for neighbour
 /// discovery that no rule names.
@@ -263,7 +265,14 @@ fn phased<G: Generation>(ids: *mut [u32; 32], groups: u32, rules: u32, slot: u32
         }
         let grp = G::phase_groups().get(g)?;
         for d in 0..leaf::COUNT {
-            let mut v = cell::<G>(grp.remap[d].wrapping_add(id_get(ids, RAW + d)))?;
+            let raw = id_get(ids, RAW + d);
+            let off = grp.remap[d];
+            if off == PHASE_RAW && d != leaf::DPORT as usize {
+                // Folded into its step: the raw class, no table read.
+                id_set(ids, d, raw);
+                continue;
+            }
+            let mut v = cell::<G>(off.wrapping_add(raw))?;
             if d == leaf::DPORT as usize {
                 id_set(ids, DEFAULT, u32::from(v & PHASE_NODEFAULT == 0));
                 v &= !PHASE_NODEFAULT;

@@ -289,15 +289,23 @@ mod tests {
         }
     }
 
-    /// With a budget too small for one group the rules are split into
-    /// several groups, and with none at all the bitmap walk decides: both
-    /// agree with the reference.
+    /// With a budget too small for the folded tables one group keeps its
+    /// remaps, with one too small for that the rules are split into several
+    /// groups, and with none at all the bitmap walk decides: all agree with
+    /// the reference.
     #[test]
-    fn split_groups_and_the_bitmap_walk_agree_with_reference() {
+    fn remaps_split_groups_and_the_bitmap_walk_agree_with_reference() {
         let mut rng = Rng::new(7);
         let state = adversarial_state(&mut rng, Adversary::OwnPairs, 300);
         let image = compile(&state, &slots()).expect("compile");
-        let one = image.phases.as_ref().expect("phased").cells.len();
+        let folded = image.phases.as_ref().expect("phased");
+        assert!(folded.folded, "the remaps are folded when they fit");
+        // One cell less: one group with its remaps; one less again: groups.
+        let remaps = image.clone().with_phase_budget(folded.cells.len() - 1);
+        let one = remaps.phases.as_ref().expect("phased");
+        assert!(!one.folded && one.groups.len() == 1, "one group, remaps");
+        check(&state, &remaps, &mut rng, (3000, &ALL), "remaps");
+        let one = one.cells.len();
         let split = image.clone().with_phase_budget(one - 1);
         let groups = split.phases.as_ref().map_or(0, |p| p.groups.len());
         assert!(groups > 1, "{groups} groups within {} cells", one - 1);
