@@ -24,6 +24,5 @@ pub mod reference;
 pub use limit::{Limit, LimitKey};
 pub use model::{
     AclError, AclState, AddrMatch, Applied, Change, Exceeded, PortRange, PrefixSet, Rule, RuleFile,
-    Undo,
-    Verdict,
+    Undo, Verdict,
 };

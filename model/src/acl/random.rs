@@ -427,7 +427,7 @@ mod capacity {
     use super::*;
     use crate::acl::{
         AclError, Change,
-        compile::{compile, phases},
+        compile::{Capacities, compile, phases},
         model::limits::MAX_RULES,
     };
     use xdpgate_common::acl::WALK_ADDR_CLASSES;
@@ -483,10 +483,14 @@ mod capacity {
             ],
             rules: walk.rule_ids.len(),
         };
-        let errs = phases::walk_fits(walk.phases.as_ref(), &dims).expect_err("must not fit");
+        let errs = Capacities::default()
+            .walk_fits(walk.phases.as_ref(), &dims)
+            .expect_err("must not fit");
         assert!(
-            errs.iter()
-                .any(|e| matches!(e, AclError::Capacity { what, .. } if what.starts_with("address classes"))),
+            errs.iter().any(|e| matches!(
+                e,
+                AclError::Configured(x) if x.key == "[acl] walk_addr_classes"
+            )),
             "{errs:?}"
         );
     }

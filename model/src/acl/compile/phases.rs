@@ -17,11 +17,9 @@
 use std::collections::HashMap;
 
 use xdpgate_common::acl::{
-    Bitmap, MAX_PHASE_CLASSES, MAX_PHASE_GROUPS, PHASE_CELLS, PHASE_NODEFAULT, PHASE_NONE,
-    PHASE_RAW, PHASE_STEPS, PhaseGroup, PhaseStep, WALK_ADDR_CLASSES, WALK_PORT_CLASSES, leaf,
+    Bitmap, MAX_PHASE_CLASSES, MAX_PHASE_GROUPS, PHASE_NODEFAULT, PHASE_NONE, PHASE_RAW,
+    PHASE_STEPS, PhaseGroup, PhaseStep, leaf,
 };
-
-use crate::acl::AclError;
 
 /// The phased tables of one generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,17 +245,12 @@ fn group(
     Some((g, cells))
 }
 
-/// Builds the phased tables: for 1, 2, 4, 8 and 16 groups of rules (contiguous in
-/// evaluation order), every plan of [`PLANS`]; the first group count that fits
-/// [`PHASE_CELLS`], with its smallest plan, and that plan's remaps folded into
-/// its steps if the folded tables fit too. `None` when none fits (the
-/// datapath then walks the rule bitmaps).
-pub fn build(dims: &Dims) -> Option<Phases> {
-    build_within(dims, PHASE_CELLS as usize)
-}
-
-/// As [`build`], with a budget of `cells` instead of [`PHASE_CELLS`] (tests
-/// use small budgets to exercise several groups and the fallback).
+/// Builds the phased tables within `cells` (`[acl] phase_cells`): for 1, 2,
+/// 4, 8 and 16 groups of rules (contiguous in evaluation order), every plan
+/// of [`PLANS`]; the first group count that fits, with its smallest plan, and
+/// that plan's remaps folded into its steps if the folded tables fit too.
+/// `None` when none fits (the datapath then walks the rule bitmaps, within
+/// [`Capacities::walk_fits`](super::Capacities::walk_fits)).
 pub fn build_within(dims: &Dims, cells: usize) -> Option<Phases> {
     debug_assert!(dims.rules < PHASE_NONE as usize);
     let mut k = 1;
@@ -278,47 +271,6 @@ pub fn build_within(dims: &Dims, cells: usize) -> Option<Phases> {
         k *= 2;
     }
     None
-}
-
-/// Without phased tables the datapath walks the rule bitmaps, whose tables
-/// hold [`WALK_ADDR_CLASSES`] and [`WALK_PORT_CLASSES`] classes: a rule set
-/// with more classes and no phased tables is refused, naming the limit.
-pub fn walk_fits(p: Option<&Phases>, dims: &Dims) -> Result<(), Vec<AclError>> {
-    if p.is_some() {
-        return Ok(());
-    }
-    let addr = dims.bms[leaf::SRC as usize].len();
-    let ports = (
-        dims.bms[leaf::SPORT as usize].len(),
-        dims.bms[leaf::DPORT as usize].len(),
-    );
-    let caps = [
-        (
-            "address classes of a rule set over the phased tables' budget (the bitmap walk's capacity)",
-            addr,
-            WALK_ADDR_CLASSES,
-        ),
-        (
-            "source port classes of a rule set over the phased tables' budget (the bitmap walk's capacity)",
-            ports.0,
-            WALK_PORT_CLASSES,
-        ),
-        (
-            "destination port/ICMP classes of a rule set over the phased tables' budget (the bitmap walk's capacity)",
-            ports.1,
-            WALK_PORT_CLASSES,
-        ),
-    ];
-    let errs: Vec<AclError> = caps
-        .into_iter()
-        .filter(|c| c.1 > c.2 as usize)
-        .map(|(what, have, max)| AclError::Capacity {
-            what,
-            have,
-            max: max as usize,
-        })
-        .collect();
-    if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
 
 /// Groups and cells of phased tables, for [`super::CompileStats`].
