@@ -8,7 +8,8 @@
 //! VIP with encapsulation, an IPv4 VIP with L2 DSR; 10 backends each, both
 //! families) are installed with `LbController`. The ACL is empty (default
 //! policy allow): the numbers are the steering path on top of the cheapest
-//! classification.
+//! classification. Last, slot 1 gets `IFACE_DECAP` and a decapsulation
+//! address for `decap-v4` (IPIP to it: the outer header stripped).
 //!
 //! **Repetitions do not restart from the input.** `BPF_PROG_TEST_RUN` with
 //! `repeat` N runs the program N times on one `xdp_buff` (net/bpf/test_run.c,
@@ -19,13 +20,14 @@
 //! measurement-only wrappers of `xdp-prog/src/timing.rs`, loaded from the same
 //! object (same maps): `xdpgate_time_path` runs the main program's work with
 //! the steering program's called directly instead of tail-called, then
-//! restores the frame (head moved back, Ethernet header written back);
+//! restores the frame (head moved back, the first 34 bytes written back);
 //! `xdpgate_time_noop` does the same restoration around nothing. Each round
 //! times the empty program, the no-op wrapper and the path wrapper with N
 //! repetitions; every wrapper run is checked (its action, its output frame
-//! equal to the input, and for the path the service's forwarded counter
-//! advanced by exactly N), and one run of the production program per class
-//! checks the output frame (the encapsulation). Reported per class: the
+//! equal to the input, and for the path the service's forwarded counter, or
+//! the decapsulation counter, advanced by exactly N), and one run of the
+//! production program per class checks the output frame (the encapsulation
+//! or decapsulation). Reported per class: the
 //! wrapper's own cost (no-op / empty), the path (path / empty) and the net
 //! ratio ((path - no-op + empty) / empty), the one the target is judged on.
 //!

@@ -1,7 +1,7 @@
 //! Where a steered packet goes next: the route and next hop to a backend
 //! from the kernel's FIB (`bpf_fib_lookup`), cached per CPU and backend slot
-//! for [`HOP_LIFETIME_NS`] (`handoff::NextHop` in `maps::LB_NEXTHOP`), the
-//! egress MTU check, and the action that sends the rewritten frame out
+//! for [`HOP_LIFETIME_NS`] (`handoff::NextHop` in `maps::LB_NEXTHOP`), and
+//! the action that sends the rewritten frame out
 //! (XDP_TX back out of the ingress interface, XDP_REDIRECT to another).
 use aya_ebpf::{
     bindings::{
@@ -25,11 +25,10 @@ const AF_INET6: u8 = 10;
 /// How long a resolved next hop is used without a new FIB lookup: 1 s (on
 /// the coarse monotonic clock, so give or take a tick). The trade-off: a
 /// change of the neighbour's MAC address, of the route, or of a route's MTU
-/// takes effect
-/// within this time instead of at once, and so does a lowered MTU of the
-/// egress device (no `bpf_check_mtu` per packet: an ablation measured it
-/// with the clock read at about 30 ns; docs/bench.md, "Load balancer
-/// path"); a failed lookup is never cached.
+/// takes effect within this time instead of at once, and so does a lowered
+/// MTU of the egress device (no `bpf_check_mtu` per packet: about 20 ns of a
+/// forwarded packet, measured; docs/bench.md, "Load balancer path"); a
+/// failed lookup is never cached.
 const HOP_LIFETIME_NS: u64 = 1_000_000_000;
 
 /// How a steered packet ends; `Drop` carries its reason.

@@ -1,9 +1,9 @@
 //! Service lookup: a packet with ports to a service in `maps::LB_SERVICES`
 //! (by VIP, protocol and port, then by VIP and protocol with port 0) that
 //! can be balanced goes to the backend its flow hash (the service's kind,
-//! `FlowHash`) picks from the
-//! service's Maglev ring (`maps::LB_RINGS`), by L2 DSR or encapsulated
-//! (the service's mode); the service's and backend's counters are kept here.
+//! `FlowHash`) picks from the service's Maglev ring (`maps::LB_RINGS`), by
+//! L2 DSR or encapsulated (the service's mode); the service's and backend's
+//! counters are kept here.
 use aya_ebpf::programs::XdpContext;
 use xdpgate_common::{
     Action, DropReason, Family,
