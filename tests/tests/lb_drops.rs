@@ -1,7 +1,7 @@
 //! `BPF_PROG_TEST_RUN` fixtures of the steering program: the slow path (next
 //! hop unresolved: encapsulated and passed to the stack) and the drops, each
 //! counted under its reason: no route, no backend, egress MTU (also for
-//! cached next hops).
+//! next hops cached before the MTU was lowered, once their lifetime passed).
 //!
 //! The rig (a namespace with a veth pair, the backends' neighbours and
 //! routes; the datapath with lo as slot 1; expected frames written out field
@@ -193,9 +193,9 @@ fn slow_path_and_drops() {
         // The next-hop cache (per CPU: this thread stays on one) serves
         // packets up to the length its lookup checked. A 1400-byte packet
         // to each service before the change leaves such a next hop, so the
-        // packets below would use it without a lookup (when within its
-        // lifetime): the egress device's MTU must hold for cached next hops
-        // too.
+        // packets below would use it without a lookup when within its
+        // lifetime (1 s): the cache does not call `bpf_check_mtu` per packet,
+        // so the lowered device MTU holds for them once it has passed.
         pin_to_current_cpu();
         let l2dsr = "192.0.2.20:80/tcp";
         for (svc, client, _, _) in mtu_cases {
@@ -208,6 +208,7 @@ fn slow_path_and_drops() {
         assert_eq!(run(&mut dp, &input).0, XDP_REDIRECT, "{l2dsr}: MTU 1500");
         n.ns.exec("ip", &["link", "set", "dev", LBT0, "mtu", "1280"])
             .expect("mtu");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         // Twice: the second round with the next hop the first one cached.
         for round in 1..=2 {
             for (svc, client, fits, backend) in mtu_cases {

@@ -1,8 +1,8 @@
 //! `BPF_PROG_TEST_RUN` fixtures of the steering program: the per-CPU next-hop
 //! cache. A cached next hop forwards exactly like the lookup, failed lookups
 //! are never cached, a neighbour's new MAC is used once the cached entry's
-//! lifetime has passed, and a reused backend slot does not inherit the old
-//! address's next hop.
+//! lifetime has passed, so does a lowered device MTU, and a reused backend
+//! slot does not inherit the old address's next hop.
 //!
 //! The rig (a namespace with a veth pair, the backends' neighbours and
 //! routes; the datapath with lo as slot 1; expected frames written out field
@@ -453,5 +453,61 @@ fn next_hop_cache_not_reused_with_the_slot() {
         );
         let len = frame(src, sid(two).vip, &l4_of(Proto::Tcp, sport, 80)).len() as u64;
         assert_eq!(backend_counts(&ctl, &dp, two, "10.200.9.3"), (1, len));
+    });
+}
+
+/// A lowered MTU of the egress device applies to cached next hops once their
+/// lifetime has passed (the cache does not call `bpf_check_mtu` per packet):
+/// then a packet over the new MTU is dropped as too big, like without the
+/// cache, and a packet under it is forwarded.
+#[test]
+fn next_hop_cache_follows_a_lowered_device_mtu() {
+    let _g = serial();
+    let n = net("lbmtu");
+    n.ns.run(|| {
+        pin_to_current_cpu();
+        let mut dp = load();
+        let mut ctl = LbController::new(&dp, vec![LO]);
+        ctl.apply(
+            &mut dp,
+            &[
+                spec("192.0.2.50:80/tcp", Forward::Encap, &[("10.200.9.2", 1)]),
+                spec(
+                    "[2001:db8::50]:80/tcp",
+                    Forward::Encap,
+                    &[("fd00:200:9::2", 1)],
+                ),
+            ],
+        )
+        .expect("apply");
+        let tcp_of = |ip_len: usize, hdr: usize| {
+            let payload = vec![0x5a; ip_len - hdr - Transport::TCP_LEN];
+            Transport::tcp(4000, 80).payload(&payload)
+        };
+        // (service, client, outer header): inner packets whose outer packet
+        // is 1400 bytes (over the new MTU) and 1200 (under it).
+        let cases = [
+            ("192.0.2.50:80/tcp", "198.51.100.7", 20),
+            ("[2001:db8::50]:80/tcp", "2001:db8:1::7", 40),
+        ];
+        let input = |svc: &str, client: &str, outer: usize, len: usize| {
+            let (src, vip) = (ip(client), sid(svc).vip);
+            let hdr = if src.is_ipv4() { 20 } else { 40 };
+            frame(src, vip, &tcp_of(len - outer, hdr))
+        };
+        for (svc, client, outer) in cases {
+            let (action, _) = run(&mut dp, &input(svc, client, outer, 1400));
+            assert_eq!(action, XDP_REDIRECT, "{svc}: 1400 bytes under MTU 1500");
+        }
+        n.ns.exec("ip", &["link", "set", LBT0, "mtu", "1300"])
+            .expect("lowering the MTU");
+        std::thread::sleep(Duration::from_millis(1100));
+        for (svc, client, outer) in cases {
+            let (action, _) = run(&mut dp, &input(svc, client, outer, 1400));
+            assert_eq!(action, XDP_DROP, "{svc}: 1400 bytes over MTU 1300");
+            let (action, _) = run(&mut dp, &input(svc, client, outer, 1200));
+            assert_eq!(action, XDP_REDIRECT, "{svc}: 1200 bytes under MTU 1300");
+        }
+        assert_eq!(reason_packets(&dp, DropReason::LbTooBig), 2);
     });
 }

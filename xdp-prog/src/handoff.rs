@@ -96,8 +96,8 @@ pub(crate) const HOP_L2DSR: u8 = 2;
 /// backend's current address and family (a reused slot never matches its
 /// previous backend's entry), the same mode and ingress interface, has not
 /// expired, and was resolved for a packet at least as long (the lookup's MTU
-/// check; the egress device's MTU is checked on every use by
-/// `bpf_check_mtu`).
+/// check, against the route's MTU or else the egress device's: a device
+/// MTU lowered since applies when the entry expires).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct NextHop {

@@ -10,13 +10,16 @@ use xdpgate_tests::packet::{
     Ethernet, Ipv4, Ipv6, Transport, checksum, ethertype, hex, pad, proto, tcp::flags as tcp_flags,
 };
 
-use super::{PORT, VETH_MAC, action_name, backend_mac};
+use super::{DECAP_DST, FIRST_SPORT, PORT, TUNNEL_SRC, VETH_MAC, action_name, backend_mac};
+use crate::workload;
 
 /// Which datapath counter counts a class's path.
 #[derive(Clone, Copy)]
 pub(super) enum PathCounter {
     /// The service's forwarded packets.
     Service(ServiceId),
+    /// Decapsulated IPv4-in-IPv4 packets on slot 1.
+    Decap,
     /// None (the packet is passed unchanged).
     None,
 }
@@ -28,6 +31,8 @@ pub(super) enum Expect {
     Encap(IpAddr),
     /// Ethernet addresses rewritten to reach `backend`.
     L2dsr(IpAddr),
+    /// The outer IPv4 header removed.
+    Decap,
     /// Not changed.
     Unchanged,
 }
@@ -55,6 +60,15 @@ pub(super) fn tcp_v6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16) -> Vec<u8> {
     let l4 = Transport::tcp(sport, PORT).bytes();
     let ip = Ipv6::new(src.octets(), dst.octets(), proto::TCP).build(&l4);
     Ethernet::new(ethertype::IPV6).build(&ip)
+}
+
+/// IPIP: `TUNNEL_SRC` -> `DECAP_DST`, inner IPv4 TCP from the client to
+/// `inner_dst`.
+pub(super) fn ipip(inner_dst: Ipv4Addr) -> Vec<u8> {
+    let l4 = Transport::tcp(FIRST_SPORT, PORT).bytes();
+    let inner = Ipv4::new(workload::MISS_V4.octets(), inner_dst.octets(), proto::TCP).build(&l4);
+    let outer = Ipv4::new(TUNNEL_SRC.octets(), DECAP_DST.octets(), IPPROTO_IPIP).build(&inner);
+    pad(Ethernet::new(ethertype::IPV4).build(&outer), 60)
 }
 
 /// The ACK of the flow whose SYN is `syn` (a frame of [`tcp_v4`] or
@@ -136,6 +150,16 @@ fn verify_frame(c: &Case, f: &[u8], o: &[u8]) -> anyhow::Result<()> {
                     && o[6..12] == VETH_MAC
                     && o[12..] == f[12..],
                 "{}: not the frame readdressed to {backend}'s neighbour",
+                c.name
+            );
+        }
+        Expect::Decap => {
+            ensure!(
+                o.len() + 20 == f.len()
+                    && o[0..12] == f[0..12]
+                    && o[12..14] == [0x08, 0x00]
+                    && o[14..] == f[34..],
+                "{}: not the inner packet",
                 c.name
             );
         }

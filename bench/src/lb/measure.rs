@@ -9,6 +9,7 @@ use xdpgate::{
     datapath::{Datapath, Wrapper},
     lb::LbController,
 };
+use xdpgate_common::lb::FAMILY_V4;
 
 use super::{
     LbClassResult, action_name,
@@ -32,6 +33,7 @@ fn path_count(dp: &Datapath, ctl: &LbController, c: PathCounter) -> anyhow::Resu
                 .with_context(|| format!("no status of service {id}"))?
                 .forwarded_packets,
         ),
+        PathCounter::Decap => Some(dp.decap_counter(1, FAMILY_V4, FAMILY_V4)?.packets),
         PathCounter::None => None,
     })
 }

@@ -8,7 +8,8 @@
 //! VIP with encapsulation, an IPv4 VIP with L2 DSR; 10 backends each, both
 //! families) are installed with `LbController`. The ACL is empty (default
 //! policy allow): the numbers are the steering path on top of the cheapest
-//! classification.
+//! classification. Last, slot 1 gets `IFACE_DECAP` and a decapsulation
+//! address for `decap-v4` (IPIP to it: the outer header stripped).
 //!
 //! **Repetitions do not restart from the input.** `BPF_PROG_TEST_RUN` with
 //! `repeat` N runs the program N times on one `xdp_buff` (net/bpf/test_run.c,
@@ -19,13 +20,14 @@
 //! measurement-only wrappers of `xdp-prog/src/timing.rs`, loaded from the same
 //! object (same maps): `xdpgate_time_path` runs the main program's work with
 //! the steering program's called directly instead of tail-called, then
-//! restores the frame (head moved back, Ethernet header written back);
+//! restores the frame (head moved back, the first 34 bytes written back);
 //! `xdpgate_time_noop` does the same restoration around nothing. Each round
 //! times the empty program, the no-op wrapper and the path wrapper with N
 //! repetitions; every wrapper run is checked (its action, its output frame
-//! equal to the input, and for the path the service's forwarded counter
-//! advanced by exactly N), and one run of the production program per class
-//! checks the output frame (the encapsulation). Reported per class: the
+//! equal to the input, and for the path the service's forwarded counter, or
+//! the decapsulation counter, advanced by exactly N), and one run of the
+//! production program per class checks the output frame (the encapsulation
+//! or decapsulation). Reported per class: the
 //! wrapper's own cost (no-op / empty), the path (path / empty) and the net
 //! ratio ((path - no-op + empty) / empty), the one the target is judged on.
 //!
@@ -47,6 +49,7 @@ use xdpgate::{
     datapath::{Datapath, Wrapper},
     lb::LbController,
 };
+use xdpgate_common::IFACE_DECAP;
 use xdpgate_model::{
     acl::AclState,
     iface::Malformed,
@@ -54,7 +57,7 @@ use xdpgate_model::{
 };
 use xdpgate_tests::lab::Netns;
 
-use case::{Case, Expect, PathCounter, ack, tcp_v4, tcp_v6};
+use case::{Case, Expect, PathCounter, ack, ipip, tcp_v4, tcp_v6};
 use measure::run_case;
 use rig::{pick_flow, setup_network};
 
@@ -84,6 +87,10 @@ const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 0x20);
 const VIP_DSR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 21);
 /// The service port (TCP).
 const PORT: u16 = 443;
+/// Decapsulation address (outer destination) on slot 1, for `decap-v4`.
+const DECAP_DST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
+/// Outer source of `decap-v4`'s tunnelled packet.
+const TUNNEL_SRC: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 50);
 /// First source port tried when looking for a flow whose backend has the
 /// wanted family.
 const FIRST_SPORT: u16 = workload::SPORT;
@@ -377,6 +384,24 @@ pub(crate) fn run(ns: &Netns, repeat: u32) -> anyhow::Result<LbReport> {
             target: false,
         };
         results.push(run_case(&empty, &mut dp, &ctl, &miss, repeat)?);
+        // Last, so that no other class runs with IFACE_DECAP set.
+        dp.set_iface_flag(1, IFACE_DECAP, true)?;
+        dp.set_decap_dsts(&[xdpgate_model::bind::key(1, DECAP_DST.into())])?;
+        let decap = Case {
+            name: "decap-v4",
+            what: format!(
+                "IPIP {TUNNEL_SRC} -> {DECAP_DST} (decapsulation address, IFACE_DECAP), inner IPv4 TCP to {}: outer header removed, passed",
+                workload::DST_V4
+            ),
+            frame: ipip(workload::DST_V4),
+            action: bpf::XDP_PASS,
+            sport: FIRST_SPORT,
+            backend: None,
+            expect: Expect::Decap,
+            counter: PathCounter::Decap,
+            target: false,
+        };
+        results.push(run_case(&empty, &mut dp, &ctl, &decap, repeat)?);
 
         let targets = results
             .iter()
@@ -395,7 +420,7 @@ pub(crate) fn run(ns: &Netns, repeat: u32) -> anyhow::Result<LbReport> {
             .collect();
         let checks = format!(
             "every wrapper run of {repeat} repetitions returned the class's action and left the input frame; \
-             every path run advanced the service's forwarded counter by exactly {repeat}; one run of the \
+             every path run advanced the service's forwarded (decap-v4: decapsulated) counter by exactly {repeat}; one run of the \
              production program per class gave the expected output frame; xdpgate keeps no connection \
              table (the backend is the Maglev ring's pick for the flow hash, for SYN and ACK alike)"
         );

@@ -131,6 +131,10 @@ pub struct LbSettings {
     pub source_v6: ipnetwork::Ipv6Network,
     /// Outer TTL / hop limit.
     pub ttl: u32,
+    /// The flow hash (`flow_hash`): `None` keeps each installed service's
+    /// (an upgrade in place moves no flow) and gives new services the fast
+    /// one; a kind switches every service to it at start (a one-time remap).
+    pub flow_hash: Option<xdpgate_common::lb::FlowHash>,
 }
 
 impl Default for LbSettings {
@@ -144,6 +148,7 @@ impl Default for LbSettings {
             source_v6: ipnetwork::Ipv6Network::new(DEFAULT_SRC_V6.0.into(), DEFAULT_SRC_V6.1)
                 .expect("valid default"),
             ttl: DEFAULT_OUTER_TTL,
+            flow_hash: None,
         }
     }
 }

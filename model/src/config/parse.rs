@@ -399,6 +399,7 @@ fn lb(cx: &mut Ctx<'_>, s: &Section<'_, '_>, cfg: &mut Config) -> Option<Span> {
             "encap_source_v4",
             "encap_source_v6",
             "encap_ttl",
+            "flow_hash",
         ],
     );
     let max = xdpgate_common::lb::MAX_SERVICES;
@@ -442,6 +443,19 @@ fn lb(cx: &mut Ctx<'_>, s: &Section<'_, '_>, cfg: &mut Config) -> Option<Span> {
     }
     if let Some((t, _)) = cx.integer(s, "encap_ttl", 1..=255) {
         cfg.lb.ttl = t as u32;
+    }
+    if let Some((h, at)) = cx.string(s, "flow_hash") {
+        use xdpgate_common::lb::FlowHash;
+        match [FlowHash::Fast, FlowHash::Murmur3]
+            .into_iter()
+            .find(|k| k.name() == h)
+        {
+            Some(k) => cfg.lb.flow_hash = Some(k),
+            None => cx.push(
+                &at,
+                format!("[lb] flow_hash = {h:?}: use \"fast\" or \"murmur3\""),
+            ),
+        }
     }
     max_at
 }

@@ -1,5 +1,6 @@
 //! Tests of the configuration parser.
 use super::*;
+use xdpgate_common::lb::FlowHash;
 
 fn issues(text: &str) -> Vec<String> {
     match parse(text, Path::new("x.toml")) {
@@ -205,6 +206,28 @@ health = { type = "udp" }
     let got = issues(&fixed);
     assert!(got.iter().any(|g| g.contains("listed twice")), "{got:#?}");
     assert!(got.iter().any(|g| g.contains("weight 5000")), "{got:#?}");
+}
+
+#[test]
+fn the_flow_hash_is_kept_unless_the_file_names_one() {
+    let with = |line: &str| format!("[[interface]]\nname = \"eth0\"\n\n[lb]\n{line}\n");
+    let cases = [
+        ("not given: keep each service's", "", None),
+        ("fast", "flow_hash = \"fast\"", Some(FlowHash::Fast)),
+        (
+            "murmur3",
+            "flow_hash = \"murmur3\"",
+            Some(FlowHash::Murmur3),
+        ),
+    ];
+    for (name, line, want) in cases {
+        let cfg = parse(&with(line), Path::new("x.toml")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(cfg.lb.flow_hash, want, "{name}");
+    }
+    assert_eq!(
+        issues(&with("flow_hash = \"xor\"")),
+        ["5:1: [lb] flow_hash = \"xor\": use \"fast\" or \"murmur3\""]
+    );
 }
 
 #[test]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use xdpgate_common::lb::{
     DEFAULT_OUTER_TTL, DEFAULT_RING_SERVICES, DEFAULT_RING_SIZE, DEFAULT_SRC_V4, DEFAULT_SRC_V6,
-    FAMILY_V4, FAMILY_V6, LbConfig, MAX_BACKENDS, MAX_SERVICES, ServiceKey, addr_words, flow_hash,
+    FAMILY_V4, FAMILY_V6, FlowHash, LbConfig, MAX_BACKENDS, MAX_SERVICES, ServiceKey, addr_words,
 };
 
 pub mod entry;
@@ -514,11 +514,28 @@ pub fn service_key(id: &ServiceId) -> ServiceKey {
 }
 
 /// The flow hash the datapath computes for a packet from `src:sport` to
-/// `dst:dport` of protocol `proto` ([`flow_hash`]).
+/// `dst:dport` of protocol `proto` to a service installed now
+/// ([`FlowHash::default`], the fast hash; [`packet_hash_of`] for a given
+/// kind).
 pub fn packet_hash(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: Proto) -> u32 {
+    packet_hash_of(FlowHash::default(), src, sport, dst, dport, proto)
+}
+
+/// The flow hash of kind `kind` the datapath computes for a packet from
+/// `src:sport` to `dst:dport` of protocol `proto`: the words as the datapath
+/// loads them, of the VIP's family.
+pub fn packet_hash_of(
+    kind: FlowHash,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    proto: Proto,
+) -> u32 {
     let (s, _) = addr_key(canonical(src));
-    let (d, _) = addr_key(canonical(dst));
-    flow_hash(
+    let (d, family) = addr_key(canonical(dst));
+    kind.hash(
+        family == FAMILY_V4,
         &addr_words(&s),
         &addr_words(&d),
         sport,

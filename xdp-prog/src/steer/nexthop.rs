@@ -1,14 +1,14 @@
 //! Where a steered packet goes next: the route and next hop to a backend
 //! from the kernel's FIB (`bpf_fib_lookup`), cached per CPU and backend slot
-//! for [`HOP_LIFETIME_NS`] (`handoff::NextHop` in `maps::LB_NEXTHOP`), the
-//! egress MTU check, and the action that sends the rewritten frame out
+//! for [`HOP_LIFETIME_NS`] (`handoff::NextHop` in `maps::LB_NEXTHOP`), and
+//! the action that sends the rewritten frame out
 //! (XDP_TX back out of the ingress interface, XDP_REDIRECT to another).
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         bpf_fib_lookup,
     },
-    helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
 };
 use xdpgate_common::{
@@ -25,8 +25,10 @@ const AF_INET6: u8 = 10;
 /// How long a resolved next hop is used without a new FIB lookup: 1 s (on
 /// the coarse monotonic clock, so give or take a tick). The trade-off: a
 /// change of the neighbour's MAC address, of the route, or of a route's MTU
-/// (not the egress device's: that is checked on every packet) takes effect
-/// within this time instead of at once; a failed lookup is never cached.
+/// takes effect within this time instead of at once, and so does a lowered
+/// MTU of the egress device (no `bpf_check_mtu` per packet: about 20 ns of a
+/// forwarded packet, measured; docs/bench.md, "Load balancer path"); a
+/// failed lookup is never cached.
 const HOP_LIFETIME_NS: u64 = 1_000_000_000;
 
 /// How a steered packet ends; `Drop` carries its reason.
@@ -64,20 +66,12 @@ fn backend_words(b: &Backend) -> [u32; 4] {
     unsafe { [*w, *w.add(1), *w.add(2), *w.add(3)] }
 }
 
-/// Whether the egress device `ifindex` takes an L3 packet of `len` bytes
-/// (`bpf_check_mtu` with `len` as the packet's length: the FIB lookup's
-/// comparison, `len` against the device's MTU).
-#[inline(always)]
-fn mtu_ok(ctx: &XdpContext, ifindex: u32, len: u16) -> bool {
-    let mut mtu_len = len as u32;
-    // SAFETY: `mtu_len` is a valid, initialised u32 the helper reads and writes.
-    unsafe { bpf_check_mtu(ctx.ctx.cast(), ifindex, &raw mut mtu_len, 0, 0) == 0 }
-}
-
 /// The next hop to `backend` for an L3 packet of `len` bytes from outer
 /// source `src` carrying `proto` (L2 DSR: zero and 0), in `mode`. `hop` is
 /// the backend slot's cache entry on this CPU: used when valid for the packet
-/// (see [`NextHop`]) and the egress device's MTU takes it; otherwise
+/// (see [`NextHop`]: not expired, and the packet no longer than the one the
+/// lookup checked against the route's MTU, which is the egress device's
+/// unless the route sets its own); otherwise
 /// `bpf_fib_lookup` decides, as without the cache, and a success (for L2 DSR
 /// only an on-link backend) is written into `hop`. Returns the lookup's
 /// `BPF_FIB_LKUP_RET_*` code: on SUCCESS `hop` holds the next hop. L2 DSR to
@@ -113,7 +107,6 @@ pub(super) fn resolve(
         && e.addr[1] == dst[1]
         && e.addr[2] == dst[2]
         && e.addr[3] == dst[3]
-        && mtu_ok(ctx, e.ifindex, len)
     {
         return BPF_FIB_LKUP_RET_SUCCESS as i64;
     }

@@ -1,12 +1,13 @@
 //! Service lookup: a packet with ports to a service in `maps::LB_SERVICES`
 //! (by VIP, protocol and port, then by VIP and protocol with port 0) that
-//! can be balanced goes to the backend its flow hash picks from the
-//! service's Maglev ring (`maps::LB_RINGS`), by L2 DSR or encapsulated
-//! (the service's mode); the service's and backend's counters are kept here.
+//! can be balanced goes to the backend its flow hash (the service's kind,
+//! `FlowHash`) picks from the service's Maglev ring (`maps::LB_RINGS`), by
+//! L2 DSR or encapsulated (the service's mode); the service's and backend's
+//! counters are kept here.
 use aya_ebpf::programs::XdpContext;
 use xdpgate_common::{
     Action, DropReason, Family,
-    lb::{SERVICE_L2DSR, ServiceKey, ServiceStat, flow_hash},
+    lb::{FlowHash, SERVICE_L2DSR, ServiceKey, ServiceStat},
     wire::ETH_HLEN,
 };
 
@@ -94,7 +95,10 @@ fn forward(ctx: &XdpContext, s: &SteerCtx, ring_base: u32, ring_size: u32, flags
     if ring_size == 0 {
         return Outcome::Drop(DropReason::LbNoBackend);
     }
-    let hash = flow_hash(&s.src, &s.dst, s.sport, s.dport, s.proto);
+    // The service's own hash (`SERVICE_HASH_FAST`): entries pinned before
+    // the flag existed keep MurmurHash3, so their flows stay where they were.
+    let v4 = s.family == Family::Ipv4 as u32;
+    let hash = FlowHash::of_flags(flags).hash(v4, &s.src, &s.dst, s.sport, s.dport, s.proto);
     let slot = match LB_RINGS.get(ring_base + hash % ring_size) {
         Some(slot) => *slot,
         None => 0,

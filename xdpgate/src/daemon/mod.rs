@@ -573,6 +573,12 @@ impl Daemon {
                 log::info!("adopted {n} load-balanced service(s)");
             }
         }
+        if let Some(kind) = cfg.lb.flow_hash {
+            let n = lb.set_flow_hash(&mut dp, kind)?;
+            if n > 0 {
+                log::info!("switched {n} service(s) to the {} flow hash", kind.name());
+            }
+        }
         let origin = match saved {
             Some(s) if s.config_digest == cfg.digest => {
                 log::info!(

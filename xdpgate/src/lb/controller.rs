@@ -37,8 +37,8 @@ use thiserror::Error;
 use xdpgate_common::{
     Counter, IFACE_LB,
     lb::{
-        Backend, MAX_BACKENDS, SERVICE_ENCAP, SERVICE_L2DSR, ServiceInfo, ServiceKey, ServiceStat,
-        ring_base,
+        Backend, FlowHash, MAX_BACKENDS, SERVICE_ENCAP, SERVICE_L2DSR, ServiceInfo, ServiceKey,
+        ServiceStat, ring_base,
     },
 };
 use xdpgate_model::lb::{
@@ -46,7 +46,7 @@ use xdpgate_model::lb::{
     addr_key, addr_of,
     health::{CheckSpec, TargetKey},
     maglev::{self, Member},
-    normalise, packet_hash, service_id, service_key, validate,
+    normalise, packet_hash_of, service_id, service_key, validate,
 };
 
 use crate::datapath::{DatapathError, LbMaps};
@@ -94,6 +94,10 @@ struct Installed {
     ring: Arc<[u32]>,
     /// The entry last written (what packets see).
     info: ServiceInfo,
+    /// Its flow hash: kept across every rewrite of the entry, so its flows
+    /// stay on their backends; changed only by
+    /// [`LbController::set_flow_hash`].
+    hash: FlowHash,
 }
 
 /// One write of a change, recorded before it is made (a failed write may
@@ -278,6 +282,8 @@ pub struct LbController {
     free_backends: VecDeque<u32>,
     next_backend: u32,
     ifindexes: Vec<u32>,
+    /// The flow hash new services get.
+    hash: FlowHash,
 }
 
 impl LbController {
@@ -290,6 +296,7 @@ impl LbController {
             free_backends: VecDeque::new(),
             next_backend: 1,
             ifindexes,
+            hash: FlowHash::default(),
         }
     }
 
@@ -309,7 +316,11 @@ impl LbController {
     /// earlier daemon had seen down) gets a ring with it, in the idle half,
     /// and its checks take it out again if it is still down. Backend slots no
     /// live ring names are free; configured backends without a slot get one
-    /// no ring names yet. Returns how many services were taken over.
+    /// no ring names yet. Each service keeps the flow hash its entry names
+    /// (an entry written before `SERVICE_HASH_FAST` existed: MurmurHash3),
+    /// so an upgrade in place moves no flow; services added later get the
+    /// fast hash, and [`LbController::set_flow_hash`] switches the rest.
+    /// Returns how many services were taken over.
     pub fn adopt<D: LbMaps + ?Sized>(
         &mut self,
         dp: &mut D,
@@ -384,6 +395,7 @@ impl LbController {
                 backends,
                 down: BTreeSet::new(),
                 ring: ring.into(),
+                hash: FlowHash::of_flags(info.flags),
                 info,
             });
         }
@@ -557,6 +569,7 @@ impl LbController {
                         down: BTreeSet::new(),
                         ring: Arc::new([]),
                         info: ServiceInfo::default(),
+                        hash: self.hash,
                     },
                     true,
                 )
@@ -645,10 +658,11 @@ impl LbController {
         dp.write_ring(base, &ring)?;
         let info = ServiceInfo {
             slot: inst.slot,
-            flags: match inst.spec.forward {
-                Forward::Encap => SERVICE_ENCAP,
-                Forward::L2dsr => SERVICE_L2DSR,
-            },
+            flags: inst.hash.flag()
+                | match inst.spec.forward {
+                    Forward::Encap => SERVICE_ENCAP,
+                    Forward::L2dsr => SERVICE_L2DSR,
+                },
             ring_base: base,
             ring_size: if members.is_empty() { 0 } else { size },
         };
@@ -695,7 +709,7 @@ impl LbController {
         if inst.ring.is_empty() {
             return None;
         }
-        let h = packet_hash(src, sport, id.vip, dport, id.proto);
+        let h = packet_hash_of(inst.hash, src, sport, id.vip, dport, id.proto);
         let slot = maglev::lookup(&inst.ring, h);
         inst.backends
             .iter()
@@ -735,6 +749,8 @@ impl LbController {
         Ok(out)
     }
 }
+
+mod hash;
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use xdpgate_common::{
     Counter, IFACE_LB,
-    lb::{ServiceInfo, ServiceStat, service_stat_index},
+    lb::{FlowHash, SERVICE_L2DSR, ServiceInfo, ServiceStat, service_stat_index},
 };
 use xdpgate_model::lb::{BackendSpec, Forward, LoadOptions, ServiceId, ServiceSpec};
 
@@ -448,4 +448,120 @@ fn adopting_puts_backends_the_earlier_daemon_saw_down_back_in_the_ring() {
         .collect();
     assert_eq!(slots.len(), 2, "both backends are in the live ring");
     assert_eq!(ctl.specs(), [a()]);
+}
+
+/// The entry of service `id` as packets see it.
+fn entry(dp: &FakeDatapath, id: &str) -> ServiceInfo {
+    dp.maps().services[&xdpgate_model::lb::service_key(&sid(id))]
+}
+
+/// The flows the hash tests follow: 64 source ports of one client.
+fn flow_backends(ctl: &LbController, id: &str) -> Vec<Option<IpAddr>> {
+    (0..64)
+        .map(|p| ctl.predict(&sid(id), ip("198.51.100.7"), 40_000 + p, 80))
+        .collect()
+}
+
+#[test]
+fn a_new_service_gets_the_fast_flow_hash() {
+    let (dp, ctl) = installed(&[a(), b()], &[]);
+    for id in [A, B] {
+        assert_eq!(ctl.flow_hash(&sid(id)), Some(FlowHash::Fast), "{id}");
+        assert_eq!(
+            FlowHash::of_flags(entry(&dp, id).flags),
+            FlowHash::Fast,
+            "{id}"
+        );
+    }
+    assert_eq!(entry(&dp, B).flags & SERVICE_L2DSR, SERVICE_L2DSR);
+}
+
+#[test]
+fn an_upgrade_in_place_keeps_the_murmur3_hash_of_services_pinned_before_the_flag() {
+    // A datapath of the previous build: its entries lack SERVICE_HASH_FAST.
+    let (mut dp, mut old) = installed(&[a(), b()], &[]);
+    assert_eq!(old.set_flow_hash(&mut dp, FlowHash::Murmur3).unwrap(), 2);
+    let before = (flow_backends(&old, A), flow_backends(&old, B));
+    let entries = (entry(&dp, A), entry(&dp, B));
+    // The upgraded daemon adopts the pins and applies the same services,
+    // then a changed one (A drains a backend) and a new one (C).
+    let mut ctl = adopting(&mut dp, &old.specs());
+    ctl.apply(&mut dp, &[a(), b()]).expect("apply");
+    assert_eq!(
+        (entry(&dp, A), entry(&dp, B)),
+        entries,
+        "entries not rewritten"
+    );
+    assert_eq!(
+        (flow_backends(&ctl, A), flow_backends(&ctl, B)),
+        before,
+        "every flow keeps its backend"
+    );
+    let mut a2 = a();
+    a2.backends.push(BackendSpec {
+        addr: ip("10.0.0.9"),
+        weight: 0,
+    });
+    ctl.apply(&mut dp, &[a2, b(), c()]).expect("apply");
+    assert_eq!(
+        FlowHash::of_flags(entry(&dp, A).flags),
+        FlowHash::Murmur3,
+        "a changed service keeps its hash"
+    );
+    assert_eq!(flow_backends(&ctl, A), before.0);
+    assert_eq!(
+        ctl.flow_hash(&sid(C)),
+        Some(FlowHash::Fast),
+        "a new service hashes fast"
+    );
+    assert_eq!(FlowHash::of_flags(entry(&dp, C).flags), FlowHash::Fast);
+}
+
+#[test]
+fn switching_the_flow_hash_rewrites_each_entry_once_and_keeps_its_ring() {
+    let (mut dp, mut ctl) = installed(&[a(), b()], &[]);
+    ctl.set_flow_hash(&mut dp, FlowHash::Murmur3).unwrap();
+    let murmur = flow_backends(&ctl, A);
+    let (ea, eb) = (entry(&dp, A), entry(&dp, B));
+    let steps = dp.steps();
+    assert_eq!(ctl.set_flow_hash(&mut dp, FlowHash::Fast).unwrap(), 2);
+    assert_eq!(&dp.log()[steps..], [Op::SetService, Op::SetService]);
+    for (id, was) in [(A, ea), (B, eb)] {
+        let now = entry(&dp, id);
+        assert_eq!(FlowHash::of_flags(now.flags), FlowHash::Fast, "{id}");
+        assert_eq!(
+            (
+                now.slot,
+                now.ring_base,
+                now.ring_size,
+                now.flags & SERVICE_L2DSR
+            ),
+            (
+                was.slot,
+                was.ring_base,
+                was.ring_size,
+                was.flags & SERVICE_L2DSR
+            ),
+            "{id}: only the hash changed"
+        );
+    }
+    assert_ne!(flow_backends(&ctl, A), murmur, "the flows were remapped");
+    let steps = dp.steps();
+    assert_eq!(ctl.set_flow_hash(&mut dp, FlowHash::Fast).unwrap(), 0);
+    assert_eq!(dp.steps(), steps, "nothing to switch, nothing written");
+}
+
+#[test]
+fn a_failed_switch_of_the_flow_hash_puts_the_entries_back() {
+    let (mut dp, mut ctl) = installed(&[a(), b(), c()], &[]);
+    let view = dp.lb_view();
+    let flows = flow_backends(&ctl, A);
+    dp.fail_call(Op::SetService, 1);
+    let err = ctl.set_flow_hash(&mut dp, FlowHash::Murmur3).unwrap_err();
+    assert!(matches!(err, LbError::Datapath(_)), "{err}");
+    assert_eq!(dp.lb_view(), view, "the switched entry was written back");
+    for id in [A, B, C] {
+        assert_eq!(ctl.flow_hash(&sid(id)), Some(FlowHash::Fast), "{id}");
+    }
+    assert_eq!(flow_backends(&ctl, A), flows);
 }
