@@ -140,6 +140,23 @@ impl StateDirs {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `xdpgate run --config CONFIG` in `ns` and asserts that it is
+    /// refused as the caller's fault (exit 64, within 60 s) with a message
+    /// holding every one of `parts`; returns that message.
+    pub fn run_refused(&self, ns: &Netns, config: &Path, parts: &[&str]) -> String {
+        let out = self.run(
+            ns,
+            &["run", "--config", config.to_str().expect("UTF-8 path")],
+            Duration::from_secs(60),
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        for part in parts {
+            assert!(err.contains(part), "{part:?} missing in: {err}");
+        }
+        err
+    }
+
     /// Runs `xdpgate ARGS` in `ns` to completion (bounded by `timeout`).
     pub fn run(&self, ns: &Netns, args: &[&str], timeout: Duration) -> Output {
         let mut child = self
