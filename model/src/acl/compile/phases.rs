@@ -133,6 +133,7 @@ fn group(
     plan: &[(u32, u32); PHASE_STEPS],
     fold: bool,
     budget: usize,
+    stop: &dyn Fn() -> bool,
 ) -> Option<(PhaseGroup, Vec<u16>)> {
     let words = (hi - lo).div_ceil(64);
     // Rules of the group that accept every class of a dimension.
@@ -222,6 +223,10 @@ fn group(
         let term = terminal(covered);
         let mut intern = Interner::default();
         for a in &sets[l] {
+            // Asked per row: a stopped rebuild frees its core at once.
+            if stop() {
+                return None;
+            }
             for b in &sets[r] {
                 if last {
                     let first = a
@@ -256,7 +261,8 @@ pub fn build_within(dims: &Dims, cells: usize) -> Option<Phases> {
 }
 
 /// [`build_within`] stopping early: `stop` is asked before every group of
-/// rules is reduced, and when it answers `true` the build ends with
+/// rules is reduced and before every row of a step, and when it answers
+/// `true` the build ends with
 /// [`Stopped`] (a rebuild off the change that a later change cancelled:
 /// `incr::PhaseJob`).
 pub fn build_until(
@@ -319,8 +325,9 @@ fn groups(
             return Err(Stopped);
         }
         let hi = (lo + per).min(n);
-        let Some((mut g, cells)) = group(dims, lo, hi, plan, fold, budget - out.cells.len()) else {
-            return Ok(None);
+        let Some((mut g, cells)) = group(dims, lo, hi, plan, fold, budget - out.cells.len(), stop)
+        else {
+            return if stop() { Err(Stopped) } else { Ok(None) };
         };
         let base = out.cells.len() as u32;
         g.remap
