@@ -84,6 +84,15 @@ pub(crate) struct Series {
     pub second_copy_median_ms: f64,
     /// See `second_copy_median_ms`.
     pub second_copy_max_ms: f64,
+    /// Changes after which the live generation walked the rule bitmaps
+    /// until the phased tables were rebuilt off the change.
+    pub walked: usize,
+    /// From the return (second copy written) to the rebuilt phased tables
+    /// live (`AclController::wait_rebuilt`, the daemon's background install),
+    /// for the changes that walked: median and max, ms (0 when none did).
+    pub rebuilt_median_ms: f64,
+    /// See `rebuilt_median_ms`.
+    pub rebuilt_max_ms: f64,
     /// Snapshot and call to return: median, 99th percentile and max, ms.
     pub total_median_ms: f64,
     /// See `total_median_ms`.
@@ -186,6 +195,7 @@ fn time_changes(
     let (mut validated, mut compiled) = (Vec::new(), Vec::new());
     let (mut written, mut switched, mut copy) = (Vec::new(), Vec::new(), Vec::new());
     let mut incremental = 0;
+    let mut rebuilt = Vec::new();
     for c in changes {
         let t = Instant::now();
         let shared = ctl.shared_state();
@@ -198,6 +208,14 @@ fn time_changes(
         let t2 = Instant::now();
         ctl.finish(dp);
         copy.push(ms(t2.elapsed()));
+        // The phased tables rebuilt off the change and switched to, before
+        // the next change (each change starts from them: its worst case).
+        if ctl.rebuild_pending() {
+            let t3 = Instant::now();
+            ctl.wait_rebuilt(dp)
+                .map_err(|e| anyhow::anyhow!("{what}: the rebuilt phased tables: {e}"))?;
+            rebuilt.push(ms(t3.elapsed()));
+        }
         let timing = ctl.last_timing().context("the change is timed")?;
         incremental += usize::from(timing.incremental);
         snapshot.push(ms(snap));
@@ -212,6 +230,12 @@ fn time_changes(
     let (em, ex) = median_max(&mut enforced);
     let (tm, tx) = median_max(&mut total);
     let (cm, cx) = median_max(&mut copy);
+    let walked = rebuilt.len();
+    let (rm, rx) = if rebuilt.is_empty() {
+        (0.0, 0.0)
+    } else {
+        median_max(&mut rebuilt)
+    };
     Ok(Series {
         what: what.to_string(),
         n: changes.len(),
@@ -226,6 +250,9 @@ fn time_changes(
         enforced_max_ms: ex,
         second_copy_median_ms: cm,
         second_copy_max_ms: cx,
+        walked,
+        rebuilt_median_ms: rm,
+        rebuilt_max_ms: rx,
         total_median_ms: tm,
         total_p99_ms: p99(&total),
         total_max_ms: tx,
@@ -406,11 +433,11 @@ pub(crate) fn print(r: &Section<UpdateReport>) {
                 .map_or_else(|| "failed".to_string(), |v| format!("{v:.0} ms"))
         );
         println!(
-            "   change                                  n  incr | snap med/max | valid compiled written switched | enforced med/max |  total med/p99/max | 2nd copy med/max ms"
+            "   change                                  n  incr | snap med/max | valid compiled written switched | enforced med/max |  total med/p99/max | 2nd copy med/max | walk n, rebuilt med/max ms"
         );
         for s in &c.series {
             println!(
-                "   {:<38} {:>3} {:>5} | {:>5.2} {:>6.2} | {:>5.1} {:>8.1} {:>7.1} {:>8.1} | {:>8.2} {:>7.2} | {:>6.2} {:>6.2} {:>6.2} | {:>6.2} {:>6.2}",
+                "   {:<38} {:>3} {:>5} | {:>5.2} {:>6.2} | {:>5.1} {:>8.1} {:>7.1} {:>8.1} | {:>8.2} {:>7.2} | {:>6.2} {:>6.2} {:>6.2} | {:>6.2} {:>6.2} | {:>3} {:>6.0} {:>6.0}",
                 s.what,
                 s.n,
                 s.incremental,
@@ -426,12 +453,15 @@ pub(crate) fn print(r: &Section<UpdateReport>) {
                 s.total_p99_ms,
                 s.total_max_ms,
                 s.second_copy_median_ms,
-                s.second_copy_max_ms
+                s.second_copy_max_ms,
+                s.walked,
+                s.rebuilt_median_ms,
+                s.rebuilt_max_ms
             );
         }
     }
     println!(
-        "   (snap: the daemon's snapshot for reads before the change (`shared_state`); then medians of the time from the call to: valid: the change made and validated; compiled: the delta and counter slots; written: the idle generation written; switched: the configuration word switched, after which every packet that starts sees the change; enforced: the grace period over, no packet uses the old generation; total: snapshot plus the call to its return (`apply_deferred`, as the daemon calls it); 2nd copy: the delta written into the other generation after the return (`finish`, the daemon's after its answer); the CLI's socket round trip and the journal append are in the CLI table below)"
+        "   (snap: the daemon's snapshot for reads before the change (`shared_state`); then medians of the time from the call to: valid: the change made and validated; compiled: the delta and counter slots; written: the idle generation written; switched: the configuration word switched, after which every packet that starts sees the change; enforced: the grace period over, no packet uses the old generation; total: snapshot plus the call to its return (`apply_deferred`, as the daemon calls it); 2nd copy: the delta written into the other generation after the return (`finish`, the daemon's after its answer); walk: the changes after which the live generation walked the rule bitmaps (exact) until the phased tables, rebuilt on a thread, were switched to, and the time from the return to that switch (`wait_rebuilt`; waited for before each next change, so every change starts from the phased tables); the CLI's socket round trip and the journal append are in the CLI table below)"
     );
     cli::print(&rep.cli);
     for t in &rep.targets {

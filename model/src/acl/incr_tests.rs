@@ -389,3 +389,108 @@ fn freed_classes_and_length_sets_are_reused() {
     assert_eq!(again.new_classes, added.new_classes, "the freed id again");
     assert_eq!((x.class_ids(), x.image().lensets.len()), (classes, lensets));
 }
+
+/// Rebuilds deferred (the controller's mode): an update that changes a rule
+/// or an address class leaves the image walking the bitmaps, which decides
+/// every packet as the reference classifier does; the rebuilt phased tables,
+/// once installed, decide them the same, and a later update without a class
+/// or rule change keeps them.
+#[test]
+fn deferred_phase_rebuilds_walk_exactly_until_phased_tables_deciding_the_same_are_installed() {
+    let slots = slots();
+    let (mut deferred, mut installed) = (0, 0);
+    for seed in 0..6u64 {
+        let mut rng = Rng::new(seed);
+        let rules = 1 + rng.below(30) as usize;
+        let mut state = rand_state(&mut rng, 3, 20, rules);
+        let mut x = Incremental::build(&state, &slots).expect("compile");
+        x.defer_phases(true);
+        assert!(
+            x.image().phases.is_some(),
+            "seed {seed}: phased to begin with"
+        );
+        for step in 0..8 {
+            let change = rand_change(&mut rng, &state);
+            let Ok((next, undo)) = applied(&state, &change) else {
+                continue;
+            };
+            let name = format!("seed {seed}, step {step}, {change:?}");
+            let had = x.image().phases.is_some();
+            match x.update(&next, &undo, &change) {
+                Ok(delta) => {
+                    if x.phases_pending() {
+                        deferred += 1;
+                        assert!(x.image().phases.is_none(), "{name}: walking");
+                        assert_eq!(delta.phases, had, "{name}: a switch to the walk");
+                    }
+                }
+                // A rule whose prefix spans too wide a range is compiled in
+                // full (as without deferral), as is any other shape.
+                Err(Fallback::Shape | Fallback::Spoiled) => {
+                    x = Incremental::build(&next, &slots).expect("compile");
+                    x.defer_phases(true);
+                }
+            }
+            let decide = |x: &Incremental, rng: &mut Rng, what: &str| {
+                for _ in 0..50 {
+                    let pkt = rand_packet(rng, &next);
+                    assert_eq!(
+                        x.image().decide(1, &pkt),
+                        classify(&next, "eth0", &pkt),
+                        "{name}, {what}: {pkt:?}"
+                    );
+                }
+            };
+            decide(&x, &mut rng, "before the rebuild");
+            // Every other step the rebuild lands before the next change.
+            if step % 2 == 0
+                && let Some(job) = x.phase_job()
+            {
+                let built = job.run(&|| false).expect("not stopped");
+                let delta = x.install_phases(&job, built).expect("phased tables fit");
+                assert!(delta.phases && !delta.rules, "{name}: {delta:?}");
+                assert!(!x.phases_pending() && x.image().phases.is_some(), "{name}");
+                installed += 1;
+                decide(&x, &mut rng, "after the rebuild");
+            }
+            state = next;
+        }
+    }
+    assert!(
+        deferred > 10 && installed > 5,
+        "deferred {deferred}, installed {installed}"
+    );
+}
+
+#[test]
+fn a_phase_rebuild_of_tables_changed_since_installs_nothing() {
+    let state = state_with(&["192.0.2.0/24"]);
+    let mut x = Incremental::build(&state, &slots()).expect("compile");
+    x.defer_phases(true);
+    let add = |id: u32, p: &str| Change::RuleAdd {
+        rules: vec![Rule {
+            dst: Some(AddrMatch::Prefix(p.parse().unwrap())),
+            ..Rule::new(id, id, crate::acl::Verdict::Allow)
+        }],
+    };
+    let first = add(2, "198.51.100.0/24");
+    let (s1, undo) = applied(&state, &first).expect("valid");
+    x.update(&s1, &undo, &first).expect("incremental");
+    let stale = x.phase_job().expect("a rebuild is pending");
+    let second = add(3, "203.0.113.0/24");
+    let (s2, undo) = applied(&s1, &second).expect("valid");
+    x.update(&s2, &undo, &second).expect("incremental");
+    let built = stale.run(&|| false).expect("not stopped");
+    assert!(built.is_some(), "the stale job built tables");
+    assert_eq!(x.install_phases(&stale, built), None, "tables of before");
+    assert!(x.phases_pending() && x.image().phases.is_none());
+    let job = x.phase_job().expect("the current rebuild");
+    assert_eq!(
+        job.run(&|| true),
+        Err(crate::acl::compile::phases::Stopped),
+        "asked to stop, a rebuild ends"
+    );
+    let built = job.run(&|| false).expect("not stopped");
+    assert!(x.install_phases(&job, built).is_some());
+    assert!(x.image().phases.is_some());
+}

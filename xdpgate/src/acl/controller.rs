@@ -27,6 +27,11 @@
 //! incremental compiler does not take (a replacement, a policy, a range too
 //! wide) is compiled and written in full.
 //!
+//! A change that needs the phased tables rebuilt (a rule, a new address
+//! class) is installed into a generation that walks the rule bitmaps, and
+//! the phased tables are rebuilt on a thread and switched to later
+//! ([`AclController::install_rebuilt`], module `rebuild`).
+//!
 //! A change is made in the controller's state itself and validated there
 //! (`AclState::apply_in_place`: no copy of the state); a change rejected or
 //! not installed is undone. Readers get a copy of the state kept beside it
@@ -202,6 +207,9 @@ struct Compiled {
     /// The counter slot of each rule of `tables`, in evaluation order.
     counters: Vec<u32>,
     last: Option<UpdateTiming>,
+    /// The rebuild of the phased tables running for `tables`, when they
+    /// walk the bitmaps until it is installed (module `rebuild`).
+    rebuild: Option<rebuild::Rebuild>,
 }
 
 impl PartialEq for Compiled {
@@ -218,6 +226,7 @@ impl std::fmt::Debug for Compiled {
             .field("tables", &self.tables.is_some())
             .field("synced", &self.synced)
             .field("behind", &self.behind.is_some())
+            .field("rebuild", &self.rebuild.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -359,6 +368,7 @@ impl AclController {
             Ok(None) => self.install_timed(dp, (t0, validated)),
             Err(e) => Err(e),
         };
+        self.start_rebuild();
         match installed {
             Ok(timing) => {
                 if timing.incremental {
@@ -412,6 +422,8 @@ impl AclController {
         let Some(mut tables) = self.compiled.tables.take() else {
             return Ok(None);
         };
+        // A rebuild of the phased tables of before the change is of no use.
+        self.stop_rebuild();
         let delta = match tables.update(&self.state, undo, change) {
             Ok(delta) => delta,
             Err(Fallback::Shape) => {
@@ -429,6 +441,7 @@ impl AclController {
             behind: Some((1 - timing.1, delta)),
             counters,
             last: Some(timing.0),
+            rebuild: None,
         };
         let timing = timing.0;
         Ok(Some(timing))
@@ -536,8 +549,10 @@ impl AclController {
         let prefixes: u64 = self.state.sets.values().map(|s| s.len() as u64).sum();
         cancel::progress("compiling prefixes", 0, prefixes);
         cancel::checkpoint()?;
-        let tables = Incremental::build_for(&self.state, &self.slots, &self.caps)
+        let mut tables = Incremental::build_for(&self.state, &self.slots, &self.caps)
             .map_err(ApplyError::Invalid)?;
+        // Later changes rebuild the phased tables off the change (`rebuild`).
+        tables.defer_phases(true);
         let image = tables.image();
         // The last point where stopping leaves everything as it was.
         cancel::progress("installing prefixes", 0, prefixes);
@@ -561,12 +576,14 @@ impl AclController {
         let counters = slots.counters.clone();
         self.commit_slots(slots);
         let timing = sw.timing(false, t0, validated, compiled);
+        self.stop_rebuild();
         self.compiled = Compiled {
             tables: Some(Box::new(tables)),
             synced,
             behind: None,
             counters,
             last: Some(timing),
+            rebuild: None,
         };
         Ok(timing)
     }
@@ -759,5 +776,8 @@ fn switch_generation<D: AclTables + ?Sized>(
     })
 }
 
+mod rebuild;
 #[cfg(test)]
 mod tests;
+
+pub use rebuild::RebuildWait;

@@ -3,5 +3,5 @@
 //! tables and switches to it, keeping rule counters across changes.
 pub mod controller;
 
-pub use controller::{AclController, ApplyError, RuleCounters};
+pub use controller::{AclController, ApplyError, RebuildWait, RuleCounters};
 pub use xdpgate_model::acl::Applied;

@@ -351,7 +351,7 @@ pub fn stats(report: &StatsReport) -> String {
     if c.walks > 0 {
         let _ = writeln!(
             out,
-            "  {} of the misses walked the rule bitmaps: the rule set exceeds the phased tables' budget",
+            "  {} of the misses walked the rule bitmaps (the rule set exceeds the phased tables' budget, or they were being rebuilt after a rule change)",
             c.walks
         );
     }

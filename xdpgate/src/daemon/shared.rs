@@ -31,6 +31,7 @@ use xdpgate_model::acl::AclState;
 
 use super::{Daemon, handler};
 use crate::{
+    acl::RebuildWait,
     api::{
         Handler, Request, Response,
         protocol::{Answer, Busy, Status},
@@ -155,9 +156,13 @@ impl Shared {
         let r = cancel::scope(work, || f(&mut d));
         let done = self.busy_slot().take();
         let unfinished = d.ctl.unfinished();
+        let rebuild = d.ctl.rebuild_wait();
         drop(d);
         if unfinished {
             self.finish_in_background();
+        }
+        if let Some(wait) = rebuild {
+            self.install_rebuilt_in_background(wait);
         }
         // Freed off the answer's path (it may hold the replaced ACL state).
         if let Err(e) = std::thread::Builder::new()
@@ -187,6 +192,34 @@ impl Shared {
             });
         if let Err(e) = spawned {
             log::debug!("the second copy waits for the next change: {e}");
+        }
+    }
+
+    /// Installs the phased tables rebuilt after an ACL change (the change
+    /// is enforced already, by the bitmap walk) once their thread is done,
+    /// on a thread that takes the daemon when it is free. A later change
+    /// stops that rebuild and starts its own: this thread then installs
+    /// nothing.
+    fn install_rebuilt_in_background(&self, wait: RebuildWait) {
+        let me = self.me.clone();
+        let spawned = std::thread::Builder::new()
+            .name("acl-phases-install".into())
+            .spawn(move || {
+                wait.wait();
+                if let Some(shared) = me.upgrade() {
+                    let mut d = shared.lock();
+                    let d = &mut *d;
+                    match d.ctl.install_rebuilt(&mut d.dp) {
+                        Ok(true) => log::debug!("ACL: the rebuilt phased tables are live"),
+                        Ok(false) => {}
+                        Err(e) => log::warn!(
+                            "ACL: the rebuilt phased tables were not installed (the bitmap walk stays in force, exact; the next change compiles in full): {e}"
+                        ),
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("the rebuilt phased tables wait for the next change: {e}");
         }
     }
 

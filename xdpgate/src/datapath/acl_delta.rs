@@ -9,7 +9,8 @@ use aya::{Pod, maps::Array};
 
 use xdpgate_common::{
     acl::{
-        DPORT_QUADS, MAX_PHASE_GROUPS, PHASE_CELLS_MAP, PHASE_GROUPS_MAP, RULE_BITS, SPORT_QUADS,
+        DPORT_QUADS, MAX_PHASE_GROUPS, PHASE_CELLS_MAP, PHASE_GROUPS_MAP, PhaseGroup, RULE_BITS,
+        SPORT_QUADS,
     },
     maps::{self, GEN_TABLES},
 };
@@ -83,7 +84,17 @@ impl Datapath {
                     self.write_phases(t, p)?;
                 }
             }
-            None if delta.rules => {
+            // The rules changed, or the generation goes from the phased
+            // tables to the walk (its bitmap tables were never written).
+            None if delta.rules || delta.phases => {
+                if delta.phases {
+                    self.write(
+                        PHASE_GROUPS_MAP,
+                        t,
+                        MAX_PHASE_GROUPS as u32,
+                        &[PhaseGroup::default()],
+                    )?;
+                }
                 let n = image.iface_bm.len();
                 self.write_entries(GEN_TABLES[0], t, &image.iface_bm, all(n))?;
                 self.write_entries(GEN_TABLES[1], t, &image.proto_bm, all(256))?;

@@ -97,7 +97,8 @@ pub struct CacheStats {
     /// Packets resolved without the cache (not cached, or cache off).
     pub misses: u64,
     /// Of the misses, packets that walked the rule bitmaps (a generation
-    /// without phased tables: its rule set exceeded their budget).
+    /// without phased tables: its rule set exceeded their budget, or a rule
+    /// change's phased tables were still being rebuilt).
     pub walks: u64,
 }
 

@@ -27,7 +27,7 @@ use xdpgate_common::{
     acl::{Bitmap, MAX_ADDR_CLASSES, V4_EXT, V4_NONE_CLASS, V6_NONE_CLASS},
 };
 
-use super::{AddrParts, Bits, Capacities, Image, compile_parts, phases, sweep};
+use super::{AddrParts, Bits, Capacities, Image, compile_parts, sweep};
 use crate::acl::model::{AclError, AclState, AddrMatch, Change, Rule, Undo, parse_prefix};
 use blocks::Block;
 
@@ -66,6 +66,10 @@ pub struct Delta {
     pub rules: bool,
     /// The phased tables changed (rebuilt from the updated bitmaps, see
     /// [`Incremental::update`]): every phase group and cell is rewritten.
+    /// When the image has no phased tables, the generation changes from the
+    /// phased tables to the bitmap walk (a rebuild deferred, see
+    /// [`Incremental::defer_phases`]): its six bitmap tables are written
+    /// whole and its phase groups say "walk".
     pub phases: bool,
 }
 
@@ -145,6 +149,14 @@ pub struct Incremental {
     /// Length sets whose last block went during the current update.
     unused_lensets: Vec<u16>,
     rng: u64,
+    /// Phased tables are rebuilt off the change ([`Incremental::defer_phases`]).
+    deferred: bool,
+    /// The tables walk the bitmaps until a [`PhaseJob`] rebuilds the phased
+    /// tables (see [`Incremental::phase_job`]).
+    pending: bool,
+    /// Counts the updates, so that a [`PhaseJob`] is installed only into the
+    /// tables it was taken from.
+    version: u64,
 }
 
 impl std::fmt::Debug for Incremental {
@@ -234,6 +246,9 @@ impl Incremental {
             free_lensets: Vec::new(),
             unused_lensets: Vec::new(),
             rng: 0x9e37_79b9_7f4a_7c15,
+            deferred: false,
+            pending: false,
+            version: 0,
         })
     }
 
@@ -254,6 +269,7 @@ impl Incremental {
         undo: &Undo,
         change: &Change,
     ) -> Result<Delta, Fallback> {
+        self.version += 1;
         let mut ranges: [Vec<(u128, u128)>; 2] = [Vec::new(), Vec::new()];
         let mut delta = Delta::default();
         match change {
@@ -326,40 +342,6 @@ impl Incremental {
         self.release(&mut delta);
         self.rephase(&mut delta)?;
         Ok(delta)
-    }
-
-    /// Rebuilds the phased tables when the rules or the address classes
-    /// changed: they are a function of every class bitmap, so they are
-    /// computed again from the updated bitmaps (in full: their cost grows
-    /// with the rules and classes, not with the prefixes). A change that
-    /// moves the generation between the phased tables and the bitmap walk
-    /// (whose tables are written only when it is used), or over the walk's
-    /// capacity, is compiled in full instead.
-    fn rephase(&mut self, delta: &mut Delta) -> Result<(), Fallback> {
-        if !delta.rules && delta.new_classes.is_empty() && delta.freed_classes.is_empty() {
-            return Ok(());
-        }
-        let img = &self.image;
-        let dims = phases::Dims {
-            bms: [
-                &img.iface_bm,
-                &img.proto_bm,
-                &img.src_bm,
-                &img.dst_bm,
-                &img.sport_bm,
-                &img.dport_bm,
-            ],
-            rules: img.rule_ids.len(),
-        };
-        let next = phases::build_within(&dims, img.caps.phase_cells as usize);
-        if next.is_some() != img.phases.is_some()
-            || img.caps.walk_fits(next.as_ref(), &dims).is_err()
-        {
-            return Err(Fallback::Spoiled);
-        }
-        delta.phases = next != img.phases;
-        self.image.phases = next;
-        Ok(())
     }
 
     /// The class of condition set `set` of family `tag`: an existing one, or
@@ -570,7 +552,10 @@ fn push_range(ranges: &mut [Vec<(u128, u128)>; 2], net: &IpNetwork) {
 }
 
 mod blocks;
+mod rephase;
 mod rules;
+
+pub use rephase::PhaseJob;
 
 /// What the equivalence test (`acl::incr_tests`) reads.
 #[cfg(test)]

@@ -133,6 +133,7 @@ fn group(
     plan: &[(u32, u32); PHASE_STEPS],
     fold: bool,
     budget: usize,
+    stop: &dyn Fn() -> bool,
 ) -> Option<(PhaseGroup, Vec<u16>)> {
     let words = (hi - lo).div_ceil(64);
     // Rules of the group that accept every class of a dimension.
@@ -222,6 +223,10 @@ fn group(
         let term = terminal(covered);
         let mut intern = Interner::default();
         for a in &sets[l] {
+            // Asked per row: a stopped rebuild frees its core at once.
+            if stop() {
+                return None;
+            }
             for b in &sets[r] {
                 if last {
                     let first = a
@@ -252,13 +257,26 @@ fn group(
 /// `None` when none fits (the datapath then walks the rule bitmaps, within
 /// [`Capacities::walk_fits`](super::Capacities::walk_fits)).
 pub fn build_within(dims: &Dims, cells: usize) -> Option<Phases> {
+    build_until(dims, cells, &|| false).unwrap_or(None)
+}
+
+/// [`build_within`] stopping early: `stop` is asked before every group of
+/// rules is reduced and before every row of a step, and when it answers
+/// `true` the build ends with
+/// [`Stopped`] (a rebuild off the change that a later change cancelled:
+/// `incr::PhaseJob`).
+pub fn build_until(
+    dims: &Dims,
+    cells: usize,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<Phases>, Stopped> {
     debug_assert!(dims.rules < PHASE_NONE as usize);
     let mut k = 1;
     while k <= MAX_PHASE_GROUPS {
         let mut best: Option<Phases> = None;
         for (p, plan) in PLANS.iter().enumerate() {
             let budget = best.as_ref().map_or(cells, |b| b.cells.len());
-            if let Some(ph) = groups(dims, k, plan, p, false, budget) {
+            if let Some(ph) = groups(dims, k, plan, p, false, budget, stop)? {
                 best = Some(ph);
             }
         }
@@ -266,12 +284,17 @@ pub fn build_within(dims: &Dims, cells: usize) -> Option<Phases> {
             // The chosen plan again with its remaps folded, if that fits:
             // five reads fewer per group. Only this plan: folding every plan
             // doubled the compile time at 10,000 firewall-like rules.
-            return Some(groups(dims, k, &PLANS[b.plan], b.plan, true, cells).unwrap_or(b));
+            let folded = groups(dims, k, &PLANS[b.plan], b.plan, true, cells, stop)?;
+            return Ok(Some(folded.unwrap_or(b)));
         }
         k *= 2;
     }
-    None
+    Ok(None)
 }
+
+/// A build of the phased tables ended early ([`build_until`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped;
 
 /// Groups and cells of phased tables, for [`super::CompileStats`].
 pub fn stats(p: Option<&Phases>) -> Option<(usize, usize)> {
@@ -286,7 +309,8 @@ fn groups(
     p: usize,
     fold: bool,
     budget: usize,
-) -> Option<Phases> {
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<Phases>, Stopped> {
     let n = dims.rules;
     let per = n.div_ceil(k).max(1);
     let mut out = Phases {
@@ -297,8 +321,14 @@ fn groups(
     };
     let mut lo = 0;
     while lo < n || (n == 0 && out.groups.is_empty()) {
+        if stop() {
+            return Err(Stopped);
+        }
         let hi = (lo + per).min(n);
-        let (mut g, cells) = group(dims, lo, hi, plan, fold, budget - out.cells.len())?;
+        let Some((mut g, cells)) = group(dims, lo, hi, plan, fold, budget - out.cells.len(), stop)
+        else {
+            return if stop() { Err(Stopped) } else { Ok(None) };
+        };
         let base = out.cells.len() as u32;
         g.remap
             .iter_mut()
@@ -313,7 +343,7 @@ fn groups(
     for g in &mut out.groups {
         (g.groups, g.rules) = (count, n as u32);
     }
-    Some(out)
+    Ok(Some(out))
 }
 
 impl Phases {

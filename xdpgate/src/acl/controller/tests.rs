@@ -579,3 +579,102 @@ fn the_readers_copy_follows_every_change_and_a_copy_held_keeps_the_state_before(
     ctl.apply(&mut dp, &change()).expect("replace");
     assert_eq!(*ctl.shared_state(), *ctl.state(), "after a replacement");
 }
+
+/// The live tables' image (the kept tables equal the live generation).
+fn walking(ctl: &AclController) -> bool {
+    let tables = ctl.compiled.tables.as_ref().expect("kept tables");
+    tables.image().phases.is_none()
+}
+
+#[test]
+fn a_rule_change_is_enforced_by_the_walk_then_the_rebuilt_phased_tables_are_switched_to() {
+    let (mut dp, mut ctl) = installed();
+    assert!(!walking(&ctl), "a full install has phased tables");
+    let counts = dp.maps().rule_counters.clone();
+    ctl.apply(&mut dp, &add_rule()).expect("apply");
+    assert!(ctl.last_timing().expect("timed").incremental);
+    assert!(
+        ctl.rebuild_pending() && walking(&ctl),
+        "the walk until the rebuild"
+    );
+    let (cfg, live) = dp.acl_view();
+    assert!(
+        matches!(&live, AclGeneration::Written { rule_ids, .. } if rule_ids == &[7, 1, 2]),
+        "enforced: {live:?}"
+    );
+    let steps = dp.steps();
+    assert!(ctl.wait_rebuilt(&mut dp).expect("installed"), "switched");
+    assert_eq!(
+        dp.log()[steps..],
+        [
+            Op::WriteAclDelta,
+            Op::ZeroRuleCounters,
+            Op::SetAclConfig,
+            Op::RcuWait,
+            Op::WriteAclDelta,
+        ],
+        "a switch like any other, both generations"
+    );
+    assert!(!ctl.rebuild_pending() && !walking(&ctl));
+    let (after, rebuilt) = dp.acl_view();
+    assert_eq!(after.epoch, cfg.epoch + 1);
+    assert_eq!(rebuilt, live, "the same rules on the same counter slots");
+    assert_eq!(dp.maps().acl_generations[0], dp.maps().acl_generations[1]);
+    for (slot, c) in &counts {
+        assert_eq!(dp.maps().rule_counters.get(slot), Some(c), "counters kept");
+    }
+    assert!(!ctl.wait_rebuilt(&mut dp).expect("none"), "nothing left");
+}
+
+#[test]
+fn a_change_during_a_rebuild_stops_it_and_its_own_rebuild_is_installed() {
+    let (mut dp, mut ctl) = installed();
+    ctl.apply(&mut dp, &add_rule()).expect("apply");
+    let first = ctl.rebuild_wait().expect("a rebuild runs");
+    ctl.apply(&mut dp, &Change::RuleDel { ids: vec![1] })
+        .expect("del");
+    // Stopped (or done, for the tables of before): it returns either way.
+    first.wait();
+    assert!(ctl.rebuild_pending() && walking(&ctl));
+    assert!(ctl.wait_rebuilt(&mut dp).expect("installed"));
+    assert!(!walking(&ctl));
+    let (_, live) = dp.acl_view();
+    assert!(
+        matches!(&live, AclGeneration::Written { rule_ids, .. } if rule_ids == &[7, 2]),
+        "{live:?}"
+    );
+    assert_eq!(dp.maps().acl_generations[0], dp.maps().acl_generations[1]);
+}
+
+#[test]
+fn a_rejected_change_during_a_rebuild_changes_nothing_and_the_rebuild_still_lands() {
+    let (mut dp, mut ctl) = installed();
+    ctl.apply(&mut dp, &add_rule()).expect("apply");
+    let live = dp.acl_view();
+    let e = ctl
+        .apply(&mut dp, &Change::RuleDel { ids: vec![99] })
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::Invalid(_)), "{e}");
+    assert_eq!(dp.acl_view(), live, "nothing written");
+    assert!(ctl.wait_rebuilt(&mut dp).expect("installed"));
+    assert!(!walking(&ctl));
+}
+
+#[test]
+fn a_failed_switch_to_the_rebuilt_tables_leaves_the_walk_live_and_the_next_change_compiles_in_full()
+{
+    let (mut dp, mut ctl) = installed();
+    ctl.apply(&mut dp, &add_rule()).expect("apply");
+    let live = dp.acl_view();
+    let counts = dp.maps().rule_counters.clone();
+    dp.fail_next(Op::SetAclConfig);
+    ctl.wait_rebuilt(&mut dp).unwrap_err();
+    assert!(!dp.failures_pending(), "the failure happened");
+    assert_eq!(dp.acl_view(), live, "the walking generation stays live");
+    assert_eq!(dp.maps().rule_counters, counts);
+    let steps = dp.steps();
+    ctl.apply(&mut dp, &add_prefix()).expect("apply");
+    assert_eq!(dp.log()[steps], Op::WriteAclGeneration);
+    assert!(!ctl.last_timing().expect("timed").incremental);
+    assert!(!walking(&ctl), "a full compile builds the phased tables");
+}
