@@ -182,6 +182,14 @@ pub struct LbConfig {
     pub ttl: u32,
 }
 
+/// How long the steering program uses a cached next hop at most, in jiffies
+/// (`bpf_jiffies64`): 1 s at `CONFIG_HZ=250`, 0.25 s at 1000, 2.5 s at 100.
+/// Within it, a cached hop is used only while the routing generation
+/// ([`maps::LB_ROUTE_GEN`](crate::maps::LB_ROUTE_GEN)) is the one it was
+/// looked up in; the lifetime is what bounds a route change when no daemon
+/// moves the generation.
+pub const HOP_LIFETIME_JIFFIES: u64 = 250;
+
 /// Default IPv4 outer source prefix (Katran's choice): 172.16.0.0/16.
 pub const DEFAULT_SRC_V4: ([u8; 4], u8) = ([172, 16, 0, 0], 16);
 /// Default IPv6 outer source prefix: 100::/64, the discard-only prefix of

@@ -87,6 +87,11 @@ pub mod maps {
     pub const LB_SERVICE_STATS: &str = "XG_LB_SERVICE_STATS";
     /// `Array<LbConfig>` (one entry): outer source prefixes and TTL.
     pub const LB_CONFIG: &str = "XG_LB_CONFIG";
+    /// `Array<u64>` (one entry, mmapable): the routing generation, which the
+    /// daemon moves whenever the kernel reports a route, neighbour, link,
+    /// address or rule change (and once a second); a cached next hop
+    /// (`XG_LB_NEXTHOP`) is valid only while its generation equals it.
+    pub const LB_ROUTE_GEN: &str = "XG_LB_ROUTE_GEN";
     /// `HashMap<LocalAddrKey, u32>`: outer destinations the decapsulator
     /// accepts, per interface slot (on interfaces with
     /// [`IFACE_DECAP`](crate::IFACE_DECAP)).

@@ -94,16 +94,19 @@ pub(crate) const HOP_L2DSR: u8 = 2;
 /// slot), what a successful `bpf_fib_lookup` to the backend returned (see
 /// `steer::nexthop`). Valid for a packet when it was resolved for the
 /// backend's current address and family (a reused slot never matches its
-/// previous backend's entry), the same mode and ingress interface, has not
-/// expired, and was resolved for a packet at least as long (the lookup's MTU
-/// check, against the route's MTU or else the egress device's: a device
-/// MTU lowered since applies when the entry expires).
+/// previous backend's entry), the same mode and ingress interface, in the
+/// routing generation in force (`maps::LB_ROUTE_GEN`), has not expired, and
+/// was resolved for a packet at least as long (the lookup's MTU check,
+/// against the route's MTU or else the egress device's: a device MTU
+/// lowered since applies at the next generation or when the entry expires).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct NextHop {
     /// The backend address it was resolved for: `Backend::addr` as words.
     pub(crate) addr: [u32; 4],
-    /// `bpf_ktime_get_coarse_ns` after which it is stale; 0: never valid.
+    /// The routing generation (`maps::LB_ROUTE_GEN`) read before the lookup.
+    pub(crate) generation: u64,
+    /// `bpf_jiffies64` after which it is stale; 0: never valid.
     pub(crate) expires: u64,
     /// The ingress interface of the lookup (the FIB lookup depends on it:
     /// forwarding enabled, policy rules).
@@ -123,7 +126,7 @@ pub(crate) struct NextHop {
 }
 
 // The size `maps::LB_NEXTHOP`'s memory is documented with.
-const _: () = assert!(size_of::<NextHop>() == 48);
+const _: () = assert!(size_of::<NextHop>() == 56);
 
 /// What the main program hands over to the DDoS program it tail-calls for
 /// a packet that a rule with a limit or `syncookie` allowed

@@ -207,12 +207,20 @@ pub(crate) static LB_BACKEND_STATS: PerCpuArray<Counter> =
 
 /// Per-CPU next-hop cache by backend slot (`handoff::NextHop`).
 ///
-/// The last successful `bpf_fib_lookup` to the backend, used for
-/// `HOP_LIFETIME_NS` (`steer::nexthop`) instead of a lookup per packet;
-/// never read or written by the control plane. 48 bytes per slot and
-/// possible CPU (3 MiB per CPU).
+/// The last successful `bpf_fib_lookup` to the backend, used while the
+/// routing generation ([`LB_ROUTE_GEN`]) is the one it was made in and for
+/// at most `HOP_LIFETIME_JIFFIES` (`steer::nexthop`) instead of a lookup per
+/// packet; never read or written by the control plane. 56 bytes per slot
+/// and possible CPU (3.5 MiB per CPU).
 #[map(name = "XG_LB_NEXTHOP")]
 pub(crate) static LB_NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// The routing generation (one `u64`): the daemon adds one whenever the
+/// kernel reports a route, neighbour, link, address or rule change, and once
+/// a second; a cached next hop is valid only in the generation it was
+/// resolved in. Written by the daemon through mmap.
+#[map(name = "XG_LB_ROUTE_GEN")]
+pub(crate) static LB_ROUTE_GEN: Array<u64> = Array::with_max_entries(1, MMAP);
 
 /// Per-CPU per-service counters (`lb::service_stat_index`).
 #[map(name = "XG_LB_SERVICE_STATS")]

@@ -1,35 +1,46 @@
 //! Where a steered packet goes next: the route and next hop to a backend
 //! from the kernel's FIB (`bpf_fib_lookup`), cached per CPU and backend slot
-//! for [`HOP_LIFETIME_NS`] (`handoff::NextHop` in `maps::LB_NEXTHOP`), and
-//! the action that sends the rewritten frame out
+//! (`handoff::NextHop` in `maps::LB_NEXTHOP`) for as long as the routing
+//! generation (`maps::LB_ROUTE_GEN`) stays the one it was resolved in, and
+//! at most `HOP_LIFETIME_JIFFIES`; and the action that sends the
+//! rewritten frame out
 //! (XDP_TX back out of the ingress interface, XDP_REDIRECT to another).
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         bpf_fib_lookup,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_jiffies64, bpf_redirect},
     programs::XdpContext,
 };
 use xdpgate_common::{
     Action, DropReason,
-    lb::{Backend, FAMILY_V4},
+    lb::{Backend, FAMILY_V4, HOP_LIFETIME_JIFFIES},
 };
 
-use crate::handoff::{HOP_ENCAP, HOP_L2DSR, NextHop};
+use crate::{
+    handoff::{HOP_ENCAP, HOP_L2DSR, NextHop},
+    maps::LB_ROUTE_GEN,
+};
 
 /// Address families of `bpf_fib_lookup`.
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// How long a resolved next hop is used without a new FIB lookup: 1 s (on
-/// the coarse monotonic clock, so give or take a tick). The trade-off: a
-/// change of the neighbour's MAC address, of the route, or of a route's MTU
-/// takes effect within this time instead of at once, and so does a lowered
-/// MTU of the egress device (no `bpf_check_mtu` per packet: about 20 ns of a
-/// forwarded packet, measured; docs/bench.md, "Load balancer path"); a
-/// failed lookup is never cached.
-const HOP_LIFETIME_NS: u64 = 1_000_000_000;
+// `HOP_LIFETIME_JIFFIES` (common) is how long a resolved next hop is used
+// at most without a new FIB lookup. With a daemon running, the routing
+// generation moves at every route, neighbour, link, address or rule change
+// the kernel reports and once a second, and an entry of an older generation
+// is not used; the lifetime is what bounds a change without a daemon (the
+// datapath outlives it). The trade-off: such a change (the neighbour's MAC
+// address, the route, a route's or the egress device's MTU: no
+// `bpf_check_mtu` per packet, about 20 ns of a forwarded packet, measured;
+// docs/bench.md, "Load balancer path") takes effect within that time instead
+// of at once; a failed lookup is never cached.
+//
+// `bpf_jiffies64` rather than `bpf_ktime_get_coarse_ns`: the verifier
+// inlines it on a 64-bit JIT into a load of `jiffies`, where the coarse
+// clock is a call into the kernel per packet (docs/bench.md, part 1b).
 
 /// How a steered packet ends; `Drop` carries its reason.
 #[derive(Clone, Copy)]
@@ -69,9 +80,9 @@ fn backend_words(b: &Backend) -> [u32; 4] {
 /// The next hop to `backend` for an L3 packet of `len` bytes from outer
 /// source `src` carrying `proto` (L2 DSR: zero and 0), in `mode`. `hop` is
 /// the backend slot's cache entry on this CPU: used when valid for the packet
-/// (see [`NextHop`]: not expired, and the packet no longer than the one the
-/// lookup checked against the route's MTU, which is the egress device's
-/// unless the route sets its own); otherwise
+/// (see [`NextHop`]: of the routing generation in force, not expired, and
+/// the packet no longer than the one the lookup checked against the route's
+/// MTU, which is the egress device's unless the route sets its own); otherwise
 /// `bpf_fib_lookup` decides, as without the cache, and a success (for L2 DSR
 /// only an on-link backend) is written into `hop`. Returns the lookup's
 /// `BPF_FIB_LKUP_RET_*` code: on SUCCESS `hop` holds the next hop. L2 DSR to
@@ -88,17 +99,22 @@ pub(super) fn resolve(
 ) -> i64 {
     let v4 = backend.family == FAMILY_V4 as u32;
     let family = backend.family as u8;
-    // The coarse clock (CLOCK_MONOTONIC_COARSE, a tick's resolution) is
-    // plenty for a 1 s lifetime and costs less than `bpf_ktime_get_ns`
-    // (measured: 40-60 ns per forwarded packet less on this VM).
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // Read before the lookup: a change reported after it moves the word
+    // past what the entry records. No word (cannot happen: an array of one):
+    // generation 0, which the lifetime still bounds.
+    let generation = match LB_ROUTE_GEN.get(0) {
+        Some(g) => *g,
+        None => 0,
+    };
+    // SAFETY: plain helper call (a load of `jiffies` once JIT-inlined).
+    let now = unsafe { bpf_jiffies64() };
     // Loaded after the call, so not kept (spilled) across it.
     let dst = backend_words(backend);
     let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: this CPU's entry of a per-CPU array; nothing else holds it.
     let e = unsafe { &mut *hop };
-    if e.expires > now
+    if e.generation == generation
+        && e.expires > now
         && e.iif == ingress
         && e.mode == mode
         && e.family == family
@@ -189,7 +205,8 @@ pub(super) fn resolve(
     // the request is 8-aligned).
     let macs = unsafe { [*m, *m.add(1), *m.add(2)] };
     e.addr = dst;
-    e.expires = now + HOP_LIFETIME_NS;
+    e.generation = generation;
+    e.expires = now + HOP_LIFETIME_JIFFIES;
     e.iif = ingress;
     e.ifindex = p.ifindex;
     e.macs = macs;
