@@ -2,7 +2,7 @@
 //! validates the configuration and installs the signal handlers, then
 //! [`App::start`] takes the lock, opens the listeners and starts the
 //! [`Daemon`], [`App::spawn`] wires its tasks (API server, metrics server,
-//! health events, signals) under one root cancellation token and one task
+//! health events, the routing generation, signals) under one root cancellation token and one task
 //! tracker, and [`Running::wait`] waits for SIGINT or SIGTERM, drains the
 //! tasks within the grace period and detaches.
 use std::{
@@ -28,7 +28,7 @@ use super::{Daemon, DaemonError, Origin, Overrides, apply_overrides, shared::Sha
 use crate::{
     api::{self, ApiError, protocol::MAX_CONNECTIONS},
     cancel::{Cancelled, Work},
-    lb::health::HealthEvent,
+    lb::{self, health::HealthEvent},
     metrics,
     paths::Paths,
     sys::{self, DaemonLock, SysError, listen},
@@ -249,6 +249,19 @@ impl App {
         let root = CancellationToken::new();
         let tracker = TaskTracker::new();
         let health = daemon.start_health(tracker.clone(), root.child_token());
+        match daemon.dp.route_generation() {
+            Ok(generation) => {
+                tracker.spawn(lb::route_watch::run(
+                    generation,
+                    lb::route_watch::subscribe(),
+                    lb::route_watch::PERIOD,
+                    root.child_token(),
+                ));
+            }
+            Err(e) => log::warn!(
+                "load balancer: cannot move the routing generation ({e}); cached next hops expire by their lifetime only"
+            ),
+        }
         let shared = Shared::new(daemon);
         tracker.spawn(api::serve(
             api,

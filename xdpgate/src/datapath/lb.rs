@@ -1,7 +1,11 @@
 //! The load balancer's maps: the steering program as the main program's
 //! tail-call target, services, backends, the Maglev rings (written through
 //! mmap), the outer-source configuration, and their counters.
-use std::{os::fd::AsFd as _, path::PathBuf};
+use std::{
+    os::fd::AsFd as _,
+    path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use aya::{
     maps::{Array, HashMap, MapError},
@@ -91,6 +95,18 @@ impl Datapath {
         let map: Array<_, LbConfig> = Array::try_from(self.map_ref(maps::LB_CONFIG)?)
             .map_err(Self::map_err(maps::LB_CONFIG))?;
         map.get(&0, 0).map_err(Self::map_err(maps::LB_CONFIG))
+    }
+
+    /// The routing generation (`XG_LB_ROUTE_GEN`), mapped: what moves it.
+    pub fn route_generation(&self) -> Result<RouteGen, DatapathError> {
+        let fd = self.map_data(maps::LB_ROUTE_GEN)?.fd().as_fd();
+        let map =
+            bpf::ArrayMmap::new(fd, 1, size_of::<u64>()).map_err(|source| DatapathError::Io {
+                what: "cannot map",
+                path: PathBuf::from(maps::LB_ROUTE_GEN),
+                source,
+            })?;
+        Ok(RouteGen { map })
     }
 
     /// The ring array's memory mapping, after checking that `len` entries
@@ -212,6 +228,36 @@ impl Datapath {
         map.iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(Self::map_err(maps::LB_SERVICES))
+    }
+}
+
+/// The routing generation of the datapath (`XG_LB_ROUTE_GEN`, one `u64`
+/// mapped into the daemon): a next hop the steering program cached is used
+/// only while the word is what it was when the hop was looked up, so moving
+/// it makes every CPU look its next hops up again. Owns the mapping (which
+/// keeps the map alive), so it can move to a task of its own.
+pub struct RouteGen {
+    map: bpf::ArrayMmap,
+}
+
+impl RouteGen {
+    /// The word, for atomic access.
+    fn word(&mut self) -> &AtomicU64 {
+        let bytes = self.map.bytes();
+        assert!(bytes.len() >= 8, "the mapping holds the word");
+        // SAFETY: the mapping is page-aligned and at least 8 bytes long (checked);
+        // the datapath reads the word with plain aligned 8-byte loads.
+        unsafe { AtomicU64::from_ptr(bytes.as_mut_ptr().cast::<u64>()) }
+    }
+
+    /// The generation in force.
+    pub fn get(&mut self) -> u64 {
+        self.word().load(Ordering::Relaxed)
+    }
+
+    /// Moves to the next generation; returns it.
+    pub fn bump(&mut self) -> u64 {
+        self.word().fetch_add(1, Ordering::Relaxed).wrapping_add(1)
     }
 }
 

@@ -51,6 +51,7 @@ pub mod seam;
 pub mod stats;
 mod timing;
 
+pub use lb::RouteGen;
 pub use limit::{MapSizes, RuleLimitStats, limit_totals};
 pub use links::{Attached, Enforced};
 pub use pins::maps_dir;

@@ -127,6 +127,10 @@ impl ArrayMmap {
     }
 }
 
+// SAFETY: the mapping is memory of the whole process, not of a thread; it
+// is unmapped once, by its one owner.
+unsafe impl Send for ArrayMmap {}
+
 impl Drop for ArrayMmap {
     fn drop(&mut self) {
         // SAFETY: unmapping our own mapping.

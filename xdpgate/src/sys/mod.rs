@@ -1,7 +1,8 @@
 //! The operating system below the daemon, each part behind a small typed
 //! interface: the raw `bpf(2)` calls aya lacks ([`bpf`]: RCU barrier, array
 //! maps written through mmap), rtnetlink ([`netlink`]: links, XDP
-//! attachments, addresses, neighbours), listening sockets with explicit
+//! attachments, addresses, neighbours; [`rtnl_events`]: its change
+//! notifications), listening sockets with explicit
 //! options ([`listen`]), the TCP sysctls of SYN cookies ([`sysctl`]), and
 //! here the small helpers: privilege and bpffs
 //! checks, interface names and indexes, program names, the daemon lock, the
@@ -11,6 +12,7 @@ pub mod listen;
 pub mod netlink;
 pub mod object;
 mod rlimit;
+pub mod rtnl_events;
 pub mod sysctl;
 
 pub use rlimit::raise_nofile_limit;
