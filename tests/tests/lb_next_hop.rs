@@ -1,8 +1,10 @@
 //! `BPF_PROG_TEST_RUN` fixtures of the steering program: the per-CPU next-hop
 //! cache. A cached next hop forwards exactly like the lookup, failed lookups
-//! are never cached, a neighbour's new MAC is used once the cached entry's
-//! lifetime has passed, so does a lowered device MTU, and a reused backend
-//! slot does not inherit the old address's next hop.
+//! are never cached, a neighbour's new MAC is used at once when the daemon's
+//! task moves the routing generation on the kernel's notification, and
+//! without a daemon once the cached entry's lifetime has passed; so is a
+//! lowered device MTU, and a reused backend slot does not inherit the old
+//! address's next hop.
 //!
 //! The rig (a namespace with a veth pair, the backends' neighbours and
 //! routes; the datapath with lo as slot 1; expected frames written out field
@@ -16,20 +18,174 @@ use lb_common::{
     backend_counts, encapsulated, fmt_mac, frame, ip, l4_of, load, mac_of, net, outer_dst,
     pin_to_current_cpu, reason_packets, reasons, run, same, service_counts, sid, spec,
 };
-use xdpgate::{datapath::Datapath, lb::LbController};
-use xdpgate_common::DropReason;
-use xdpgate_model::lb::{Forward, Proto, packet_hash};
+use tokio_util::sync::CancellationToken;
+use xdpgate::{
+    datapath::Datapath,
+    lb::{LbController, route_watch},
+    sys::rtnl_events::RouteEvents,
+};
+use xdpgate_common::{DropReason, lb::HOP_LIFETIME_JIFFIES};
+use xdpgate_model::lb::{Forward, Proto, ServiceSpec, packet_hash};
 use xdpgate_tests::{
     lab::serial,
     packet::{Transport, hex},
 };
 
+/// `CONFIG_HZ` of the running kernel, from `/boot/config-RELEASE`; `None`
+/// when that file is not there.
+fn config_hz() -> Option<u64> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()?;
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The shortest and the longest a cached next hop can live here
+/// (`HOP_LIFETIME_JIFFIES`): both the same when the kernel's `CONFIG_HZ` is
+/// known, else those of HZ=1000 and of HZ=100.
+fn lifetime() -> (Duration, Duration) {
+    let of = |hz: u64| Duration::from_millis(HOP_LIFETIME_JIFFIES * 1000 / hz);
+    match config_hz() {
+        Some(hz) => (of(hz), of(hz)),
+        None => (of(1000), of(100)),
+    }
+}
+
 /// Whether a next hop resolved after `since` is certainly still cached: its
-/// lifetime (1 s on `bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC_COARSE, which
-/// trails `Instant`'s CLOCK_MONOTONIC by at most a tick) has not passed,
-/// with a margin.
+/// shortest lifetime (jiffies trail `Instant`'s CLOCK_MONOTONIC by at most a
+/// tick) has not passed, with a margin of 100 ms.
 fn within_lifetime(since: Instant) -> bool {
-    since.elapsed() < Duration::from_millis(900)
+    since.elapsed() + Duration::from_millis(100) < lifetime().0
+}
+
+/// How long to wait after a change for every next hop cached before it to
+/// have expired: the longest lifetime and 100 ms.
+fn past_lifetime() -> Duration {
+    lifetime().1 + Duration::from_millis(100)
+}
+
+/// One service of a fixture: its id, a client, its one backend, and whether
+/// it is L2 DSR (else encapsulated).
+#[derive(Clone, Copy)]
+struct Svc {
+    id: &'static str,
+    client: &'static str,
+    backend: &'static str,
+    dsr: bool,
+}
+
+/// Four services to the .2 neighbours (10.200.9.2, fd00:200:9::2): IPv4 and
+/// IPv6, encapsulated and L2 DSR.
+const FOUR: [Svc; 4] = [
+    Svc {
+        id: "192.0.2.10:80/tcp",
+        client: "198.51.100.7",
+        backend: "10.200.9.2",
+        dsr: false,
+    },
+    Svc {
+        id: "[2001:db8::10]:80/tcp",
+        client: "2001:db8:1::7",
+        backend: "fd00:200:9::2",
+        dsr: false,
+    },
+    Svc {
+        id: "192.0.2.20:80/tcp",
+        client: "198.51.100.7",
+        backend: "10.200.9.2",
+        dsr: true,
+    },
+    Svc {
+        id: "[2001:db8::20]:80/tcp",
+        client: "2001:db8:1::7",
+        backend: "fd00:200:9::2",
+        dsr: true,
+    },
+];
+
+/// Every family pair, encapsulated, and L2 DSR of both families, to the .2
+/// and .3 neighbours.
+const SIX: [Svc; 6] = [
+    Svc {
+        id: "192.0.2.10:80/tcp",
+        client: "198.51.100.7",
+        backend: "10.200.9.2",
+        dsr: false,
+    },
+    Svc {
+        id: "192.0.2.11:80/tcp",
+        client: "198.51.100.7",
+        backend: "fd00:200:9::3",
+        dsr: false,
+    },
+    Svc {
+        id: "[2001:db8::10]:80/tcp",
+        client: "2001:db8:1::7",
+        backend: "fd00:200:9::2",
+        dsr: false,
+    },
+    Svc {
+        id: "[2001:db8::11]:80/tcp",
+        client: "2001:db8:1::7",
+        backend: "10.200.9.3",
+        dsr: false,
+    },
+    Svc {
+        id: "192.0.2.20:80/tcp",
+        client: "198.51.100.7",
+        backend: "10.200.9.3",
+        dsr: true,
+    },
+    Svc {
+        id: "[2001:db8::20]:80/tcp",
+        client: "2001:db8:1::7",
+        backend: "fd00:200:9::2",
+        dsr: true,
+    },
+];
+
+/// The neighbours' new MAC in the neighbour-change fixtures.
+const NEW: [u8; 6] = [0x02, 0, 0, 0, 0x09, 0xee];
+
+/// The services' specs, one backend of weight 1 each.
+fn specs(svcs: &[Svc]) -> Vec<ServiceSpec> {
+    svcs.iter()
+        .map(|s| {
+            let forward = if s.dsr {
+                Forward::L2dsr
+            } else {
+                Forward::Encap
+            };
+            spec(s.id, forward, &[(s.backend, 1)])
+        })
+        .collect()
+}
+
+/// A TCP frame from `s`'s client to its service, and what leaves for its
+/// backend through the neighbour `dmac` (`n`'s lbt0 as the source MAC).
+fn expected(n: &Net, s: &Svc, dmac: [u8; 6]) -> (Vec<u8>, Vec<u8>) {
+    let (src, vip, be) = (ip(s.client), sid(s.id).vip, ip(s.backend));
+    let input = frame(src, vip, &l4_of(Proto::Tcp, 4000, 80));
+    let out = if s.dsr {
+        dsr_frame(&input, dmac, n.mac)
+    } else {
+        let hash = packet_hash(src, 4000, vip, 80, Proto::Tcp);
+        encapsulated(&input, input.len() - 14, be, hash, dmac, n.mac)
+    };
+    (input, out)
+}
+
+/// Runs each service's frame once: redirected, byte for byte what goes to
+/// neighbour `dmac`.
+fn forwards_to(dp: &mut Datapath, n: &Net, svcs: &[Svc], dmac: [u8; 6], when: &str) {
+    for s in svcs {
+        let (input, out) = expected(n, s, dmac);
+        let (action, got) = run(dp, &input);
+        assert_eq!(action, XDP_REDIRECT, "{}: {when}", s.id);
+        same(&got, &out, &format!("{}: {when}", s.id));
+    }
 }
 
 /// `ip neigh replace ADDR lladdr MAC dev lbt0 nud permanent`.
@@ -72,87 +228,43 @@ fn next_hop_cache_forwards_like_the_lookup() {
         pin_to_current_cpu();
         let mut dp = load();
         let mut ctl = LbController::new(&dp, vec![LO]);
-        ctl.apply(
-            &mut dp,
-            &[
-                spec("192.0.2.10:80/tcp", Forward::Encap, &[("10.200.9.2", 1)]),
-                spec("192.0.2.11:80/tcp", Forward::Encap, &[("fd00:200:9::3", 1)]),
-                spec(
-                    "[2001:db8::10]:80/tcp",
-                    Forward::Encap,
-                    &[("fd00:200:9::2", 1)],
-                ),
-                spec(
-                    "[2001:db8::11]:80/tcp",
-                    Forward::Encap,
-                    &[("10.200.9.3", 1)],
-                ),
-                spec("192.0.2.20:80/tcp", Forward::L2dsr, &[("10.200.9.3", 1)]),
-                spec(
-                    "[2001:db8::20]:80/tcp",
-                    Forward::L2dsr,
-                    &[("fd00:200:9::2", 1)],
-                ),
-                // Behind the gateway .2 (its route is added below).
-                spec("192.0.2.30:80/tcp", Forward::Encap, &[("10.201.0.1", 1)]),
-                // No neighbour yet.
-                spec("192.0.2.31:80/tcp", Forward::Encap, &[("10.200.9.77", 1)]),
-                spec(
-                    "[2001:db8::31]:80/tcp",
-                    Forward::Encap,
-                    &[("fd00:200:9::77", 1)],
-                ),
-                spec("192.0.2.32:80/tcp", Forward::L2dsr, &[("10.200.9.78", 1)]),
-            ],
-        )
-        .expect("apply");
+        let mut all = specs(&SIX);
+        all.extend([
+            // Behind the gateway .2 (its route is added below).
+            spec("192.0.2.30:80/tcp", Forward::Encap, &[("10.201.0.1", 1)]),
+            // No neighbour yet.
+            spec("192.0.2.31:80/tcp", Forward::Encap, &[("10.200.9.77", 1)]),
+            spec(
+                "[2001:db8::31]:80/tcp",
+                Forward::Encap,
+                &[("fd00:200:9::77", 1)],
+            ),
+            spec("192.0.2.32:80/tcp", Forward::L2dsr, &[("10.200.9.78", 1)]),
+        ]);
+        ctl.apply(&mut dp, &all).expect("apply");
 
         let (mut n4, mut n6) = (0, 0);
         let mut cached = 0;
-        for (svc, client, backend, dsr) in [
-            ("192.0.2.10:80/tcp", "198.51.100.7", "10.200.9.2", false),
-            ("192.0.2.11:80/tcp", "198.51.100.7", "fd00:200:9::3", false),
-            (
-                "[2001:db8::10]:80/tcp",
-                "2001:db8:1::7",
-                "fd00:200:9::2",
-                false,
-            ),
-            (
-                "[2001:db8::11]:80/tcp",
-                "2001:db8:1::7",
-                "10.200.9.3",
-                false,
-            ),
-            ("192.0.2.20:80/tcp", "198.51.100.7", "10.200.9.3", true),
-            (
-                "[2001:db8::20]:80/tcp",
-                "2001:db8:1::7",
-                "fd00:200:9::2",
-                true,
-            ),
-        ] {
-            let (src, vip, be) = (ip(client), sid(svc).vip, ip(backend));
-            let input = frame(src, vip, &l4_of(Proto::Tcp, 4000, 80));
-            let want = if dsr {
-                dsr_frame(&input, mac_of(be), n.mac)
-            } else {
-                let hash = packet_hash(src, 4000, vip, 80, Proto::Tcp);
-                encapsulated(&input, input.len() - 14, be, hash, mac_of(be), n.mac)
-            };
+        for s in &SIX {
+            let (input, want) = expected(&n, s, mac_of(ip(s.backend)));
             let start = Instant::now();
             let (a1, first) = run(&mut dp, &input);
             let (a2, second) = run(&mut dp, &input);
             if within_lifetime(start) {
                 cached += 1;
             }
+            let svc = s.id;
             assert_eq!((a1, a2), (XDP_REDIRECT, XDP_REDIRECT), "{svc}");
             same(&first, &want, &format!("{svc}: first run (lookup)"));
             same(&second, &first, &format!("{svc}: second run (cached)"));
             let bytes = 2 * input.len() as u64;
             assert_eq!(service_counts(&ctl, &dp, svc), (2, 0, 0), "{svc}");
-            assert_eq!(backend_counts(&ctl, &dp, svc, backend), (2, bytes), "{svc}");
-            if vip.is_ipv4() {
+            assert_eq!(
+                backend_counts(&ctl, &dp, svc, s.backend),
+                (2, bytes),
+                "{svc}"
+            );
+            if sid(svc).vip.is_ipv4() {
                 n4 += 2;
             } else {
                 n6 += 2;
@@ -296,110 +408,125 @@ fn next_hop_cache_forwards_like_the_lookup() {
     });
 }
 
-/// A neighbour's new MAC address is used once the cached next hop's
-/// lifetime (1 s) has passed; within it the cached one may still be (and,
-/// when provably within it, is: the runs use the cache).
+/// Without a daemon (nothing moves the routing generation), a neighbour's
+/// new MAC address is used once the cached next hop's lifetime has passed;
+/// within it the cached one may still be (and, when provably within it, is:
+/// the runs use the cache).
 #[test]
-fn next_hop_cache_follows_a_neighbour_change() {
+fn next_hop_cache_follows_a_neighbour_change_without_a_daemon() {
     let _g = serial();
     let n = net("lbneigh");
     n.ns.run(|| {
         pin_to_current_cpu();
         let mut dp = load();
         let mut ctl = LbController::new(&dp, vec![LO]);
-        ctl.apply(
-            &mut dp,
-            &[
-                spec("192.0.2.10:80/tcp", Forward::Encap, &[("10.200.9.2", 1)]),
-                spec(
-                    "[2001:db8::10]:80/tcp",
-                    Forward::Encap,
-                    &[("fd00:200:9::2", 1)],
-                ),
-                spec("192.0.2.20:80/tcp", Forward::L2dsr, &[("10.200.9.2", 1)]),
-                spec(
-                    "[2001:db8::20]:80/tcp",
-                    Forward::L2dsr,
-                    &[("fd00:200:9::2", 1)],
-                ),
-            ],
-        )
-        .expect("apply");
-        const NEW: [u8; 6] = [0x02, 0, 0, 0, 0x09, 0xee];
-        // (service, client, backend, L2 DSR)
-        let cases = [
-            ("192.0.2.10:80/tcp", "198.51.100.7", "10.200.9.2", false),
-            (
-                "[2001:db8::10]:80/tcp",
-                "2001:db8:1::7",
-                "fd00:200:9::2",
-                false,
-            ),
-            ("192.0.2.20:80/tcp", "198.51.100.7", "10.200.9.2", true),
-            (
-                "[2001:db8::20]:80/tcp",
-                "2001:db8:1::7",
-                "fd00:200:9::2",
-                true,
-            ),
-        ];
-        let want = |svc: &str, client: &str, backend: &str, dsr: bool, dmac: [u8; 6]| {
-            let (src, vip, be) = (ip(client), sid(svc).vip, ip(backend));
-            let input = frame(src, vip, &l4_of(Proto::Tcp, 4000, 80));
-            let out = if dsr {
-                dsr_frame(&input, dmac, n.mac)
-            } else {
-                let hash = packet_hash(src, 4000, vip, 80, Proto::Tcp);
-                encapsulated(&input, input.len() - 14, be, hash, dmac, n.mac)
-            };
-            (input, out)
-        };
+        ctl.apply(&mut dp, &specs(&FOUR)).expect("apply");
         let start = Instant::now();
-        for (svc, client, backend, dsr) in cases {
-            let (input, out) = want(svc, client, backend, dsr, MAC2);
-            let (action, got) = run(&mut dp, &input);
-            assert_eq!(action, XDP_REDIRECT, "{svc}");
-            same(&got, &out, &format!("{svc}: before the change"));
-        }
+        forwards_to(&mut dp, &n, &FOUR, MAC2, "before the change");
         set_neighbour(&n, "10.200.9.2", &NEW);
         set_neighbour(&n, "fd00:200:9::2", &NEW);
         let changed = Instant::now();
         // Within the lifetime: the old MAC (cached) or the new one (expired
         // or not cached) are both correct; when the run provably happened
         // within the lifetime, it is the cached old one.
-        for (svc, client, backend, dsr) in cases {
-            let (input, _) = want(svc, client, backend, dsr, MAC2);
+        for s in &FOUR {
+            let (input, _) = expected(&n, s, MAC2);
             let (action, got) = run(&mut dp, &input);
-            assert_eq!(action, XDP_REDIRECT, "{svc}");
+            assert_eq!(action, XDP_REDIRECT, "{}", s.id);
             let fresh = within_lifetime(start);
             assert!(
                 got[..6] == MAC2 || got[..6] == NEW,
-                "{svc}: destination MAC {}",
+                "{}: destination MAC {}",
+                s.id,
                 hex(&got[..6])
             );
             if fresh {
-                assert_eq!(got[..6], MAC2, "{svc}: within the lifetime, the cached MAC");
+                assert_eq!(
+                    got[..6],
+                    MAC2,
+                    "{}: within the lifetime, the cached MAC",
+                    s.id
+                );
             }
             eprintln!(
-                "{svc}: right after the change (cached next hop {}): {}",
+                "{}: right after the change (cached next hop {}): {}",
+                s.id,
                 if fresh { "live" } else { "maybe expired" },
                 fmt_mac(&got[..6].try_into().unwrap())
             );
         }
-        let wait = Duration::from_millis(1100).saturating_sub(changed.elapsed());
-        std::thread::sleep(wait);
-        for (svc, client, backend, dsr) in cases {
-            for round in ["first", "second"] {
-                let (input, out) = want(svc, client, backend, dsr, NEW);
-                let (action, got) = run(&mut dp, &input);
-                assert_eq!(action, XDP_REDIRECT, "{svc}");
-                same(
-                    &got,
-                    &out,
-                    &format!("{svc}: after the lifetime, {round} run"),
-                );
-            }
+        std::thread::sleep(past_lifetime().saturating_sub(changed.elapsed()));
+        for round in ["first", "second"] {
+            forwards_to(
+                &mut dp,
+                &n,
+                &FOUR,
+                NEW,
+                &format!("after the lifetime, {round} run"),
+            );
         }
+    });
+}
+
+/// With the daemon's task moving the routing generation (on rtnetlink
+/// notifications only here: its period is an hour), a neighbour's new MAC
+/// address is used by the first packet after the generation moved, also
+/// while the next hop cached before the change is provably within its
+/// lifetime.
+#[test]
+fn next_hop_cache_follows_a_neighbour_change_when_the_generation_moves() {
+    let _g = serial();
+    let n = net("lbgen");
+    n.ns.run(|| {
+        pin_to_current_cpu();
+        let mut dp = load();
+        let mut ctl = LbController::new(&dp, vec![LO]);
+        ctl.apply(&mut dp, &specs(&FOUR)).expect("apply");
+        let mut word = dp.route_generation().expect("map the generation");
+        let task_word = dp.route_generation().expect("map the generation");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            // Subscribed here, in the test's namespace, before any change.
+            let events = RouteEvents::open().expect("subscribe to rtnetlink");
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(route_watch::run(
+                task_word,
+                Some(events),
+                Duration::from_secs(3600),
+                stop.clone(),
+            ));
+            let start = Instant::now();
+            forwards_to(&mut dp, &n, &FOUR, MAC2, "before the change");
+            let before = word.get();
+            set_neighbour(&n, "10.200.9.2", &NEW);
+            set_neighbour(&n, "fd00:200:9::2", &NEW);
+            // Bounded wait for the task to read the notifications.
+            let waited = Instant::now();
+            while word.get() == before {
+                assert!(
+                    waited.elapsed() < Duration::from_secs(5),
+                    "the generation did not move within 5 s of the change"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let fresh = within_lifetime(start);
+            forwards_to(&mut dp, &n, &FOUR, NEW, "once the generation moved");
+            eprintln!(
+                "generation {before} -> {} after {:?}; the entries cached before were {}",
+                word.get(),
+                waited.elapsed(),
+                if fresh {
+                    "provably within their lifetime"
+                } else {
+                    "maybe expired"
+                }
+            );
+            stop.cancel();
+            task.await.expect("the task ends when stopped");
+        });
     });
 }
 
@@ -456,8 +583,9 @@ fn next_hop_cache_not_reused_with_the_slot() {
     });
 }
 
-/// A lowered MTU of the egress device applies to cached next hops once their
-/// lifetime has passed (the cache does not call `bpf_check_mtu` per packet):
+/// Without a daemon, a lowered MTU of the egress device applies to cached
+/// next hops once their lifetime has passed (the cache does not call
+/// `bpf_check_mtu` per packet):
 /// then a packet over the new MTU is dropped as too big, like without the
 /// cache, and a packet under it is forwarded.
 #[test]
@@ -501,7 +629,7 @@ fn next_hop_cache_follows_a_lowered_device_mtu() {
         }
         n.ns.exec("ip", &["link", "set", LBT0, "mtu", "1300"])
             .expect("lowering the MTU");
-        std::thread::sleep(Duration::from_millis(1100));
+        std::thread::sleep(past_lifetime());
         for (svc, client, outer) in cases {
             let (action, _) = run(&mut dp, &input(svc, client, outer, 1400));
             assert_eq!(action, XDP_DROP, "{svc}: 1400 bytes over MTU 1300");
