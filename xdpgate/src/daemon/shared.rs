@@ -98,6 +98,24 @@ impl Weight {
 }
 
 impl Snapshot {
+    /// Lets go of the snapshot's ACL state at once when the controller's
+    /// readers' copy holds it too (a decrement: the copy is the same
+    /// `Arc`), so that the next change's snapshot brings that copy up to
+    /// date in place: while this holder lived on, `shared_state` cloned the
+    /// state instead (17-39 ms at 1M prefixes per family, measured when
+    /// back-to-back changes came before the snapshot's drop). What is left
+    /// (the last holder of a state a whole install replaced, or a snapshot
+    /// a read still holds) is freed after the answer.
+    fn release(snapshot: Arc<Snapshot>) -> Arc<Snapshot> {
+        match Arc::try_unwrap(snapshot) {
+            Ok(mut s) => {
+                release_shared(&mut s.acl);
+                Arc::new(s)
+            }
+            Err(shared) => shared,
+        }
+    }
+
     fn take(d: &mut Daemon, weight: Weight) -> Self {
         Snapshot {
             status: handler::status(d),
@@ -130,7 +148,7 @@ pub(super) struct AfterChange {
     shared: Weak<Shared>,
     unfinished: bool,
     rebuild: Option<RebuildWait>,
-    snapshot: Option<(Arc<Work>, Arc<Snapshot>)>,
+    snapshot: Option<Arc<Snapshot>>,
 }
 
 impl AfterChange {
@@ -213,7 +231,7 @@ impl Shared {
             shared: self.me.clone(),
             unfinished: d.ctl.unfinished(),
             rebuild: d.ctl.rebuild_wait(),
-            snapshot: self.busy_slot().take(),
+            snapshot: self.busy_slot().take().map(|(_, s)| Snapshot::release(s)),
         };
         drop(d);
         log::debug!(
@@ -371,6 +389,13 @@ impl Shared {
     }
 }
 
+/// Lets go of `acl` (leaving an empty state) when another holder keeps it.
+fn release_shared(acl: &mut Arc<AclState>) {
+    if Arc::strong_count(acl) > 1 {
+        drop(std::mem::take(acl));
+    }
+}
+
 fn busy(work: &Work) -> Busy {
     let p = work.progress();
     Busy {
@@ -413,6 +438,35 @@ mod tests {
     use xdpgate_model::acl::{Change, RuleFile, Verdict};
 
     use super::*;
+
+    #[test]
+    fn a_snapshot_lets_go_of_a_state_the_readers_copy_shares_and_keeps_the_last_holder_of_a_replaced_one()
+     {
+        let mut state = AclState::default();
+        let _undo = state
+            .apply_in_place(&Change::SetAdd {
+                name: "s".into(),
+                prefixes: vec!["10.200.0.1/32".into()],
+            })
+            .expect("a valid change");
+        let readers_copy = Arc::new(state);
+        let mut shared = readers_copy.clone();
+        release_shared(&mut shared);
+        assert_eq!(
+            Arc::strong_count(&readers_copy),
+            1,
+            "shared with the readers' copy: let go at once"
+        );
+        let mut replaced = readers_copy;
+        let before = replaced.clone();
+        drop(before);
+        release_shared(&mut replaced);
+        assert_eq!(
+            replaced.sets.len(),
+            1,
+            "the last holder of a replaced state keeps it (freed after the answer)"
+        );
+    }
 
     #[test]
     fn a_change_of_a_few_items_leaves_the_metrics_and_rule_list_out_of_its_snapshot_and_any_other_takes_them()
