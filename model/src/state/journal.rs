@@ -227,14 +227,7 @@ impl Journal {
         let name = name.to_os_string();
         let dir = SafeDir::create(dir, 0o700).map_err(fs_error(&path))?;
         let mut file = dir.open_file(&name).map_err(fs_error(&path))?;
-        let io = |what| {
-            let p = path.clone();
-            move |source| StateError::Io {
-                path: p,
-                what,
-                source,
-            }
-        };
+        let io = |what| io_error(&path, what);
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io("cannot read"))?;
         let contents = parse(&path, &bytes)?;
@@ -279,26 +272,13 @@ impl Journal {
     /// may end in a torn line: open it again (or [`Journal::trim`]) before
     /// the next append.
     pub fn append(&mut self, seq: u64, change: &Change) -> Result<(), StateError> {
-        let mut line = serde_json::to_vec(&Entry {
-            seq,
-            change: change.clone(),
-        })
-        .map_err(|e| StateError::Io {
-            path: self.path.clone(),
-            what: "cannot encode",
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })?;
-        line.push(b'\n');
-        let io = |what| {
-            let p = self.path.clone();
-            move |source| StateError::Io {
-                path: p,
-                what,
-                source,
-            }
-        };
-        self.file.write_all(&line).map_err(io("cannot append"))?;
-        self.file.sync_data().map_err(io("cannot fdatasync"))?;
+        let line = self.line(&EntryRef { seq, change })?;
+        self.file
+            .write_all(&line)
+            .map_err(self.io_err("cannot append"))?;
+        self.file
+            .sync_data()
+            .map_err(self.io_err("cannot fdatasync"))?;
         self.entries += 1;
         self.bytes += line.len() as u64;
         Ok(())
@@ -309,30 +289,16 @@ impl Journal {
     /// atomically and opened again. A torn last line is dropped.
     pub fn trim(&mut self, seq: u64) -> Result<(), StateError> {
         let mut bytes = Vec::new();
-        let io = |what| {
-            let p = self.path.clone();
-            move |source| StateError::Io {
-                path: p,
-                what,
-                source,
-            }
-        };
         self.file
             .seek(SeekFrom::Start(0))
-            .map_err(io("cannot seek"))?;
+            .map_err(self.io_err("cannot seek"))?;
         self.file
             .read_to_end(&mut bytes)
-            .map_err(io("cannot read"))?;
+            .map_err(self.io_err("cannot read"))?;
         let contents = parse(&self.path, &bytes)?;
         let mut kept = Vec::new();
         for e in contents.entries.iter().filter(|e| e.seq > seq) {
-            let mut line = serde_json::to_vec(e).map_err(|e| StateError::Io {
-                path: self.path.clone(),
-                what: "cannot encode",
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })?;
-            line.push(b'\n');
-            kept.extend_from_slice(&line);
+            kept.extend_from_slice(&self.line(e)?);
         }
         self.dir
             .write_atomic(&self.name, &kept)
@@ -341,12 +307,41 @@ impl Journal {
             .dir
             .open_file(&self.name)
             .map_err(fs_error(&self.path))?;
-        file.seek(SeekFrom::End(0)).map_err(io("cannot seek"))?;
+        file.seek(SeekFrom::End(0))
+            .map_err(self.io_err("cannot seek"))?;
         self.file = file;
         self.entries = contents.entries.iter().filter(|e| e.seq > seq).count();
         self.bytes = kept.len() as u64;
         Ok(())
     }
+
+    /// The error of the step `what` on this journal, from its OS error.
+    fn io_err(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> StateError + use<> {
+        io_error(&self.path, what)
+    }
+
+    /// `entry` as one journal line (JSON and its newline).
+    fn line(&self, entry: &impl Serialize) -> Result<Vec<u8>, StateError> {
+        let mut line = serde_json::to_vec(entry).map_err(|e| {
+            self.io_err("cannot encode")(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })?;
+        line.push(b'\n');
+        Ok(line)
+    }
+}
+
+/// The error of the step `what` on the journal `path`, from its OS error.
+fn io_error(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> StateError + use<> {
+    let path = path.to_path_buf();
+    move |source| StateError::Io { path, what, source }
+}
+
+/// An [`Entry`] as it is written: the change borrowed, not copied (an `acl
+/// replace` of a million prefixes is one entry).
+#[derive(Serialize)]
+struct EntryRef<'a> {
+    seq: u64,
+    change: &'a Change,
 }
 
 #[cfg(test)]

@@ -21,4 +21,4 @@ pub mod server;
 
 pub use client::{ClientError, call};
 pub use protocol::{MAX_REQUEST, REQUEST_TIMEOUT, Request, Response};
-pub use server::{ApiError, Handler, bind, serve};
+pub use server::{AfterAnswer, ApiError, Handler, bind, serve};

@@ -32,9 +32,15 @@ pub trait Handler: Send + Sync + 'static {
     /// seconds); the response carries the answer, or the errors and whether
     /// the caller was at fault. A long change calls the cancellation points
     /// of `work` (`crate::cancel`): it stops there, undone, when the daemon
-    /// shuts down or the client goes away.
-    fn execute(&self, req: Request, work: &Arc<Work>) -> Response;
+    /// shuts down or the client goes away. With the response, what is left
+    /// for after it ([`AfterAnswer`]).
+    fn execute(&self, req: Request, work: &Arc<Work>) -> (Response, Option<AfterAnswer>);
 }
+
+/// Work a handler leaves until its answer is written: run on a blocking
+/// thread once the answer is written, or could not be (the client went
+/// away), so that it does not compete with the answer for the cores.
+pub type AfterAnswer = Box<dyn FnOnce() + Send + 'static>;
 
 /// Why the server refused a request before any handler saw it. The
 /// handler's own refusals say themselves whether the caller is at fault
@@ -289,19 +295,23 @@ async fn connection<H: Handler>(
             Ok(Err(Incoming::Busy)) => Err(ServerError::Busy),
             Ok(Ok(chunks)) => Ok(execute(&handler, chunks, &mut read, &token).await),
         };
-        let (out, end) = match answer {
-            Ok(out) => (out, false),
+        let (out, after, end) = match answer {
+            Ok((out, after)) => (out, after, false),
             Err(e) => {
                 // Oversized, timed-out or over-budget requests end the
                 // connection.
                 let end = e.ends_connection();
-                (encode(&Response::from(e)), end)
+                (encode(&Response::from(e)), None, end)
             }
         };
         // A request running at shutdown stops at its next cancellation
         // point and is answered (within the shutdown's grace period); then
         // the connection ends.
-        write.write_all(&out).await?;
+        let written = write.write_all(&out).await;
+        if let Some(after) = after {
+            drop(tokio::task::spawn_blocking(after));
+        }
+        written?;
         if end || token.is_cancelled() {
             return Ok(());
         }
@@ -318,30 +328,39 @@ fn encode(response: &Response) -> Vec<u8> {
 /// Parses, runs and encodes one request on a blocking thread (a request of a
 /// million prefixes takes a second to parse; its answer may be as large),
 /// and meanwhile watches the connection, so that a change stops (undone) at
-/// its next cancellation point when the client goes away.
+/// its next cancellation point when the client goes away. Returns the
+/// encoded answer and what the handler left for after it.
 async fn execute<H: Handler>(
     handler: &Arc<H>,
     chunks: Chunks,
     read: &mut BufReader<OwnedReadHalf>,
     token: &CancellationToken,
-) -> Vec<u8> {
+) -> (Vec<u8>, Option<AfterAnswer>) {
     let gone = CancellationToken::new();
     let (h, shutdown, client) = (handler.clone(), token.child_token(), gone.clone());
+    let queued = Instant::now();
     let mut task = tokio::task::spawn_blocking(move || {
-        let response = match serde_json::from_reader::<_, Request>(chunks) {
-            Err(e) => Response::from(ServerError::BadRequest(e)),
+        let started = Instant::now();
+        let (response, after) = match serde_json::from_reader::<_, Request>(chunks) {
+            Err(e) => (Response::from(ServerError::BadRequest(e)), None),
             Ok(req) => {
                 let work = Work::of_client(req.verb(), shutdown, client);
                 h.execute(req, &work)
             }
         };
-        encode(&response)
+        let out = encode(&response);
+        log::debug!(
+            "api request: waited {:?} for a blocking thread, ran {:?}",
+            started - queued,
+            started.elapsed()
+        );
+        (out, after)
     });
     let mut watching = true;
     loop {
         tokio::select! {
             r = &mut task => {
-                return r.unwrap_or_else(|e| encode(&Response::from(ServerError::Internal(e.to_string()))));
+                return r.unwrap_or_else(|e| (encode(&Response::from(ServerError::Internal(e.to_string()))), None));
             }
             r = read.fill_buf(), if watching => {
                 // Bytes of a next request stay buffered; only the end of
@@ -440,3 +459,7 @@ async fn read_request(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

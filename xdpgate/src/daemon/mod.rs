@@ -688,11 +688,20 @@ impl Daemon {
 
     /// Applies an ACL change and records it in the journal.
     pub fn apply(&mut self, change: &Change) -> Result<Applied, DaemonError> {
+        let t0 = Instant::now();
         let ddos = self.config.ddos.clone();
         self.refresh_syncookies(&ddos, &ddos::Needs::of_change(change))?;
+        let t1 = Instant::now();
         // The second copy of the delta goes after the answer (`Shared::change`).
         let applied = self.ctl.apply_deferred(&mut self.dp, change)?;
+        let t2 = Instant::now();
         self.record_change(change).map_err(DaemonError::NotSaved)?;
+        log::debug!(
+            "apply: syncookies {:?}, controller {:?}, journal {:?}",
+            t1 - t0,
+            t2 - t1,
+            t2.elapsed()
+        );
         Ok(applied)
     }
 
