@@ -56,6 +56,8 @@ fn snapshot() -> Snapshot {
                 hits: 40,
                 misses: 2,
                 walks: 0,
+                addr_hits: 0,
+                addr_misses: 0,
             },
             limits: [4, 0, 0, 0, 0, 0],
         },
