@@ -261,6 +261,37 @@ pub const fn addr_cache_index(addr: &[u32; 4]) -> u32 {
     prefix_buckets(addr, 0, ADDR_CACHE_BITS).0
 }
 
+#[cfg(test)]
+mod addr_cache_tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_sources_of_one_prefix_spread_over_the_address_cache() {
+        // 8,192 consecutive addresses of one /64 (a scan, or one host's
+        // privacy addresses), and 8,192 that differ only in the top word.
+        let sets: [(&str, fn(u32) -> [u32; 4]); 2] = [
+            ("low word", |i| [0x2001_0db8u32.to_be(), 0, 0, i.to_be()]),
+            ("top word", |i| {
+                [(0x2001_0000u32 | i).to_be(), 0, 0, 1u32.to_be()]
+            }),
+        ];
+        for (name, addr) in sets {
+            let mut used = [false; ADDR_CACHE_ENTRIES as usize];
+            for i in 0..ADDR_CACHE_ENTRIES {
+                let slot = addr_cache_index(&addr(i));
+                assert!(slot < ADDR_CACHE_ENTRIES, "{name}: slot {slot}");
+                used[slot as usize] = true;
+            }
+            // A random function fills 1 - 1/e (63%) of the slots.
+            let n = used.iter().filter(|u| **u).count();
+            assert!(
+                n * 100 > ADDR_CACHE_ENTRIES as usize * 60,
+                "{name}: {n} slots"
+            );
+        }
+    }
+}
+
 /// Entry of the IPv6 top-16 table: the class of addresses in this /16 that no
 /// longer prefix covers, and the set of longer prefix lengths to search.
 #[repr(C)]
