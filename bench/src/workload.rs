@@ -10,8 +10,10 @@ use std::{
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Serialize;
+use xdpgate_common::acl::addr_cache_index;
 use xdpgate_model::acl::{
-    AclState, AddrMatch, PortRange, PrefixSet, Rule, Verdict, model::proto, random::Rng,
+    AclState, AddrMatch, PortRange, PrefixSet, Rule, Verdict, compile::eval::v6_words,
+    model::proto, random::Rng,
 };
 use xdpgate_tests::packet::{Ethernet, Ext, Ipv4, Ipv6, Transport, ethertype, pad};
 
@@ -31,6 +33,23 @@ pub(crate) const NEST_V4: Ipv4Addr = Ipv4Addr::new(10, 85, 170, 85);
 pub(crate) const NEST_V6: Ipv6Addr = Ipv6Addr::new(
     0xfd00, 0x5555, 0xaaaa, 0x5555, 0xaaaa, 0x5555, 0xaaaa, 0x5555,
 );
+/// Name of the class whose IPv6 source shares its address-cache slot with
+/// the destination ([`flood_v6`]): every repetition misses both addresses.
+/// It measures the cache's miss, so the cache-on targets leave it out.
+pub(crate) const ADDR_FLOOD: &str = "v6-flood";
+
+/// A source in the miss network 2001:db8:ffff::/48 (default policy, like
+/// [`MISS_V6`]) that shares its address-class cache slot with [`DST_V6`]
+/// (`xdpgate_common::acl::addr_cache_index`): each evicts the other, so every
+/// packet misses both, as a flood of new sources misses its source.
+pub(crate) fn flood_v6() -> Ipv6Addr {
+    let slot = |a: Ipv6Addr| addr_cache_index(&v6_words(a));
+    let want = slot(DST_V6);
+    (1u128..1 << 24)
+        .map(|i| Ipv6Addr::from(MISS_NET_V6.0 | i))
+        .find(|a| slot(*a) == want)
+        .expect("a source sharing the destination's slot among 16M candidates")
+}
 /// Destination of every test packet.
 pub(crate) const DST_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// Destination of every IPv6 test packet.
@@ -330,6 +349,13 @@ pub(crate) fn classes() -> Vec<Class> {
             MISS_V6.into(),
             XDP_PASS,
             v6_frame(MISS_V6, false),
+        ),
+        c(
+            ADDR_FLOOD,
+            "IPv6 TCP, source in no prefix sharing the destination's address-cache slot (every packet misses both addresses)",
+            flood_v6().into(),
+            XDP_PASS,
+            v6_frame(flood_v6(), false),
         ),
         c(
             "vlan-v4",

@@ -213,8 +213,83 @@ pub mod cache_stat {
     /// Of the [`MISS`] packets, those that walked the rule bitmaps (the
     /// generation has no phased tables: its rule set exceeded their budget).
     pub const WALK: u32 = 2;
+    /// IPv6 addresses (source or destination) whose class came from the
+    /// address-class cache (`XG_ADDR_CACHE`, [`AddrCacheEntry`]).
+    pub const ADDR_HIT: u32 = 3;
+    /// IPv6 addresses the address-class cache did not hold: looked up in the
+    /// address tables and stored (not counted with the cache off).
+    pub const ADDR_MISS: u32 = 4;
     /// Entries of the counter array.
-    pub const ENTRIES: u32 = 3;
+    pub const ENTRIES: u32 = 5;
+}
+
+/// Index bits of the per-CPU IPv6 address-class cache (`XG_ADDR_CACHE`).
+pub const ADDR_CACHE_BITS: u32 = 13;
+/// Entries of the per-CPU IPv6 address-class cache (direct-mapped; 8,192
+/// entries of 24 bytes, 192 KiB per possible CPU).
+pub const ADDR_CACHE_ENTRIES: u32 = 1 << ADDR_CACHE_BITS;
+
+const _: () = assert!(
+    ADDR_CACHE_BITS >= MIN_PREFIX_BUCKET_BITS && ADDR_CACHE_BITS <= PREFIX_BUCKET_BITS,
+    "addr_cache_index uses prefix_buckets, which clamps its bits to this range"
+);
+
+/// One entry of the IPv6 address-class cache: the class of one address under
+/// one epoch. An address's class is a pure function of the address within one
+/// generation, so the entry is exact; the epoch in it means a generation
+/// switch (which every change, incremental or full, makes) invalidates every
+/// entry at once. Epoch 0 (no ACL) is never looked up, so a zeroed entry never
+/// matches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrCacheEntry {
+    /// The address, big-endian words.
+    pub addr: [u32; 4],
+    /// The epoch (`AclConfig::epoch`) the class was looked up under.
+    pub epoch: u32,
+    /// The address class.
+    pub class: u16,
+    /// Padding.
+    pub pad: u16,
+}
+
+/// Slot of an IPv6 address in the address-class cache: the first bucket of
+/// the long-prefix table's hash ([`prefix_buckets`]) of the full address
+/// with length 0, which no stored key has.
+#[inline(always)]
+pub const fn addr_cache_index(addr: &[u32; 4]) -> u32 {
+    prefix_buckets(addr, 0, ADDR_CACHE_BITS).0
+}
+
+#[cfg(test)]
+mod addr_cache_tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_sources_of_one_prefix_spread_over_the_address_cache() {
+        // 8,192 consecutive addresses of one /64 (a scan, or one host's
+        // privacy addresses), and 8,192 that differ only in the top word.
+        let sets: [(&str, fn(u32) -> [u32; 4]); 2] = [
+            ("low word", |i| [0x2001_0db8u32.to_be(), 0, 0, i.to_be()]),
+            ("top word", |i| {
+                [(0x2001_0000u32 | i).to_be(), 0, 0, 1u32.to_be()]
+            }),
+        ];
+        for (name, addr) in sets {
+            let mut used = [false; ADDR_CACHE_ENTRIES as usize];
+            for i in 0..ADDR_CACHE_ENTRIES {
+                let slot = addr_cache_index(&addr(i));
+                assert!(slot < ADDR_CACHE_ENTRIES, "{name}: slot {slot}");
+                used[slot as usize] = true;
+            }
+            // A random function fills 1 - 1/e (63%) of the slots.
+            let n = used.iter().filter(|u| **u).count();
+            assert!(
+                n * 100 > ADDR_CACHE_ENTRIES as usize * 60,
+                "{name}: {n} slots"
+            );
+        }
+    }
 }
 
 /// Entry of the IPv6 top-16 table: the class of addresses in this /16 that no

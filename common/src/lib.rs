@@ -57,6 +57,9 @@ pub mod maps {
     pub const REASONS: &str = "XG_REASONS";
     /// `PerCpuArray<CacheEntry>`: the ACL decision cache (datapath only).
     pub const DECISIONS: &str = "XG_DECISIONS";
+    /// `PerCpuArray<AddrCacheEntry>`: the IPv6 address-class cache
+    /// (datapath only; see [`AddrCacheEntry`](crate::acl::AddrCacheEntry)).
+    pub const ADDR_CACHE: &str = "XG_ADDR_CACHE";
     /// `PerCpuArray<u64>`: decision-cache hits and misses, indexed by
     /// [`acl::cache_stat`](crate::acl::cache_stat).
     pub const CACHE_STATS: &str = "XG_CACHE_STATS";

@@ -30,7 +30,9 @@
 /// the `XG_LIMIT_*` and `XG_SYNCOOKIE` maps. 4 = the `XG_IFACE_INDEX`
 /// array beside `XG_IFACES` and the per-CPU `XG_IFACE_SCRATCH` (issue 16).
 /// 5 = the routing generation `XG_LB_ROUTE_GEN`, and `XG_LB_NEXTHOP`'s
-/// entries carry it and expire in jiffies (56 bytes instead of 48; issue 16).
+/// entries carry it and expire in jiffies (56 bytes instead of 48); the
+/// per-CPU IPv6 address-class cache `XG_ADDR_CACHE`, and `XG_CACHE_STATS`
+/// counts its hits and misses (issue 16).
 ///
 /// A build made with `XDPGATE_SCHEMA_VARIANT` set (only `cargo xtask test`
 /// and `cargo xtask bench` make one, for their schema-upgrade runs) has the

@@ -17,7 +17,7 @@ use xdpgate_common::{
 use aya_ebpf::maps::Array;
 
 use crate::{
-    bind,
+    addrcache, bind,
     handoff::{Fields, NONE},
     maps::{ACL_CONFIG, DECISIONS, Gen0, Gen1, Generation, PHASE_IDS, PROBE, SCRATCH},
     parse::{Frag, L4, Packet},
@@ -133,16 +133,21 @@ fn resolve<G: Generation>(
     // search (measured on 6.1: with the phased tables added and the ids in
     // registers, the program exceeded the 1,000,000-instruction budget).
     let ids = PHASE_IDS.get_ptr_mut(0)?;
-    id_set(
-        ids,
-        RAW + leaf::SRC as usize,
-        u32::from(addr_class::<G>(f.v4 != 0, &f.src)?),
-    );
-    id_set(
-        ids,
-        RAW + leaf::DST as usize,
-        u32::from(addr_class::<G>(f.v4 != 0, &f.dst)?),
-    );
+    // IPv6 addresses go through the address-class cache first (IPv4's
+    // lookup is one array read already); its lookup is IPv6's only.
+    let v4 = f.v4 != 0;
+    let src = if v4 {
+        addr_class::<G>(true, &f.src)?
+    } else {
+        addrcache::class(cache, epoch, &f.src, || addr_class::<G>(false, &f.src))?
+    };
+    id_set(ids, RAW + leaf::SRC as usize, u32::from(src));
+    let dst = if v4 {
+        addr_class::<G>(true, &f.dst)?
+    } else {
+        addrcache::class(cache, epoch, &f.dst, || addr_class::<G>(false, &f.dst))?
+    };
+    id_set(ids, RAW + leaf::DST as usize, u32::from(dst));
     id_set(
         ids,
         RAW + leaf::SPORT as usize,

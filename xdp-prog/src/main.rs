@@ -16,6 +16,7 @@
 //! - `stats`: the counters.
 //! - `parse`: a frame to a `Packet`, or the reason it is malformed.
 //! - `bind`: the drop-unbound check.
+//! - `addrcache`: the per-CPU IPv6 address-class cache.
 //! - `acl`: the classifier.
 //! - `events`: sampled drop events.
 //! - `steer`: the steering program (`decap`, `service`, `nexthop`, `encap`,
@@ -41,6 +42,7 @@
 #![feature(asm_experimental_arch)]
 
 mod acl;
+mod addrcache;
 mod bind;
 mod cursor;
 mod ddos;

@@ -16,10 +16,10 @@ use xdpgate_common::{
     Counter, EventConfig, IFACE_INDEX_ENTRIES, IfaceConfig, LOCAL_ADDR_ENTRIES, LocalAddrKey,
     MAX_IFACES, REASON_ENTRIES, STATS_ENTRIES,
     acl::{
-        AclConfig, Bitmap, CACHE_ENTRIES, CacheEntry, DPORT_QUADS, LENSETS, LenSet,
-        MAX_PHASE_GROUPS, PHASE_CELLS, PREFIX_BUCKET_BITS, PREFIX_BUCKETS, Pair, PhaseGroup,
-        PrefixBucket, Quad, RULE_BITS, RULE_COUNTERS, RuleInfo, SPORT_QUADS, V4_TBL24_PAIRS,
-        V6Bucket, WALK_ADDR_CLASSES, WALK_PORT_CLASSES, cache_stat,
+        ADDR_CACHE_ENTRIES, AclConfig, AddrCacheEntry, Bitmap, CACHE_ENTRIES, CacheEntry,
+        DPORT_QUADS, LENSETS, LenSet, MAX_PHASE_GROUPS, PHASE_CELLS, PREFIX_BUCKET_BITS,
+        PREFIX_BUCKETS, Pair, PhaseGroup, PrefixBucket, Quad, RULE_BITS, RULE_COUNTERS, RuleInfo,
+        SPORT_QUADS, V4_TBL24_PAIRS, V6Bucket, WALK_ADDR_CLASSES, WALK_PORT_CLASSES, cache_stat,
     },
     lb::{
         Backend, DECAP_STAT_ENTRIES, DEFAULT_RING_SERVICES, DEFAULT_RING_SIZE, LbConfig,
@@ -96,7 +96,16 @@ pub(crate) static SCRATCH: PerCpuArray<Fields> = PerCpuArray::with_max_entries(1
 pub(crate) static DECISIONS: PerCpuArray<CacheEntry> =
     PerCpuArray::with_max_entries(CACHE_ENTRIES, 0);
 
-/// Per-CPU decision-cache hit and miss counters (`acl::cache_stat`).
+/// Per-CPU IPv6 address-class cache (`addrcache`).
+///
+/// Direct-mapped, by address and epoch; never read or written by the control
+/// plane. 24 bytes per entry and possible CPU (192 KiB per CPU).
+#[map(name = "XG_ADDR_CACHE")]
+pub(crate) static ADDR_CACHE: PerCpuArray<AddrCacheEntry> =
+    PerCpuArray::with_max_entries(ADDR_CACHE_ENTRIES, 0);
+
+/// Per-CPU decision-cache and address-cache hit and miss counters
+/// (`acl::cache_stat`).
 #[map(name = "XG_CACHE_STATS")]
 pub(crate) static CACHE_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(cache_stat::ENTRIES, 0);

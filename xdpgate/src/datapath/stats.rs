@@ -100,9 +100,14 @@ pub struct CacheStats {
     /// without phased tables: its rule set exceeded their budget, or a rule
     /// change's phased tables were still being rebuilt).
     pub walks: u64,
+    /// IPv6 addresses (source and destination counted apart) whose class
+    /// came from the address-class cache (`XG_ADDR_CACHE`).
+    pub addr_hits: u64,
+    /// IPv6 addresses looked up in the address tables with that cache on.
+    pub addr_misses: u64,
 }
 
-/// Reads the decision-cache counters from `XG_CACHE_STATS`.
+/// Reads the decision-cache and address-cache counters from `XG_CACHE_STATS`.
 pub fn cache_stats(map: &Map) -> Result<CacheStats, MapError> {
     let map: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
     let sum = |i: u32| map.get(&i, 0).map(|v| v.iter().sum::<u64>());
@@ -110,6 +115,8 @@ pub fn cache_stats(map: &Map) -> Result<CacheStats, MapError> {
         hits: sum(cache_stat::HIT)?,
         misses: sum(cache_stat::MISS)?,
         walks: sum(cache_stat::WALK)?,
+        addr_hits: sum(cache_stat::ADDR_HIT)?,
+        addr_misses: sum(cache_stat::ADDR_MISS)?,
     })
 }
 

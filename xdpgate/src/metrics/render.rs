@@ -181,6 +181,12 @@ pub fn render(s: &Snapshot) -> String {
         "ACL decision-cache lookups over all interfaces and CPUs: hit (decided from the cache) or miss (walked the rule bitmaps).",
         &["result"],
     );
+    let addr_cache = counter(
+        &r,
+        "xdpgate_acl_address_cache_lookups_total",
+        "IPv6 address-class cache lookups over all CPUs, source and destination counted apart: hit (the class from the cache) or miss (looked up in the address tables).",
+        &["result"],
+    );
     let table_entries = gauge(
         &r,
         "xdpgate_table_entries",
@@ -295,6 +301,10 @@ pub fn render(s: &Snapshot) -> String {
     let c = s.report.decision_cache;
     cache.with_label_values(&["hit"]).inc_by(c.hits);
     cache.with_label_values(&["miss"]).inc_by(c.misses);
+    addr_cache.with_label_values(&["hit"]).inc_by(c.addr_hits);
+    addr_cache
+        .with_label_values(&["miss"])
+        .inc_by(c.addr_misses);
     for t in &s.tables {
         table_entries
             .with_label_values(&[t.table])

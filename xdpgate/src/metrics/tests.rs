@@ -56,6 +56,8 @@ fn snapshot() -> Snapshot {
                 hits: 40,
                 misses: 2,
                 walks: 0,
+                addr_hits: 70,
+                addr_misses: 6,
             },
             limits: [4, 0, 0, 0, 0, 0],
         },
@@ -236,6 +238,10 @@ fn render_has_every_series_with_bounded_labels() {
         ),
         (
             "xdpgate_acl_decision_cache_lookups_total",
+            ("counter", &["result"][..]),
+        ),
+        (
+            "xdpgate_acl_address_cache_lookups_total",
             ("counter", &["result"][..]),
         ),
         ("xdpgate_table_entries", ("gauge", &["table"][..])),
@@ -428,6 +434,20 @@ fn render_has_every_series_with_bounded_labels() {
             &[("result", "miss")]
         ),
         2.0
+    );
+    assert_eq!(
+        v(
+            "xdpgate_acl_address_cache_lookups_total",
+            &[("result", "hit")]
+        ),
+        70.0
+    );
+    assert_eq!(
+        v(
+            "xdpgate_acl_address_cache_lookups_total",
+            &[("result", "miss")]
+        ),
+        6.0
     );
     assert_eq!(v("xdpgate_table_entries", &[("table", "rules")]), 2.0);
     assert_eq!(
