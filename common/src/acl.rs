@@ -265,11 +265,14 @@ pub const fn addr_cache_index(addr: &[u32; 4]) -> u32 {
 mod addr_cache_tests {
     use super::*;
 
+    /// An address family of the test: the address of index `i`.
+    type Addresses = fn(u32) -> [u32; 4];
+
     #[test]
     fn consecutive_sources_of_one_prefix_spread_over_the_address_cache() {
         // 8,192 consecutive addresses of one /64 (a scan, or one host's
         // privacy addresses), and 8,192 that differ only in the top word.
-        let sets: [(&str, fn(u32) -> [u32; 4]); 2] = [
+        let sets: [(&str, Addresses); 2] = [
             ("low word", |i| [0x2001_0db8u32.to_be(), 0, 0, i.to_be()]),
             ("top word", |i| {
                 [(0x2001_0000u32 | i).to_be(), 0, 0, 1u32.to_be()]
