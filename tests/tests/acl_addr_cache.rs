@@ -5,6 +5,9 @@
 //! or did not (IPv4 never uses it); and a prefix change (incremental, which
 //! keeps every class id) and a generation switch (a full install) are seen
 //! by the very next packet while the cache holds the addresses' old classes.
+mod acl_common;
+
+use acl_common::counts;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv6Addr},
@@ -164,14 +167,6 @@ fn addr_delta(dp: &Datapath, before: CacheStats) -> (u64, u64) {
         now.addr_hits - before.addr_hits,
         now.addr_misses - before.addr_misses,
     )
-}
-
-fn counts(ctl: &AclController, dp: &Datapath) -> BTreeMap<u32, u64> {
-    ctl.rule_counters(dp)
-        .expect("counters")
-        .into_iter()
-        .map(|c| (c.rule.id, c.packets))
-        .collect()
 }
 
 fn xdp_action(v: Verdict) -> u32 {

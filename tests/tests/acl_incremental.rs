@@ -7,6 +7,9 @@
 //! undone: the rules and prefixes they took out are back). Packets go through the real XDP program with
 //! `BPF_PROG_TEST_RUN`; the changes go through `AclController::apply`, as
 //! the daemon makes them, and are checked to have taken the incremental path.
+mod acl_common;
+
+use acl_common::counts;
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr},
@@ -76,15 +79,6 @@ fn udp6(src: Ipv6Addr) -> Vec<u8> {
     let dst = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xc8);
     Ethernet::new(ethertype::IPV6)
         .build(&Ipv6::new(src.octets(), dst.octets(), 17).build(&Transport::udp(5000, 53).bytes()))
-}
-
-/// Packets counted per rule id.
-fn counts(ctl: &AclController, dp: &Datapath) -> BTreeMap<u32, u64> {
-    ctl.rule_counters(dp)
-        .expect("counters")
-        .into_iter()
-        .map(|c| (c.rule.id, c.packets))
-        .collect()
 }
 
 fn apply(ctl: &mut AclController, dp: &mut Datapath, change: &Change) {

@@ -8,6 +8,9 @@
 //! rejected change changes nothing. Packets go through the real XDP program
 //! with `BPF_PROG_TEST_RUN`, with the decision cache off so that every packet
 //! is resolved by the generation's tables.
+mod acl_common;
+
+use acl_common::counts;
 use std::collections::BTreeMap;
 
 use xdpgate::{acl::AclController, datapath::Datapath};
@@ -126,15 +129,6 @@ fn check(dp: &mut Datapath, probes: &[Probe], when: &str) -> u64 {
         assert_eq!(got, p.action, "{when}: {}", p.name);
     }
     dp.cache_stats().expect("cache stats").walks - before
-}
-
-/// Packets counted per rule id.
-fn counts(ctl: &AclController, dp: &Datapath) -> BTreeMap<u32, u64> {
-    ctl.rule_counters(dp)
-        .expect("counters")
-        .into_iter()
-        .map(|c| (c.rule.id, c.packets))
-        .collect()
 }
 
 fn deny_host(id: u32) -> Change {
