@@ -140,6 +140,9 @@ const FLOOD_FULL: (f64, usize, usize) = (3.0, 3, 2000);
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // The allocator as the daemon sets it: part 7 times the daemon's calls
+    // in this process too.
+    xdpgate::sys::no_fastbins();
     let cli = Cli::parse();
     if cli.only == Some(Only::Maglev) {
         let m = report::Section::from(Some(maglev::run()));

@@ -99,6 +99,8 @@ pub fn run(
     sys::require_root("xdpgate run")?;
     sys::require_bpffs(paths.bpffs_mount())?;
     let max_connections = api_connections(sys::raise_nofile_limit());
+    // Before the runtime's threads start (`sys::malloc`).
+    sys::no_fastbins();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -9,12 +9,14 @@
 //! kernel release.
 pub mod bpf;
 pub mod listen;
+mod malloc;
 pub mod netlink;
 pub mod object;
 mod rlimit;
 pub mod rtnl_events;
 pub mod sysctl;
 
+pub use malloc::no_fastbins;
 pub use rlimit::raise_nofile_limit;
 
 use std::{
