@@ -29,6 +29,8 @@
 /// limit, three drop reasons, the SYN-cookie program's tail-call slot and
 /// the `XG_LIMIT_*` and `XG_SYNCOOKIE` maps. 4 = the `XG_IFACE_INDEX`
 /// array beside `XG_IFACES` and the per-CPU `XG_IFACE_SCRATCH` (issue 16).
+/// 5 = the IPv6 address trie: `XG_V6_BLOCKS_0/1` and `V6Bucket` entries
+/// pointing to blocks (issue 16).
 ///
 /// A build made with `XDPGATE_SCHEMA_VARIANT` set (only `cargo xtask test`
 /// and `cargo xtask bench` make one, for their schema-upgrade runs) has the
@@ -40,7 +42,7 @@ pub const SCHEMA_VERSION: u32 = if SCHEMA_VARIANT {
 };
 
 /// The schema of this source tree's own builds.
-const SCHEMA_RELEASED: u32 = 4;
+const SCHEMA_RELEASED: u32 = 5;
 
 /// Whether this is the schema-upgrade test's build (see [`SCHEMA_VERSION`]).
 pub const SCHEMA_VARIANT: bool = option_env!("XDPGATE_SCHEMA_VARIANT").is_some();
