@@ -8,8 +8,8 @@ use xdpgate_common::{
     acl::{
         ACL_NO_CACHE, BITMAP_WORDS, Bitmap, CACHE_BITS, CACHE_NO_RULE, CACHE_VALID, MAX_LENS,
         MAX_PHASE_GROUPS, NO_L4_CLASS, PHASE_NODEFAULT, PHASE_NONE, PHASE_RAW, PHASE_STEPS, Quad,
-        RuleInfo, SUMMARY_WORDS, V4_EXT, V4_KEY_LEN_OFFSET, cache_stat, group, leaf,
-        prefix_buckets,
+        RuleInfo, SUMMARY_WORDS, V4_EXT, V4_KEY_LEN_OFFSET, V6_CHILD, V6_MAX_DEPTH, V6Bucket,
+        cache_stat, group, leaf, prefix_buckets,
     },
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -386,7 +386,7 @@ fn addr_class<G: Generation>(v4: bool, addr: &[u32; 4]) -> Option<u16> {
         let words = [addr[0], 0, 0, 0];
         return search::<G>(e as u16, (e >> 16) & 0xfff, &words, V4_KEY_LEN_OFFSET);
     }
-    let bucket = G::v6_buckets().get(u32::from_be(addr[0]) >> 16)?;
+    let bucket = v6_entry::<G>(addr)?;
     if bucket.lenset == 0 {
         return Some(bucket.class);
     }
@@ -410,6 +410,26 @@ fn v6_class<G: Generation>(cache: bool, epoch: u32, addr: &[u32; 4]) -> Option<u
         addrcache::put(slot, epoch, addr, class);
     }
     Some(class)
+}
+
+/// The IPv6 entry of `addr`: its /16's entry, or where that points to a
+/// block, the entry the trie under it leads to (one block read per 8
+/// address bits while the entry points to a block).
+#[inline(always)]
+fn v6_entry<G: Generation>(addr: &[u32; 4]) -> Option<&'static V6Bucket> {
+    let mut e = G::v6_buckets().get(u32::from_be(addr[0]) >> 16)?;
+    // The address in network byte order: byte `k` is the byte in memory.
+    // SAFETY: `[u32; 4]` and `[u8; 16]` have the same size, and u8 has the
+    // smaller alignment.
+    let bytes = unsafe { &*(addr as *const [u32; 4]).cast::<[u8; 16]>() };
+    // Address byte `k` indexes the block of depth `8 * k`.
+    for k in 2..2 + V6_MAX_DEPTH {
+        if e.lenset != V6_CHILD {
+            break;
+        }
+        e = &G::v6_blocks().get(e.class as u32)?.entries[bytes[k & 15] as usize];
+    }
+    Some(e)
 }
 
 /// Per prefix length 0..=128: the mask of each 32-bit address word, in network
@@ -460,7 +480,14 @@ fn lookup<G: Generation>(addr: &[u32; 4], len: u32) -> Option<(u16, u8)> {
 /// Binary search over the lengths of `lenset` in the prefix hash: a real prefix
 /// ends it, a marker sends it longer, a miss shorter; `class` if nothing is
 /// found. Keys carry the length plus `len_offset` (IPv4 keys are offset).
-#[inline(always)]
+///
+/// Not inlined (a BPF subprogram with its own 152-byte frame): with the
+/// IPv6 trie walk added before it and everything inlined, LLVM spilled 72
+/// more bytes in the main program's frame (304 to 376), and the call chain
+/// through the event path went over the 512-byte stack limit (measured on
+/// 6.18: "combined stack size of 4 calls is 528"); with the search a
+/// subprogram the main frame is 280 bytes.
+#[inline(never)]
 fn search<G: Generation>(class: u16, lenset: u32, addr: &[u32; 4], len_offset: u32) -> Option<u16> {
     let set = G::lensets().get(lenset)?;
     let probe = PROBE.get_ptr_mut(0)?;
