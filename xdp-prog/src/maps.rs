@@ -19,7 +19,8 @@ use xdpgate_common::{
         ADDR_CACHE_ENTRIES, AclConfig, AddrCacheEntry, Bitmap, CACHE_ENTRIES, CacheEntry,
         DPORT_QUADS, LENSETS, LenSet, MAX_PHASE_GROUPS, PHASE_CELLS, PREFIX_BUCKET_BITS,
         PREFIX_BUCKETS, Pair, PhaseGroup, PrefixBucket, Quad, RULE_BITS, RULE_COUNTERS, RuleInfo,
-        SPORT_QUADS, V4_TBL24_PAIRS, V6_BLOCKS, V6Block, V6Bucket, WALK_ADDR_CLASSES, WALK_PORT_CLASSES, cache_stat,
+        SPORT_QUADS, V4_TBL24_PAIRS, V6_BLOCKS, V6Block, V6Bucket, WALK_ADDR_CLASSES,
+        WALK_PORT_CLASSES, cache_stat,
     },
     lb::{
         Backend, DECAP_STAT_ENTRIES, DEFAULT_RING_SERVICES, DEFAULT_RING_SIZE, LbConfig,
