@@ -432,12 +432,13 @@ fn v6_entry<G: Generation>(addr: &[u32; 4]) -> Option<&'static V6Bucket> {
     Some(e)
 }
 
-/// Per prefix length 0..=128: the mask of each 32-bit address word, in network
-/// byte order (so masking needs no byte swap).
-pub(crate) static PREFIX_MASKS: [[u32; 4]; 129] = {
-    let mut t = [[0u32; 4]; 129];
+/// The masks of prefix lengths `0..N`: per length, the mask of each 32-bit
+/// address word, in network byte order (so masking needs no byte swap);
+/// lengths over 128 get the /128 mask.
+const fn masks<const N: usize>() -> [[u32; 4]; N] {
+    let mut t = [[0u32; 4]; N];
     let mut len = 0;
-    while len <= 128 {
+    while len < N {
         let mut i = 0;
         while i < 4 {
             let bits = len as i32 - 32 * i as i32;
@@ -454,7 +455,20 @@ pub(crate) static PREFIX_MASKS: [[u32; 4]; 129] = {
         len += 1;
     }
     t
-};
+}
+
+/// Per prefix length 0..=128: the mask of each 32-bit address word, in network
+/// byte order (so masking needs no byte swap).
+pub(crate) static PREFIX_MASKS: [[u32; 4]; 129] = masks::<129>();
+
+/// [`PREFIX_MASKS`] for every `u8` length (over 128: the /128 mask), for the
+/// length search: any byte indexes it, so its index needs no bound the
+/// verifier must keep. With the trie walk inlined before the search, LLVM
+/// spilled the length between its `len > 128` check and the table read, and
+/// 6.1's verifier, which does not carry a check over to the spilled copy,
+/// refused the 129-entry table ("invalid access to map value, value_size=2361
+/// off=4332", measured with `cargo xtask vmtest --kernel 6.1`).
+static SEARCH_MASKS: [[u32; 4]; 256] = masks::<256>();
 
 /// The (class, marker) stored for a masked address and key length: the key is
 /// in one of its two buckets or nowhere.
@@ -518,7 +532,7 @@ fn search<G: Generation>(class: u16, lenset: u32, addr: &[u32; 4], len_offset: u
         // Masks from a table, not computed: a computed mask is three branches
         // per word, and the verifier of older kernels (6.1) walks every
         // combination of them in every probe.
-        let mask = &PREFIX_MASKS[len];
+        let mask = &SEARCH_MASKS[len & 0xff];
         let masked = [
             addr[0] & mask[0],
             addr[1] & mask[1],
