@@ -142,8 +142,9 @@ fn configurations() -> Vec<(String, MapSizes)> {
         phase_cells: 65_536,
         walk_addr_classes: 1024,
         walk_port_classes: 1024,
+        v6_blocks: 64,
     };
-    let acl_keys = "[acl] prefix_slots = 4096, phase_cells = 65536, walk_addr_classes = 1024, walk_port_classes = 1024";
+    let acl_keys = "[acl] prefix_slots = 4096, phase_cells = 65536, walk_addr_classes = 1024, walk_port_classes = 1024, v6_blocks = 64";
     vec![
         (
             "defaults (the largest tables)".to_owned(),

@@ -302,9 +302,39 @@ mod addr_cache_tests {
 pub struct V6Bucket {
     /// Class when the search finds nothing.
     pub class: u16,
-    /// Index into the length-set array; 0 means no longer prefixes.
+    /// Index into the length-set array; 0 means no longer prefixes;
+    /// [`V6_CHILD`] means `class` is the index of a [`V6Block`] that splits
+    /// the region by its next 8 address bits.
     pub lenset: u16,
 }
+
+/// [`V6Bucket::lenset`] of an entry that points to a child block: its
+/// `class` is the block's index in the block array (never a length-set id,
+/// which is below [`LENSETS`]).
+pub const V6_CHILD: u16 = u16::MAX;
+
+/// Entries of an IPv6 block: one per value of the next 8 address bits.
+pub const V6_BLOCK_ENTRIES: usize = 256;
+
+/// A block of the IPv6 address trie under the /16 array: the region of a
+/// /16 (or of a /24, /32, ... inside it, 8 bits deeper per level) split by
+/// its next 8 address bits, each entry a class, a class and a length set to
+/// search, or a deeper block ([`V6_CHILD`]). 1 KiB.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V6Block {
+    /// The entries, indexed by the 8 address bits after the region's prefix.
+    pub entries: [V6Bucket; V6_BLOCK_ENTRIES],
+}
+
+/// Most IPv6 trie blocks per generation (16 MiB), the default of `[acl]
+/// v6_blocks`: the benchmark's 1,000,000 random IPv6 prefixes over 2000::/3
+/// need one per /16 of it, about 8,200. When they run out the compiler
+/// leaves further regions to the length search.
+pub const V6_BLOCKS: u32 = 16384;
+
+/// Most block reads of one IPv6 lookup: one per 8 bits from /16 to /128.
+pub const V6_MAX_DEPTH: usize = 14;
 
 /// Most distinct prefix lengths in one bucket (IPv6 /16: 17..=128; IPv4 /24: 25..=32).
 pub const MAX_LENS: usize = 112;

@@ -35,7 +35,7 @@ pub mod maps {
     pub const RULE_STATS: &str = "XG_RULE_STATS";
     /// Names of one generation's tables, generation 0 then 1. Each is the
     /// base name below with suffix `_0` or `_1`.
-    pub const GEN_TABLES: [&str; 12] = [
+    pub const GEN_TABLES: [&str; 13] = [
         "XG_BM_IFACE",
         "XG_BM_PROTO",
         "XG_BM_SPORT",
@@ -48,6 +48,7 @@ pub mod maps {
         "XG_V6_BUCKETS",
         "XG_LENSETS",
         "XG_PREFIXES",
+        "XG_V6_BLOCKS",
     ];
     /// `Array<RuleInfo>` per generation (suffix `_0`/`_1`): verdict and counter
     /// slot per rule index.
@@ -460,6 +461,7 @@ mod pod {
         super::lb::LbConfig,
         super::acl::Bitmap,
         super::acl::V6Bucket,
+        super::acl::V6Block,
         super::acl::LenSet,
         super::acl::PrefixKey,
         super::acl::PrefixEntry,

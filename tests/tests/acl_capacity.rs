@@ -136,6 +136,9 @@ fn small_capacities_classify_real_frames_like_the_reference_and_the_default() {
                 phase_cells: 0,
                 walk_addr_classes: 512,
                 walk_port_classes: 256,
+                // Fewer IPv6 trie blocks than the random states' tries take:
+                // the rest keep the length search.
+                v6_blocks: 2,
             },
             dense: 800,
             set_size: 8,
@@ -168,6 +171,7 @@ fn small_capacities_classify_real_frames_like_the_reference_and_the_default() {
                     rand_state(&mut rng, 4, case.set_size, rules),
                 ));
             }
+            let mut cut = 0;
             for (what, state) in states {
                 let applied = ctl_small.install(&mut small, state.clone());
                 applied.unwrap_or_else(|e| panic!("{}: {what}: install: {e}", case.name));
@@ -175,6 +179,9 @@ fn small_capacities_classify_real_frames_like_the_reference_and_the_default() {
                     .install(&mut default, state.clone())
                     .expect("install on the default datapath");
                 let image = compile_for(&state, &slots(), &case.caps).expect("compiles");
+                let full = compile_for(&state, &slots(), &Capacities::default()).expect("compiles");
+                assert!(image.v6_blocks.len() <= case.caps.v6_blocks as usize);
+                cut += usize::from(image.v6_blocks.len() < full.v6_blocks.len());
                 assert_eq!(
                     image.phases.is_some(),
                     case.caps.phase_cells > 0,
@@ -202,6 +209,12 @@ fn small_capacities_classify_real_frames_like_the_reference_and_the_default() {
                     checked += 1;
                 }
             }
+            assert_eq!(
+                cut > 0,
+                case.caps.v6_blocks < Capacities::default().v6_blocks,
+                "{}: {cut} states ran out of IPv6 trie blocks",
+                case.name
+            );
         }
         checked
     });

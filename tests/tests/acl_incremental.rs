@@ -17,7 +17,7 @@ use std::{
 
 use xdpgate::{acl::AclController, datapath::Datapath};
 use xdpgate_model::{
-    acl::{AclState, AddrMatch, Change, PrefixSet, Rule, Verdict},
+    acl::{AclState, AddrMatch, Change, PrefixSet, Rule, Verdict, compile::compile},
     iface::Malformed,
 };
 use xdpgate_tests::{
@@ -259,5 +259,81 @@ fn a_rejected_change_at_100k_prefixes_changes_nothing() {
             },
         );
         assert_eq!(dp.test_run(&host, 1).unwrap().action, XDP_DROP);
+    });
+}
+
+/// IPv6 prefixes of four more lengths added one at a time under 2001::/16
+/// (which holds /32s of the set) split its region into trie blocks; removed
+/// again, the blocks merge back. After every change, through the controller's
+/// incremental path, packets from inside each prefix held are dropped and
+/// packets beside them pass.
+#[test]
+fn an_ipv6_region_split_into_trie_blocks_and_merged_back_decides_every_packet() {
+    let _g = serial();
+    let ns = Netns::new("acltrie").unwrap();
+    ns.run(|| {
+        let mut dp = Datapath::load().expect("load");
+        dp.register(1, 1, Malformed::Drop).expect("register lo");
+        let slots = BTreeMap::from([("lo".to_owned(), 1)]);
+        let mut ctl = AclController::new(slots.clone());
+        ctl.install(&mut dp, large_state()).expect("install");
+        // (prefix, a source inside it, a source beside it)
+        let prefixes: [(&str, Ipv6Addr, Ipv6Addr); 4] = [
+            (
+                "2001:db8:100::/40",
+                Ipv6Addr::new(0x2001, 0xdb8, 0x1ff, 0, 0, 0, 0, 1),
+                Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, 0, 1),
+            ),
+            (
+                "2001:db8:8000::/33",
+                Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1),
+                Ipv6Addr::new(0x2001, 0xdb8, 0x7fff, 0, 0, 0, 0, 1),
+            ),
+            (
+                "2001:db8:3:4::/64",
+                Ipv6Addr::new(0x2001, 0xdb8, 3, 4, 0, 0, 0, 0x99),
+                Ipv6Addr::new(0x2001, 0xdb8, 3, 5, 0, 0, 0, 0x99),
+            ),
+            (
+                "2001:db8:1::/48",
+                Ipv6Addr::new(0x2001, 0xdb8, 1, 0xffff, 0, 0, 0, 1),
+                Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1),
+            ),
+        ];
+        let in_set = udp6(Ipv6Addr::new(0x2001, 5, 0, 0, 0, 0, 0, 1));
+        let change = |p: &str, add: bool| {
+            let (name, prefixes) = ("block".to_string(), vec![p.to_string()]);
+            if add {
+                Change::SetAdd { name, prefixes }
+            } else {
+                Change::SetDel { name, prefixes }
+            }
+        };
+        let check = |dp: &mut Datapath, held: usize, step: &str| {
+            for (i, (p, inside, beside)) in prefixes.iter().enumerate() {
+                let want = if i < held { XDP_DROP } else { XDP_PASS };
+                let got = dp.test_run(&udp6(*inside), 1).unwrap().action;
+                assert_eq!(got, want, "{step}: {inside} in {p}");
+                let got = dp.test_run(&udp6(*beside), 1).unwrap().action;
+                assert_eq!(got, XDP_PASS, "{step}: {beside} beside {p}");
+            }
+            let got = dp.test_run(&in_set, 1).unwrap().action;
+            assert_eq!(got, XDP_DROP, "{step}: a /32 of the set");
+        };
+        let blocks = |ctl: &AclController| {
+            let image = compile(ctl.state(), &slots).expect("compile");
+            image.v6_blocks.len()
+        };
+        assert_eq!(blocks(&ctl), 0, "one length under 2001::/16: no block");
+        for (held, (p, ..)) in prefixes.iter().enumerate() {
+            apply(&mut ctl, &mut dp, &change(p, true));
+            check(&mut dp, held + 1, &format!("after adding {p}"));
+        }
+        assert!(blocks(&ctl) > 0, "five lengths under 2001::/16: blocks");
+        for (i, (p, ..)) in prefixes.iter().enumerate().rev() {
+            apply(&mut ctl, &mut dp, &change(p, false));
+            check(&mut dp, i, &format!("after removing {p}"));
+        }
+        assert_eq!(blocks(&ctl), 0, "merged back");
     });
 }

@@ -19,7 +19,8 @@ use xdpgate_common::{
         ADDR_CACHE_ENTRIES, AclConfig, AddrCacheEntry, Bitmap, CACHE_ENTRIES, CacheEntry,
         DPORT_QUADS, LENSETS, LenSet, MAX_PHASE_GROUPS, PHASE_CELLS, PREFIX_BUCKET_BITS,
         PREFIX_BUCKETS, Pair, PhaseGroup, PrefixBucket, Quad, RULE_BITS, RULE_COUNTERS, RuleInfo,
-        SPORT_QUADS, V4_TBL24_PAIRS, V6Bucket, WALK_ADDR_CLASSES, WALK_PORT_CLASSES, cache_stat,
+        SPORT_QUADS, V4_TBL24_PAIRS, V6_BLOCKS, V6Block, V6Bucket, WALK_ADDR_CLASSES,
+        WALK_PORT_CLASSES, cache_stat,
     },
     lb::{
         Backend, DECAP_STAT_ENTRIES, DEFAULT_RING_SERVICES, DEFAULT_RING_SIZE, LbConfig,
@@ -334,6 +335,8 @@ acl_generations! {
     v4_tbl24 / V4_TBL24: Array<Pair>[V4_TBL24_PAIRS] = "XG_V4_TBL24_0", "XG_V4_TBL24_1";
     /// IPv6 top-16 buckets.
     v6_buckets / V6_BUCKETS: Array<V6Bucket>[65536] = "XG_V6_BUCKETS_0", "XG_V6_BUCKETS_1";
+    /// IPv6 trie blocks under the top-16 buckets (`V6_CHILD` entries).
+    v6_blocks / V6_BLOCK_TABLE: Array<V6Block>[V6_BLOCKS] = "XG_V6_BLOCKS_0", "XG_V6_BLOCKS_1";
     /// Prefix-length sets of both families.
     lensets / LENSETS_MAP: Array<LenSet>[LENSETS] = "XG_LENSETS_0", "XG_LENSETS_1";
     /// Long prefixes (IPv4 > /24, IPv6 > /16) and binary-search markers, in a

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use ipnetwork::IpNetwork;
-use xdpgate_common::acl::{V4_EXT, prefix_buckets};
+use xdpgate_common::acl::{V4_EXT, V6_CHILD, V6Bucket, prefix_buckets};
 
 use super::{
     AclError, AclState, AddrMatch, Change, Rule,
@@ -46,6 +46,28 @@ fn intervals(x: &Incremental, f: usize) -> Vec<(u128, u128, Meaning)> {
 fn lens(img: &Image, id: u16) -> &[u8] {
     let s = &img.lensets[id as usize];
     &s.lens[..s.n as usize]
+}
+
+/// Asserts that IPv6 entry `g` of image `got` and `w` of image `want` are
+/// the same (classes through `map`), their tries included, block by block.
+fn assert_same_v6(at: &str, map: &[u16], got: (&Image, V6Bucket), want: (&Image, V6Bucket)) {
+    let ((gi, g), (wi, w)) = (got, want);
+    match (g.lenset, w.lenset) {
+        (V6_CHILD, V6_CHILD) => {
+            let (gb, wb) = (
+                &gi.v6_blocks[g.class as usize],
+                &wi.v6_blocks[w.class as usize],
+            );
+            for (j, (ge, we)) in gb.entries.iter().zip(&wb.entries).enumerate() {
+                assert_same_v6(&format!("{at}, entry {j:#x}"), map, (gi, *ge), (wi, *we));
+            }
+        }
+        (V6_CHILD, _) | (_, V6_CHILD) => panic!("{at}: {g:?} vs {w:?}: a block on one side only"),
+        _ => assert!(
+            map[g.class as usize] == w.class && lens(gi, g.lenset) == lens(wi, w.lenset),
+            "{at}: {g:?} vs {w:?}"
+        ),
+    }
 }
 
 /// Asserts that `got` (updated incrementally) holds the tables of `want` (a
@@ -111,11 +133,25 @@ fn assert_same(step: &str, got: &Incremental, want: &Incremental) {
         assert!(same, "{step}: IPv4 /24 {i:#x}: {ge:#x} vs {we:#x}");
     }
     for (i, (gb, wb)) in g.v6_buckets.iter().zip(&w.v6_buckets).enumerate() {
-        assert!(
-            map[gb.class as usize] == wb.class && lens(g, gb.lenset) == lens(w, wb.lenset),
-            "{step}: IPv6 /16 {i:#x}: {gb:?} vs {wb:?}"
+        assert_same_v6(
+            &format!("{step}: IPv6 /16 {i:#x}"),
+            &map,
+            (g, *gb),
+            (w, *wb),
         );
     }
+    let reached = |img: &Image| {
+        let mut n = 0;
+        let mut stack: Vec<V6Bucket> = img.v6_buckets.clone();
+        while let Some(e) = stack.pop() {
+            if e.lenset == V6_CHILD {
+                n += 1;
+                stack.extend(img.v6_blocks[e.class as usize].entries);
+            }
+        }
+        n
+    };
+    assert_eq!(reached(g), reached(w), "{step}: IPv6 trie blocks");
     // The long-prefix table: the same keys and entries, each key in one of
     // its two buckets.
     let entries = |img: &Image, map: Option<&[u16]>| {
@@ -493,4 +529,75 @@ fn a_phase_rebuild_of_tables_changed_since_installs_nothing() {
     let built = job.run(&|| false).expect("not stopped");
     assert!(x.install_phases(&job, built).is_some());
     assert!(x.image().phases.is_some());
+}
+
+/// The IPv6 trie blocks the first level reaches.
+fn reached_blocks(img: &Image) -> Vec<u16> {
+    let mut out = Vec::new();
+    let mut stack: Vec<V6Bucket> = img.v6_buckets.clone();
+    while let Some(e) = stack.pop() {
+        if e.lenset == V6_CHILD {
+            out.push(e.class);
+            stack.extend(img.v6_blocks[e.class as usize].entries);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Prefixes of four lengths under 2001:db8::/32 split its /16, /24 and /32
+/// into blocks one at a time as they are added, and merge them back as
+/// they are removed; each delta names every block it changed, and freed
+/// blocks are reused.
+#[test]
+fn a_region_splits_into_blocks_and_merges_back_incrementally() {
+    let steps: [(&str, bool, usize); 7] = [
+        ("2001:db8:100::/40", true, 0),
+        ("2001:db8:8000::/33", true, 0),
+        ("2001:db8:3:4::/64", true, 3),
+        ("2001:db8:3:4::/64", false, 0),
+        ("2001:db8:3:4::/64", true, 3),
+        ("2001:db8:100::/40", false, 0),
+        ("2001:db8:8000::/33", false, 0),
+    ];
+    let mut state = state_with(&["2001:db8:1::/48"]);
+    let mut x = Incremental::build(&state, &slots()).expect("compile");
+    assert!(reached_blocks(x.image()).is_empty(), "one length: no block");
+    let mut most = 0;
+    for (i, (prefix, add, blocks)) in steps.into_iter().enumerate() {
+        let name = format!("step {i}: {} {prefix}", if add { "add" } else { "remove" });
+        let prefixes = vec![prefix.to_string()];
+        let change = if add {
+            Change::SetAdd {
+                name: "block".into(),
+                prefixes,
+            }
+        } else {
+            Change::SetDel {
+                name: "block".into(),
+                prefixes,
+            }
+        };
+        let (next, undo) = applied(&state, &change).expect("valid");
+        let before = x.image().v6_blocks.clone();
+        let delta = x.update(&next, &undo, &change).expect(&name);
+        let after = reached_blocks(x.image());
+        assert_eq!(after.len(), blocks, "{name}");
+        for b in &after {
+            if before.get(*b as usize) != Some(&x.image().v6_blocks[*b as usize]) {
+                assert!(
+                    delta.v6_blocks.contains(&u32::from(*b)),
+                    "{name}: block {b}"
+                );
+            }
+        }
+        most = most.max(x.image().v6_blocks.len());
+        assert_same(
+            &name,
+            &x,
+            &Incremental::build(&next, &slots()).expect("compile"),
+        );
+        state = next;
+    }
+    assert_eq!(most, 3, "the blocks freed at step 3 are reused at step 4");
 }

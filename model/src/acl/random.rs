@@ -333,12 +333,14 @@ mod tests {
     fn compiled_tables_agree_with_reference() {
         let slots = slots();
         let (mut checked, mut by_rule, mut nd, mut later) = (0, 0, 0, 0);
+        let mut tries = 0;
         for seed in 0..150u64 {
             let mut rng = Rng::new(seed);
             let rules = 1 + rng.below(40) as usize;
             let state = rand_state(&mut rng, 3, 12, rules);
             let image = compile(&state, &slots).expect("compile");
             assert!(image.phases.is_some(), "seed {seed}: no phased tables");
+            tries += usize::from(!image.v6_blocks.is_empty());
             for _ in 0..300 {
                 let pkt = rand_packet(&mut rng, &state);
                 for (iface, slot) in [("eth0", 1), ("eth1", 2), ("lo", 0)] {
@@ -375,6 +377,8 @@ mod tests {
             nd > 1000 && later > 2000,
             "nd {nd}, later fragments {later}"
         );
+        // And IPv6 lookups go through trie blocks in most states.
+        assert!(tries > 75, "{tries} of 150 states with IPv6 blocks");
     }
 
     #[test]

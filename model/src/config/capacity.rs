@@ -1,7 +1,9 @@
 //! `[acl]`: the capacities of the ACL tables (fixed at start: the datapath's
 //! maps are sized from them when it is loaded), each key checked on its own
 //! and reported at its position. See the README, "Capacities".
-use xdpgate_common::acl::{PHASE_CELLS, PREFIX_BUCKET_SLOTS, WALK_ADDR_CLASSES, WALK_PORT_CLASSES};
+use xdpgate_common::acl::{
+    PHASE_CELLS, PREFIX_BUCKET_SLOTS, V6_BLOCKS, WALK_ADDR_CLASSES, WALK_PORT_CLASSES,
+};
 
 use super::fields::{Ctx, Section};
 use crate::acl::compile::{Capacities, MIN_WALK_ADDR_CLASSES, MIN_WALK_PORT_CLASSES};
@@ -12,6 +14,7 @@ const ACL_KEYS: &[&str] = &[
     "phase_cells",
     "walk_addr_classes",
     "walk_port_classes",
+    "v6_blocks",
 ];
 
 /// Fills `out` from `[acl]`, reporting every error.
@@ -40,5 +43,8 @@ pub(super) fn capacities(cx: &mut Ctx<'_>, s: &Section<'_, '_>, out: &mut Capaci
     let walk = i64::from(MIN_WALK_PORT_CLASSES)..=i64::from(WALK_PORT_CLASSES);
     if let Some((n, _)) = cx.integer(s, "walk_port_classes", walk) {
         out.walk_port_classes = n as u32;
+    }
+    if let Some((n, _)) = cx.integer(s, "v6_blocks", 1..=i64::from(V6_BLOCKS)) {
+        out.v6_blocks = n as u32;
     }
 }

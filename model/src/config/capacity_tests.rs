@@ -102,12 +102,13 @@ fn acl_capacities_in_range_are_taken_and_absent_ones_keep_their_defaults() {
         },
         Case {
             name: "a small host",
-            text: "[acl]\nprefix_slots = 4096\nphase_cells = 65536\nwalk_addr_classes = 512\nwalk_port_classes = 256\n",
+            text: "[acl]\nprefix_slots = 4096\nphase_cells = 65536\nwalk_addr_classes = 512\nwalk_port_classes = 256\nv6_blocks = 64\n",
             want: Capacities {
                 prefix_bucket_bits: 10,
                 phase_cells: 65_536,
                 walk_addr_classes: 512,
                 walk_port_classes: 256,
+                v6_blocks: 64,
             },
         },
         Case {

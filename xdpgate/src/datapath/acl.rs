@@ -29,8 +29,9 @@ use crate::sys::bpf;
 
 /// Base names of the per-generation maps whose size the ACL capacities
 /// (`[acl]`) set, with the key that sets each.
-const SIZED: [(&str, &str); 6] = [
+const SIZED: [(&str, &str); 7] = [
     (GEN_TABLES[11], "[acl] prefix_slots"),
+    (GEN_TABLES[12], "[acl] v6_blocks"),
     (PHASE_CELLS_MAP, "[acl] phase_cells"),
     (GEN_TABLES[2], "[acl] walk_port_classes"),
     (GEN_TABLES[3], "[acl] walk_port_classes"),
@@ -40,9 +41,11 @@ const SIZED: [(&str, &str); 6] = [
 
 /// The maps of [`SIZED`], both generations (the loader keeps the names for
 /// its lifetime, so they are spelled out).
-const SIZED_MAPS: [&str; 12] = [
+const SIZED_MAPS: [&str; 14] = [
     "XG_PREFIXES_0",
     "XG_PREFIXES_1",
+    "XG_V6_BLOCKS_0",
+    "XG_V6_BLOCKS_1",
     "XG_PHASE_CELLS_0",
     "XG_PHASE_CELLS_1",
     "XG_BM_SPORT_0",
@@ -81,6 +84,7 @@ pub(super) fn prefix_bits_ref(caps: &Capacities) -> &'static u32 {
 fn entries_of(base: &str, caps: &Capacities) -> Option<u32> {
     Some(match base {
         b if b == GEN_TABLES[11] => caps.prefix_buckets(),
+        b if b == GEN_TABLES[12] => caps.v6_blocks,
         PHASE_CELLS_MAP => caps.phase_quads(),
         b if b == GEN_TABLES[2] || b == GEN_TABLES[3] => caps.walk_port_classes,
         b if b == GEN_TABLES[4] || b == GEN_TABLES[5] => caps.walk_addr_classes,
@@ -122,7 +126,9 @@ pub(super) fn setting_of(key: &str, entries: u32) -> Option<String> {
         // empty arrays).
         "[acl] phase_cells" if entries <= 1 => Some("0".to_owned()),
         "[acl] phase_cells" => Some((u64::from(entries) * 4).to_string()),
-        "[acl] walk_addr_classes" | "[acl] walk_port_classes" => Some(entries.to_string()),
+        "[acl] walk_addr_classes" | "[acl] walk_port_classes" | "[acl] v6_blocks" => {
+            Some(entries.to_string())
+        }
         _ => None,
     }
 }
@@ -254,6 +260,7 @@ impl Datapath {
         self.write(GEN_TABLES[7], t, DPORT_QUADS, quads(&image.dport_class))?;
         self.write(GEN_TABLES[8], t, V4_TBL24_PAIRS, pairs(&image.v4_tbl24))?;
         self.write(GEN_TABLES[9], t, 65536, &image.v6_buckets)?;
+        self.write(GEN_TABLES[12], t, caps.v6_blocks, &image.v6_blocks)?;
         self.write(GEN_TABLES[10], t, LENSETS, &image.lensets)?;
         self.write(
             GEN_TABLES[11],

@@ -119,6 +119,9 @@ impl Datapath {
         v4.dedup();
         self.write_entries(GEN_TABLES[8], t, pairs(&image.v4_tbl24), v4)?;
         let v6 = delta.v6_buckets.iter().map(|b| *b as usize);
+        // The blocks first: a /16 entry written next may point to them.
+        let blocks = delta.v6_blocks.iter().map(|b| *b as usize);
+        self.write_entries(GEN_TABLES[12], t, &image.v6_blocks, blocks)?;
         self.write_entries(GEN_TABLES[9], t, &image.v6_buckets, v6)?;
         let sets = delta.lensets.iter().map(|l| *l as usize);
         self.write_entries(GEN_TABLES[10], t, &image.lensets, sets)?;

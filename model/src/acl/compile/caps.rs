@@ -5,7 +5,7 @@
 //! naming the key. Defaults are the largest tables (see the README,
 //! "Capacities").
 use xdpgate_common::acl::{
-    MIN_PREFIX_BUCKET_BITS, PHASE_CELLS, PREFIX_BUCKET_BITS, PREFIX_BUCKET_SLOTS,
+    MIN_PREFIX_BUCKET_BITS, PHASE_CELLS, PREFIX_BUCKET_BITS, PREFIX_BUCKET_SLOTS, V6_BLOCKS,
     WALK_ADDR_CLASSES, WALK_PORT_CLASSES, leaf, prefix_entries,
 };
 
@@ -37,6 +37,9 @@ pub struct Capacities {
     /// Port classes of each port dimension's walk table (`[acl]
     /// walk_port_classes`).
     pub walk_port_classes: u32,
+    /// Blocks of the IPv6 address trie (`[acl] v6_blocks`; 1 KiB each).
+    /// Not a limit: when they run out, regions keep the length search.
+    pub v6_blocks: u32,
 }
 
 impl Default for Capacities {
@@ -52,6 +55,7 @@ impl Capacities {
         phase_cells: PHASE_CELLS,
         walk_addr_classes: WALK_ADDR_CLASSES,
         walk_port_classes: WALK_PORT_CLASSES,
+        v6_blocks: V6_BLOCKS,
     };
 
     /// Fewest slots `[acl] prefix_slots` accepts.
@@ -99,6 +103,7 @@ impl Capacities {
             && self.phase_cells <= PHASE_CELLS
             && (MIN_WALK_ADDR_CLASSES..=WALK_ADDR_CLASSES).contains(&self.walk_addr_classes)
             && (MIN_WALK_PORT_CLASSES..=WALK_PORT_CLASSES).contains(&self.walk_port_classes)
+            && (1..=V6_BLOCKS).contains(&self.v6_blocks)
     }
 
     /// Why going from these capacities (in force) to `next` needs a restart,
@@ -117,6 +122,7 @@ impl Capacities {
                 self.walk_port_classes,
                 next.walk_port_classes,
             ),
+            ("v6_blocks", self.v6_blocks, next.v6_blocks),
         ];
         let changed: Vec<String> = keys
             .iter()

@@ -5,8 +5,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use xdpgate_common::acl::{
-    BITMAP_WORDS, NO_L4_CLASS, PrefixBucket, PrefixEntry, PrefixKey, SUMMARY_WORDS, V4_EXT, group,
-    prefix_buckets,
+    BITMAP_WORDS, NO_L4_CLASS, PrefixBucket, PrefixEntry, PrefixKey, SUMMARY_WORDS, V4_EXT,
+    V6_CHILD, group, prefix_buckets,
 };
 
 use super::{Image, key, port_group, v4_key};
@@ -29,7 +29,14 @@ impl Image {
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                let b = self.v6_buckets[(a >> 112) as usize];
+                let mut b = self.v6_buckets[(a >> 112) as usize];
+                for depth in (16..128).step_by(8) {
+                    if b.lenset != V6_CHILD {
+                        break;
+                    }
+                    let byte = (a >> (120 - depth)) as u8;
+                    b = self.v6_blocks[b.class as usize].entries[byte as usize];
+                }
                 if b.lenset == 0 {
                     return b.class;
                 }

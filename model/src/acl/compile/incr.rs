@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use ipnetwork::IpNetwork;
 use xdpgate_common::{
     MAX_IFACES,
-    acl::{Bitmap, MAX_ADDR_CLASSES, V4_EXT, V4_NONE_CLASS, V6_NONE_CLASS},
+    acl::{Bitmap, MAX_ADDR_CLASSES, V4_EXT, V4_NONE_CLASS, V6_CHILD, V6_NONE_CLASS},
 };
 
 use super::{AddrParts, Bits, Capacities, Image, compile_parts, sweep};
@@ -50,6 +50,8 @@ pub struct Delta {
     pub v4_tbl24: Vec<u32>,
     /// IPv6 top-16 buckets, ascending.
     pub v6_buckets: Vec<u32>,
+    /// IPv6 trie blocks, ascending.
+    pub v6_blocks: Vec<u32>,
     /// Length sets, ascending.
     pub lensets: Vec<u16>,
     /// Buckets of the long-prefix table, ascending.
@@ -78,6 +80,7 @@ impl Delta {
     pub fn is_empty(&self) -> bool {
         self.v4_tbl24.is_empty()
             && self.v6_buckets.is_empty()
+            && self.v6_blocks.is_empty()
             && self.lensets.is_empty()
             && self.prefix_buckets.is_empty()
             && self.new_classes.is_empty()
@@ -146,6 +149,8 @@ pub struct Incremental {
     lenset_of: HashMap<Vec<u8>, u16>,
     lenset_refs: Vec<u32>,
     free_lensets: Vec<u16>,
+    /// IPv6 trie blocks no /16 uses.
+    free_v6_blocks: Vec<u16>,
     /// Length sets whose last block went during the current update.
     unused_lensets: Vec<u16>,
     rng: u64,
@@ -219,8 +224,11 @@ impl Incremental {
                 lenset_refs[(e >> 16 & 0xfff) as usize] += 1;
             }
         }
-        for b in &image.v6_buckets {
-            lenset_refs[b.lenset as usize] += 1;
+        let trie = image.v6_blocks.iter().flat_map(|b| &b.entries);
+        for b in image.v6_buckets.iter().chain(trie) {
+            if b.lenset != V6_CHILD {
+                lenset_refs[b.lenset as usize] += 1;
+            }
         }
         let lenset_of = image
             .lensets
@@ -245,6 +253,7 @@ impl Incremental {
             lenset_refs,
             free_lensets: Vec::new(),
             unused_lensets: Vec::new(),
+            free_v6_blocks: Vec::new(),
             rng: 0x9e37_79b9_7f4a_7c15,
             deferred: false,
             pending: false,
@@ -329,7 +338,10 @@ impl Incremental {
             for &(a, b) in list {
                 let shift = FAMS[f].shift;
                 for blk in (a >> shift) as u32..=(b >> shift) as u32 {
-                    before.entry((f, blk)).or_insert_with(|| self.block(f, blk));
+                    before.entry((f, blk)).or_insert_with(|| {
+                        let max_blocks = if f == 1 { self.trie_ids(blk).len() } else { 0 };
+                        self.block(f, blk, max_blocks)
+                    });
                 }
             }
         }

@@ -12,7 +12,7 @@ use xdpgate_common::{
     acl::{
         Bitmap, LENSETS, LenSet, MAX_ADDR_CLASSES, MAX_LENS, MAX_PORT_CLASSES, NO_L4_CLASS,
         PrefixBucket, PrefixEntry, PrefixKey, V4_KEY_LEN_OFFSET, V4_NONE_CLASS, V4_TBL24_ENTRIES,
-        V6_NONE_CLASS, V6Bucket, group, v4_entry,
+        V6_NONE_CLASS, V6Block, V6Bucket, group, v4_entry,
     },
     limit::{LimitSpec, RULE_LIMIT, RULE_SYNCOOKIE},
 };
@@ -26,6 +26,7 @@ mod dims;
 pub mod eval;
 pub mod incr;
 pub mod phases;
+pub mod v6trie;
 
 pub use caps::{Capacities, MIN_WALK_ADDR_CLASSES, MIN_WALK_PORT_CLASSES};
 pub(super) use cuckoo::emptier;
@@ -90,6 +91,9 @@ pub struct Image {
     pub v4_tbl24: Vec<u32>,
     /// IPv6 top-16 buckets.
     pub v6_buckets: Vec<V6Bucket>,
+    /// IPv6 trie blocks under the top-16 buckets (at most
+    /// [`Capacities::v6_blocks`]; an index no entry reaches is free).
+    pub v6_blocks: Vec<V6Block>,
     /// Length sets of both families; index 0 is the empty set.
     pub lensets: Vec<LenSet>,
     /// IPv4 prefixes longer than /24, IPv6 prefixes longer than /16, and the
@@ -323,7 +327,7 @@ fn compile_parts(
     let (src_bm, dst_bm) = address_bitmaps(&rules, &conds, &class_sets, n);
     let mut long = Long::default();
     let v4_tbl24 = build_v4(&v4, &mut long);
-    let v6_buckets = build_v6(&v6, &mut long);
+    let (v6_buckets, v6_blocks) = build_v6(&v6, &mut long, caps.v6_blocks as usize);
     if long.lensets.len() > LENSETS as usize {
         errs.push(AclError::Capacity {
             what: "prefix-length sets",
@@ -372,6 +376,7 @@ fn compile_parts(
         dst_bm,
         v4_tbl24,
         v6_buckets,
+        v6_blocks,
         lensets: long.lensets,
         prefix_table,
         prefix_entries,
@@ -563,6 +568,20 @@ impl Default for Long {
 }
 
 impl Long {
+    /// The id of length set `lens` (sorted, distinct), added if new.
+    fn intern(&mut self, lens: &[u8]) -> u16 {
+        let next = self.lensets.len() as u16;
+        *self.ids.entry(lens.to_vec()).or_insert_with(|| {
+            let mut s = LenSet {
+                n: lens.len() as u32,
+                lens: [0; MAX_LENS],
+            };
+            s.lens[..lens.len()].copy_from_slice(lens);
+            self.lensets.push(s);
+            next
+        })
+    }
+
     /// Adds one bucket's prefixes `(start, len, class)` (all longer than the
     /// bucket, disjoint); returns the bucket's length-set id. `key` builds a
     /// hash key from an address and a length.
@@ -570,16 +589,7 @@ impl Long {
         let mut lens: Vec<u8> = list.iter().map(|p| p.1).collect();
         lens.sort_unstable();
         lens.dedup();
-        let next = self.lensets.len() as u16;
-        let id = *self.ids.entry(lens.clone()).or_insert_with(|| {
-            let mut s = LenSet {
-                n: lens.len() as u32,
-                lens: [0; MAX_LENS],
-            };
-            s.lens[..lens.len()].copy_from_slice(&lens);
-            self.lensets.push(s);
-            next
-        });
+        let id = self.intern(&lens);
         for &(start, len, class) in list {
             self.table
                 .insert(key(start, len), PrefixEntry { class, marker: 0 });
@@ -697,8 +707,13 @@ fn key(addr: u128, len: u8) -> PrefixKey {
 }
 
 /// IPv6: a class per /16, or the class of the rest of the /16 plus the length
-/// set to search in the shared hash.
-fn build_v6(intervals: &[(u128, u128, u16)], long: &mut Long) -> Vec<V6Bucket> {
+/// set to search in the shared hash, or the trie of blocks under the /16
+/// ([`v6trie`]; the /16s in address order take blocks until they run out).
+fn build_v6(
+    intervals: &[(u128, u128, u16)],
+    long: &mut Long,
+    max_blocks: usize,
+) -> (Vec<V6Bucket>, Vec<V6Block>) {
     let mut buckets = vec![
         V6Bucket {
             class: V6_NONE_CLASS,
@@ -726,8 +741,18 @@ fn build_v6(intervals: &[(u128, u128, u16)], long: &mut Long) -> Vec<V6Bucket> {
             }
         }
     }
+    let mut blocks: Vec<V6Block> = Vec::new();
     for (bucket, list) in longer {
-        buckets[bucket as usize].lenset = long.bucket(&list, key);
+        let tree = v6trie::Tree::build(&list, max_blocks.saturating_sub(blocks.len()));
+        let ids: Vec<u16> = (blocks.len()..blocks.len() + tree.blocks.len())
+            .map(|i| i as u16)
+            .collect();
+        let sets: Vec<u16> = tree.lens.iter().map(|l| long.intern(l)).collect();
+        for i in 0..tree.blocks.len() {
+            blocks.push(tree.global_block(i, &ids, &sets));
+        }
+        buckets[bucket as usize] = v6trie::Tree::globalize(tree.root, &ids, &sets);
+        long.table.extend(tree.entries);
     }
-    buckets
+    (buckets, blocks)
 }

@@ -6,25 +6,28 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use xdpgate_common::acl::{
     LENSETS, LenSet, MAX_LENS, PREFIX_BUCKET_SLOTS, PrefixEntry, PrefixKey, PrefixSlot, V4_EXT,
-    V4_NONE_CLASS, V6_NONE_CLASS, prefix_buckets, v4_entry,
+    V4_NONE_CLASS, V6_CHILD, V6_NONE_CLASS, V6Block, V6Bucket, prefix_buckets, v4_entry,
 };
 
 use super::{Delta, FAMS, Fallback, Incremental};
-use crate::acl::compile::{cidrs, emptier, key, v4_key};
+use crate::acl::compile::{cidrs, emptier, v4_key, v6trie::Tree};
 
 /// The content of one first-level block: its class (the block is one class)
-/// or its length set and long-prefix entries.
+/// or its length set and long-prefix entries; for an IPv6 /16, its trie
+/// (whose entries are in `entries`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Block {
     class: u16,
     lens: Vec<u8>,
     entries: HashMap<PrefixKey, PrefixEntry>,
+    trie: Option<Tree>,
 }
 
 impl Incremental {
     /// The content of block `blk` of family `f`, from the intervals, exactly
-    /// as the full compile builds it (`build_v4`, `build_v6`, `Long::bucket`).
-    pub(super) fn block(&self, f: usize, blk: u32) -> Block {
+    /// as the full compile builds it (`build_v4`, `build_v6`, `Long::bucket`),
+    /// an IPv6 trie with at most `max_blocks` blocks.
+    pub(super) fn block(&self, f: usize, blk: u32, max_blocks: usize) -> Block {
         let fam = FAMS[f];
         let lo = (blk as u128) << fam.shift;
         let hi = lo | ((1u128 << fam.shift) - 1);
@@ -41,6 +44,7 @@ impl Incremental {
             class,
             lens: Vec::new(),
             entries: HashMap::new(),
+            trie: None,
         };
         match clipped.as_slice() {
             [] => return plain(fam.none),
@@ -59,16 +63,19 @@ impl Incremental {
                 list.extend(pieces.iter().map(|&(s, l)| (s, l, c)));
             }
         }
+        if f == 1 {
+            let mut tree = Tree::build(&list, max_blocks);
+            return Block {
+                class: fam.none,
+                lens: Vec::new(),
+                entries: std::mem::take(&mut tree.entries),
+                trie: Some(tree),
+            };
+        }
         let mut lens: Vec<u8> = list.iter().map(|p| p.1).collect();
         lens.sort_unstable();
         lens.dedup();
-        let k = |a: u128, l: u8| {
-            if f == 0 {
-                v4_key(a as u32, l)
-            } else {
-                key(a, l)
-            }
-        };
+        let k = |a: u128, l: u8| v4_key(a as u32, l);
         let mut entries = HashMap::new();
         for &(start, len, class) in &list {
             entries.insert(k(start, len), PrefixEntry { class, marker: 0 });
@@ -94,7 +101,113 @@ impl Incremental {
             class: fam.none,
             lens,
             entries,
+            trie: None,
         }
+    }
+
+    /// The blocks of the trie under IPv6 /16 `blk`, in depth-first order
+    /// (the order [`Tree::build`] creates them in).
+    pub(super) fn trie_ids(&self, blk: u32) -> Vec<u16> {
+        let mut ids = Vec::new();
+        let root = self.image.v6_buckets[blk as usize];
+        if root.lenset == V6_CHILD {
+            self.trie_walk(root.class, &mut ids);
+        }
+        ids
+    }
+
+    fn trie_walk(&self, id: u16, ids: &mut Vec<u16>) {
+        ids.push(id);
+        for e in self.image.v6_blocks[id as usize].entries {
+            if e.lenset == V6_CHILD {
+                self.trie_walk(e.class, ids);
+            }
+        }
+    }
+
+    /// Blocks no trie uses.
+    pub(super) fn free_blocks(&self) -> usize {
+        let cap = self.image.caps.v6_blocks as usize;
+        self.free_v6_blocks.len() + cap.saturating_sub(self.image.v6_blocks.len())
+    }
+
+    /// Rebuilds the trie of IPv6 /16 `blk` (before: `old`) as `new`,
+    /// reusing its blocks: first level, blocks and length sets.
+    fn rebuild_trie(
+        &mut self,
+        blk: u32,
+        new: &Tree,
+        lensets: &mut BTreeSet<u16>,
+        delta: &mut Delta,
+    ) -> Result<(), Fallback> {
+        let old_ids = self.trie_ids(blk);
+        let mut old_sets: Vec<u16> = Vec::new();
+        let root = self.image.v6_buckets[blk as usize];
+        if root.lenset != 0 && root.lenset != V6_CHILD {
+            old_sets.push(root.lenset);
+        }
+        for id in &old_ids {
+            for e in self.image.v6_blocks[*id as usize].entries {
+                if e.lenset != 0 && e.lenset != V6_CHILD {
+                    old_sets.push(e.lenset);
+                }
+            }
+        }
+        let mut sets = Vec::with_capacity(new.lens.len());
+        for lens in &new.lens {
+            let id = match self.lenset_of.get(lens) {
+                Some(id) => *id,
+                None => {
+                    let id = self.new_lenset(lens)?;
+                    lensets.insert(id);
+                    id
+                }
+            };
+            self.lenset_refs[id as usize] += 1;
+            sets.push(id);
+        }
+        for id in old_sets {
+            self.lenset_refs[id as usize] -= 1;
+            if self.lenset_refs[id as usize] == 0 {
+                self.unused_lensets.push(id);
+            }
+        }
+        let mut ids: Vec<u16> = old_ids.iter().copied().take(new.blocks.len()).collect();
+        self.free_v6_blocks
+            .extend(old_ids.iter().skip(new.blocks.len()).copied());
+        while ids.len() < new.blocks.len() {
+            let id = match self.free_v6_blocks.pop() {
+                Some(id) => id,
+                None => {
+                    let id = self.image.v6_blocks.len();
+                    if id >= self.image.caps.v6_blocks as usize {
+                        return Err(Fallback::Spoiled);
+                    }
+                    let none = V6Bucket {
+                        class: V6_NONE_CLASS,
+                        lenset: 0,
+                    };
+                    self.image.v6_blocks.push(V6Block {
+                        entries: [none; xdpgate_common::acl::V6_BLOCK_ENTRIES],
+                    });
+                    id as u16
+                }
+            };
+            ids.push(id);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let b = new.global_block(i, &ids, &sets);
+            if self.image.v6_blocks[*id as usize] != b {
+                self.image.v6_blocks[*id as usize] = b;
+                delta.v6_blocks.push(u32::from(*id));
+            }
+        }
+        let root = Tree::globalize(new.root, &ids, &sets);
+        if self.image.v6_buckets[blk as usize] != root {
+            self.image.v6_buckets[blk as usize] = root;
+            delta.v6_buckets.push(blk);
+        }
+        Ok(())
     }
 
     /// Rebuilds the blocks in `before` (with their old content) from the
@@ -108,44 +221,28 @@ impl Incremental {
         let mut buckets: BTreeSet<u32> = BTreeSet::new();
         let mut lensets: BTreeSet<u16> = BTreeSet::new();
         for ((f, blk), old) in before {
-            let new = self.block(f, blk);
+            let max_blocks = if f == 1 {
+                self.trie_ids(blk).len() + self.free_blocks()
+            } else {
+                0
+            };
+            let new = self.block(f, blk, max_blocks);
             if new == old {
                 continue;
             }
-            // The first level and the length set.
-            let old_id = self.lenset_id(f, blk);
-            let new_id = if new.lens.is_empty() {
-                0
-            } else {
-                match self.lenset_of.get(&new.lens) {
-                    Some(id) => *id,
+            if f == 1 {
+                // The /16's entry, its trie and their length sets.
+                let plain;
+                let tree = match &new.trie {
+                    Some(t) => t,
                     None => {
-                        let id = self.new_lenset(&new.lens)?;
-                        lensets.insert(id);
-                        id
+                        plain = Tree::plain(new.class);
+                        &plain
                     }
-                }
-            };
-            if new_id != 0 {
-                self.lenset_refs[new_id as usize] += 1;
-            }
-            if old_id != 0 {
-                self.lenset_refs[old_id as usize] -= 1;
-                if self.lenset_refs[old_id as usize] == 0 {
-                    self.unused_lensets.push(old_id);
-                }
-            }
-            if f == 0 {
-                self.image.v4_tbl24[blk as usize] = if new_id == 0 {
-                    new.class as u32
-                } else {
-                    v4_entry(new.class, new_id)
                 };
-                delta.v4_tbl24.push(blk);
+                self.rebuild_trie(blk, tree, &mut lensets, delta)?;
             } else {
-                self.image.v6_buckets[blk as usize].class = new.class;
-                self.image.v6_buckets[blk as usize].lenset = new_id;
-                delta.v6_buckets.push(blk);
+                self.rebuild_v4(blk, &new, &mut lensets, delta)?;
             }
             // The long-prefix table: out, changed in place, in.
             for (k, e) in &old.entries {
@@ -180,21 +277,59 @@ impl Incremental {
         }
         delta.v4_tbl24.sort_unstable();
         delta.v6_buckets.sort_unstable();
+        delta.v6_blocks.sort_unstable();
         delta.prefix_buckets = buckets.into_iter().collect();
         delta.lensets = lensets.into_iter().collect();
         Ok(())
     }
 
-    fn lenset_id(&self, f: usize, blk: u32) -> u16 {
-        if f == 0 {
-            let e = self.image.v4_tbl24[blk as usize];
-            if e & V4_EXT == 0 {
-                0
-            } else {
-                (e >> 16 & 0xfff) as u16
-            }
+    /// Rebuilds the entry of IPv4 /24 `blk` as `new`: the first level and
+    /// the length set.
+    fn rebuild_v4(
+        &mut self,
+        blk: u32,
+        new: &Block,
+        lensets: &mut BTreeSet<u16>,
+        delta: &mut Delta,
+    ) -> Result<(), Fallback> {
+        let old_id = self.lenset_id(blk);
+        let new_id = if new.lens.is_empty() {
+            0
         } else {
-            self.image.v6_buckets[blk as usize].lenset
+            match self.lenset_of.get(&new.lens) {
+                Some(id) => *id,
+                None => {
+                    let id = self.new_lenset(&new.lens)?;
+                    lensets.insert(id);
+                    id
+                }
+            }
+        };
+        if new_id != 0 {
+            self.lenset_refs[new_id as usize] += 1;
+        }
+        if old_id != 0 {
+            self.lenset_refs[old_id as usize] -= 1;
+            if self.lenset_refs[old_id as usize] == 0 {
+                self.unused_lensets.push(old_id);
+            }
+        }
+        self.image.v4_tbl24[blk as usize] = if new_id == 0 {
+            new.class as u32
+        } else {
+            v4_entry(new.class, new_id)
+        };
+        delta.v4_tbl24.push(blk);
+        Ok(())
+    }
+
+    /// The length set of IPv4 /24 `blk` (0: none).
+    fn lenset_id(&self, blk: u32) -> u16 {
+        let e = self.image.v4_tbl24[blk as usize];
+        if e & V4_EXT == 0 {
+            0
+        } else {
+            (e >> 16 & 0xfff) as u16
         }
     }
 
