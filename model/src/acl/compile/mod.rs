@@ -590,29 +590,7 @@ impl Long {
         lens.sort_unstable();
         lens.dedup();
         let id = self.intern(&lens);
-        for &(start, len, class) in list {
-            self.table
-                .insert(key(start, len), PrefixEntry { class, marker: 0 });
-            // Markers along the binary-search path toward `len`: at every length
-            // the search passes on its way up, say "longer".
-            let (mut lo, mut hi) = (0i32, lens.len() as i32 - 1);
-            while lo <= hi {
-                let mid = (lo + hi) / 2;
-                let l = lens[mid as usize];
-                if l == len {
-                    break;
-                }
-                if l < len {
-                    self.table.entry(key(start, l)).or_insert(PrefixEntry {
-                        class: 0,
-                        marker: 1,
-                    });
-                    lo = mid + 1;
-                } else {
-                    hi = mid - 1;
-                }
-            }
-        }
+        insert_searched(&mut self.table, list, &lens, key);
         id
     }
 }
@@ -755,4 +733,36 @@ fn build_v6(
         long.table.extend(tree.entries);
     }
     (buckets, blocks)
+}
+
+/// Inserts the prefixes `(start, len, class)` of one region searched over
+/// the sorted lengths `lens` into `table` (`key` builds a hash key from an
+/// address and a length), with the markers of the search: at every length
+/// the binary search passes on its way up to `len`, a marker says "longer".
+pub(crate) fn insert_searched(
+    table: &mut HashMap<PrefixKey, PrefixEntry>,
+    list: &[(u128, u8, u16)],
+    lens: &[u8],
+    key: impl Fn(u128, u8) -> PrefixKey,
+) {
+    for &(start, len, class) in list {
+        table.insert(key(start, len), PrefixEntry { class, marker: 0 });
+        let (mut lo, mut hi) = (0i32, lens.len() as i32 - 1);
+        while lo <= hi {
+            let mid = (lo + hi) / 2;
+            let l = lens[mid as usize];
+            if l == len {
+                break;
+            }
+            if l < len {
+                table.entry(key(start, l)).or_insert(PrefixEntry {
+                    class: 0,
+                    marker: 1,
+                });
+                lo = mid + 1;
+            } else {
+                hi = mid - 1;
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ use xdpgate_common::acl::{
     PrefixEntry, PrefixKey, V6_BLOCK_ENTRIES, V6_CHILD, V6_NONE_CLASS, V6Block, V6Bucket,
 };
 
-use super::key;
+use super::{insert_searched, key};
 
 /// A region whose prefixes have more than this many distinct lengths is
 /// split into a block (while blocks remain): a binary search over at most
@@ -111,29 +111,7 @@ impl Tree {
 
     /// A leaf region: its length set, prefixes and markers.
     fn leaf(&mut self, list: &[(u128, u8, u16)], lens: Vec<u8>) {
-        for &(start, len, class) in list {
-            self.entries
-                .insert(key(start, len), PrefixEntry { class, marker: 0 });
-            // Markers along the binary-search path toward `len`: at every
-            // length the search passes on its way up, say "longer".
-            let (mut lo, mut hi) = (0i32, lens.len() as i32 - 1);
-            while lo <= hi {
-                let mid = (lo + hi) / 2;
-                let l = lens[mid as usize];
-                if l == len {
-                    break;
-                }
-                if l < len {
-                    self.entries.entry(key(start, l)).or_insert(PrefixEntry {
-                        class: 0,
-                        marker: 1,
-                    });
-                    lo = mid + 1;
-                } else {
-                    hi = mid - 1;
-                }
-            }
-        }
+        insert_searched(&mut self.entries, list, &lens, key);
         self.lens.push(lens);
     }
 

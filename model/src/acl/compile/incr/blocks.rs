@@ -10,7 +10,7 @@ use xdpgate_common::acl::{
 };
 
 use super::{Delta, FAMS, Fallback, Incremental};
-use crate::acl::compile::{cidrs, emptier, v4_key, v6trie::Tree};
+use crate::acl::compile::{cidrs, emptier, insert_searched, v4_key, v6trie::Tree};
 
 /// The content of one first-level block: its class (the block is one class)
 /// or its length set and long-prefix entries; for an IPv6 /16, its trie
@@ -77,26 +77,7 @@ impl Incremental {
         lens.dedup();
         let k = |a: u128, l: u8| v4_key(a as u32, l);
         let mut entries = HashMap::new();
-        for &(start, len, class) in &list {
-            entries.insert(k(start, len), PrefixEntry { class, marker: 0 });
-            let (mut lo, mut hi) = (0i32, lens.len() as i32 - 1);
-            while lo <= hi {
-                let mid = (lo + hi) / 2;
-                let l = lens[mid as usize];
-                if l == len {
-                    break;
-                }
-                if l < len {
-                    entries.entry(k(start, l)).or_insert(PrefixEntry {
-                        class: 0,
-                        marker: 1,
-                    });
-                    lo = mid + 1;
-                } else {
-                    hi = mid - 1;
-                }
-            }
-        }
+        insert_searched(&mut entries, &list, &lens, k);
         Block {
             class: fam.none,
             lens,
