@@ -136,22 +136,10 @@ impl Incremental {
         }
         let mut sets = Vec::with_capacity(new.lens.len());
         for lens in &new.lens {
-            let id = match self.lenset_of.get(lens) {
-                Some(id) => *id,
-                None => {
-                    let id = self.new_lenset(lens)?;
-                    lensets.insert(id);
-                    id
-                }
-            };
-            self.lenset_refs[id as usize] += 1;
-            sets.push(id);
+            sets.push(self.lenset_ref(lens, lensets)?);
         }
         for id in old_sets {
-            self.lenset_refs[id as usize] -= 1;
-            if self.lenset_refs[id as usize] == 0 {
-                self.unused_lensets.push(id);
-            }
+            self.lenset_unref(id);
         }
         let mut ids: Vec<u16> = old_ids.iter().copied().take(new.blocks.len()).collect();
         self.free_v6_blocks
@@ -277,23 +265,10 @@ impl Incremental {
         let new_id = if new.lens.is_empty() {
             0
         } else {
-            match self.lenset_of.get(&new.lens) {
-                Some(id) => *id,
-                None => {
-                    let id = self.new_lenset(&new.lens)?;
-                    lensets.insert(id);
-                    id
-                }
-            }
+            self.lenset_ref(&new.lens, lensets)?
         };
-        if new_id != 0 {
-            self.lenset_refs[new_id as usize] += 1;
-        }
         if old_id != 0 {
-            self.lenset_refs[old_id as usize] -= 1;
-            if self.lenset_refs[old_id as usize] == 0 {
-                self.unused_lensets.push(old_id);
-            }
+            self.lenset_unref(old_id);
         }
         self.image.v4_tbl24[blk as usize] = if new_id == 0 {
             new.class as u32
@@ -311,6 +286,30 @@ impl Incremental {
             0
         } else {
             (e >> 16 & 0xfff) as u16
+        }
+    }
+
+    /// One more user of the length set `lens`: its id, the set created (and
+    /// its id added to `lensets`, the sets to write) if none holds it yet.
+    fn lenset_ref(&mut self, lens: &[u8], lensets: &mut BTreeSet<u16>) -> Result<u16, Fallback> {
+        let id = match self.lenset_of.get(lens) {
+            Some(id) => *id,
+            None => {
+                let id = self.new_lenset(lens)?;
+                lensets.insert(id);
+                id
+            }
+        };
+        self.lenset_refs[id as usize] += 1;
+        Ok(id)
+    }
+
+    /// One user less of length set `id`; unused, it is released with the
+    /// update.
+    fn lenset_unref(&mut self, id: u16) {
+        self.lenset_refs[id as usize] -= 1;
+        if self.lenset_refs[id as usize] == 0 {
+            self.unused_lensets.push(id);
         }
     }
 
